@@ -1,0 +1,1 @@
+"""Chisel's engine: workflow model, node registry, validation, planning, cache and executor (no torch)."""

@@ -1,0 +1,287 @@
+"""The executor: validate, plan, then run each needed node once, serving what it can from the cache.
+
+``Engine.run`` is synchronous and thread-safe to call from a worker thread (the server does so while its
+event loop stays free); events go to the ``on_event`` callback in that thread. A failing node fails only its
+own downstream branch; an interrupt stops between nodes and inside progress callbacks.
+"""
+from __future__ import annotations
+
+import random
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from . import errors as E
+from . import events as ev
+from .cache import ResultCache, compute_key
+from .errors import ChiselError, WorkflowError
+from .node import Interrupted, Node, NodeResult
+from .paths import ModelPaths, file_identity
+from .validate import Plan, validate
+from .workflow import Workflow, parse_workflow
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str  # success | error | interrupted
+    executed: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # node id -> ui (files written, text)
+    timings: dict[str, float] = field(default_factory=dict)
+    errors: list[ChiselError] = field(default_factory=list)
+    resolved: dict[str, dict[str, Any]] = field(default_factory=dict)  # values the engine chose (random seeds)
+    explain: dict[str, str] = field(default_factory=dict)  # node id -> why it ran
+    values: dict[str, tuple] = field(default_factory=dict)  # requested node id -> its output values
+    skipped: list[str] = field(default_factory=list)  # nodes not run because an upstream node failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "status": self.status, "executed": self.executed, "cached": self.cached,
+                "outputs": self.outputs, "timings": self.timings, "errors": [e.to_dict() for e in self.errors],
+                "resolved": self.resolved, "explain": self.explain, "skipped": self.skipped}
+
+
+class _Context:
+    """The ``ctx`` a node's ``run`` receives."""
+
+    def __init__(self, engine: "Engine", run: "_Run", node_id: str, files: dict[str, Path]):
+        self._engine, self._run, self.node_id, self._files = engine, run, node_id, files
+        self.services = engine.services
+        self.run_id = run.run_id
+
+    def check_interrupted(self) -> None:
+        if self._run.interrupt.is_set():
+            raise Interrupted()
+
+    def progress(self, value: float, total: float, preview: Any = None) -> None:
+        self._run.emit(ev.PROGRESS, self.node_id, value=value, max=total, preview=preview)
+        self.check_interrupted()
+
+    def file_path(self, input_name: str) -> Path:
+        return self._files[input_name]
+
+    @property
+    def workflow(self) -> dict[str, Any]:
+        return self._run.workflow_dict
+
+    @property
+    def prompt_api(self) -> dict[str, Any]:
+        return self._run.prompt_api
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return self._run.extra
+
+
+class _Run:
+    def __init__(self, engine: "Engine", workflow: Workflow, plan: Plan, run_id: str, on_event, interrupt, extra):
+        self.engine, self.workflow, self.plan, self.run_id = engine, workflow, plan, run_id
+        self.on_event, self.interrupt, self.extra = on_event, interrupt, extra
+
+    def emit(self, type_: str, node_id: str | None = None, **data: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(ev.Event(type_, self.run_id, node_id, data))
+
+    @cached_property
+    def workflow_dict(self) -> dict[str, Any]:
+        """The workflow as run: engine-chosen values (random seeds) written in."""
+        data = self.workflow.to_dict()
+        for nid, values in self.plan.resolved.items():
+            data["nodes"][nid]["inputs"].update(values)
+        return data
+
+    @cached_property
+    def prompt_api(self) -> dict[str, Any]:
+        from .comfy_format import to_comfy_api
+        return to_comfy_api(Workflow.model_validate(self.workflow_dict), self.engine.registry)
+
+
+class Engine:
+    def __init__(self, registry: Any, services: Any = None, paths: ModelPaths | None = None,
+                 cache: ResultCache | None = None):
+        self.registry = registry
+        self.services = services
+        self.paths = paths if paths is not None else getattr(services, "paths", None) or ModelPaths()
+        self.cache = cache if cache is not None else ResultCache()
+        self._last_components: dict[str, tuple[str, dict[str, str]]] = {}  # node id -> (type, components)
+        self._lock = threading.Lock()
+        self._current: _Run | None = None
+        self.rng = random.SystemRandom()
+
+    # -- public API -------------------------------------------------------------------------------------
+    def load(self, data: Any, source: str | None = None) -> Workflow:
+        return parse_workflow(data, self.registry, source)
+
+    def validate(self, workflow: Workflow | dict, outputs: list[str] | None = None) -> tuple[Plan | None, list[ChiselError]]:
+        wf = workflow if isinstance(workflow, Workflow) else self.load(workflow)
+        return validate(wf, self.registry, self.paths, outputs, rng=self.rng)
+
+    def interrupt(self) -> bool:
+        """Interrupt the run in progress, if any."""
+        run = self._current
+        if run is None:
+            return False
+        run.interrupt.set()
+        return True
+
+    def run(self, workflow: Workflow | dict, outputs: list[str] | None = None, on_event: ev.EventCallback | None = None,
+            interrupt: threading.Event | None = None, run_id: str | None = None,
+            extra: dict[str, Any] | None = None) -> RunResult:
+        run_id = run_id or uuid.uuid4().hex
+        try:
+            wf = workflow if isinstance(workflow, Workflow) else self.load(workflow)
+        except WorkflowError as exc:
+            return self._failed_early(run_id, exc.errors, on_event)
+        plan, errors = validate(wf, self.registry, self.paths, outputs, rng=self.rng)
+        if plan is None:
+            return self._failed_early(run_id, errors, on_event)
+        run = _Run(self, wf, plan, run_id, on_event, interrupt or threading.Event(), extra or {})
+        with self._lock:  # one run at a time per engine: nodes share models and the cache
+            self._current = run
+            try:
+                return self._execute(run)
+            finally:
+                self._current = None
+
+    # -- internals --------------------------------------------------------------------------------------
+    def _failed_early(self, run_id: str, errors: list[ChiselError], on_event) -> RunResult:
+        if on_event is not None:
+            for e in errors:
+                on_event(ev.Event(ev.ERROR, run_id, e.node_id, {"error": e.to_dict(), "phase": "validation"}))
+            on_event(ev.Event(ev.FINISHED, run_id, None, {"status": "error"}))
+        return RunResult(run_id, "error", errors=errors)
+
+    def _keys(self, plan: Plan) -> dict[str, tuple[str, dict[str, str]]]:
+        keys: dict[str, tuple[str, dict[str, str]]] = {}
+        for nid in plan.order:
+            pn = plan.nodes[nid]
+            upstream = {name: (keys[src][0], idx) for name, (src, idx) in pn.links.items()}
+            files = {name: file_identity(path) for name, path in pn.files.items()}
+            custom = pn.cls.fingerprint.__func__ is not Node.fingerprint.__func__
+            fp = pn.cls.fingerprint(None, **pn.literals) if custom else None
+            keys[nid] = compute_key(pn.cls.type, pn.cls.version, pn.literals, upstream, files, fp)
+        return keys
+
+    def _explain(self, plan: Plan, nid: str, key: str, components: dict[str, str]) -> str:
+        if self.cache.was_evicted(key):
+            return "evicted from the cache since it last ran"
+        last = self._last_components.get(nid)
+        if last is None or last[0] != plan.nodes[nid].cls.type:
+            return "not cached before"
+        _, before = last
+        reasons = []
+        for name in sorted(set(before) | set(components)):
+            if before.get(name) == components.get(name):
+                continue
+            link = plan.nodes[nid].links.get(name)
+            if link is not None:
+                reasons.append(f"upstream node {link[0]} changed (input {name!r})")
+            elif "|f:" in components.get(name, "") and before.get(name, "").split("|f:")[0] == components[name].split("|f:")[0]:
+                reasons.append(f"file of input {name!r} changed")
+            else:
+                reasons.append(f"input {name!r} changed")
+        return "; ".join(reasons) if reasons else "not cached before"
+
+    def _execute(self, run: _Run) -> RunResult:
+        plan = run.plan
+        result = RunResult(run.run_id, "success", resolved=plan.resolved)
+        keys = self._keys(plan)
+        run.emit(ev.STARTED, nodes=list(plan.order), outputs=list(plan.outputs), resolved=plan.resolved)
+
+        values: dict[str, tuple] = {}
+        hits = {nid: self.cache.get(keys[nid][0]) for nid in plan.order}
+        # A missing node runs only if its value is wanted: it is requested, or a node that runs needs it.
+        runs: set[str] = set()
+        wanted = set(plan.outputs)
+        for nid in reversed(plan.order):
+            if hits[nid] is None and nid in wanted:
+                runs.add(nid)
+                wanted.update(src for src, _ in plan.nodes[nid].links.values())
+        todo = [nid for nid in plan.order if nid in runs]
+        for nid in plan.order:
+            entry = hits[nid]
+            if entry is not None:
+                values[nid] = entry.outputs
+                result.cached.append(nid)
+                if entry.ui:
+                    result.outputs[nid] = entry.ui
+        if result.cached:
+            run.emit(ev.CACHED, nodes=list(result.cached))
+            for nid in result.cached:
+                if nid in result.outputs:
+                    run.emit(ev.EXECUTED, nid, ui=result.outputs[nid], cached=True, seconds=0.0)
+
+        failed: set[str] = set()
+        blocked: set[str] = set()
+        for nid in todo:
+            pn = plan.nodes[nid]
+            if any(src in failed or src in blocked for src, _ in pn.links.values()):
+                blocked.add(nid)
+                result.skipped.append(nid)
+                continue
+            if run.interrupt.is_set():
+                result.status = "interrupted"
+                result.errors.append(ChiselError(E.INTERRUPTED, "interrupted before this node ran", node_id=nid,
+                                                 node_type=pn.cls.type))
+                run.emit(ev.INTERRUPTED, nid)
+                break
+            key, components = keys[nid]
+            reason = self._explain(plan, nid, key, components)
+            result.explain[nid] = reason
+            run.emit(ev.EXECUTING, nid, node_type=pn.cls.type, reason=reason)
+            kwargs = dict(pn.literals)
+            for name, (src, idx) in pn.links.items():
+                kwargs[name] = values[src][idx]
+            ctx = _Context(self, run, nid, pn.files)
+            started = time.perf_counter()
+            try:
+                out = pn.cls().run(ctx, **kwargs)
+                outputs, ui = (out.outputs, out.ui) if isinstance(out, NodeResult) else (out, {})
+                if outputs is None:
+                    outputs = ()
+                if not isinstance(outputs, tuple):
+                    outputs = tuple(outputs) if isinstance(outputs, list) else (outputs,)
+                if len(outputs) != len(pn.cls.outputs):
+                    raise RuntimeError(f"{pn.cls.type}.run returned {len(outputs)} values for "
+                                       f"{len(pn.cls.outputs)} outputs")
+            except Interrupted:
+                result.timings[nid] = time.perf_counter() - started
+                result.status = "interrupted"
+                result.errors.append(ChiselError(E.INTERRUPTED, "interrupted while running", node_id=nid,
+                                                 node_type=pn.cls.type))
+                run.emit(ev.INTERRUPTED, nid)
+                break
+            except Exception as exc:  # a node's failure fails its branch only
+                result.timings[nid] = time.perf_counter() - started
+                failed.add(nid)
+                err = ChiselError(E.EXECUTION_FAILED, f"{type(exc).__name__}: {exc}", node_id=nid,
+                                  node_type=pn.cls.type, details={"exception_type": type(exc).__name__,
+                                                                  "traceback": traceback.format_exc(limit=8)})
+                result.errors.append(err)
+                run.emit(ev.ERROR, nid, error=err.to_dict())
+                continue
+            elapsed = time.perf_counter() - started
+            result.timings[nid] = elapsed
+            values[nid] = outputs
+            self.cache.put(key, outputs, ui)
+            self._last_components[nid] = (pn.cls.type, components)
+            result.executed.append(nid)
+            if ui:
+                result.outputs[nid] = ui
+            run.emit(ev.EXECUTED, nid, ui=ui, cached=False, seconds=elapsed)
+
+        for nid in result.cached:
+            self._last_components[nid] = (plan.nodes[nid].cls.type, keys[nid][1])
+        if failed and result.status == "success":
+            result.status = "error"
+        for nid in plan.outputs:
+            if nid in values:
+                result.values[nid] = values[nid]
+        run.emit(ev.FINISHED, status=result.status, executed=list(result.executed), cached=list(result.cached))
+        return result
+

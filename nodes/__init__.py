@@ -1,0 +1,1 @@
+"""Chisel's node library and the diffusion machinery behind it."""

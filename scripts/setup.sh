@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create .venv and install what is missing: torch==2.13.0 first (the CPU build on this disk; an unpinned
+# torch would pull a multi-GB CUDA build), then Chisel itself in editable mode with its test extras.
+# Idempotent and quick when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+stamp=.venv/.chisel-installed
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && "$VPY" -c "import torch, diffusers, graph, nodes, server" 2>/dev/null; then
+  exit 0
+fi
+"$VPY" -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+if ! "$VPY" -c "import torch" 2>/dev/null; then
+  "$VPY" -m pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+fi
+"$VPY" -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+"$VPY" -c "import torch, diffusers, transformers, graph" >/dev/null
+touch "$stamp"

@@ -1,0 +1,1 @@
+"""Chisel's HTTP/WebSocket server and command-line entry point."""

@@ -1,0 +1,33 @@
+"""Shared fixtures. Engine tests use the toy nodes in toy_nodes.py; no torch needed for them."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from graph.engine import Engine  # noqa: E402
+from graph.paths import ModelPaths  # noqa: E402
+from graph.registry import NodeRegistry  # noqa: E402
+
+import toy_nodes  # noqa: E402
+
+
+@pytest.fixture
+def toy_registry() -> NodeRegistry:
+    return NodeRegistry(toy_nodes.NODES)
+
+
+@pytest.fixture
+def toy_paths(tmp_path) -> ModelPaths:
+    return ModelPaths(root=tmp_path)
+
+
+@pytest.fixture
+def toy_engine(toy_registry, toy_paths) -> Engine:
+    toy_nodes.CALLS.clear()
+    return Engine(toy_registry, paths=toy_paths)
+
