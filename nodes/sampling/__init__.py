@@ -1,0 +1,34 @@
+"""Samplers and sigma schedules for Stable Diffusion, in the k-diffusion (sigma-space) formulation.
+
+Pure torch math, no node or graph code:
+
+- :class:`ModelSampling`: the discrete SD noise schedule (betas -> training sigmas), epsilon / v prediction,
+  optional zero-terminal-SNR rescaling, and the conversions between the sampler's view (x, sigma) and the
+  network's (scaled input, timestep, raw output).
+- :data:`SCHEDULERS`: ``name -> fn(model_sampling, steps) -> steps + 1 sigmas`` (descending, last 0, float32, CPU).
+- :data:`SAMPLERS`: ``name -> fn(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None) -> x``.
+- :func:`calculate_sigmas`: a scheduler applied with img2img ``denoise``.
+- :func:`initial_noise`, :func:`make_noise_sampler`: seeded, device-independent noise.
+"""
+
+from .model_sampling import ModelSampling, make_betas, rescale_zero_terminal_snr
+from .noise import default_noise_sampler, initial_noise, make_noise_sampler
+from .samplers import SAMPLER_NAMES, SAMPLERS, get_ancestral_step
+from .schedulers import SCHEDULER_NAMES, SCHEDULERS, calculate_sigmas, get_sigmas_exponential, get_sigmas_karras
+
+__all__ = [
+    "ModelSampling",
+    "make_betas",
+    "rescale_zero_terminal_snr",
+    "SAMPLERS",
+    "SAMPLER_NAMES",
+    "SCHEDULERS",
+    "SCHEDULER_NAMES",
+    "calculate_sigmas",
+    "get_sigmas_karras",
+    "get_sigmas_exponential",
+    "get_ancestral_step",
+    "initial_noise",
+    "make_noise_sampler",
+    "default_noise_sampler",
+]

@@ -1,0 +1,242 @@
+"""Sigma schedules: ``scheduler(model_sampling, steps) -> steps + 1`` float32 sigmas on the CPU, descending, ending
+in 0. ComfyUI's scheduler names, each from its published formula:
+
+- ``normal``: timesteps evenly spaced from the last training timestep to the first (both included), mapped to
+  sigma by log-sigma interpolation.
+- ``karras``: Karras et al. 2022 (EDM), eq. 5: sigma_i = (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho,
+  rho = 7.
+- ``exponential``: sigmas evenly spaced in log(sigma) from sigma_max to sigma_min.
+- ``sgm_uniform``: like ``normal`` but with steps+1 evenly spaced timesteps, the last (t=0) dropped (the
+  "trailing"-style spacing of Stability's sgm code).
+- ``simple``: every (N/steps)-th training sigma, from the top.
+- ``ddim_uniform``: DDIM's "uniform" discretisation: timesteps 1, 1+c, 1+2c, ... with c = N // steps.
+- ``beta``: Lee et al. 2024, "Beta Sampling is All You Need": timesteps at the quantiles of a Beta(0.6, 0.6)
+  distribution, rounded to integer training timesteps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from .model_sampling import ModelSampling
+
+__all__ = [
+    "SCHEDULERS",
+    "SCHEDULER_NAMES",
+    "calculate_sigmas",
+    "normal_scheduler",
+    "karras_scheduler",
+    "exponential_scheduler",
+    "sgm_uniform_scheduler",
+    "simple_scheduler",
+    "ddim_uniform_scheduler",
+    "beta_scheduler",
+    "get_sigmas_karras",
+    "get_sigmas_exponential",
+    "beta_ppf",
+]
+
+
+def _finish(values) -> torch.Tensor:
+    """Append the final 0 and return float32 on the CPU."""
+    out = torch.as_tensor(list(values) + [0.0], dtype=torch.float64)
+    return out.to(torch.float32)
+
+
+def _check_steps(steps: int) -> int:
+    steps = int(steps)
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    return steps
+
+
+def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. 2022, eq. 5, n sigmas plus the final 0 (float32)."""
+    if n <= 0:
+        return torch.zeros(1)
+    if n == 1:
+        return _finish([sigma_max])
+    lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+    ramp = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+    return _finish(((hi + ramp * (lo - hi)) ** rho).tolist())
+
+
+def get_sigmas_exponential(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """n sigmas evenly spaced in log sigma, plus the final 0 (float32)."""
+    if n <= 0:
+        return torch.zeros(1)
+    return _finish(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp().tolist())
+
+
+def _sigmas_at(ms: ModelSampling, timesteps: torch.Tensor) -> list[float]:
+    return ms.sigma(timesteps.to(torch.float64)).tolist()
+
+
+def normal_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
+    steps = _check_steps(steps)
+    if steps == 0:
+        return torch.zeros(1)
+    t_max = float(ms.timestep(torch.tensor(ms.sigma_max, dtype=torch.float64)))
+    t_min = float(ms.timestep(torch.tensor(ms.sigma_min, dtype=torch.float64)))
+    return _finish(_sigmas_at(ms, torch.linspace(t_max, t_min, steps, dtype=torch.float64)))
+
+
+def sgm_uniform_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
+    steps = _check_steps(steps)
+    if steps == 0:
+        return torch.zeros(1)
+    t_max = float(ms.timestep(torch.tensor(ms.sigma_max, dtype=torch.float64)))
+    t_min = float(ms.timestep(torch.tensor(ms.sigma_min, dtype=torch.float64)))
+    return _finish(_sigmas_at(ms, torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64)[:-1]))
+
+
+def karras_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
+    return get_sigmas_karras(_check_steps(steps), ms.sigma_min, ms.sigma_max)
+
+
+def exponential_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
+    return get_sigmas_exponential(_check_steps(steps), ms.sigma_min, ms.sigma_max)
+
+
+def simple_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
+    steps = _check_steps(steps)
+    if steps == 0:
+        return torch.zeros(1)
+    n = ms.num_timesteps
+    stride = n / steps
+    table = ms.sigmas.tolist()
+    return _finish([table[-(1 + int(i * stride))] for i in range(steps)])
+
+
+def ddim_uniform_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
+    """Timesteps 1 + i*c (c = N // steps), i = steps-1 .. 0, then 0.
+
+    Note: the DDIM reference (and ComfyUI) keep *every* such timestep below N, which gives more than ``steps``
+    steps when ceil((N-1) / c) > steps (e.g. 31 for 30 steps); here exactly ``steps`` are kept so that every
+    scheduler returns steps + 1 sigmas. Both agree whenever ceil((N-1) / c) == steps (with N = 1000: 10, 20, 25,
+    40, 50, 100 steps, among others).
+    """
+    steps = _check_steps(steps)
+    if steps == 0:
+        return torch.zeros(1)
+    n = ms.num_timesteps
+    stride = max(n // steps, 1)
+    table = ms.sigmas.tolist()
+    ts = [min(1 + i * stride, n - 1) for i in range(steps)]
+    return _finish([table[t] for t in reversed(ts)])
+
+
+# -- Beta(a, b) quantiles, for the beta scheduler (no scipy here) ------------------------------------------------
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz's method)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return h
+
+
+def beta_cdf(x: float, a: float, b: float) -> float:
+    """The regularised incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def beta_ppf(q: float, a: float, b: float) -> float:
+    """Quantile function of Beta(a, b), by bisection on :func:`beta_cdf` (to ~1e-13)."""
+    if q <= 0.0:
+        return 0.0
+    if q >= 1.0:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if beta_cdf(mid, a, b) < q:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-13:
+            break
+    return 0.5 * (lo + hi)
+
+
+def beta_scheduler(ms: ModelSampling, steps: int, alpha: float = 0.6, beta: float = 0.6) -> torch.Tensor:
+    """Timesteps t_i = round(ppf(1 - i/steps) * (N-1)), i = 0 .. steps-1, then sigma 0.
+
+    ComfyUI drops repeated timesteps (returning fewer sigmas); that only happens for large step counts
+    (> ~138 steps with N = 1000). Here, if rounding would repeat a timestep, the unrounded (fractional)
+    timesteps are used instead, so the schedule stays strictly decreasing with exactly steps + 1 sigmas.
+    """
+    steps = _check_steps(steps)
+    if steps == 0:
+        return torch.zeros(1)
+    last = ms.num_timesteps - 1
+    ts = [beta_ppf(1.0 - i / steps, alpha, beta) * last for i in range(steps)]
+    rounded = [float(round(t)) for t in ts]
+    if all(a > b for a, b in zip(rounded, rounded[1:])):
+        ts = rounded
+    return _finish(_sigmas_at(ms, torch.tensor(ts, dtype=torch.float64)))
+
+
+SCHEDULERS: dict[str, Callable[[ModelSampling, int], torch.Tensor]] = {
+    "normal": normal_scheduler,
+    "karras": karras_scheduler,
+    "exponential": exponential_scheduler,
+    "sgm_uniform": sgm_uniform_scheduler,
+    "simple": simple_scheduler,
+    "ddim_uniform": ddim_uniform_scheduler,
+    "beta": beta_scheduler,
+}
+SCHEDULER_NAMES = list(SCHEDULERS)
+
+
+def calculate_sigmas(model_sampling: ModelSampling, scheduler, steps: int, denoise: float | None = 1.0):
+    """The sigma schedule a sampling run uses (float32, CPU).
+
+    With ``denoise < 1`` the schedule is computed for ``int(steps / denoise)`` steps and only its last
+    ``steps + 1`` sigmas are kept, so an img2img run starts at the matching noise level and still takes ``steps``
+    steps. ``denoise <= 0`` gives an empty schedule (nothing to sample).
+    """
+    if callable(scheduler):
+        fn = scheduler
+    else:
+        try:
+            fn = SCHEDULERS[scheduler]
+        except KeyError:
+            raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {SCHEDULER_NAMES}") from None
+    steps = _check_steps(steps)
+    if denoise is None or denoise >= 1.0:
+        return fn(model_sampling, steps)
+    if denoise <= 0.0:
+        return torch.zeros(0)
+    total = int(steps / denoise)
+    return fn(model_sampling, total)[-(steps + 1) :]
