@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from graph.cache import ResultCache
 from graph.engine import Engine, RunResult
 from graph.errors import ChiselError, WorkflowError
 from graph.events import EXECUTED, EXECUTING, PROGRESS, Event
@@ -54,7 +55,9 @@ def build_runtime(args: argparse.Namespace, allow_paths: bool = True):
     registry = NodeRegistry.discover(plugin_folders=paths.dirs("custom_nodes"))
     services = create_services(paths, device=getattr(args, "device", "auto") or "auto",
                                dtype=getattr(args, "dtype", None), low_vram=getattr(args, "low_vram", False))
-    return registry, services, Engine(registry, services=services, paths=paths)
+    cache = ResultCache(ram_bytes=int(getattr(args, "cache_ram_gb", 8.0) * 2**30),
+                        device_bytes=int(getattr(args, "cache_device_gb", 4.0) * 2**30))
+    return registry, services, Engine(registry, services=services, paths=paths, cache=cache)
 
 
 class _Progress:
@@ -194,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="compute dtype (default: per device)")
         p.add_argument("--low-vram", action="store_true", help="offload models while sampling")
+        p.add_argument("--cache-ram-gb", type=float, default=8.0, help="result cache budget in RAM (GiB)")
+        p.add_argument("--cache-device-gb", type=float, default=4.0,
+                       help="result cache budget in device memory (GiB)")
 
     p = sub.add_parser("run", help="run workflows")
     p.add_argument("workflows", nargs="+", type=Path)
