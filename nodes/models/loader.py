@@ -1,0 +1,508 @@
+"""Load a Stable Diffusion checkpoint — single-file (LDM/SGM layout) or a diffusers folder — completely and offline.
+
+Steps for a single file, each of which can fail with an error a user can act on (:mod:`nodes.models.errors`):
+
+1. Read the header only (safetensors): key names, shapes, dtypes, metadata. Pickles are refused unless allowed.
+2. Detect the family from names and shapes (:mod:`nodes.models.detect`); infer each component's config
+   (:mod:`nodes.models.configs`).
+3. Build the diffusers/transformers modules on the meta device (no memory, no random init) and work out, with the
+   generalised key maps, which file tensor each parameter comes from: a parameter with no tensor fails the load
+   (nothing is left random); a file tensor that maps to nothing is reported (``LoadReport.unused``), apart from
+   tensors known to carry no weights (noise-schedule buffers, EMA copies, position ids: ``LoadReport.ignored``).
+4. Read just the tensors needed, convert them with diffusers' ``single_file_utils`` converters, and assign them to the
+   modules (``load_state_dict(assign=True)``: no copy, no second init); verify every parameter was set.
+
+No config, tokenizer or weight is ever fetched: configs come from ``nodes/configs`` and the file itself.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import struct
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import keymaps as km
+from .configs import infer_configs
+from .detect import Detection, TextEncoderSpec, detect, not_a_checkpoint
+from .errors import CheckpointNotFound, CorruptCheckpoint, IncompleteCheckpoint, UnrecognisedArchitecture, \
+    UnsafeCheckpoint
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+IGNORED_PATTERNS = [re.compile(p) for p in (
+    r"^(betas|alphas_cumprod|alphas_cumprod_prev|sqrt_alphas_cumprod|sqrt_one_minus_alphas_cumprod|"
+    r"log_one_minus_alphas_cumprod|sqrt_recip_alphas_cumprod|sqrt_recipm1_alphas_cumprod|posterior_variance|"
+    r"posterior_log_variance_clipped|posterior_mean_coef1|posterior_mean_coef2|logvar|lvlb_weights|v_pred|"
+    r"model_ema\.decay|model_ema\.num_updates)$",
+    r"^model_ema\.",  # EMA copies of the UNet (the non-EMA weights are used, as diffusers does)
+    r"\.position_ids$",
+    r"^cond_stage_model\.model\.(text_projection|logit_scale)$",  # SD2 carries OpenCLIP's unused projection
+    r"^conditioner\.embedders\.\d+\.model\.logit_scale$",
+)]
+
+
+def is_ignored(key: str) -> bool:
+    return any(p.search(key) for p in IGNORED_PATTERNS)
+
+
+@dataclass
+class LoadReport:
+    path: str
+    family: str
+    description: str
+    file_bytes: int = 0
+    file_dtypes: dict[str, int] = field(default_factory=dict)
+    parameters: dict[str, int] = field(default_factory=dict)  # component -> number of parameter tensors set
+    ignored: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    metadata_used: bool = False
+
+    def summary(self) -> str:
+        total = sum(self.timings.values())
+        parts = [f"{self.description} from {self.path} in {total:.2f}s",
+                 ", ".join(f"{c}: {n} tensors" for c, n in self.parameters.items())]
+        if self.ignored:
+            parts.append(f"{len(self.ignored)} non-weight tensors ignored")
+        if self.unused:
+            parts.append(f"{len(self.unused)} file tensors map to nothing: {', '.join(self.unused[:5])}"
+                         + (" ..." if len(self.unused) > 5 else ""))
+        return "; ".join(parts)
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    detection: Detection
+    configs: dict[str, dict]
+    unet: Any
+    vae: Any
+    text_encoders: dict[str, Any]
+    report: LoadReport
+
+    @property
+    def family(self) -> str:
+        return self.detection.family
+
+
+# ---------------------------------------------------------------------------------------------------- file access
+
+
+def _file_kind(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return "pickle"
+    return "unknown"
+
+
+def read_header(path: str | Path) -> tuple[dict[str, tuple], dict[str, str], dict[str, str]]:
+    """``(shapes, dtypes, metadata)`` of a safetensors file, validated against the file size."""
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise CorruptCheckpoint(f"{path} is empty or truncated ({size} bytes): not a safetensors file.", path)
+            (n,) = struct.unpack("<Q", raw)
+            if n > size - 8 or n > 200_000_000:
+                raise CorruptCheckpoint(
+                    f"{path} is truncated or not a safetensors file: its header claims {n} bytes but the file has "
+                    f"{size}. Download it again.", path)
+            header = json.loads(f.read(n))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptCheckpoint(f"{path} has an unreadable safetensors header ({exc}); the file is corrupt.", path)
+    if not isinstance(header, dict):
+        raise CorruptCheckpoint(f"{path}: the safetensors header is not an object; the file is corrupt.", path)
+    metadata = header.pop("__metadata__", None) or {}
+    shapes, dtypes = {}, {}
+    end = 0
+    for k, info in header.items():
+        try:
+            shapes[k] = tuple(int(d) for d in info["shape"])
+            dtypes[k] = str(info["dtype"])
+            end = max(end, int(info["data_offsets"][1]))
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise CorruptCheckpoint(f"{path}: tensor entry {k!r} in the header is malformed; the file is corrupt.",
+                                    path)
+    if 8 + n + end > size:
+        raise CorruptCheckpoint(
+            f"{path} is truncated: its tensors need {8 + n + end} bytes but the file has {size} "
+            f"({100 * size / (8 + n + end):.1f}% of it). Download it again.", path)
+    return shapes, dtypes, {str(k): str(v) for k, v in metadata.items()}
+
+
+class _TensorSource:
+    """Reads named tensors from a safetensors file (mmap-backed) or from an in-memory state dict."""
+
+    def __init__(self, path: Path, state: Mapping[str, torch.Tensor] | None = None):
+        self.path = path
+        self._state = state
+        self._handle = None
+
+    def __enter__(self):
+        if self._state is None:
+            from safetensors import safe_open
+
+            try:
+                self._handle = safe_open(str(self.path), framework="pt", device="cpu")
+            except Exception as exc:  # safetensors raises its own error types
+                raise CorruptCheckpoint(f"{self.path} could not be opened as safetensors: {exc}", self.path)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle = None
+
+    def get(self, key: str) -> torch.Tensor:
+        if self._state is not None:
+            return self._state[key]
+        try:
+            return self._handle.get_tensor(key)
+        except Exception as exc:
+            raise CorruptCheckpoint(f"{self.path}: tensor {key!r} could not be read ({exc}); the file is corrupt.",
+                                    self.path)
+
+    def many(self, keys) -> dict[str, torch.Tensor]:
+        return {k: self.get(k) for k in keys}
+
+
+def _load_pickle(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    if not allow_pickle:
+        raise UnsafeCheckpoint(
+            f"{path} is a pickle-based checkpoint ({path.suffix or 'pickle'}). Loading a pickle can run arbitrary "
+            "code hidden in the file, so Chisel refuses it by default. Prefer a .safetensors version of the model; "
+            "if you trust this file, allow pickles explicitly (CHISEL_ALLOW_PICKLE=1 or "
+            "Services(allow_pickle=True)); even then only plain tensors are unpickled (torch weights_only).", path)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise CorruptCheckpoint(
+            f"{path} could not be read as a weights-only pickle ({type(exc).__name__}: {exc}). It may be "
+            "truncated or contain objects other than tensors; convert it to .safetensors with a tool you trust.", path)
+    while isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CorruptCheckpoint(f"{path} does not contain a state dict.", path)
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+# ----------------------------------------------------------------------------------------------- module building
+
+
+def _empty(factory):
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        return factory()
+
+
+def build_unet(cfg: dict):
+    from diffusers import UNet2DConditionModel
+
+    return _empty(lambda: UNet2DConditionModel.from_config(cfg))
+
+
+def build_vae(cfg: dict):
+    from diffusers import AutoencoderKL
+
+    return _empty(lambda: AutoencoderKL.from_config(cfg))
+
+
+def build_text_encoder(cfg: dict, with_projection: bool):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    conf = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("architectures", "transformers_version",
+                                                                                 "torch_dtype", "dtype")}
+    config = CLIPTextConfig(**conf)
+    config._attn_implementation = "sdpa"
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return _empty(lambda: cls(config))
+
+
+def _expected_ldm_keys(component: str, module, cfg: dict, spec: TextEncoderSpec | None, prefix: str) -> dict[str, str]:
+    """``{ldm_file_key: module_key}`` for every module parameter (several module keys may share one file key)."""
+    keys = list(module.state_dict().keys())
+    keys = [k for k in keys if not k.endswith("position_ids")]
+    if component == "unet":
+        m = km.unet_key_map(cfg, keys)
+    elif component == "vae":
+        m = km.vae_key_map(cfg, keys)
+    elif spec is not None and spec.kind == "clip_l":
+        m = km.clip_l_key_map(keys)
+        if prefix.endswith("transformer."):  # old SD1 layout without "text_model."
+            pass
+    else:
+        m = km.open_clip_key_map(keys)
+    return {prefix + v: k for k, v in m.items()}
+
+
+def _assign(module, state: dict[str, torch.Tensor], component: str, path: Path) -> int:
+    own = module.state_dict()
+    own_keys = {k for k in own if not k.endswith("position_ids")}
+    given = {k: v for k, v in state.items() if k in own_keys}
+    missing = sorted(own_keys - set(given))
+    if missing:
+        raise IncompleteCheckpoint(
+            f"{path}: {len(missing)} {component} parameters were not produced by the conversion "
+            f"({', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}); refusing to leave them random.",
+            path, missing={component: missing})
+    for k, v in given.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise UnrecognisedArchitecture(
+                f"{path}: {component} tensor {k} has shape {list(v.shape)} in the file but the inferred "
+                f"architecture needs {list(own[k].shape)}.", path)
+    module.load_state_dict(given, strict=False, assign=True)
+    left = [n for n, p in module.named_parameters() if p.is_meta]
+    if left:
+        raise IncompleteCheckpoint(f"{path}: {component} parameters left unset: {left[:6]}", path,
+                                   missing={component: left})
+    module.requires_grad_(False)
+    module.eval()
+    return len(given)
+
+
+def _sd2_is_v_prediction(src: _TensorSource, shapes: Mapping[str, tuple]) -> bool:
+    """SD2 512 (epsilon) and 768 (v) share a layout. The v models' last output transformer has markedly larger
+    norm1 biases (std above ~0.09, the threshold the community uses); a file with metadata never gets here."""
+    cands = sorted((k for k in shapes if k.startswith(km.UNET_PREFIX + "output_blocks.")
+                    and k.endswith(".1.transformer_blocks.0.norm1.bias")),
+                   key=lambda k: int(k.split(".")[3]))
+    if not cands:
+        return False
+    t = src.get(cands[-1]).float()
+    return bool(t.std(unbiased=False) > 0.09)
+
+
+# ------------------------------------------------------------------------------------------------------ the loader
+
+
+def load_checkpoint(path: str | Path, *, allow_pickle: bool | None = None, dtype: torch.dtype | None = None,
+                    state: Mapping[str, torch.Tensor] | None = None) -> LoadedCheckpoint:
+    """Load a single-file checkpoint. ``dtype`` casts the weights (None keeps the file's); ``allow_pickle`` permits
+    ``.ckpt``-style files (default: the ``CHISEL_ALLOW_PICKLE`` environment variable)."""
+    t0 = time.perf_counter()
+    path = Path(path)
+    if not path.exists():
+        parent = path.parent
+        have = sorted(p.name for p in parent.iterdir())[:20] if parent.is_dir() else []
+        raise CheckpointNotFound(f"checkpoint {path.name!r} not found: looked for {path}; "
+                                 f"{parent} {'has: ' + ', '.join(have) if have else 'is empty or missing'}.", path)
+    if path.is_dir():
+        return load_diffusers_folder(path, dtype=dtype)
+    if allow_pickle is None:
+        allow_pickle = os.environ.get("CHISEL_ALLOW_PICKLE", "") not in ("", "0", "false", "no")
+    timings: dict[str, float] = {}
+    kind = "state" if state is not None else _file_kind(path)
+    if kind == "pickle":
+        state = _load_pickle(path, allow_pickle)
+        kind = "state"
+    if kind == "state":
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        dtypes = {k: str(v.dtype).replace("torch.", "") for k, v in state.items()}
+        metadata: dict[str, str] = {}
+    elif kind == "safetensors":
+        shapes, dtypes, metadata = read_header(path)
+    else:
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise CorruptCheckpoint(f"{path} is neither a safetensors file nor a torch pickle; it is corrupt.", path)
+        raise CorruptCheckpoint(f"{path} is not a safetensors file (no valid header); it may be truncated, an HTML "
+                                "error page saved by a failed download, or another format.", path)
+    timings["header"] = time.perf_counter() - t0
+    if not shapes:
+        raise CorruptCheckpoint(f"{path} contains no tensors.", path)
+
+    with _TensorSource(path, state) as src:
+        t1 = time.perf_counter()
+        det = detect(shapes, metadata, path)
+        if det.family == "sd2" and det.prediction_type is None:
+            det.prediction_type = "v_prediction" if _sd2_is_v_prediction(src, shapes) else "epsilon"
+        configs = infer_configs(det, shapes, metadata, where=str(path))
+        modules: dict[str, Any] = {"unet": build_unet(configs["unet"]), "vae": build_vae(configs["vae"])}
+        specs: dict[str, TextEncoderSpec | None] = {"unet": None, "vae": None}
+        prefixes = {"unet": km.UNET_PREFIX, "vae": km.VAE_PREFIX}
+        for te in det.text_encoders:
+            modules[te.name] = build_text_encoder(configs[te.name], te.with_projection)
+            specs[te.name] = te
+            prefixes[te.name] = te.prefix if te.kind == "open_clip" or te.prefix.endswith("text_model.") else \
+                te.prefix
+        # Account for every file tensor before reading any data.
+        expected: dict[str, str] = {}
+        owner: dict[str, str] = {}
+        for name, mod in modules.items():
+            prefix = prefixes[name]
+            if specs[name] is not None and specs[name].kind == "clip_l" and not prefix.endswith("text_model."):
+                # old SD1 layout: cond_stage_model.transformer.embeddings.* (no text_model.)
+                exp = {prefix + k[len(prefix + "text_model."):] if k.startswith(prefix + "text_model.") else k: v
+                       for k, v in _expected_ldm_keys(name, mod, configs[name], specs[name],
+                                                      prefix + "text_model.").items()}
+            else:
+                exp = _expected_ldm_keys(name, mod, configs[name], specs[name], prefix)
+            expected.update(exp)
+            owner.update({k: name for k in exp})
+        missing = sorted(k for k in expected if k not in shapes)
+        if missing:
+            by_comp: dict[str, list[str]] = {}
+            for k in missing:
+                by_comp.setdefault(owner[k], []).append(k)
+            detail = "; ".join(f"{c}: {len(v)} (e.g. {', '.join(v[:3])})" for c, v in by_comp.items())
+            raise IncompleteCheckpoint(
+                f"{path} looks like {det.description} but lacks {len(missing)} of the {len(expected)} tensors that "
+                f"architecture needs — {detail}. Loading it would leave those weights random; the file is "
+                "incomplete or from a different model.", path, missing=by_comp)
+        ignored = sorted(k for k in shapes if k not in expected and is_ignored(k))
+        unused = sorted(k for k in shapes if k not in expected and not is_ignored(k))
+        if unused:
+            log.warning("%s: %d tensors map to no model parameter: %s", path, len(unused), ", ".join(unused[:8]))
+        timings["detect"] = time.perf_counter() - t1
+
+        # Read and convert, per component.
+        t2 = time.perf_counter()
+        params: dict[str, int] = {}
+        for name, mod in modules.items():
+            keys = [k for k, o in owner.items() if o == name]
+            sub = src.many(keys)
+            if dtype is not None:
+                sub = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sub.items()}
+            converted = _convert(name, sub, configs[name], specs[name], prefixes[name], mod)
+            params[name] = _assign(mod, converted, name, path)
+        timings["load"] = time.perf_counter() - t2
+
+    report = LoadReport(path=str(path), family=det.family, description=det.description,
+                        file_bytes=path.stat().st_size if path.is_file() else 0,
+                        file_dtypes=dict(Counter(dtypes.values())), parameters=params, ignored=ignored,
+                        unused=unused, timings=timings,
+                        metadata_used=any(k.startswith("chisel.") for k in metadata))
+    log.info("%s", report.summary())
+    return LoadedCheckpoint(path=path, detection=det, configs=configs, unet=modules["unet"], vae=modules["vae"],
+                            text_encoders={te.name: modules[te.name] for te in det.text_encoders}, report=report)
+
+
+def _convert(name: str, sub: dict[str, torch.Tensor], cfg: dict, spec: TextEncoderSpec | None, prefix: str,
+             module) -> dict[str, torch.Tensor]:
+    from diffusers.loaders import single_file_utils as sfu
+
+    if name == "unet":
+        return sfu.convert_ldm_unet_checkpoint(sub, cfg)
+    if name == "vae":
+        return sfu.convert_ldm_vae_checkpoint(sub, cfg)
+    if spec.kind == "clip_l":
+        # diffusers knows the SD1 and SDXL prefixes; give it the tensors under SD1's.
+        base = "cond_stage_model.transformer."
+        renamed = {base + k[len(prefix):] if not prefix.endswith("text_model.") else
+                   base + "text_model." + k[len(prefix):]: v for k, v in sub.items()}
+        out = sfu.convert_ldm_clip_checkpoint(renamed)
+    else:
+        # A neutral prefix keeps diffusers' SD2 rule (drop the last layer) from applying: Chisel keeps all layers.
+        renamed = {"chisel_te." + k[len(prefix):]: v for k, v in sub.items()}
+        out = sfu.convert_open_clip_checkpoint(module, renamed, prefix="chisel_te.")
+    if not hasattr(module, "text_model"):
+        out = {km.strip_text_model(k): v for k, v in out.items()}
+        out.pop("text_projection.weight", None)
+    return {k: v for k, v in out.items() if not k.endswith("position_ids")}
+
+
+# ------------------------------------------------------------------------------------------------ diffusers folders
+
+
+def is_diffusers_folder(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / "model_index.json").is_file() and (p / "unet").is_dir()
+
+
+def load_diffusers_folder(folder: str | Path, dtype: torch.dtype | None = None) -> LoadedCheckpoint:
+    """Load a diffusers-format pipeline folder (unet/, vae/, text_encoder/[, text_encoder_2/]) offline, checking
+    that every parameter came from the weight files."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    t0 = time.perf_counter()
+    folder = Path(folder)
+    if not is_diffusers_folder(folder):
+        raise UnrecognisedArchitecture(f"{folder} is not a diffusers pipeline folder (needs model_index.json and "
+                                       "unet/).", folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    kw = {"local_files_only": True}
+    if dtype is not None:
+        kw["torch_dtype"] = dtype
+    try:
+        unet, uinfo = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", output_loading_info=True, **kw)
+        vae, vinfo = AutoencoderKL.from_pretrained(folder, subfolder="vae", output_loading_info=True, **kw)
+    except (OSError, ValueError) as exc:
+        raise IncompleteCheckpoint(f"{folder}: {exc}", folder)
+    for comp, info in (("unet", uinfo), ("vae", vinfo)):
+        if info.get("missing_keys"):
+            raise IncompleteCheckpoint(f"{folder}/{comp} lacks {len(info['missing_keys'])} parameters "
+                                       f"({', '.join(info['missing_keys'][:5])})", folder,
+                                       missing={comp: info["missing_keys"]})
+    tes: dict[str, Any] = {}
+    specs: list[TextEncoderSpec] = []
+    for name in ("text_encoder", "text_encoder_2"):
+        if not (folder / name).is_dir() or not index.get(name) or index[name][0] is None:
+            continue
+        cls_name = index[name][1]
+        cls = CLIPTextModelWithProjection if cls_name == "CLIPTextModelWithProjection" else CLIPTextModel
+        tkw = {"local_files_only": True, "attn_implementation": "sdpa"}
+        if dtype is not None:
+            tkw["dtype"] = dtype
+        try:
+            model, info = cls.from_pretrained(folder / name, output_loading_info=True, **tkw)
+        except (OSError, ValueError) as exc:
+            raise IncompleteCheckpoint(f"{folder}/{name}: {exc}", folder)
+        missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
+        if missing:
+            raise IncompleteCheckpoint(f"{folder}/{name} lacks {len(missing)} parameters ({', '.join(missing[:5])})",
+                                       folder, missing={name: missing})
+        model.requires_grad_(False).eval()
+        tes[name] = model
+        kind = "clip_l" if model.config.hidden_act == "quick_gelu" else "open_clip"
+        specs.append(TextEncoderSpec(name, kind, "", with_projection=cls is CLIPTextModelWithProjection))
+    ucfg = dict(unet.config)
+    if ucfg.get("addition_embed_type") == "text_time":
+        family = "sdxl" if "text_encoder" in tes else "sdxl_refiner"
+    elif specs and specs[0].kind == "open_clip":
+        family = "sd2"
+    else:
+        family = "sd1"
+    sched_file = folder / "scheduler" / "scheduler_config.json"
+    sched = json.loads(sched_file.read_text()) if sched_file.is_file() else {}
+    sched = {k: sched[k] for k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps",
+                                   "prediction_type") if k in sched}
+    det = Detection(family=family, in_channels=int(ucfg["in_channels"]), text_encoders=specs,
+                    prediction_type=sched.get("prediction_type", "epsilon"))
+    configs = {"unet": ucfg, "vae": dict(vae.config), "scheduler": sched}
+    for name, m in tes.items():
+        configs[name] = m.config.to_dict()
+    unet.requires_grad_(False).eval()
+    vae.requires_grad_(False).eval()
+    report = LoadReport(path=str(folder), family=family, description=det.description + " (diffusers folder)",
+                        parameters={"unet": len(unet.state_dict()), "vae": len(vae.state_dict()),
+                                    **{n: len(m.state_dict()) for n, m in tes.items()}},
+                        timings={"load": time.perf_counter() - t0})
+    return LoadedCheckpoint(path=folder, detection=det, configs=configs, unet=unet, vae=vae, text_encoders=tes,
+                            report=report)
+
+
+def describe_file(path: str | Path) -> dict[str, Any]:
+    """What a model file is, without loading it (for error messages and the server): family or kind, tensors."""
+    shapes, dtypes, metadata = read_header(path)
+    try:
+        not_a_checkpoint(shapes, path)
+        det = detect(shapes, metadata, path)
+        kind = det.description
+    except Exception as exc:  # noqa: BLE001 - reported as text
+        kind = str(exc)
+    return {"kind": kind, "tensors": len(shapes), "dtypes": dict(Counter(dtypes.values())), "metadata": metadata}
