@@ -1,0 +1,153 @@
+"""Conditioning arithmetic and regional prompts.
+
+CONDITIONING is a list of ``[embedding [1, tokens, dim], options]`` entries. The sampler honours these options:
+``area`` = (h, w, y, x) in latent cells (pixels / 8) with ``strength``; ``mask`` [1, H, W] with
+``mask_strength`` (and ``set_area_to_bounds`` to restrict it to the mask's bounding box); ``pooled_output``
+(SDXL). Several entries in one list are blended by the sampler, each over its own area.
+"""
+from __future__ import annotations
+
+import torch
+
+from graph.node import Input, Node, Output
+from graph.types import CONDITIONING, FLOAT, INT, MASK
+
+
+def _with(cond: list, **options) -> list:
+    return [[emb, {**opts, **options}] for emb, opts in cond]
+
+
+def _fit_tokens(x: torch.Tensor, tokens: int) -> torch.Tensor:
+    """Pad (by repeating the last token) or cut an embedding to a token count."""
+    n = x.shape[1]
+    if n == tokens:
+        return x
+    if n > tokens:
+        return x[:, :tokens]
+    return torch.cat([x, x[:, -1:].expand(x.shape[0], tokens - n, x.shape[2])], dim=1)
+
+
+class ConditioningCombine(Node):
+    type = "ConditioningCombine"
+    display_name = "Conditioning (Combine)"
+    category = "conditioning"
+    description = "Both prompts guide the image: their predictions are blended at every step."
+    inputs = (Input("conditioning_1", CONDITIONING), Input("conditioning_2", CONDITIONING))
+    outputs = (Output("CONDITIONING", CONDITIONING),)
+
+    def run(self, ctx, conditioning_1, conditioning_2):
+        return (list(conditioning_1) + list(conditioning_2),)
+
+
+class ConditioningAverage(Node):
+    type = "ConditioningAverage"
+    display_name = "Conditioning (Average)"
+    category = "conditioning"
+    description = "Interpolate embeddings: strength 1 keeps `conditioning_to`, 0 gives `conditioning_from`."
+    inputs = (Input("conditioning_to", CONDITIONING), Input("conditioning_from", CONDITIONING),
+              Input("conditioning_to_strength", FLOAT, default=1.0, min=0.0, max=1.0, step=0.01))
+    outputs = (Output("CONDITIONING", CONDITIONING),)
+
+    def run(self, ctx, conditioning_to, conditioning_from, conditioning_to_strength):
+        if not conditioning_from:
+            return (conditioning_to,)
+        src, src_opts = conditioning_from[0]
+        s = conditioning_to_strength
+        out = []
+        for emb, opts in conditioning_to:
+            if emb.shape[-1] != src.shape[-1]:
+                raise ValueError(f"cannot average embeddings of width {emb.shape[-1]} and {src.shape[-1]} "
+                                 "(conditionings from different model families)")
+            mixed = emb * s + _fit_tokens(src, emb.shape[1]).to(emb) * (1 - s)
+            new_opts = dict(opts)
+            if opts.get("pooled_output") is not None and src_opts.get("pooled_output") is not None:
+                new_opts["pooled_output"] = opts["pooled_output"] * s + src_opts["pooled_output"] * (1 - s)
+            out.append([mixed, new_opts])
+        return (out,)
+
+
+class ConditioningConcat(Node):
+    type = "ConditioningConcat"
+    display_name = "Conditioning (Concat)"
+    category = "conditioning"
+    description = "Append the tokens of `conditioning_from` to each entry of `conditioning_to`."
+    inputs = (Input("conditioning_to", CONDITIONING), Input("conditioning_from", CONDITIONING))
+    outputs = (Output("CONDITIONING", CONDITIONING),)
+
+    def run(self, ctx, conditioning_to, conditioning_from):
+        if not conditioning_from:
+            return (conditioning_to,)
+        src = conditioning_from[0][0]
+        out = []
+        for emb, opts in conditioning_to:
+            if emb.shape[-1] != src.shape[-1]:
+                raise ValueError(f"cannot concatenate embeddings of width {emb.shape[-1]} and {src.shape[-1]}")
+            out.append([torch.cat([emb, src.to(emb)], dim=1), dict(opts)])
+        return (out,)
+
+
+class ConditioningSetArea(Node):
+    type = "ConditioningSetArea"
+    display_name = "Conditioning (Set Area)"
+    category = "conditioning"
+    description = "Apply the prompt only to a rectangle of the image (pixels), with a strength."
+    inputs = (
+        Input("conditioning", CONDITIONING),
+        Input("width", INT, default=64, min=64, max=16384, step=8),
+        Input("height", INT, default=64, min=64, max=16384, step=8),
+        Input("x", INT, default=0, min=0, max=16384, step=8),
+        Input("y", INT, default=0, min=0, max=16384, step=8),
+        Input("strength", FLOAT, default=1.0, min=0.0, max=10.0, step=0.01),
+    )
+    outputs = (Output("CONDITIONING", CONDITIONING),)
+
+    def run(self, ctx, conditioning, width, height, x, y, strength):
+        area = (height // 8, width // 8, y // 8, x // 8)
+        return (_with(conditioning, area=area, strength=strength, set_area_to_bounds=False),)
+
+
+class ConditioningSetAreaStrength(Node):
+    type = "ConditioningSetAreaStrength"
+    display_name = "Conditioning (Set Area Strength)"
+    category = "conditioning"
+    description = "Set how strongly the prompt counts where it applies."
+    inputs = (Input("conditioning", CONDITIONING),
+              Input("strength", FLOAT, default=1.0, min=0.0, max=10.0, step=0.01))
+    outputs = (Output("CONDITIONING", CONDITIONING),)
+
+    def run(self, ctx, conditioning, strength):
+        return (_with(conditioning, strength=strength),)
+
+
+class ConditioningSetMask(Node):
+    type = "ConditioningSetMask"
+    display_name = "Conditioning (Set Mask)"
+    category = "conditioning"
+    description = "Apply the prompt only where the mask is set; 'mask bounds' also crops to the mask's box."
+    inputs = (Input("conditioning", CONDITIONING), Input("mask", MASK),
+              Input("strength", FLOAT, default=1.0, min=0.0, max=10.0, step=0.01),
+              Input("set_cond_area", "COMBO", choices=["default", "mask bounds"], default="default"))
+    outputs = (Output("CONDITIONING", CONDITIONING),)
+
+    def run(self, ctx, conditioning, mask, strength, set_cond_area):
+        mask = mask.reshape(-1, mask.shape[-2], mask.shape[-1]).float()
+        return (_with(conditioning, mask=mask, mask_strength=strength,
+                      set_area_to_bounds=set_cond_area != "default"),)
+
+
+class ConditioningZeroOut(Node):
+    type = "ConditioningZeroOut"
+    display_name = "Conditioning (Zero Out)"
+    category = "advanced/conditioning"
+    description = "All-zero embeddings (and pooled output) of the same shape."
+    inputs = (Input("conditioning", CONDITIONING),)
+    outputs = (Output("CONDITIONING", CONDITIONING),)
+
+    def run(self, ctx, conditioning):
+        out = []
+        for emb, opts in conditioning:
+            new_opts = dict(opts)
+            if opts.get("pooled_output") is not None:
+                new_opts["pooled_output"] = torch.zeros_like(opts["pooled_output"])
+            out.append([torch.zeros_like(emb), new_opts])
+        return (out,)
