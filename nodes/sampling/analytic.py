@@ -8,6 +8,8 @@ sigma_max) exactly to p. Both classes follow the sampler model interface ``model
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = ["GaussianDenoiser", "MixtureDenoiser"]
@@ -33,6 +35,13 @@ class GaussianDenoiser:
         var = self.std**2
         return self.mean + (x - self.mean) * (var / (var + s * s))
 
+    def consistency(self, x: torch.Tensor, sigma: torch.Tensor, **extra) -> torch.Tensor:
+        """The consistency function (the probability-flow ODE's map from sigma to 0), which a consistency/LCM
+        model learns: mean + std / sqrt(std^2 + sigma^2) (x - mean)."""
+        self.calls += 1
+        s = _per_sample(sigma, x)
+        return self.mean + (x - self.mean) * (self.std / (self.std**2 + s * s) ** 0.5)
+
     def sample_x_at(self, sigma: float, shape, generator=None, dtype=torch.float64) -> torch.Tensor:
         """Exact samples of x at noise level sigma: N(mean, std^2 + sigma^2)."""
         n = torch.randn(shape, generator=generator, dtype=dtype)
@@ -44,9 +53,10 @@ class MixtureDenoiser:
     D(x, sigma) = sum_k w_k N(x; p_k, sigma^2) p_k / sum_k w_k N(x; p_k, sigma^2)."""
 
     def __init__(self, points=(-1.0, 1.0), weights=(0.5, 0.5)):
-        total = float(sum(weights))
-        self.points = [float(p) for p in points]
-        self.weights = [float(w) / total for w in weights]
+        pairs = sorted(zip((float(p) for p in points), (float(w) for w in weights)))
+        total = sum(w for _, w in pairs)
+        self.points = [p for p, _ in pairs]
+        self.weights = [w / total for _, w in pairs]
         self.calls = 0
 
     @property
@@ -61,15 +71,35 @@ class MixtureDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra) -> torch.Tensor:
         self.calls += 1
         s = _per_sample(sigma, x)
+        inv_2var = 0.5 / (s * s)
+        if len(self.points) == 2:  # closed form: a + (b - a) * P(b | x)
+            (a, b), (wa, wb) = self.points, self.weights
+            logit = math.log(wb / wa) + ((x - a) ** 2 - (x - b) ** 2) * inv_2var
+            return a + (b - a) * torch.sigmoid(logit)
         pts = torch.tensor(self.points, dtype=x.dtype, device=x.device)
         logw = torch.tensor(self.weights, dtype=x.dtype, device=x.device).log()
-        # log posterior weight of each point, on a new last axis
-        logits = logw - (x.unsqueeze(-1) - pts) ** 2 / (2.0 * (s * s).unsqueeze(-1))
+        logits = logw - (x.unsqueeze(-1) - pts) ** 2 * inv_2var.unsqueeze(-1)
         return (torch.softmax(logits, dim=-1) * pts).sum(-1)
+
+    def consistency(self, x: torch.Tensor, sigma: torch.Tensor, **extra) -> torch.Tensor:
+        """The consistency function: in one dimension the probability-flow ODE is monotone, so its map from
+        sigma to 0 is the quantile map F_data^-1(F_sigma(x)), a step function onto the points."""
+        self.calls += 1
+        s = _per_sample(sigma, x)
+        cdf = sum(w * torch.special.ndtr((x - p) / s) for w, p in zip(self.weights, self.points))
+        out = torch.full_like(x, self.points[-1])
+        cum, bounds = 0.0, []
+        for w in self.weights[:-1]:
+            cum += w
+            bounds.append(cum)
+        for bound, p in reversed(list(zip(bounds, self.points[:-1]))):
+            out = torch.where(cdf < bound, torch.full_like(x, p), out)
+        return out
 
     def sample_x_at(self, sigma: float, shape, generator=None, dtype=torch.float64) -> torch.Tensor:
         """Exact samples of x at noise level sigma: a point drawn by weight, plus sigma * noise."""
-        idx = torch.multinomial(torch.tensor(self.weights, dtype=torch.float64), int(torch.Size(shape).numel()),
-                                replacement=True, generator=generator)
+        n = int(torch.Size(shape).numel())
+        idx = torch.multinomial(torch.tensor(self.weights, dtype=torch.float64), n, replacement=True,
+                                generator=generator)
         x0 = torch.tensor(self.points, dtype=dtype)[idx].reshape(shape)
         return x0 + sigma * torch.randn(shape, generator=generator, dtype=dtype)

@@ -27,7 +27,7 @@ import torch
 
 from .noise import default_noise_sampler
 
-__all__ = ["SAMPLERS", "SAMPLER_NAMES", "get_ancestral_step"]
+__all__ = ["SAMPLERS", "SAMPLER_NAMES", "STOCHASTIC_SAMPLERS", "get_ancestral_step", "lms_coefficient"]
 
 
 # -- shared helpers ---------------------------------------------------------------------------------------------
@@ -136,9 +136,454 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, noise_samp
     return x
 
 
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    noise_sampler=None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    solver_type: str = "midpoint",
+):
+    """DPM-Solver++(2M) SDE (Lu et al. 2022): the data-prediction exponential integrator of the reverse SDE,
+    multistep second order, with eta scaling the injected noise (eta = 0 is the ODE solver).
+
+    First order: x_next = (sigma_next / sigma) e^{-eta h} x + (1 - e^{-(1+eta) h}) D
+                 + sigma_next sqrt(1 - e^{-2 eta h}) z.
+    The second-order correction uses (D_i - D_{i-1}) / r with the "midpoint" or "heun" weighting.
+    """
+    if solver_type not in ("midpoint", "heun"):
+        raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+    extra_args = extra_args or {}
+    noise_sampler = noise_sampler or default_noise_sampler(x)
+    s = _schedule(sigmas)
+    total = len(s) - 1
+    old_denoised, h_last = None, None
+    for i in range(total):
+        denoised = _denoise(model, x, s[i], extra_args)
+        _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        if s[i + 1] == 0.0:
+            x = denoised
+        else:
+            h = _t(s[i + 1]) - _t(s[i])
+            eta_h = eta * h
+            one_minus = -math.expm1(-h - eta_h)  # 1 - e^{-(1+eta) h}
+            x = x * (s[i + 1] / s[i] * math.exp(-eta_h)) + denoised * one_minus
+            if old_denoised is not None:
+                r = h_last / h
+                if solver_type == "midpoint":
+                    coef = 0.5 * one_minus / r
+                else:
+                    coef = (one_minus / (-h - eta_h) + 1.0) / r
+                x = x + (denoised - old_denoised) * coef
+            if eta:
+                x = x + noise_sampler(s[i], s[i + 1]) * (s[i + 1] * math.sqrt(-math.expm1(-2.0 * eta_h)) * s_noise)
+            h_last = h
+        old_denoised = denoised
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_3m_sde(
+    model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta: float = 1.0, s_noise: float = 1.0
+):
+    """DPM-Solver++(3M) SDE: like 2M SDE with a quadratic (in t) extrapolation of D over the last three
+    denoised predictions, built from divided differences:
+
+        d1 = D' h (estimated), d2 = (second divided difference), x += phi2 d1 - phi3 d2,
+        phi2 = 1 + expm1(-H) / H, phi3 = phi2 / H - 1/2, H = (1 + eta) h.
+
+    The phi3 weight is the one published for DPM-Solver++ multistep order 3 (and used by diffusers and ComfyUI),
+    kept here for image parity. Note: since d2 estimates h^2 D'' / 2, the Taylor-exact weight would be 2 phi3;
+    with the published weight the method converges at second order (measured in the tests).
+    """
+    extra_args = extra_args or {}
+    noise_sampler = noise_sampler or default_noise_sampler(x)
+    s = _schedule(sigmas)
+    total = len(s) - 1
+    d_1 = d_2 = None  # previous denoised predictions
+    h_1 = h_2 = None  # previous step sizes in t
+    for i in range(total):
+        denoised = _denoise(model, x, s[i], extra_args)
+        _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        if s[i + 1] == 0.0:
+            x = denoised
+        else:
+            h = _t(s[i + 1]) - _t(s[i])
+            big_h = h * (eta + 1.0)
+            x = x * math.exp(-big_h) + denoised * (-math.expm1(-big_h))
+            phi_2 = math.expm1(-big_h) / big_h + 1.0
+            if h_2 is not None:
+                r0, r1 = h_1 / h, h_2 / h
+                d1_0 = (denoised - d_1) * (1.0 / r0)
+                d1_1 = (d_1 - d_2) * (1.0 / r1)
+                d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
+                d2 = (d1_0 - d1_1) * (1.0 / (r0 + r1))
+                phi_3 = phi_2 / big_h - 0.5
+                x = x + d1 * phi_2 - d2 * phi_3
+            elif h_1 is not None:
+                x = x + (denoised - d_1) * (phi_2 / (h_1 / h))
+            if eta:
+                x = x + noise_sampler(s[i], s[i + 1]) * (s[i + 1] * math.sqrt(-math.expm1(-2.0 * h * eta)) * s_noise)
+            h_1, h_2 = h, h_1
+        d_1, d_2 = denoised, d_1
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2s_ancestral(
+    model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta: float = 1.0, s_noise: float = 1.0
+):
+    """DPM-Solver++(2S) single-step second order (midpoint in t) to sigma_down, then ancestral noise."""
+    extra_args = extra_args or {}
+    noise_sampler = noise_sampler or default_noise_sampler(x)
+    s = _schedule(sigmas)
+    total = len(s) - 1
+    for i in range(total):
+        denoised = _denoise(model, x, s[i], extra_args)
+        down, up = get_ancestral_step(s[i], s[i + 1], eta)
+        _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        if down == 0.0:
+            x = x + _d(x, denoised, s[i]) * (down - s[i])
+        else:
+            h = _t(down) - _t(s[i])
+            s_mid = math.exp(-(_t(s[i]) + 0.5 * h))
+            x_2 = x * (s_mid / s[i]) - denoised * math.expm1(-0.5 * h)
+            denoised_2 = _denoise(model, x_2, s_mid, extra_args)
+            x = x * (down / s[i]) - denoised_2 * math.expm1(-h)
+        if s[i + 1] > 0.0 and up > 0.0:
+            x = x + noise_sampler(s[i], s[i + 1]) * (s_noise * up)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_sde(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    noise_sampler=None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    r: float = 0.5,
+):
+    """DPM-Solver++ SDE, single-step second order: an ancestral DPM-Solver++(1) step to the intermediate
+    t + r h, a model evaluation there, then the full step (ancestral split over sigma -> sigma_next) with
+    D = (1 - 1/(2r)) D_i + 1/(2r) D_mid. Noise comes from ``noise_sampler`` (independent Gaussian draws per call;
+    ComfyUI uses a Brownian tree here, which gives the same distribution but different numbers)."""
+    extra_args = extra_args or {}
+    noise_sampler = noise_sampler or default_noise_sampler(x)
+    s = _schedule(sigmas)
+    total = len(s) - 1
+    fac = 1.0 / (2.0 * r)
+    for i in range(total):
+        denoised = _denoise(model, x, s[i], extra_args)
+        _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        if s[i + 1] == 0.0:
+            x = x + _d(x, denoised, s[i]) * (s[i + 1] - s[i])
+            continue
+        h = _t(s[i + 1]) - _t(s[i])
+        s_mid = math.exp(-(_t(s[i]) + r * h))
+        # step 1: sigma -> s_mid
+        down, up = get_ancestral_step(s[i], s_mid, eta)
+        x_2 = denoised + (x - denoised) * (down / s[i])
+        if up > 0.0:
+            x_2 = x_2 + noise_sampler(s[i], s_mid) * (s_noise * up)
+        denoised_2 = _denoise(model, x_2, s_mid, extra_args)
+        # step 2: sigma -> sigma_next
+        down, up = get_ancestral_step(s[i], s[i + 1], eta)
+        mixed = denoised * (1.0 - fac) + denoised_2 * fac
+        x = mixed + (x - mixed) * (down / s[i])
+        if up > 0.0:
+            x = x + noise_sampler(s[i], s[i + 1]) * (s_noise * up)
+    return x
+
+
+# -- Heun / DPM-2 (second order, two evaluations per step) ----------------------------------------------------------
+
+
+@torch.no_grad()
+def sample_heun(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None):
+    """Heun's method (Karras et al. 2022, Algorithm 1): Euler predictor, trapezoidal corrector; the last step to
+    sigma = 0 is a plain Euler step."""
+    extra_args = extra_args or {}
+    s = _schedule(sigmas)
+    total = len(s) - 1
+    for i in range(total):
+        denoised = _denoise(model, x, s[i], extra_args)
+        _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        d = _d(x, denoised, s[i])
+        dt = s[i + 1] - s[i]
+        if s[i + 1] == 0.0:
+            x = x + d * dt
+        else:
+            x_2 = x + d * dt
+            d_2 = _d(x_2, _denoise(model, x_2, s[i + 1], extra_args), s[i + 1])
+            x = x + (d + d_2) * (0.5 * dt)
+    return x
+
+
+@torch.no_grad()
+def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None):
+    """DPM-Solver-2 in its k-diffusion form: an Euler half step to the log-midpoint sigma, the full step with the
+    derivative taken there (explicit midpoint method in log sigma)."""
+    extra_args = extra_args or {}
+    s = _schedule(sigmas)
+    total = len(s) - 1
+    for i in range(total):
+        denoised = _denoise(model, x, s[i], extra_args)
+        _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        d = _d(x, denoised, s[i])
+        if s[i + 1] == 0.0:
+            x = x + d * (s[i + 1] - s[i])
+        else:
+            s_mid = math.exp(0.5 * (math.log(s[i]) + math.log(s[i + 1])))
+            x_2 = x + d * (s_mid - s[i])
+            d_2 = _d(x_2, _denoise(model, x_2, s_mid, extra_args), s_mid)
+            x = x + d_2 * (s[i + 1] - s[i])
+    return x
+
+
+@torch.no_grad()
+def sample_dpm_2_ancestral(
+    model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta: float = 1.0, s_noise: float = 1.0
+):
+    """DPM-2 to sigma_down, then ancestral noise of std sigma_up."""
+    extra_args = extra_args or {}
+    noise_sampler = noise_sampler or default_noise_sampler(x)
+    s = _schedule(sigmas)
+    total = len(s) - 1
+    for i in range(total):
+        denoised = _denoise(model, x, s[i], extra_args)
+        down, up = get_ancestral_step(s[i], s[i + 1], eta)
+        _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        d = _d(x, denoised, s[i])
+        if down == 0.0:
+            x = x + d * (down - s[i])
+        else:
+            s_mid = math.exp(0.5 * (math.log(s[i]) + math.log(down)))
+            x_2 = x + d * (s_mid - s[i])
+            d_2 = _d(x_2, _denoise(model, x_2, s_mid, extra_args), s_mid)
+            x = x + d_2 * (down - s[i])
+        if s[i + 1] > 0.0 and up > 0.0:
+            x = x + noise_sampler(s[i], s[i + 1]) * (s_noise * up)
+    return x
+
+
+# -- linear multistep -------------------------------------------------------------------------------------------
+
+
+def _poly_mul_linear(coeffs: list[float], root: float) -> list[float]:
+    """Multiply a polynomial (coefficients by ascending power) by (tau - root)."""
+    out = [0.0] * (len(coeffs) + 1)
+    for k, c in enumerate(coeffs):
+        out[k + 1] += c
+        out[k] -= c * root
+    return out
+
+
+def lms_coefficient(order: int, s: list[float], i: int, j: int) -> float:
+    """Integral over [s_i, s_{i+1}] of the Lagrange basis polynomial of node s_{i-j} on nodes s_i .. s_{i-order+1}
+    (computed exactly: expand the polynomial, integrate term by term)."""
+    nodes = [s[i - k] for k in range(order)]
+    poly, denom = [1.0], 1.0
+    for k, node in enumerate(nodes):
+        if k == j:
+            continue
+        poly = _poly_mul_linear(poly, node)
+        denom *= nodes[j] - node
+    a, b = s[i], s[i + 1]
+    integral = sum(c * (b ** (p + 1) - a ** (p + 1)) / (p + 1) for p, c in enumerate(poly))
+    return integral / denom
+
+
+@torch.no_grad()
+def sample_lms(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, order: int = 4):
+    """Linear multistep (Adams-Bashforth in sigma) over the last ``order`` ODE derivatives (warming up from
+    order 1); the weights integrate the Lagrange interpolant of dx/dsigma over each step."""
+    extra_args = extra_args or {}
+    s = _schedule(sigmas)
+    total = len(s) - 1
+    ds = []
+    for i in range(total):
+        denoised = _denoise(model, x, s[i], extra_args)
+        _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        ds.append(_d(x, denoised, s[i]))
+        if len(ds) > order:
+            ds.pop(0)
+        cur = min(i + 1, order)
+        for j, d in enumerate(reversed(ds)):
+            x = x + d * lms_coefficient(cur, s, i, j)
+    return x
+
+
+# -- DDIM and LCM ---------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sample_ddim(
+    model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta: float = 0.0, s_noise: float = 1.0
+):
+    """DDIM (Song et al. 2021) in sigma space: x_next = D + sigma_down (x - D) / sigma + sigma_up z.
+
+    Rewriting DDIM's sigma_t(eta) in the variance-exploding view gives exactly the ancestral split of
+    :func:`get_ancestral_step`; with the default eta = 0 DDIM is deterministic (and coincides with Euler).
+    """
+    extra_args = extra_args or {}
+    s = _schedule(sigmas)
+    total = len(s) - 1
+    if eta and noise_sampler is None:
+        noise_sampler = default_noise_sampler(x)
+    for i in range(total):
+        denoised = _denoise(model, x, s[i], extra_args)
+        down, up = get_ancestral_step(s[i], s[i + 1], eta)
+        _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        x = denoised + (x - denoised) * (down / s[i])
+        if s[i + 1] > 0.0 and up > 0.0:
+            x = x + noise_sampler(s[i], s[i + 1]) * (s_noise * up)
+    return x
+
+
+@torch.no_grad()
+def sample_lcm(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None):
+    """Latent Consistency Model sampling (Luo et al. 2023): jump to the predicted x0, then re-noise it to the next
+    sigma with fresh noise."""
+    extra_args = extra_args or {}
+    noise_sampler = noise_sampler or default_noise_sampler(x)
+    s = _schedule(sigmas)
+    total = len(s) - 1
+    for i in range(total):
+        denoised = _denoise(model, x, s[i], extra_args)
+        _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        x = denoised
+        if s[i + 1] > 0.0:
+            x = x + noise_sampler(s[i], s[i + 1]) * s[i + 1]
+    return x
+
+
+# -- UniPC ------------------------------------------------------------------------------------------------------
+
+
+def _solve(matrix: list[list[float]], rhs: list[float]) -> list[float]:
+    """Small dense linear solve on the host (float64, CPU)."""
+    a = torch.tensor(matrix, dtype=torch.float64)
+    b = torch.tensor(rhs, dtype=torch.float64)
+    return torch.linalg.solve(a, b).tolist()
+
+
+def _unipc_terms(lams: list[float], lam_t: float, order: int, variant: str):
+    """Host-side coefficients for one UniPC update from lams[-1] (the current point; earlier points before it) to
+    lam_t, using ``order`` points. Returns (h_phi_1, B(h), r_k for the earlier points, R matrix rows, b)."""
+    lam_s0 = lams[-1]
+    h = lam_t - lam_s0
+    hh = -h  # data prediction
+    h_phi_1 = math.expm1(hh)
+    if variant == "bh1":
+        b_h = hh
+    elif variant == "bh2":
+        b_h = math.expm1(hh)
+    else:
+        raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
+    rks = [(lams[-1 - k] - lam_s0) / h for k in range(1, order)] + [1.0]
+    g, fact, b = h_phi_1 / hh - 1.0, 1.0, []
+    for k in range(1, order + 1):
+        b.append(g * fact / b_h)
+        fact *= k + 1
+        g = g / hh - 1.0 / fact
+    rows = [[r ** (k - 1) for r in rks] for k in range(1, order + 1)]
+    return h_phi_1, b_h, rks, rows, b
+
+
+@torch.no_grad()
+def sample_uni_pc(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    noise_sampler=None,
+    order: int = 3,
+    variant: str = "bh1",
+    lower_order_final: bool = True,
+    use_corrector: bool = True,
+):
+    """UniPC (Zhao et al. 2023), multistep, data prediction, in t = -log sigma.
+
+    Predictor UniP-p from the current point s0 to t (p = ``order``, warming up from 1, and lowered on the last
+    steps when ``lower_order_final``):
+
+        x_t = (sigma_t / sigma_s0) x_s0 - h phi_1 D_s0 - B(h) sum_k rho_k (D_k - D_s0) / r_k
+
+    with B(h) = -h ("bh1") or expm1(-h) ("bh2") and rho solving the order conditions (rho = 1/2 for p = 2).
+    Corrector UniC-p, applied once the model has been evaluated at the predicted x_t (no extra evaluation): the
+    same update recomputed with the new D_t as an extra point at r = 1.
+    """
+    extra_args = extra_args or {}
+    s = _schedule(sigmas)
+    total = len(s) - 1
+    lams: list[float] = []  # t of the evaluated points
+    hist: list[torch.Tensor] = []  # their denoised predictions
+    last = None  # (x at the previous point, order of its predictor step)
+    for i in range(total):
+        denoised = _denoise(model, x, s[i], extra_args)
+        if use_corrector and last is not None:
+            x_prev, p = last
+            h_phi_1, b_h, rks, rows, b = _unipc_terms(lams, _t(s[i]), p, variant)
+            rhos = [0.5] if p == 1 else _solve([row[:p] for row in rows[:p]], b[:p])
+            m0 = hist[-1]
+            corr = (denoised - m0) * rhos[-1]
+            for k in range(1, p):
+                corr = corr + (hist[-1 - k] - m0) * (rhos[k - 1] / rks[k - 1])
+            x = x_prev * (s[i] / s[i - 1]) - m0 * h_phi_1 - corr * b_h
+        _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        lams.append(_t(s[i]))
+        hist.append(denoised)
+        if len(hist) > order:
+            lams.pop(0)
+            hist.pop(0)
+        p = min(order, total - i) if lower_order_final else order
+        p = min(p, len(hist))
+        if s[i + 1] == 0.0:
+            x_next = denoised
+        else:
+            h_phi_1, b_h, rks, rows, b = _unipc_terms(lams, _t(s[i + 1]), p, variant)
+            x_next = x * (s[i + 1] / s[i]) - denoised * h_phi_1
+            if p >= 2:
+                rhos = [0.5] if p == 2 else _solve([row[: p - 1] for row in rows[: p - 1]], b[: p - 1])
+                pred = None
+                for k in range(1, p):
+                    term = (hist[-1 - k] - denoised) * (rhos[k - 1] / rks[k - 1])
+                    pred = term if pred is None else pred + term
+                x_next = x_next - pred * b_h
+        last = (x, p)
+        x = x_next
+    return x
+
+
 SAMPLERS: dict[str, Callable] = {
     "euler": sample_euler,
     "euler_ancestral": sample_euler_ancestral,
+    "heun": sample_heun,
+    "dpm_2": sample_dpm_2,
+    "dpm_2_ancestral": sample_dpm_2_ancestral,
+    "lms": sample_lms,
+    "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
+    "dpmpp_sde": sample_dpmpp_sde,
     "dpmpp_2m": sample_dpmpp_2m,
+    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+    "dpmpp_3m_sde": sample_dpmpp_3m_sde,
+    "ddim": sample_ddim,
+    "uni_pc": sample_uni_pc,
+    "lcm": sample_lcm,
 }
 SAMPLER_NAMES = list(SAMPLERS)
+
+# Samplers that draw fresh noise (they take a noise_sampler; seed it for reproducible images).
+STOCHASTIC_SAMPLERS = frozenset(
+    {"euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "lcm"}
+)
