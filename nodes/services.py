@@ -1,6 +1,7 @@
 """Runtime services the executor hands to every node as ``ctx.services``: device, folders, model memory."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,10 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0", "false", "no")
+
+
 @dataclass
 class Services:
     paths: ModelPaths
@@ -25,9 +30,30 @@ class Services:
     dtype: torch.dtype | None = None  # compute dtype override; None picks per device
     low_vram: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+    allow_pickle: bool = field(default_factory=lambda: _env_flag("CHISEL_ALLOW_PICKLE"))  # .ckpt files
+    device_budget: int | None = None  # bytes of model weights allowed on the device; None: total minus a reserve
+    _models: Any = field(default=None, repr=False)
+
+    @property
+    def models(self):
+        """The :class:`nodes.models.manager.ModelManager` (created on first use: loads files once, places
+        modules on the device by budget, reports memory)."""
+        if self._models is None:
+            from nodes.models.manager import ModelManager
+
+            self._models = ModelManager(self.device, dtype=self.dtype, low_vram=self.low_vram,
+                                        device_budget=self.device_budget, allow_pickle=self.allow_pickle)
+        return self._models
+
+    def memory_stats(self) -> dict[str, Any]:
+        """Model memory figures for the server's system stats (device, budgets, resident models)."""
+        return self.models.stats()
 
 
 def create_services(paths: ModelPaths | None = None, device: str = "auto", dtype: str | None = None,
-                    low_vram: bool = False) -> Services:
+                    low_vram: bool = False, allow_pickle: bool | None = None) -> Services:
     dt = {None: None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    return Services(paths=paths or ModelPaths(), device=pick_device(device), dtype=dt, low_vram=low_vram)
+    kw: dict[str, Any] = {}
+    if allow_pickle is not None:
+        kw["allow_pickle"] = allow_pickle
+    return Services(paths=paths or ModelPaths(), device=pick_device(device), dtype=dt, low_vram=low_vram, **kw)

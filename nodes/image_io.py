@@ -1,0 +1,151 @@
+"""Images in and out: LoadImage (from the input folder; IMAGE + MASK from alpha), SaveImage (PNG with the workflow
+and the ComfyUI API prompt in text chunks) and PreviewImage (to the temp folder)."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import string
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, ImageSequence
+from PIL.PngImagePlugin import PngInfo
+
+from graph.node import Input, Node, NodeResult, Output
+from graph.types import COMBO, IMAGE, MASK, STRING
+
+IMAGE_FILE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def _frame_to_arrays(frame: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    if frame.mode == "I":
+        frame = frame.point(lambda v: v * (1 / 255))
+    rgb = np.asarray(frame.convert("RGB"), dtype=np.float32) / 255.0
+    alpha = None
+    if "A" in frame.getbands() or (frame.mode == "P" and "transparency" in frame.info):
+        alpha = np.asarray(frame.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0
+    return rgb, alpha
+
+
+def load_image_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """IMAGE [B, H, W, 3] and MASK [B, H, W] (1 - alpha: transparent pixels are 1, the area to repaint; zeros when
+    the image has no alpha). Every frame of an animated image of the first frame's size becomes a batch entry."""
+    try:
+        img = Image.open(path)
+        frames = []
+        masks = []
+        size = None
+        for frame in ImageSequence.Iterator(img):
+            frame = ImageOps.exif_transpose(frame)
+            if size is None:
+                size = frame.size
+            elif frame.size != size:
+                continue
+            rgb, alpha = _frame_to_arrays(frame)
+            frames.append(torch.from_numpy(rgb.copy()))
+            masks.append(torch.from_numpy((1.0 - alpha).copy()) if alpha is not None
+                         else torch.zeros(rgb.shape[:2], dtype=torch.float32))
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ValueError(f"{path.name} is not a readable image: {exc}") from None
+    return torch.stack(frames), torch.stack(masks)
+
+
+class LoadImage(Node):
+    type = "LoadImage"
+    display_name = "Load Image"
+    category = "image"
+    description = "Load an image from the input folder: IMAGE, and MASK from its alpha channel (transparent = 1)."
+    inputs = (Input("image", COMBO, files="input", extensions=IMAGE_FILE_EXTENSIONS,
+                    tooltip="A file in the input folder (upload one through the server)."),)
+    outputs = (Output("IMAGE", IMAGE), Output("MASK", MASK))
+
+    def run(self, ctx, image):
+        return load_image_file(ctx.file_path("image"))
+
+
+def _png_info(ctx) -> PngInfo:
+    info = PngInfo()
+    for key, attr in (("prompt", "prompt_api"), ("workflow", "workflow")):
+        try:
+            value = getattr(ctx, attr, None)
+        except Exception:  # noqa: BLE001 - metadata is best effort; the image is what matters
+            value = None
+        if value is not None:
+            info.add_text(key, json.dumps(value))
+    return info
+
+
+def _to_pil(image: torch.Tensor) -> Image.Image:
+    arr = (image.detach().float().cpu().clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
+    if arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    elif arr.shape[-1] > 4:
+        arr = arr[..., :3]
+    return Image.fromarray(arr)
+
+
+def save_images(images: torch.Tensor, folder: Path, prefix: str, kind: str, ctx, compress_level: int) -> list[dict]:
+    prefix = prefix or "ComfyUI"
+    base = folder.resolve()
+    sub, _, name = prefix.replace("\\", "/").rpartition("/")
+    target = (base / sub).resolve() if sub else base
+    if target != base and base not in target.parents:
+        raise ValueError(f"filename_prefix {prefix!r} points outside the {kind} folder")
+    if not name:
+        name = "ComfyUI"
+    target.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(re.escape(name) + r"_(\d+)_?\.png$")
+    counter = 1 + max((int(m.group(1)) for f in os.listdir(target) if (m := pattern.match(f))), default=0)
+    info = _png_info(ctx)
+    results = []
+    subfolder = str(target.relative_to(base).as_posix()) if target != base else ""
+    for image in images:
+        pil = _to_pil(image)
+        while True:
+            fname = f"{name}_{counter:05}_.png"
+            try:
+                with open(target / fname, "xb") as f:
+                    pil.save(f, format="PNG", pnginfo=info, compress_level=compress_level)
+                break
+            except FileExistsError:
+                counter += 1
+        results.append({"filename": fname, "subfolder": subfolder, "type": kind})
+        counter += 1
+    return results
+
+
+class SaveImage(Node):
+    type = "SaveImage"
+    display_name = "Save Image"
+    category = "image"
+    description = ("Save images as PNG to the output folder as <prefix>_00001_.png ...; the PNG carries the workflow "
+                   "(text chunk 'workflow', Chisel's format) and the ComfyUI API prompt ('prompt').")
+    output_node = True
+    inputs = (
+        Input("images", IMAGE),
+        Input("filename_prefix", STRING, default="ComfyUI",
+              tooltip="File name prefix; may include subfolders (a/b/name) inside the output folder."),
+    )
+    outputs = ()
+
+    def run(self, ctx, images, filename_prefix="ComfyUI"):
+        folder = ctx.services.paths.dir("output")
+        return NodeResult(ui={"images": save_images(images, folder, filename_prefix, "output", ctx, 4)})
+
+
+class PreviewImage(Node):
+    type = "PreviewImage"
+    display_name = "Preview Image"
+    category = "image"
+    description = "Show images without keeping them: written to the temp folder."
+    output_node = True
+    inputs = (Input("images", IMAGE),)
+    outputs = ()
+
+    def run(self, ctx, images):
+        folder = ctx.services.paths.dir("temp")
+        suffix = "".join(random.choice(string.ascii_lowercase) for _ in range(5))
+        return NodeResult(ui={"images": save_images(images, folder, f"ChiselTemp_{suffix}", "temp", ctx, 1)})

@@ -1,0 +1,349 @@
+"""Running a sampler on a MODEL: classifier-free guidance, regional conditioning, inpainting, SDXL's size
+conditioning, progress with cheap previews.
+
+Speed: every conditioning entry that covers the same latent area goes through the UNet in one batched call (plain
+txt2img: the conditional and unconditional passes are one call of batch 2B); with ``cfg == 1`` the unconditional
+pass is skipped. Nothing in the per-step path reads a device tensor on the host: sigmas are Python floats in the
+sampler, timesteps are interpolated on the device, previews on CUDA are copied asynchronously into pinned memory and
+shown a step later.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .handles import ModelHandle
+
+PREVIEW_MAX_STEPS = 10  # about this many previews per run
+
+
+@dataclass
+class _Entry:
+    group: int  # 0 = positive, 1 = negative
+    emb: torch.Tensor  # [1, T, D] on device, unet dtype
+    area: tuple[int, int, int, int] | None  # (h, w, y, x) latent cells, None = full frame
+    mult: torch.Tensor | float  # [1 or B, 1, h, w] or a scalar
+    pooled: torch.Tensor | None  # [1, P]
+    adm: torch.Tensor | None  # [1, n] time ids
+    concat: torch.Tensor | None  # [B, k, H, W] inpainting channels over the full frame
+
+
+def _lcm(values) -> int:
+    out = 1
+    for v in values:
+        out = out * v // math.gcd(out, v)
+    return out
+
+
+def _resize_mask(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """[B, H, W] or [H, W] -> [B, 1, h, w] float."""
+    m = mask.float()
+    if m.ndim == 2:
+        m = m[None]
+    m = m.reshape(-1, 1, m.shape[-2], m.shape[-1])
+    if m.shape[-2:] != (h, w):
+        m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+    return m.clamp(0, 1)
+
+
+def _feather(mult: torch.Tensor, area, full_h: int, full_w: int, rr: int = 8) -> torch.Tensor:
+    """Ramp an area's weight over its inner edges (not those on the image border) so regions blend."""
+    h, w, y, x = area
+    mult = mult.clone()
+    for t in range(min(rr, h // 2, w // 2)):
+        f = (t + 1) / rr
+        if y != 0:
+            mult[:, :, t, :] *= f
+        if y + h < full_h:
+            mult[:, :, h - 1 - t, :] *= f
+        if x != 0:
+            mult[:, :, :, t] *= f
+        if x + w < full_w:
+            mult[:, :, :, w - 1 - t] *= f
+    return mult
+
+
+class CFGDenoiser:
+    """``denoiser(x, sigma_batch) -> denoised`` for the samplers in :mod:`nodes.sampling`."""
+
+    def __init__(self, model: ModelHandle, positive: list, negative: list, cfg: float, latent_in: torch.Tensor,
+                 noise: torch.Tensor | None, noise_mask: torch.Tensor | None, image_size: tuple[int, int]):
+        self.model = model
+        self.ms = model.model_sampling
+        self.unet = model.unet.module
+        self.device = model.unet.device
+        self.dtype = model.unet.dtype
+        self.cfg = float(cfg)
+        b, _, h, w = latent_in.shape
+        self.shape = (b, h, w)
+        self.latent = latent_in
+        self.noise = noise
+        self.mask = None
+        if noise_mask is not None:
+            self.mask = _resize_mask(noise_mask.to(self.device), h, w).expand(b, -1, -1, -1)
+        self.image_size = image_size
+        groups = [positive] if self.cfg == 1.0 else [positive, negative]
+        self.entries: list[_Entry] = []
+        for g, conds in enumerate(groups):
+            if not conds:
+                raise ValueError("a conditioning input is empty")
+            for emb, opts in conds:
+                self.entries.append(self._prepare(g, emb, opts or {}))
+        self.n_groups = len(groups)
+        self.buckets: dict[tuple, list[_Entry]] = {}
+        for e in self.entries:
+            key = (e.area[0], e.area[1]) if e.area else (h, w)
+            self.buckets.setdefault(key, []).append(e)
+        self.calls = 0
+
+    # -- preparation (once per sampling run; host syncs allowed here) -----------------------------------------
+    def _prepare(self, group: int, emb: torch.Tensor, opts: dict) -> _Entry:
+        b, h, w = self.shape
+        emb = emb.to(self.device, self.dtype)
+        if emb.ndim == 2:
+            emb = emb[None]
+        ctx_dim = self.model.config.get("cross_attention_dim")
+        if ctx_dim and emb.shape[-1] != ctx_dim:
+            raise ValueError(f"the conditioning has {emb.shape[-1]}-wide text features but this model's "
+                             f"cross-attention takes {ctx_dim}: was it encoded with another model's CLIP?")
+        area = None
+        mult: Any = float(opts.get("strength", 1.0))
+        if opts.get("area") is not None:
+            ah, aw, ay, ax = (int(v) for v in opts["area"])
+            ay, ax = min(ay, h - 1), min(ax, w - 1)
+            area = (max(1, min(ah, h - ay)), max(1, min(aw, w - ax)), ay, ax)
+        mask = opts.get("mask")
+        if mask is not None:
+            m = _resize_mask(mask.to(self.device), h, w) * float(opts.get("mask_strength", 1.0))
+            if opts.get("set_area_to_bounds"):
+                nz = torch.nonzero(m.amax(dim=(0, 1)) > 0)
+                if len(nz):
+                    y0, x0 = nz.min(0).values.tolist()
+                    y1, x1 = nz.max(0).values.tolist()
+                    area = (y1 - y0 + 1, x1 - x0 + 1, y0, x0)
+            if area is not None:
+                ah, aw, ay, ax = area
+                m = m[:, :, ay:ay + ah, ax:ax + aw]
+            mult = m * mult
+        if area is not None and (area[0], area[1]) != (h, w):
+            base = mult if isinstance(mult, torch.Tensor) else torch.full((1, 1, area[0], area[1]), mult,
+                                                                          device=self.device)
+            mult = _feather(base, area, h, w)
+        elif area is not None:
+            area = None
+        pooled = opts.get("pooled_output")
+        adm = None
+        if self.model.adm is not None:
+            proj = int(self.model.config.get("projection_class_embeddings_input_dim") or 0)
+            n_time = 5 if self.model.adm == "refiner" else 6
+            tdim = int(self.model.config.get("addition_time_embed_dim") or 256)
+            pdim = proj - n_time * tdim
+            if pooled is None:
+                pooled = torch.zeros(1, pdim)
+            pooled = pooled.to(self.device, self.dtype).reshape(1, -1)
+            if pooled.shape[-1] != pdim:
+                raise ValueError(f"the conditioning's pooled output is {pooled.shape[-1]} wide; this model needs "
+                                 f"{pdim}")
+            H, W = self.image_size
+            height, width = float(opts.get("height", H)), float(opts.get("width", W))
+            crop_h, crop_w = float(opts.get("crop_h", 0)), float(opts.get("crop_w", 0))
+            if self.model.adm == "refiner":
+                score = float(opts.get("aesthetic_score", 6.0 if group == 0 else 2.5))
+                ids = [height, width, crop_h, crop_w, score]
+            else:
+                ids = [height, width, crop_h, crop_w, float(opts.get("target_height", height)),
+                       float(opts.get("target_width", width))]
+            adm = torch.tensor([ids], device=self.device, dtype=self.dtype)
+        concat = None
+        if self.model.is_inpaint:
+            src = opts.get("concat_latent_image")
+            lat = self.model.latent_format.process_in(src.to(self.device).float()) if src is not None else self.latent
+            cm = opts.get("concat_mask")
+            if cm is not None:
+                m = _resize_mask(cm.to(self.device), h, w)
+            elif self.mask is not None:
+                m = self.mask
+            else:
+                m = torch.ones(1, 1, h, w, device=self.device)
+            concat = torch.cat([m.expand(b, -1, -1, -1), lat.expand(b, -1, -1, -1)], 1)
+        return _Entry(group, emb, area, mult, pooled, adm, concat)
+
+    # -- the per-step call ------------------------------------------------------------------------------------
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
+        m = self.mask
+        if m is not None:
+            s = sigma.reshape(-1, 1, 1, 1).to(x.dtype)
+            x = x * m + (self.latent + self.noise * s) * (1.0 - m)
+        sums = [torch.zeros_like(x) for _ in range(self.n_groups)]
+        counts = [torch.full_like(x, 1e-37) for _ in range(self.n_groups)]
+        for (bh, bw), entries in self.buckets.items():
+            self._run_bucket(x, sigma, entries, sums, counts)
+        outs = [s / c for s, c in zip(sums, counts)]
+        if self.n_groups == 1:
+            den = outs[0]
+        else:
+            den = outs[1] + (outs[0] - outs[1]) * self.cfg
+        if m is not None:
+            den = den * m + self.latent * (1.0 - m)
+        return den
+
+    def _run_bucket(self, x, sigma, entries: list[_Entry], sums, counts) -> None:
+        b = x.shape[0]
+        xs, sig, ctx, pooled, adm, concat = [], [], [], [], [], []
+        length = _lcm(e.emb.shape[1] for e in entries)
+        for e in entries:
+            if e.area is None:
+                xs.append(x)
+                cc = e.concat
+            else:
+                h, w, y, x0 = e.area
+                xs.append(x[:, :, y:y + h, x0:x0 + w])
+                cc = e.concat[:, :, y:y + h, x0:x0 + w] if e.concat is not None else None
+            sig.append(sigma)
+            emb = e.emb.repeat(1, length // e.emb.shape[1], 1) if e.emb.shape[1] != length else e.emb
+            ctx.append(emb.expand(b, -1, -1))
+            if e.pooled is not None:
+                pooled.append(e.pooled.expand(b, -1))
+                adm.append(e.adm.expand(b, -1))
+            if cc is not None:
+                concat.append(cc)
+        x_in = torch.cat(xs) if len(xs) > 1 else xs[0]
+        s_in = torch.cat(sig) if len(sig) > 1 else sig[0]
+        net_in = self.ms.calculate_input(s_in, x_in)
+        if concat:
+            net_in = torch.cat([net_in, torch.cat(concat) if len(concat) > 1 else concat[0]], 1)
+        kwargs = {}
+        if pooled:
+            kwargs["added_cond_kwargs"] = {"text_embeds": torch.cat(pooled), "time_ids": torch.cat(adm)}
+        t = self.ms.timestep(s_in.float())
+        out = self.unet(net_in.to(self.dtype), t, encoder_hidden_states=torch.cat(ctx), return_dict=False,
+                        **kwargs)[0]
+        self.calls += 1
+        den = self.ms.calculate_denoised(s_in, out.float(), x_in)
+        for i, e in enumerate(entries):
+            d = den[i * b:(i + 1) * b]
+            if e.area is None:
+                sums[e.group] += d * e.mult
+                counts[e.group] += e.mult
+            else:
+                h, w, y, x0 = e.area
+                sums[e.group][:, :, y:y + h, x0:x0 + w] += d * e.mult
+                counts[e.group][:, :, y:y + h, x0:x0 + w] += e.mult
+
+
+class Previewer:
+    """Per-step progress with a latent->RGB thumbnail every few steps, never blocking on the device."""
+
+    def __init__(self, ctx, model: ModelHandle, total: int, enabled: bool = True):
+        self.ctx = ctx
+        self.fmt = model.latent_format
+        self.total = total
+        self.every = max(1, math.ceil(total / PREVIEW_MAX_STEPS))
+        self.enabled = enabled and ctx is not None
+        self.pending = None  # (pinned uint8 buffer, cuda event)
+
+    def _to_pil(self, arr: torch.Tensor):
+        from PIL import Image
+
+        return Image.fromarray(arr.numpy())
+
+    def __call__(self, info: dict) -> None:
+        i = int(info["i"])
+        preview = None
+        if self.enabled:
+            preview = self._collect(block=False)
+            if i % self.every == 0 or i == self.total - 1:
+                rgb = self.fmt.to_rgb(info["denoised"][:1].float())[0]
+                if rgb.device.type == "cuda":
+                    buf = torch.empty(rgb.shape, dtype=torch.uint8, pin_memory=True)
+                    buf.copy_(rgb, non_blocking=True)
+                    ev = torch.cuda.Event()
+                    ev.record()
+                    self.pending = (buf, ev)
+                else:
+                    preview = self._to_pil(rgb.cpu())
+        if self.ctx is not None:
+            self.ctx.progress(i + 1, self.total, preview=preview)
+
+    def _collect(self, block: bool):
+        if self.pending is None:
+            return None
+        buf, ev = self.pending
+        if not block and not ev.query():
+            return None
+        ev.synchronize()
+        self.pending = None
+        return self._to_pil(buf)
+
+
+def prepare_noise(latent: dict, seed: int) -> torch.Tensor:
+    """Initial noise per the noise contract; with ``batch_index`` each latent gets the noise of its batch position."""
+    from nodes.sampling import initial_noise
+
+    samples = latent["samples"]
+    idx = latent.get("batch_index")
+    if idx is None:
+        return initial_noise(samples.shape, seed)
+    gen = torch.Generator("cpu").manual_seed(int(seed))
+    shape = (1,) + tuple(samples.shape[1:])
+    draws = {}
+    for i in range(max(idx) + 1):
+        n = torch.randn(shape, generator=gen, dtype=torch.float32, device="cpu")
+        if i in idx:
+            draws[i] = n
+    return torch.cat([draws[i] for i in idx], 0)
+
+
+def sample(model: ModelHandle, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
+           positive: list, negative: list, latent: dict, denoise: float = 1.0, ctx=None, *, add_noise: bool = True,
+           start_step: int | None = None, last_step: int | None = None, force_full_denoise: bool = False,
+           sigmas: torch.Tensor | None = None) -> dict:
+    """Sample a LATENT with a MODEL. Returns a new LATENT dict (VAE latent space, float32, CPU)."""
+    from nodes.sampling import SAMPLERS, STOCHASTIC_SAMPLERS, calculate_sigmas, make_noise_sampler
+
+    if sampler_name not in SAMPLERS:
+        raise ValueError(f"sampler {sampler_name!r} is not available in Chisel yet; available: "
+                         f"{', '.join(SAMPLERS)}")
+    ms = model.model_sampling
+    if sigmas is None:
+        sigmas = calculate_sigmas(ms, scheduler, steps, denoise)
+    if last_step is not None and last_step < len(sigmas) - 1:
+        sigmas = sigmas[:last_step + 1]
+        if force_full_denoise:
+            sigmas = sigmas.clone()
+            sigmas[-1] = 0.0
+    if start_step is not None:
+        if start_step >= len(sigmas) - 1:
+            return dict(latent)
+        sigmas = sigmas[start_step:]
+    out = dict(latent)
+    if len(sigmas) < 2:
+        return out
+    samples = latent["samples"]
+    if samples.shape[1] != model.latent_format.channels:
+        raise ValueError(f"the latent has {samples.shape[1]} channels; this model works on "
+                         f"{model.latent_format.channels}")
+    noise = prepare_noise(latent, seed) if add_noise else torch.zeros(samples.shape, dtype=torch.float32)
+    manager = model.manager
+    with manager.use(model.unet), torch.inference_mode():
+        dev = model.unet.device
+        lat = model.latent_format.process_in(samples.to(dev, torch.float32))
+        noise_d = noise.to(dev)
+        s0 = float(sigmas[0])
+        x = ms.noise_scaling(torch.tensor(s0), noise_d, lat, max_denoise=s0 >= ms.sigma_max * (1 - 1e-5))
+        mask = latent.get("noise_mask")
+        image_size = (samples.shape[-2] * 8, samples.shape[-1] * 8)
+        den = CFGDenoiser(model, positive, negative, cfg, lat, noise_d, mask, image_size)
+        total = len(sigmas) - 1
+        callback = Previewer(ctx, model, total)
+        noise_sampler = make_noise_sampler(x, seed) if sampler_name in STOCHASTIC_SAMPLERS else None
+        result = SAMPLERS[sampler_name](den, x, sigmas.to(dev), extra_args={}, callback=callback,
+                                        noise_sampler=noise_sampler)
+        result = ms.inverse_noise_scaling(sigmas[-1], result)
+        result = model.latent_format.process_out(result).float().cpu()
+    out["samples"] = result
+    return out

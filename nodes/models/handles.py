@@ -1,0 +1,257 @@
+"""The MODEL, CLIP and VAE values that travel along a workflow's links.
+
+Each wraps modules owned by the :class:`~nodes.models.manager.ModelManager` and reports ``__chisel_nbytes__() == {}``
+so the result cache does not count model memory the manager already accounts for. Handles are cheap to ``clone``
+(options are copied, modules shared), which is how nodes such as CLIPSetLastLayer derive a variant.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import latent_formats
+from .manager import LoadedBundle, ManagedModule, ModelManager
+from .text import TokenChunks, empty_chunk, tokenize
+
+FAMILY_CLIP_DEFAULTS = {
+    # family: (default layer index, apply the final layer norm to the chosen hidden state)
+    "sd1": (-1, True),
+    "sd2": (-2, True),
+    "sdxl": (-2, False),
+    "sdxl_refiner": (-2, False),
+}
+
+
+class _Handle:
+    def __chisel_nbytes__(self) -> dict[str, int]:
+        return {}
+
+    def clone(self):
+        other = copy.copy(self)
+        other.options = dict(getattr(self, "options", {}))
+        return other
+
+
+@dataclass(eq=False)
+class ModelHandle(_Handle):
+    """MODEL: a denoising UNet with its noise schedule."""
+
+    manager: ModelManager
+    unet: ManagedModule
+    family: str
+    model_sampling: Any  # nodes.sampling.ModelSampling
+    latent_format: latent_formats.LatentFormat
+    config: dict
+    source: str
+    options: dict = field(default_factory=dict)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.config.get("in_channels", 4))
+
+    @property
+    def is_inpaint(self) -> bool:
+        return self.in_channels == 9
+
+    @property
+    def adm(self) -> str | None:
+        """SDXL's extra conditioning: 'sdxl' (size + crop + target size), 'refiner' (size + crop + aesthetic
+        score) or None."""
+        if self.config.get("addition_embed_type") != "text_time":
+            return None
+        return "refiner" if self.family == "sdxl_refiner" else "sdxl"
+
+    def __repr__(self) -> str:
+        return f"<MODEL {self.family} {self.source}>"
+
+
+@dataclass
+class EncoderSlot:
+    name: str  # text_encoder | text_encoder_2
+    module: ManagedModule
+    kind: str  # clip_l | open_clip
+    pad_id: int
+    num_layers: int
+    with_projection: bool
+
+
+@dataclass(eq=False)
+class ClipHandle(_Handle):
+    """CLIP: the text encoder(s) of a checkpoint with the tokenizer, and which hidden layer to use."""
+
+    manager: ModelManager
+    family: str
+    encoders: list[EncoderSlot]
+    source: str
+    layer_idx: int | None = None  # None: the family's default
+    options: dict = field(default_factory=dict)
+
+    def set_last_layer(self, layer: int) -> "ClipHandle":
+        other = self.clone()
+        other.layer_idx = int(layer)
+        return other
+
+    def __repr__(self) -> str:
+        return f"<CLIP {self.family} {self.source} layer={self.layer_idx}>"
+
+    @torch.no_grad()
+    def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(cond [1, 77*k, D], pooled [1, P] or None)``, float32 on the CPU."""
+        default_layer, final_norm = FAMILY_CLIP_DEFAULTS[self.family]
+        layer = self.layer_idx if self.layer_idx is not None else default_layer
+        outs, pooled = [], None
+        with self.manager.use(*[e.module for e in self.encoders]):
+            for enc in self.encoders:
+                chunks = tokenize(text, pad_id=enc.pad_id)
+                hidden, pool = _encode_chunks(enc, chunks, layer, final_norm)
+                outs.append(hidden)
+                if enc.with_projection:
+                    pooled = pool
+        cond = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
+        return cond, pooled
+
+
+def _encode_chunks(enc: EncoderSlot, chunks: TokenChunks, layer: int, final_norm: bool):
+    module = enc.module.module
+    device = enc.module.device
+    rows = list(chunks.ids)
+    weighted = chunks.weighted
+    if weighted:
+        rows.append(empty_chunk(enc.pad_id))
+    ids = torch.tensor(rows, dtype=torch.long, device=device)
+    out = module(input_ids=ids, output_hidden_states=True)
+    n = enc.num_layers
+    idx = max(-(n + 1), min(layer, -1))
+    hidden = out.hidden_states[idx]
+    if final_norm:
+        text_model = getattr(module, "text_model", module)
+        hidden = text_model.final_layer_norm(hidden)
+    hidden = hidden.float()
+    if weighted:
+        empty = hidden[-1:]
+        hidden = hidden[:-1]
+        w = torch.tensor(chunks.weights, dtype=hidden.dtype, device=hidden.device)[..., None]
+        hidden = empty + (hidden - empty) * w
+    pooled = None
+    if enc.with_projection:
+        pooled = out.text_embeds[:1].float().cpu()
+    cond = hidden.reshape(1, -1, hidden.shape[-1]).cpu()
+    return cond, pooled
+
+
+@dataclass(eq=False)
+class VaeHandle(_Handle):
+    """VAE: encode images to (scaled) latents and decode them back."""
+
+    manager: ModelManager
+    module: ManagedModule
+    config: dict
+    source: str
+    family: str | None = None
+    options: dict = field(default_factory=dict)
+
+    @property
+    def downscale(self) -> int:
+        return 2 ** (len(self.config.get("block_out_channels", (0, 0, 0, 0))) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.config.get("latent_channels", 4))
+
+    def __repr__(self) -> str:
+        return f"<VAE {self.source}>"
+
+    def _batch(self, h: int, w: int, decode: bool) -> int:
+        dev = self.module.device
+        if dev.type != "cuda":
+            return 4
+        free, _ = torch.cuda.mem_get_info(dev)
+        elsize = torch.finfo(self.module.dtype).bits // 8
+        # rough activation peaks per image: decode scales with latent cells, encode with pixels
+        per = 2200 * h * w * 64 * elsize if decode else 1800 * h * w * elsize
+        return max(1, int(free * 0.8 // max(per, 1)))
+
+    @torch.no_grad()
+    def decode(self, samples: torch.Tensor) -> torch.Tensor:
+        """[B, C, h, w] VAE latents -> IMAGE [B, H, W, 3] float32 in 0..1 on the CPU."""
+        with self.manager.use(self.module):
+            vae = self.module.module
+            dev, dt = self.module.device, self.module.dtype
+            b = self._batch(samples.shape[-2], samples.shape[-1], True)
+            images = []
+            for i in range(0, samples.shape[0], b):
+                x = vae.decode(samples[i:i + b].to(dev, dt)).sample
+                images.append(((x.float() + 1.0) * 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu())
+        return torch.cat(images, 0)
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """IMAGE [B, H, W, C] in 0..1 -> [B, C, H/8, W/8] VAE latents, float32 on the CPU. The image is
+        center-cropped to a multiple of the VAE's downscale factor; the latent distribution's mean is used."""
+        f = self.downscale
+        h, w = pixels.shape[1] // f * f, pixels.shape[2] // f * f
+        if h == 0 or w == 0:
+            raise ValueError(f"an image of {pixels.shape[2]}x{pixels.shape[1]} is smaller than the VAE's {f}x{f} "
+                             "downscale")
+        y0, x0 = (pixels.shape[1] - h) // 2, (pixels.shape[2] - w) // 2
+        pixels = pixels[:, y0:y0 + h, x0:x0 + w, :3]
+        with self.manager.use(self.module):
+            vae = self.module.module
+            dev, dt = self.module.device, self.module.dtype
+            b = self._batch(h, w, False)
+            out = []
+            for i in range(0, pixels.shape[0], b):
+                x = pixels[i:i + b].to(dev, dt).permute(0, 3, 1, 2) * 2.0 - 1.0
+                z = vae.encode(x).latent_dist.mean
+                out.append(z.float().cpu())
+        return torch.cat(out, 0)
+
+
+def make_model_sampling(scheduler_cfg: dict):
+    from nodes.sampling import ModelSampling
+
+    return ModelSampling(beta_schedule=scheduler_cfg.get("beta_schedule", "scaled_linear"),
+                         linear_start=float(scheduler_cfg.get("beta_start", 0.00085)),
+                         linear_end=float(scheduler_cfg.get("beta_end", 0.012)),
+                         timesteps=int(scheduler_cfg.get("num_train_timesteps", 1000)),
+                         prediction_type=scheduler_cfg.get("prediction_type") or "epsilon")
+
+
+def make_vae_handle(manager: ModelManager, vae_module, cfg: dict, source: str, family_hint: str | None) -> VaeHandle:
+    # SDXL's VAE overflows in fp16 (its config says force_upcast); SD1's is fine in fp16.
+    dt = manager.compute_dtype("vae", force_upcast=bool(cfg.get("force_upcast", False)) and
+                               family_hint in ("sdxl", "sdxl_refiner", None))
+    mm = manager.register("vae", vae_module, source, dt)
+    return VaeHandle(manager, mm, dict(cfg), source, family_hint)
+
+
+def make_bundle(manager: ModelManager, loaded) -> LoadedBundle:
+    """Register a :class:`~nodes.models.loader.LoadedCheckpoint`'s modules and wrap them in handles."""
+    src = str(loaded.path)
+    fam = loaded.family
+    cfgs = loaded.configs
+    unet_dt = manager.compute_dtype("unet")
+    unet = manager.register("unet", loaded.unet, src, unet_dt)
+    vcfg = cfgs["vae"]
+    lf = latent_formats.for_family(fam, vcfg.get("scaling_factor"), vcfg.get("shift_factor"),
+                                   int(vcfg.get("latent_channels", 4)))
+    model = ModelHandle(manager, unet, fam, make_model_sampling(cfgs.get("scheduler", {})), lf, dict(cfgs["unet"]),
+                        src)
+    slots = []
+    for spec in loaded.detection.text_encoders:
+        mod = loaded.text_encoders[spec.name]
+        mm = manager.register(spec.name, mod, src, manager.compute_dtype("text"))
+        pad = 49407 if spec.kind == "clip_l" else 0
+        slots.append(EncoderSlot(spec.name, mm, spec.kind, pad, int(mod.config.num_hidden_layers),
+                                 spec.with_projection))
+    clip = ClipHandle(manager, fam, slots, src)
+    vae = make_vae_handle(manager, loaded.vae, dict(cfgs["vae"]), src, fam)
+    return LoadedBundle(model, clip, vae, loaded.report)
+
+
+def lcm(a: int, b: int) -> int:
+    return a * b // math.gcd(a, b)

@@ -1,0 +1,89 @@
+"""Standalone VAE files (models/vae): LDM layout (``encoder.down.0.block.0...``, optionally under
+``first_stage_model.``/``vae.``) or diffusers layout (``encoder.down_blocks.0.resnets.0...``), loaded completely."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import keymaps as km
+from .configs import _meta, infer_vae, template, VAE_META
+from .detect import _is_lora
+from .errors import CorruptCheckpoint, IncompleteCheckpoint, UnrecognisedArchitecture, WrongFileKind
+from .loader import _TensorSource, _assign, _file_kind, _load_pickle, build_vae, read_header
+
+
+def load_vae_file(path: str | Path, allow_pickle: bool | None = None):
+    """``(AutoencoderKL, config)`` from a VAE file; every parameter must come from the file."""
+    import os
+
+    from diffusers.loaders import single_file_utils as sfu
+
+    path = Path(path)
+    if allow_pickle is None:
+        allow_pickle = os.environ.get("CHISEL_ALLOW_PICKLE", "") not in ("", "0", "false", "no")
+    kind = _file_kind(path)
+    state = None
+    if kind == "pickle":
+        state = _load_pickle(path, allow_pickle)
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        metadata: dict[str, str] = {}
+    elif kind == "safetensors":
+        shapes, _, metadata = read_header(path)
+    else:
+        raise CorruptCheckpoint(f"{path} is not a safetensors file (no valid header); it may be truncated.", path)
+    if _is_lora(shapes):
+        raise WrongFileKind(f"{path} is a LoRA, not a VAE: put it in models/loras and use a LoraLoader node.",
+                            path, kind="lora")
+    if any(k.startswith(km.UNET_PREFIX) for k in shapes):
+        raise WrongFileKind(f"{path} is a full checkpoint, not a VAE: load it with CheckpointLoaderSimple (its "
+                            "VAE output is the VAE).", path, kind="checkpoint")
+    prefix = ""
+    for p in (km.VAE_PREFIX, "vae."):
+        if any(k.startswith(p + "encoder.") for k in shapes):
+            prefix = p
+            break
+    rel = {k[len(prefix):]: s for k, s in shapes.items() if k.startswith(prefix)}
+    ldm = "encoder.down.0.block.0.conv1.weight" in rel
+    diff = "encoder.down_blocks.0.resnets.0.conv1.weight" in rel
+    if not (ldm or diff):
+        raise UnrecognisedArchitecture(f"{path} is not a VAE Chisel recognises (no encoder.down.0.block.0 or "
+                                       f"encoder.down_blocks.0.resnets.0 tensors; {len(shapes)} tensors).", path)
+    with _TensorSource(path, state) as src:
+        if ldm:
+            full = {km.VAE_PREFIX + k: s for k, s in rel.items()}
+            cfg = infer_vae(full, template("sd15", "vae"), _meta(metadata, "chisel.vae", VAE_META), str(path))
+            vae = build_vae(cfg)
+            own = [k for k in vae.state_dict()]
+            expected = {v: k for k, v in km.vae_key_map(cfg, own).items()}
+            missing = sorted(k for k in expected if k not in rel)
+            if missing:
+                raise IncompleteCheckpoint(f"{path} lacks {len(missing)} VAE tensors ({', '.join(missing[:5])}).",
+                                           path, missing={"vae": missing})
+            sub = {km.VAE_PREFIX + k: src.get(prefix + k) for k in expected}
+            converted = sfu.convert_ldm_vae_checkpoint(sub, cfg)
+        else:
+            cfg = dict(template("sd15", "vae"))
+            levels = sorted({int(k.split(".")[2]) for k in rel if k.startswith("encoder.down_blocks.")})
+            cfg["block_out_channels"] = [int(rel[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"][0])
+                                         for i in levels]
+            cfg["down_block_types"] = ["DownEncoderBlock2D"] * len(levels)
+            cfg["up_block_types"] = ["UpDecoderBlock2D"] * len(levels)
+            cfg["layers_per_block"] = len({k.split(".")[4] for k in rel
+                                           if k.startswith("encoder.down_blocks.0.resnets.")})
+            cfg["latent_channels"] = int(rel["decoder.conv_in.weight"][1])
+            cfg.update(_meta(metadata, "chisel.vae", VAE_META))
+            vae = build_vae(cfg)
+            converted = {k: src.get(prefix + k) for k in rel}
+            for k, v in list(converted.items()):
+                if k.endswith(("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight")) and v.ndim == 4:
+                    converted[k] = v[:, :, 0, 0]
+        _assign(vae, converted, "vae", path)
+    return vae, dict(vae.config)
+
+
+def is_vae_state(keys) -> bool:
+    return any(k.endswith("encoder.conv_in.weight") for k in keys)
+
+
+__all__ = ["load_vae_file", "is_vae_state", "torch"]
