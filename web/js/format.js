@@ -1,0 +1,271 @@
+// The one place that converts between LiteGraph's graph and Chisel's native workflow JSON:
+//   {"format": "chisel-workflow", "version": 1, "nodes": {id: {type, inputs, title?}},
+//    "layout": {"nodes": {id: {pos, size, collapsed?, color?, controls?}}, "groups": [...], "notes": []}}
+// Inputs are literals (widget values) or links {"node": id, "output": name}. Editor-only state (positions,
+// sizes, the seed controls) lives in "layout", so a workflow saved here runs unchanged from the CLI.
+
+import { LiteGraph, LGraphGroup } from "../vendor/litegraph/litegraph.es.js";
+import { MissingNode, WIDGET_TYPES, SEED_CONTROLS } from "./nodes.js";
+
+export const FORMAT = "chisel-workflow";
+
+const round1 = (x) => Math.round(x * 10) / 10;
+
+function lgId(id) {
+  return /^[1-9]\d{0,14}$/.test(String(id)) ? Number(id) : String(id);
+}
+
+function sortIds(a, b) {
+  const na = Number(a), nb = Number(b);
+  if (Number.isFinite(na) && Number.isFinite(nb)) return na - nb;
+  return String(a).localeCompare(String(b));
+}
+
+function linkValue(graph, node, slot) {
+  const link = slot?.link != null ? graph.links.get(slot.link) : null;
+  if (!link) return undefined;
+  const origin = graph.getNodeById(link.origin_id);
+  if (!origin) return undefined;
+  const out = origin.outputs[link.origin_slot];
+  const sameName = origin.outputs.filter((o) => o.name === out?.name).length;
+  return { node: String(origin.id), output: out && sameName === 1 ? out.name : link.origin_slot };
+}
+
+/** LiteGraph graph -> native workflow (with layout unless {layout: false}). */
+export function graphToWorkflow(graph, { layout = true, meta } = {}) {
+  const nodes = {};
+  const layoutNodes = {};
+  const list = [...graph._nodes].sort((a, b) => sortIds(a.id, b.id));
+  for (const node of list) {
+    const id = String(node.id);
+    const schema = node.chisel?.schema;
+    let spec;
+    if (!schema) {
+      // a node whose type the server does not know: give back what was loaded, with its current links
+      const raw = node.chisel?.raw || { type: node.type, inputs: {} };
+      spec = { type: raw.type, inputs: { ...raw.inputs } };
+      for (const slot of node.inputs || []) {
+        const v = linkValue(graph, node, slot);
+        if (v) spec.inputs[slot.name] = v;
+        else if (raw.inputs?.[slot.name] && typeof raw.inputs[slot.name] === "object") delete spec.inputs[slot.name];
+      }
+      if (raw.title) spec.title = raw.title;
+    } else {
+      spec = { type: node.type, inputs: {} };
+      for (const inp of schema.inputs) {
+        const slot = node.inputs?.find((s) => s.name === inp.name);
+        const link = linkValue(graph, node, slot);
+        if (link) {
+          spec.inputs[inp.name] = link;
+          continue;
+        }
+        if (!WIDGET_TYPES.has(inp.type)) continue;
+        const w = node.widgets?.find((x) => x.name === inp.name);
+        if (w) spec.inputs[inp.name] = w.value;
+      }
+      for (const [k, v] of Object.entries(node.chisel?.extraInputs || {})) {
+        if (!(k in spec.inputs)) spec.inputs[k] = v;
+      }
+      const defaultTitle = schema.display_name || schema.type;
+      if (node.title && node.title !== defaultTitle) spec.title = node.title;
+    }
+    nodes[id] = spec;
+    if (layout) {
+      const lay = { pos: [round1(node.pos[0]), round1(node.pos[1])], size: [round1(node.size[0]), round1(node.size[1])] };
+      if (node.flags?.collapsed) lay.collapsed = true;
+      if (node.color) lay.color = node.color;
+      if (node.bgcolor) lay.bgcolor = node.bgcolor;
+      const controls = {};
+      for (const w of node.widgets || []) if (w.chiselControlFor) controls[w.chiselControlFor] = w.value;
+      if (Object.keys(controls).length) lay.controls = controls;
+      layoutNodes[id] = lay;
+    }
+  }
+  const wf = { format: FORMAT, version: 1, nodes };
+  if (meta && Object.keys(meta).length) wf.meta = meta;
+  if (layout) {
+    wf.layout = {
+      nodes: layoutNodes,
+      groups: graph._groups.map((g) => ({ title: g.title, bounding: [...g._bounding].map(round1), color: g.color })),
+      notes: [],
+    };
+  }
+  return wf;
+}
+
+/** A tidy left-to-right arrangement for workflows that carry no layout: columns by depth. */
+function autoLayout(wf) {
+  const ids = Object.keys(wf.nodes);
+  const depth = {};
+  const visiting = new Set();
+  const d = (id) => {
+    if (depth[id] != null) return depth[id];
+    if (visiting.has(id)) return 0;
+    visiting.add(id);
+    let best = 0;
+    for (const v of Object.values(wf.nodes[id]?.inputs || {})) {
+      if (v && typeof v === "object" && !Array.isArray(v) && "node" in v && wf.nodes[v.node]) best = Math.max(best, d(String(v.node)) + 1);
+    }
+    visiting.delete(id);
+    depth[id] = best;
+    return best;
+  };
+  ids.forEach(d);
+  const cols = {};
+  for (const id of ids.sort(sortIds)) (cols[depth[id]] ||= []).push(id);
+  const pos = {};
+  for (const [col, members] of Object.entries(cols)) {
+    members.forEach((id, i) => { pos[id] = [40 + Number(col) * 380, 40 + i * 300]; });
+  }
+  return pos;
+}
+
+function isLink(v) {
+  return v && typeof v === "object" && !Array.isArray(v) && typeof v.node !== "undefined";
+}
+
+/**
+ * Native workflow -> LiteGraph graph (cleared first). Returns a list of problems found while loading
+ * (links the canvas refused, unknown node types), each {node_id, input, text}.
+ */
+export function workflowToGraph(graph, wf, schemas) {
+  const problems = [];
+  graph.clear();
+  const lay = wf.layout?.nodes || {};
+  const auto = Object.keys(lay).length ? null : autoLayout(wf);
+  const created = {};
+  // make sure numeric ids never collide with the ones LiteGraph hands out next
+  let maxId = 0;
+  for (const id of Object.keys(wf.nodes)) if (typeof lgId(id) === "number") maxId = Math.max(maxId, lgId(id));
+  for (const [id, spec] of Object.entries(wf.nodes)) {
+    let node = schemas[spec.type] ? LiteGraph.createNode(spec.type) : null;
+    if (!node) {
+      node = new MissingNode(`${spec.title || spec.type} (unknown type)`);
+      node.chisel.raw = JSON.parse(JSON.stringify(spec));
+      problems.push({ node_id: id, text: `The server has no node type “${spec.type}”.` });
+      for (const [name, v] of Object.entries(spec.inputs || {})) if (isLink(v)) node.addInput(name, "*");
+    } else {
+      if (spec.title) node.title = spec.title;
+      const extra = {};
+      const schema = schemas[spec.type];
+      for (const [name, v] of Object.entries(spec.inputs || {})) {
+        const inp = schema.inputs.find((i) => i.name === name);
+        if (!inp) {
+          extra[name] = v;
+          continue;
+        }
+        if (isLink(v)) continue;
+        const w = node.widgets?.find((x) => x.name === name);
+        if (w) {
+          w.value = v;
+        } else {
+          extra[name] = v; // a literal for a socket-only input: keep it, the server will say what is wrong
+        }
+      }
+      if (Object.keys(extra).length) node.chisel.extraInputs = extra;
+      const controls = lay[id]?.controls || {};
+      for (const w of node.widgets || []) {
+        if (w.chiselControlFor) {
+          const c = controls[w.chiselControlFor];
+          w.value = SEED_CONTROLS.includes(c) ? c : "fixed";
+        }
+      }
+    }
+    node.id = lgId(id);
+    const l = lay[id];
+    if (l?.pos) node.pos = [Number(l.pos[0]) || 0, Number(l.pos[1]) || 0];
+    else if (auto) node.pos = auto[id];
+    if (l?.color) node.color = l.color;
+    if (l?.bgcolor) node.bgcolor = l.bgcolor;
+    graph.add(node, true);
+    if (l?.size) {
+      const min = node.computeSize();
+      node.setSize([Math.max(Number(l.size[0]) || 0, min[0] * 0.5), Math.max(Number(l.size[1]) || 0, min[1])]);
+    } else if (!(node instanceof MissingNode)) {
+      const s = node.computeSize();
+      node.setSize([Math.max(s[0], 240), s[1]]);
+    }
+    if (l?.collapsed) node.collapse(true);
+    created[id] = node;
+  }
+  graph.state.lastNodeId = Math.max(graph.state.lastNodeId, maxId);
+  // outputs that links ask for on unknown nodes
+  for (const [id, spec] of Object.entries(wf.nodes)) {
+    for (const v of Object.values(spec.inputs || {})) {
+      if (!isLink(v)) continue;
+      const src = created[String(v.node)];
+      if (src instanceof MissingNode) {
+        const name = typeof v.output === "number" ? `output ${v.output}` : String(v.output);
+        if (src.findOutputSlot(name) < 0) src.addOutput(name, "*");
+      }
+    }
+  }
+  for (const [id, spec] of Object.entries(wf.nodes)) {
+    const target = created[id];
+    for (const [name, v] of Object.entries(spec.inputs || {})) {
+      if (!isLink(v)) continue;
+      const src = created[String(v.node)];
+      const slotIn = target.findInputSlot(name);
+      if (slotIn < 0) {
+        (target.chisel.extraInputs ||= {})[name] = v;
+        continue;
+      }
+      if (!src) {
+        problems.push({ node_id: id, input: name, text: `“${name}” was linked to node ${v.node}, which is not in the file.` });
+        continue;
+      }
+      let slotOut;
+      if (src instanceof MissingNode) slotOut = src.findOutputSlot(typeof v.output === "number" ? `output ${v.output}` : String(v.output));
+      else slotOut = typeof v.output === "number" ? v.output : src.findOutputSlot(String(v.output));
+      if (slotOut == null || slotOut < 0 || slotOut >= src.outputs.length) {
+        problems.push({ node_id: id, input: name, text: `“${name}” was linked to an output “${v.output}” that ${src.title} does not have.` });
+        continue;
+      }
+      const link = src.connect(slotOut, target, slotIn);
+      if (!link) {
+        problems.push({
+          node_id: id, input: name,
+          text: `“${name}” (${target.inputs[slotIn].type}) cannot take ${src.title}'s ${src.outputs[slotOut].name} (${src.outputs[slotOut].type}); the link was left out.`,
+        });
+      }
+    }
+  }
+  for (const g of wf.layout?.groups || []) {
+    try {
+      const group = new LGraphGroup(g.title || "Group");
+      if (Array.isArray(g.bounding) && g.bounding.length === 4) group._bounding.set(g.bounding.map(Number));
+      if (g.color) group.color = g.color;
+      graph.add(group);
+    } catch (e) {
+      problems.push({ text: `a group could not be restored: ${e.message}` });
+    }
+  }
+  graph.updateExecutionOrder();
+  graph.setDirtyCanvas(true, true);
+  return problems;
+}
+
+/** ComfyUI's API format ({id: {class_type, inputs}}, links as [id, index]) -> native. */
+export function fromComfyApi(data) {
+  const nodes = {};
+  for (const [id, n] of Object.entries(data)) {
+    const inputs = {};
+    for (const [k, v] of Object.entries(n.inputs || {})) {
+      inputs[k] = Array.isArray(v) && v.length === 2 && (typeof v[0] === "string" || typeof v[0] === "number") && Number.isInteger(v[1])
+        ? { node: String(v[0]), output: v[1] } : v;
+    }
+    nodes[id] = { type: n.class_type, inputs };
+    if (n._meta?.title) nodes[id].title = n._meta.title;
+  }
+  return { format: FORMAT, version: 1, nodes };
+}
+
+/** What kind of workflow JSON this is: "native", "comfy_api", "comfy_ui" or null. */
+export function detectFormat(data) {
+  if (!data || typeof data !== "object" || Array.isArray(data)) return null;
+  if (data.format === FORMAT || (data.nodes && !Array.isArray(data.nodes) && typeof data.nodes === "object")) return "native";
+  if (Array.isArray(data.nodes) && ("links" in data || "last_node_id" in data || "version" in data)) return "comfy_ui";
+  const vals = Object.values(data);
+  if (vals.length && vals.every((v) => v && typeof v === "object" && "class_type" in v)) return "comfy_api";
+  return null;
+}
