@@ -201,7 +201,9 @@ def beta_scheduler(ms: ModelSampling, steps: int, alpha: float = 0.6, beta: floa
         return torch.zeros(1)
     last = ms.num_timesteps - 1
     ts = [beta_ppf(1.0 - i / steps, alpha, beta) * last for i in range(steps)]
-    rounded = [float(round(t)) for t in ts]
+    # round half to even like numpy; the 9-decimal pre-rounding absorbs the bisection's ~1e-10 error so that exact
+    # halves (ppf(0.5) = 0.5 for a symmetric Beta -> t = 499.5) round the same way as an exact quantile would.
+    rounded = [float(round(round(t, 9))) for t in ts]
     if all(a > b for a, b in zip(rounded, rounded[1:])):
         ts = rounded
     return _finish(_sigmas_at(ms, torch.tensor(ts, dtype=torch.float64)))
