@@ -146,7 +146,7 @@ class ModelManager:
             remove_hook_from_module(mm.module, recurse=True)
             mm.sequential = False
         if mm.on_device:
-            mm.module.to("cpu")
+            self._move(mm, torch.device("cpu"))
             mm.on_device = False
 
     def _make_room(self, need: int, keep: set[int]) -> bool:
@@ -175,8 +175,12 @@ class ModelManager:
                 mm.sequential = True
                 mm.on_device = True
                 return
-            mm.module.to(self.device)
+            self._move(mm, self.device)
             mm.on_device = True
+
+    def _move(self, mm: ManagedModule, device: torch.device) -> None:
+        """The one place weights physically move (tests replace it to exercise placement without a GPU)."""
+        torch.nn.Module.to(mm.module, device)
 
     @contextmanager
     def use(self, *mms: ManagedModule):
@@ -268,7 +272,7 @@ class ModelManager:
             "model_bytes_device": sum(m["bytes"] for m in mods if m["device"] != "cpu"),
             "device_budget": self.device_budget() if self.device.type != "cpu" else None,
         }
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and torch.cuda.is_available():
             free, total = torch.cuda.mem_get_info(self.device)
             out.update({"vram_total": total, "vram_free": free,
                         "torch_vram_allocated": torch.cuda.memory_allocated(self.device),

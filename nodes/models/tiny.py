@@ -12,7 +12,10 @@ from typing import Any
 
 import torch
 
-FAMILIES = ("sd1", "sd1_inpaint", "sd2", "sd2_v", "sdxl", "sdxl_refiner")
+FAMILIES = ("sd1", "sd1_inpaint", "sd2", "sd2_v", "sdxl", "sdxl_refiner", "sd1_plain")
+# sd1_plain: a tiny SD1 whose hyperparameters that shapes cannot tell (8 attention heads, 32 norm groups, one head
+# per 64 text channels, quick-GELU) equal SD1.5's published ones, so it loads with no metadata at all (as a .ckpt
+# pickle or a stripped file would).
 
 
 @dataclass
@@ -35,12 +38,13 @@ def _clip(width: int, layers: int, heads: int, act: str, projection: int | None 
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
 
 
-def _vae(scaling_factor: float = 0.18215, force_upcast: bool = True):
+def _vae(scaling_factor: float = 0.18215, force_upcast: bool = True, plain: bool = False):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 16, 16),
-                         layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=32,
+                         up_block_types=("UpDecoderBlock2D",) * 4,
+                         block_out_channels=(32, 32, 32, 32) if plain else (8, 16, 16, 16),
+                         layers_per_block=1, latent_channels=4, norm_num_groups=32 if plain else 4, sample_size=32,
                          scaling_factor=scaling_factor, force_upcast=force_upcast).eval()
 
 
@@ -57,6 +61,14 @@ def build(family: str, seed: int = 0) -> TinyModel:
             block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=4,
             norm_num_groups=8)
         return TinyModel("sd1", unet.eval(), _vae(), te)
+    if family == "sd1_plain":
+        te = _clip(64, 2, 1, "quick_gelu")
+        unet = UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=64, attention_head_dim=8,
+            norm_num_groups=32)
+        return TinyModel("sd1", unet.eval(), _vae(plain=True), te)
     if family in ("sd2", "sd2_v"):
         te = _clip(32, 3, 2, "gelu", pad_token_id=0)
         unet = UNet2DConditionModel(
