@@ -17,7 +17,8 @@ Tolerances (absolute, on mean and std):
   samplers, 200 for the first-order ones (euler, ddim, euler_ancestral, dpmpp_sde) whose weak error decays only
   like C/N with C ~ 2.7 (measured: 1.7 % at 200 steps). The floor above is 25x smaller.
 - Mixture, quadrature: TOL_MIX = 0.01 (1.1 % of the mixture std 0.917); quadrature error is ~3e-4.
-- Mixture, Monte Carlo (N = 100,000): TOL_MIX plus 4 standard errors (std/sqrt(N) = 0.0029 for the mean, 0.0012
+- Mixture, Monte Carlo (N = 100,000, float32; 50 steps for the first-order samplers): TOL_MIX plus 4 standard
+  errors (std/sqrt(N) = 0.0029 for the mean, 0.0012
   for the std), i.e. 0.022 / 0.015.
 """
 
@@ -28,6 +29,15 @@ import torch
 
 from nodes.sampling import SAMPLERS, SCHEDULERS, STOCHASTIC_SAMPLERS, ModelSampling, make_noise_sampler
 from nodes.sampling.analytic import GaussianDenoiser, MixtureDenoiser
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tests use small tensors: one intra-op thread is faster, and much faster on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 MS = ModelSampling()
 MU, STD = 0.5, 0.8
@@ -89,7 +99,8 @@ def mixture_quadrature_moments(name, sigmas, n=20001):
 
 
 def mixture_mc_moments(name, sigmas, seed=0):
-    x = MIX.sample_x_at(float(sigmas[0]), (1, MC_N), generator=torch.Generator().manual_seed(seed))
+    x = MIX.sample_x_at(float(sigmas[0]), (1, MC_N), generator=torch.Generator().manual_seed(seed),
+                        dtype=torch.float32)
     out = SAMPLERS[name](_model_for(name, MIX), x, sigmas, noise_sampler=make_noise_sampler(x, seed + 1))
     return out.mean().item(), out.std().item()
 
@@ -107,7 +118,7 @@ def test_probe_agrees_with_monte_carlo(name):
     sig = karras(12)
     mean, std = gaussian_moments(name, sig)
     data = GaussianDenoiser(MU, STD)
-    x = data.sample_x_at(float(sig[0]), (1, MC_N), generator=torch.Generator().manual_seed(5))
+    x = data.sample_x_at(float(sig[0]), (1, MC_N), generator=torch.Generator().manual_seed(5), dtype=torch.float32)
     out = SAMPLERS[name](data, x, sig, noise_sampler=make_noise_sampler(x, 6))
     assert out.mean().item() == pytest.approx(mean, abs=4 * std / math.sqrt(MC_N))
     assert out.std().item() == pytest.approx(std, abs=4 * std / math.sqrt(2 * MC_N))
@@ -185,7 +196,7 @@ def test_mixture_target_deterministic(name):
 
 @pytest.mark.parametrize("name", sorted(STOCHASTIC_SAMPLERS))
 def test_mixture_target_stochastic(name):
-    n = 100 if name in FIRST_ORDER else 30
+    n = 50 if name in FIRST_ORDER else 30  # first-order discretisation error at 50 steps: ~0.012 (mean)
     mean, std = mixture_mc_moments(name, karras(n))
     se_mean, se_std = MIX.std / math.sqrt(MC_N), 0.0012
     assert abs(mean - MIX.mean) <= TOL_MIX + 4 * se_mean, (name, mean)
@@ -196,8 +207,8 @@ def test_mixture_error_shrinks_for_first_order_stochastic():
     """Where the discretisation error is well above Monte-Carlo noise, it visibly shrinks (same seed)."""
     for name in ("euler_ancestral", "dpmpp_sde"):
         coarse = abs(mixture_mc_moments(name, karras(8))[0] - MIX.mean)
-        fine = abs(mixture_mc_moments(name, karras(64))[0] - MIX.mean)
-        assert coarse > 0.05 and fine < coarse / 3, (name, coarse, fine)
+        fine = abs(mixture_mc_moments(name, karras(40))[0] - MIX.mean)
+        assert coarse > 0.05 and fine < coarse / 2.5, (name, coarse, fine)
 
 
 def test_lcm_needs_a_consistency_model():
@@ -207,6 +218,6 @@ def test_lcm_needs_a_consistency_model():
     sig = karras(50)
     _, std_consistency = gaussian_moments("lcm", sig)
     assert std_consistency == pytest.approx(STD, abs=1e-9)
-    x = data.sample_x_at(float(sig[0]), (1, MC_N), generator=torch.Generator().manual_seed(0))
+    x = data.sample_x_at(float(sig[0]), (1, MC_N), generator=torch.Generator().manual_seed(0), dtype=torch.float32)
     out = SAMPLERS["lcm"](data, x, sig, noise_sampler=make_noise_sampler(x, 1))
     assert out.std().item() < 0.75 * STD

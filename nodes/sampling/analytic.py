@@ -72,10 +72,12 @@ class MixtureDenoiser:
         self.calls += 1
         s = _per_sample(sigma, x)
         inv_2var = 0.5 / (s * s)
-        if len(self.points) == 2:  # closed form: a + (b - a) * P(b | x)
+        if len(self.points) == 2:  # closed form: a + (b - a) * P(b | x), P(b | x) = sigmoid(logit)
             (a, b), (wa, wb) = self.points, self.weights
-            logit = math.log(wb / wa) + ((x - a) ** 2 - (x - b) ** 2) * inv_2var
-            return a + (b - a) * torch.sigmoid(logit)
+            # logit = log(wb / wa) + ((x - a)^2 - (x - b)^2) / (2 sigma^2), affine in x:
+            slope = (2.0 * (b - a)) * inv_2var
+            logit = torch.addcmul(math.log(wb / wa) - (b * b - a * a) * inv_2var, x, slope)
+            return torch.sigmoid(logit).mul_(b - a).add_(a)
         pts = torch.tensor(self.points, dtype=x.dtype, device=x.device)
         logw = torch.tensor(self.weights, dtype=x.dtype, device=x.device).log()
         logits = logw - (x.unsqueeze(-1) - pts) ** 2 * inv_2var.unsqueeze(-1)
