@@ -1,0 +1,95 @@
+"""The aiohttp application: ``create_app`` wires the routes, middlewares and life cycle; ``serve`` is
+``chisel serve``."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from . import routes_comfy, routes_native
+from .errors import error_middleware
+from .routes_native import SERVER
+from .security import AccessLogger, is_loopback_host, security_middleware
+from .service import ChiselServer, ServerConfig, env_config
+from .store import StoreLocked
+
+log = logging.getLogger("chisel.server")
+
+
+def create_app(registry: Any, engine: Any, services: Any = None, config: ServerConfig | None = None) -> web.Application:
+    config = config or ServerConfig()
+    server = ChiselServer(registry, engine, services, config)
+    # Bodies are read by the handlers with their own limits (JSON vs. uploads); this is the outer bound.
+    app = web.Application(middlewares=[error_middleware(config.debug),
+                                       security_middleware(config.token, config.allowed_origins)],
+                          client_max_size=max(config.max_upload_bytes, config.max_json_bytes) + (1 << 20))
+    app[SERVER] = server
+    routes_native.add_routes(app)
+    routes_comfy.add_routes(app)
+    app.on_startup.append(server.start)
+    app.on_shutdown.append(server.shutdown)
+    app.on_cleanup.append(server.cleanup)
+    return app
+
+
+def serve(args: argparse.Namespace) -> int:
+    token = getattr(args, "token", None) or os.environ.get("CHISEL_TOKEN") or None
+    host, port = args.host, args.port
+    if not token and not is_loopback_host(host):
+        print(f"chisel serve: refusing to listen on {host} without a token: anyone who can reach this address could "
+              "run workflows and read your images. Pass --token TOKEN (or set CHISEL_TOKEN), or listen on 127.0.0.1.",
+              file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .cli import build_runtime
+
+    registry, services, engine = build_runtime(args, allow_paths=False)
+    config = env_config(token=token, debug=bool(args.debug), host=host, port=port)
+    app = create_app(registry, engine, services, config)
+    try:
+        asyncio.run(_run(app, host, port, config))
+    except StoreLocked as exc:
+        print(f"chisel serve: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"chisel serve: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _run(app: web.Application, host: str, port: int, config: ServerConfig) -> None:
+    runner = web.AppRunner(app, handle_signals=False, access_log_class=AccessLogger,
+                           access_log=logging.getLogger("chisel.access") if config.debug else None,
+                           shutdown_timeout=5.0)
+    await runner.setup()  # runs on_startup: opens the store, recovers, starts the worker
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        server = app[SERVER]
+        addresses = [s.getsockname() for s in (site._server.sockets if site._server else [])]
+        bound = addresses[0][1] if addresses else port
+        shown = f"[{host}]" if ":" in host else host
+        rec = server.recovered
+        if rec["requeued"] or rec["failed"]:
+            print(f"chisel: recovered from an unclean stop: re-queued {len(rec['requeued'])} prompt(s), "
+                  f"failed {len(rec['failed'])}", flush=True)
+        print(f"chisel: serving on http://{shown}:{bound} (queue: {server.db_path})"
+              + (" with a token" if config.token else ""), flush=True)
+        await stop.wait()
+        print("chisel: stopping (the running prompt goes back to the queue)", flush=True)
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,205 @@
+"""Who may talk to the server and what a request may reach.
+
+- Bearer token: with a token set, every request needs ``Authorization: Bearer TOKEN`` (GET requests, so that
+  WebSockets and ``<img>`` URLs work from a browser, may pass ``?token=`` instead). The canvas page itself
+  (``/``, ``/web/...``) and ``GET /v1/auth`` are served without it: the page has to load to ask for the token.
+- Same origin only: a request whose ``Origin`` is not this server (or one listed in ``allowed_origins``), or that
+  a browser marks ``Sec-Fetch-Site: cross-site``, is refused — WebSocket upgrades included.
+- DNS rebinding: without a token, the ``Host`` header must name a loopback address (``localhost``,
+  ``127.0.0.1``, ``[::1]``) or an IP literal, so a hostile domain resolving to 127.0.0.1 gets nowhere.
+- Files: names are joined to their folder and resolved (symlinks followed); anything outside is refused.
+- Bodies are read with a byte limit (JSON and uploads apart).
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import os
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from .errors import ApiError
+
+PUBLIC_PATHS = ("/", "/index.html", "/v1/auth", "/favicon.ico")
+PUBLIC_PREFIXES = ("/web/",)
+
+
+def is_loopback_host(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+def _split_host(value: str) -> tuple[str, int | None]:
+    parts = urlsplit("//" + value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    return (parts.hostname or "").lower(), port
+
+
+def _origin_matches(origin: str, host_header: str, scheme: str) -> bool:
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return False
+    default = {"http": 80, "https": 443}
+    try:
+        o_port = parts.port or default[parts.scheme]
+    except ValueError:
+        return False
+    h_host, h_port = _split_host(host_header)
+    if h_port == -1:
+        return False
+    h_port = h_port or default.get(scheme, 80)
+    return parts.hostname.lower() == h_host and o_port == h_port
+
+
+def security_middleware(token: str | None, allowed_origins: tuple[str, ...] = ()):
+    allowed = {o.rstrip("/").lower() for o in allowed_origins}
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        host = request.headers.get("Host", "")
+        if not token:
+            hostname, _ = _split_host(host)
+            if not hostname or not (is_loopback_host(hostname) or _is_ip(hostname)):
+                raise ApiError(403, "forbidden_host", f"Host {host!r} is not accepted: without a token the server "
+                               "answers only to loopback names or IP addresses (DNS-rebinding protection)")
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.rstrip("/").lower() not in allowed:
+            if not _origin_matches(origin, host, request.scheme):
+                raise ApiError(403, "forbidden_origin", f"cross-origin request from {origin!r} refused")
+        if request.headers.get("Sec-Fetch-Site") == "cross-site" and origin is None:
+            raise ApiError(403, "forbidden_origin", "cross-site request refused")
+        if token and not _public(request):
+            if not _token_ok(request, token):
+                raise ApiError(401, "unauthorized", "a valid token is required: send 'Authorization: Bearer TOKEN'"
+                               + (" (or ?token=TOKEN on GET)" if request.method == "GET" else ""),
+                               headers={"WWW-Authenticate": 'Bearer realm="chisel"'})
+        return await handler(request)
+
+    return middleware
+
+
+def _public(request: web.Request) -> bool:
+    if request.method not in ("GET", "HEAD"):
+        return False
+    return request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES)
+
+
+def _token_ok(request: web.Request, token: str) -> bool:
+    auth = request.headers.get("Authorization", "")
+    scheme, _, given = auth.partition(" ")
+    if scheme.lower() == "bearer" and given and hmac.compare_digest(given.strip().encode(), token.encode()):
+        return True
+    if request.method in ("GET", "HEAD"):
+        query = request.query.get("token")
+        if query and hmac.compare_digest(query.encode(), token.encode()):
+            return True
+    return False
+
+
+# -- files ----------------------------------------------------------------------------------------------------------
+def clean_name(name: str, what: str = "filename") -> str:
+    if not isinstance(name, str) or "\x00" in name:
+        raise ApiError(400, "invalid_path", f"invalid {what}")
+    return name.replace("\\", "/")
+
+
+def safe_join(base: Path, subfolder: str, filename: str) -> Path:
+    """``base/subfolder/filename`` resolved, refused (403) if it leaves ``base`` — through ``..``, an absolute path
+    or a symlink."""
+    subfolder, filename = clean_name(subfolder or "", "subfolder"), clean_name(filename)
+    if not filename or filename.endswith("/"):
+        raise ApiError(400, "invalid_path", "a file name is required")
+    if subfolder.startswith("/") or filename.startswith("/") or PurePosixPath(filename).is_absolute():
+        raise ApiError(403, "path_outside_folder", "absolute paths are not accepted")
+    root = base.resolve()
+    target = (root / subfolder / filename).resolve()
+    if target == root or not target.is_relative_to(root):
+        raise ApiError(403, "path_outside_folder", "the path leaves its folder")
+    return target
+
+
+def upload_name(name: str) -> str:
+    """The last component of an uploaded file's name, refused when empty, hidden or too long."""
+    base = PurePosixPath(clean_name(name or "")).name
+    if not base or base in (".", "..") or base.startswith("."):
+        raise ApiError(400, "invalid_filename", f"unusable file name {name!r}")
+    if len(base.encode()) > 200:
+        raise ApiError(400, "invalid_filename", "the file name is too long")
+    return base
+
+
+# -- bodies ---------------------------------------------------------------------------------------------------------
+async def read_body(request: web.Request, limit: int) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise ApiError(413, "too_large", f"the request body is {length} bytes; the limit is {limit}")
+    chunks, total = [], 0
+    while True:
+        chunk = await request.content.read(65536)
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > limit:
+            raise ApiError(413, "too_large", f"the request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: web.Request, limit: int, *, allow_empty: bool = False) -> Any:
+    body = await read_body(request, limit)
+    if not body.strip():
+        if allow_empty:
+            return {}
+        raise ApiError(400, "invalid_json", "a JSON body is required")
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_json", "the body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
+                       extra={"line": exc.lineno, "column": exc.colno}) from None
+
+
+async def read_json_object(request: web.Request, limit: int, *, allow_empty: bool = False) -> dict[str, Any]:
+    data = await read_json(request, limit, allow_empty=allow_empty)
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_request", f"the body must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+# -- logging ----------------------------------------------------------------------------------------------------------
+class AccessLogger(AbstractAccessLogger):
+    """One line per request, without the query string (it may hold a token)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info("%s %s %s %d %.1fms", request.remote, request.method, request.path, response.status,
+                         time * 1000)
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    try:
+        return int(value) if value else default
+    except ValueError:
+        return default

@@ -1,0 +1,366 @@
+"""The one worker that runs prompts, and the background file writer that keeps disk I/O off its path.
+
+One thread (the *worker*) owns the GPU: it claims the head of the durable queue, calls ``Engine.run`` and goes
+straight on to the next prompt. What a prompt still has to do after its last node (its image files reaching the
+disk, its result being committed to SQLite, the ``finished`` event) happens elsewhere: files on the writer's
+threads, then the record on a third thread, the *finisher*, as soon as that prompt's own files are written. So
+neither PNG encoding nor fsync holds up the next prompt's sampling, and a prompt with nothing to write is not
+kept waiting behind an earlier one's files.
+
+Saving nodes take part through :class:`FileWriter`, offered to every node as ``ctx.services.extras["file_writer"]``
+(absent outside the server: write inline then)::
+
+    writer = (getattr(ctx.services, "extras", None) or {}).get("file_writer")
+    writer.submit(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+
+``submit`` reserves ``path`` at once (``FileExistsError`` if it exists or another write is pending for it: take
+the next counter), then runs ``write(tmp)`` on a writer thread, fsyncs, and renames ``tmp`` to ``path``. The
+prompt's history entry turns ``success`` only when all its files are on disk; ``/view`` of a file still being
+written waits for it.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import time
+import traceback
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from graph import events as ev
+from graph.engine import RunResult
+from graph.errors import ChiselError
+from graph.workflow import parse_workflow
+
+from . import store as S
+
+log = logging.getLogger("chisel.server")
+
+
+@dataclass
+class PendingWrite:
+    path: Path
+    node_id: str | None
+    future: Future
+
+
+class FileWriter:
+    """Writes files on background threads; paths are reserved from submission until the file is in place."""
+
+    def __init__(self, threads: int = 2, max_pending: int = 64):
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="chisel-writer")
+        self._pending: dict[str, Future] = {}
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_pending)  # back-pressure: RAM held by queued images is bounded
+        self._batch: list[PendingWrite] | None = None
+        self.node_id: str | None = None  # the node running now (set by the worker), to name it in a write error
+
+    @staticmethod
+    def _key(path: Path) -> str:
+        return str(Path(os.path.abspath(path)))
+
+    def submit(self, path: str | Path, write: Callable[[Path], Any]) -> Future:
+        path = Path(path)
+        key = self._key(path)
+        self._slots.acquire()
+        try:
+            with self._lock:
+                if key in self._pending or os.path.lexists(path):
+                    raise FileExistsError(str(path))
+                future: Future = Future()
+                self._pending[key] = future
+        except BaseException:
+            self._slots.release()
+            raise
+        if self._batch is not None:
+            self._batch.append(PendingWrite(path, self.node_id, future))
+        self._pool.submit(self._write, path, key, write, future)
+        return future
+
+    def _write(self, path: Path, key: str, write: Callable[[Path], Any], future: Future) -> None:
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)  # never clobbers a file that appeared meanwhile
+                os.unlink(tmp)
+            except FileExistsError:
+                raise
+            except OSError:  # a filesystem without hard links
+                os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except BaseException as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            future.set_exception(exc)
+        else:
+            future.set_result(path)
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+            self._slots.release()
+
+    def pending(self, path: str | Path) -> Future | None:
+        with self._lock:
+            return self._pending.get(self._key(Path(path)))
+
+    def begin(self) -> None:
+        """Start collecting the writes of one prompt (worker thread)."""
+        self._batch = []
+        self.node_id = None
+
+    def end(self) -> list[PendingWrite]:
+        batch, self._batch = self._batch or [], None
+        return batch
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def encode_preview(image: Any, max_size: int = 512) -> bytes | None:
+    """A progress preview (a PIL image) as ComfyUI's binary frame: type 1 (preview), format 1 (JPEG), JPEG bytes."""
+    try:
+        img = image
+        if max(img.size) > max_size:
+            img = img.copy()
+            img.thumbnail((max_size, max_size))
+        if img.mode not in ("RGB", "L"):
+            img = img.convert("RGB")
+        buf = io.BytesIO()
+        buf.write((1).to_bytes(4, "big") + (1).to_bytes(4, "big"))
+        img.save(buf, format="JPEG", quality=85)
+        return buf.getvalue()
+    except Exception:  # a preview is never worth failing a prompt for
+        log.debug("preview not encoded", exc_info=True)
+        return None
+
+
+@dataclass
+class _Current:
+    prompt_id: str
+    client_id: str | None
+    interrupt: threading.Event
+    started: float = field(default_factory=time.time)
+
+
+class Worker:
+    """Runs queued prompts one at a time. ``notify`` receives (kind, payload) in the worker/finisher threads and
+    must hand them to the event loop itself (the server passes a ``call_soon_threadsafe`` wrapper)."""
+
+    def __init__(self, engine: Any, store: S.Store, writer: FileWriter, notify: Callable[..., None],
+                 wants_preview: Callable[[str | None], bool] = lambda client: False, preview_max_size: int = 512,
+                 on_free: Callable[[bool, bool], None] | None = None):
+        self.engine, self.store, self.writer = engine, store, writer
+        self.notify, self.wants_preview, self.preview_max_size = notify, wants_preview, preview_max_size
+        self.on_free = on_free
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.current: _Current | None = None
+        self._free_requests: list[tuple[bool, bool, Future]] = []
+        self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chisel-finisher")
+        self._thread = threading.Thread(target=self._loop, name="chisel-worker", daemon=True)
+
+    # -- control (any thread) -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def interrupt(self, prompt_id: str | None = None) -> str | None:
+        """Interrupt the running prompt (only if it is ``prompt_id``, when given); return the id interrupted."""
+        with self._lock:
+            cur = self.current
+            if cur is None or (prompt_id is not None and cur.prompt_id != prompt_id):
+                return None
+            cur.interrupt.set()
+            return cur.prompt_id
+
+    def running(self) -> str | None:
+        cur = self.current
+        return cur.prompt_id if cur is not None else None
+
+    def request_free(self, unload_models: bool, free_memory: bool) -> Future:
+        """Free models/caches between prompts (never under a running one); the future completes when done."""
+        future: Future = Future()
+        with self._lock:
+            self._free_requests.append((unload_models, free_memory, future))
+        self._wake.set()
+        return future
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Graceful stop: interrupt the running prompt (it goes back to the queue), drain the finisher and writer."""
+        self._stopping.set()
+        with self._lock:
+            if self.current is not None:
+                self.current.interrupt.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the running node did not stop within %.0fs; its prompt will be re-run at next start", timeout)
+        self.writer.shutdown()  # the last writes land, and hand their prompts to the finisher
+        self._finisher.shutdown(wait=True)
+
+    # -- the worker thread ----------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._apply_free()
+            self._wake.clear()
+            try:
+                item = self.store.claim_next()
+            except Exception:
+                log.exception("could not read the queue")
+                self._wake.wait(1.0)
+                continue
+            if item is None:
+                self._wake.wait(1.0)
+                continue
+            if self._stopping.is_set():
+                self.store.requeue(item["prompt_id"])
+                break
+            try:
+                self._run(item)
+            except Exception:  # the worker must survive anything
+                log.exception("worker failed on prompt %s", item["prompt_id"])
+
+    def _apply_free(self) -> None:
+        with self._lock:
+            requests, self._free_requests = self._free_requests, []
+        if not requests:
+            return
+        unload = any(r[0] for r in requests)
+        free = any(r[1] for r in requests)
+        try:
+            if self.on_free is not None:
+                self.on_free(unload, free)
+        except Exception as exc:
+            for _, _, fut in requests:
+                fut.set_exception(exc)
+        else:
+            for _, _, fut in requests:
+                fut.set_result({"unload_models": unload, "free_memory": free})
+
+    def _run(self, item: dict[str, Any]) -> None:
+        pid, client = item["prompt_id"], item.get("client_id")
+        cur = _Current(pid, client, threading.Event())
+        with self._lock:
+            self.current = cur
+            if self._stopping.is_set():
+                cur.interrupt.set()
+        self.notify("queue", None)
+        workflow_dict = item["workflow"]
+        node_types = {nid: spec.get("type") for nid, spec in (workflow_dict.get("nodes") or {}).items()}
+
+        def on_event(event: ev.Event) -> None:
+            if event.type == ev.FINISHED:
+                return  # the finisher sends `finished` once the prompt's files and record are on disk
+            data = {k: v for k, v in event.data.items() if k != "preview"}
+            preview = None
+            if event.type == ev.EXECUTING:
+                self.writer.node_id = event.node_id
+            elif event.type == ev.PROGRESS:
+                image = event.data.get("preview")
+                if image is not None and self.wants_preview(client):
+                    preview = encode_preview(image, self.preview_max_size)
+            elif event.type in (ev.INTERRUPTED, ev.ERROR) and event.node_id is not None:
+                data.setdefault("node_type", node_types.get(event.node_id))
+            self.notify("event", {"client_id": client, "prompt_id": pid, "type": event.type,
+                                  "node_id": event.node_id, "time": event.time, "data": data, "preview": preview})
+
+        self.writer.begin()
+        try:
+            workflow = parse_workflow(workflow_dict, self.engine.registry)
+            extra = dict(item.get("extra_data") or {})
+            extra.update(prompt_id=pid, client_id=client)
+            result = self.engine.run(workflow, outputs=item.get("outputs"), on_event=on_event,
+                                     interrupt=cur.interrupt, run_id=pid, extra=extra)
+        except Exception as exc:  # a bug outside any node: record it, keep serving
+            log.exception("prompt %s failed outside its nodes", pid)
+            result = RunResult(pid, "error", errors=[ChiselError(
+                "internal_error", f"{type(exc).__name__}: {exc}",
+                details={"exception_type": type(exc).__name__, "traceback": traceback.format_exc(limit=8)})])
+        writes = self.writer.end()
+        with self._lock:
+            self.current = None
+        if self._stopping.is_set() and result.status == "interrupted":
+            for w in writes:  # let what was written land, then hand the prompt back to the queue
+                _wait(w.future)
+            self.store.requeue(pid)
+            self.notify("queue", None)
+            return
+        self._finish_when_written(item, result, writes)
+
+    def _finish_when_written(self, item: dict[str, Any], result: RunResult, writes: list[PendingWrite]) -> None:
+        """Finish the prompt once its own files are written (prompts with nothing left to write finish at once,
+        even while an earlier prompt's files are still being written)."""
+        left = [len(writes)]
+        lock = threading.Lock()
+
+        def one_done(_: Future | None = None) -> None:
+            with lock:
+                left[0] -= 1
+                ready = left[0] <= 0
+            if ready:
+                self._finisher.submit(self._finish, item, result, writes)
+
+        if not writes:
+            left[0] = 1
+            one_done()
+        for w in writes:
+            w.future.add_done_callback(one_done)
+
+    # -- the finisher thread --------------------------------------------------------------------------------
+    def _finish(self, item: dict[str, Any], result: RunResult, writes: list[PendingWrite]) -> None:
+        pid = item["prompt_id"]
+        errors = [e.to_dict() for e in result.errors]
+        for w in writes:
+            exc = _wait(w.future)
+            if exc is not None:
+                errors.append(ChiselError("write_failed", f"could not write {w.path.name}: {type(exc).__name__}: {exc}",
+                                          node_id=w.node_id, value=str(w.path)).to_dict())
+        status = result.status
+        if status == "success" and len(errors) > len(result.errors):
+            status = S.ERROR
+        payload = {"outputs": result.outputs, "timings": result.timings, "errors": errors,
+                   "resolved": result.resolved, "executed": result.executed, "cached": result.cached,
+                   "skipped": result.skipped, "explain": result.explain}
+        try:
+            self.store.finish(pid, status, payload)
+        except Exception:
+            log.exception("could not record the result of prompt %s", pid)
+        self.notify("finished", {"client_id": item.get("client_id"), "prompt_id": pid, "status": status,
+                                 "result": payload, "time": time.time()})
+        self.notify("queue", None)
+
+
+def _wait(future: Future) -> BaseException | None:
+    try:
+        future.result()
+        return None
+    except BaseException as exc:  # noqa: BLE001 - reported as a write error
+        return exc

@@ -1,0 +1,169 @@
+"""The queue and history survive crashes and restarts: a real ``chisel serve`` subprocess is SIGKILLed while a
+prompt runs and started again; and the store's recovery rules, directly."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from server import store as S
+from test_server_support import ServeProcess, make_root, wf
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def saving_chain(value: int, steps: int = 1, delay: float = 0.0) -> dict:
+    return wf({"1": ("Number", {"value": value}), "2": ("Slow", {"x": ("1", "INT"), "steps": steps, "delay": delay}),
+               "3": ("SaveText", {"value": ("2", "INT"), "prefix": f"p{value}"})})
+
+
+async def _wait_running(s: aiohttp.ClientSession, pid: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        q = await (await s.get("/v1/queue")).json()
+        if [i["prompt_id"] for i in q["running"]] == [pid]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{pid} never ran: {q}")
+
+
+async def _wait_all(s: aiohttp.ClientSession, pids: list[str], timeout: float = 30) -> dict[str, dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entries = {p: await (await s.get(f"/v1/history/{p}")).json() for p in pids}
+        if all(e["status"] in S.FINISHED_STATES for e in entries.values()):
+            return entries
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not all finished: {entries}")
+
+
+def test_sigkill_while_running_then_restart(tmp_path):
+    root = make_root(tmp_path)
+    server = ServeProcess(root)
+    try:
+        async def before():
+            async with aiohttp.ClientSession(server.url) as s:
+                pids = []
+                for value, steps in ((1, 60), (2, 1), (3, 1)):
+                    r = await s.post("/v1/prompts", json={"workflow": saving_chain(value, steps, 0.05)})
+                    assert r.status == 200, await r.text()
+                    pids.append((await r.json())["prompt_id"])
+                await _wait_running(s, pids[0])
+                await asyncio.sleep(0.3)
+                return pids
+
+        pids = asyncio.run(before())
+        server.kill()  # SIGKILL: no clean-up of any kind
+    finally:
+        if server.proc.poll() is None:
+            server.kill()
+    assert not list((root / "output").glob("p*"))  # nothing had been written yet
+
+    server = ServeProcess(root)
+    try:
+        assert "re-queued 1 prompt(s), failed 0" in "".join(server.lines)
+
+        async def after():
+            async with aiohttp.ClientSession(server.url) as s:
+                entries = await _wait_all(s, pids)
+                history = (await (await s.get("/v1/history")).json())["items"]
+                return entries, history
+
+        entries, history = asyncio.run(after())
+    finally:
+        assert server.stop() == 0
+    first, second, third = (entries[p] for p in pids)
+    assert [e["status"] for e in (first, second, third)] == ["success"] * 3
+    assert first["attempts"] == 2 and second["attempts"] == 1 and third["attempts"] == 1
+    assert first["started"] < second["started"] < third["started"]  # re-queued at the head: it ran first
+    assert [h["prompt_id"] for h in history] == pids[::-1] and [h["number"] for h in history] == [3, 2, 1]
+    for e, value in zip((first, second, third), (1, 2, 3)):
+        [ref] = e["outputs"]["3"]["images"]
+        assert (root / "output" / ref["filename"]).read_text() == str(value)
+        assert e["workflow"]["nodes"]["1"]["inputs"]["value"] == value
+    assert sorted(p.name for p in (root / "output").iterdir()) == ["p1_00001_.txt", "p2_00001_.txt", "p3_00001_.txt"]
+
+
+def test_graceful_stop_requeues_the_running_prompt(tmp_path):
+    root = make_root(tmp_path)
+    server = ServeProcess(root)
+    try:
+        async def before():
+            async with aiohttp.ClientSession(server.url) as s:
+                r = await s.post("/v1/prompts", json={"workflow": saving_chain(7, 200, 0.05)})
+                pid = (await r.json())["prompt_id"]
+                await _wait_running(s, pid)
+                return pid
+
+        pid = asyncio.run(before())
+        started = time.monotonic()
+        assert server.stop() == 0
+        assert time.monotonic() - started < 10  # the running node was interrupted, not waited for
+        assert "goes back to the queue" in server.output()
+    finally:
+        if server.proc.poll() is None:
+            server.kill()
+
+    server = ServeProcess(root)
+    try:
+        async def after():
+            async with aiohttp.ClientSession(server.url) as s:
+                q = await (await s.get("/v1/queue")).json()
+                assert pid in [i["prompt_id"] for i in q["running"] + q["pending"]]
+                await s.post("/v1/interrupt")  # no need to sit through it again
+                return (await _wait_all(s, [pid]))[pid]
+
+        entry = asyncio.run(after())
+    finally:
+        server.stop()
+    assert entry["status"] == "interrupted" and entry["attempts"] == 1  # the graceful stop used no attempt
+
+
+def test_store_recovery_rules(tmp_path):
+    db = tmp_path / "q.sqlite3"
+    store = S.Store(db)
+    with pytest.raises(S.StoreLocked):
+        S.Store(db)  # one server per database
+    for pid in ("a", "b", "c"):
+        store.add(pid, {"nodes": {}}, client_id="x")
+    row = store.claim_next()
+    assert row["prompt_id"] == "a" and row["attempts"] == 1 and row["status"] == S.RUNNING
+    store.close()  # "crash" with a running
+
+    store = S.Store(db)
+    assert store.recover() == {"requeued": ["a"], "failed": []}
+    assert [r["prompt_id"] for r in store.queue()[1]] == ["a", "b", "c"]  # back at the head
+    assert store.claim_next()["attempts"] == 2
+    store.close()  # crashed again while running it
+
+    store = S.Store(db)
+    assert store.recover() == {"requeued": [], "failed": ["a"]}
+    a = store.get("a")
+    assert a["status"] == S.ERROR and a["result"]["errors"][0]["kind"] == "server_crashed"
+    assert [r["prompt_id"] for r in store.queue()[1]] == ["b", "c"]
+
+    # a graceful stop hands the prompt back without using an attempt
+    b = store.claim_next()
+    store.requeue(b["prompt_id"])
+    assert store.get("b")["attempts"] == 0 and store.get("b")["status"] == S.QUEUED
+
+    # queue length and history limits
+    small = S.Store(tmp_path / "small.sqlite3", max_queue=2, max_history=2)
+    small.add("1", {})
+    small.add("2", {}, front=True)
+    with pytest.raises(S.QueueFull):
+        small.add("3", {})
+    assert [r["prompt_id"] for r in small.queue()[1]] == ["2", "1"]
+    small.cancel(["1"])
+    with pytest.raises(S.Conflict):
+        small.add("1", {})  # ids are never reused
+    small.finish(small.claim_next()["prompt_id"], S.SUCCESS, {"outputs": {}})
+    for pid in ("4", "5"):
+        small.add(pid, {})
+    small.cancel(None)
+    assert [r["prompt_id"] for r in small.history()] == ["5", "4"]  # only the newest two finished kept
+    assert small.delete(["5", "nope"]) == ["5"]
+    small.close()
+    store.close()
