@@ -78,6 +78,7 @@ def test_sigma_timestep_interpolation_is_log_linear_and_invertible():
     # clamped outside the training range, shape kept, float32 in -> float32 out
     out = ms.timestep(torch.tensor([[1e-4, 100.0]]))
     assert out.shape == (1, 2) and out.dtype == torch.float32
+    assert ms.timestep(torch.tensor([1.0], dtype=torch.float16)).dtype == torch.float32  # half in, float32 math
     assert out.tolist() == [[0.0, 999.0]]
     assert ms.sigma(torch.tensor([-5.0, 2000.0])).tolist() == pytest.approx([ms.sigma_min, ms.sigma_max])
     assert float(ms.sigma(3)) == pytest.approx(ms.sigmas[3].item(), rel=1e-6)

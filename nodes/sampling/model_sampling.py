@@ -66,6 +66,11 @@ def _as_tensor(value) -> torch.Tensor:
     return torch.as_tensor(value, dtype=torch.float64)
 
 
+def _work_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 stays float64; everything else (ints, half precision) is computed in float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def _view_for(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Shape a per-sample sigma ([B], [] or [1]) so that it broadcasts against x ([B, C, ...])."""
     sigma = sigma.to(dtype=x.dtype)
@@ -128,8 +133,6 @@ class ModelSampling:
 
     def _log_sigmas(self, device, dtype) -> torch.Tensor:
         """log(sigmas) on a device/dtype, copied once and cached (no per-step transfer)."""
-        if not dtype.is_floating_point:
-            dtype = torch.float32
         key = (str(device), dtype)
         table = self._tables.get(key)
         if table is None:
@@ -142,7 +145,7 @@ class ModelSampling:
         """Sigma at a (possibly fractional) timestep: linear interpolation of log(sigma) between the two
         neighbouring integer timesteps. Timesteps are clamped to [0, N-1]."""
         t = _as_tensor(timestep)
-        dtype = t.dtype if t.dtype.is_floating_point else torch.float32
+        dtype = _work_dtype(t)
         t = t.to(dtype).clamp(0, self.num_timesteps - 1)
         table = self._log_sigmas(t.device, dtype)
         low = t.floor().long()
@@ -153,7 +156,7 @@ class ModelSampling:
     def timestep(self, sigma) -> torch.Tensor:
         """The (fractional) timestep of a sigma: the inverse of :meth:`sigma`; clamped to [0, N-1]."""
         s = _as_tensor(sigma)
-        dtype = s.dtype if s.dtype.is_floating_point else torch.float32
+        dtype = _work_dtype(s)
         table = self._log_sigmas(s.device, dtype)
         log_s = s.to(dtype).log()
         flat = log_s.reshape(-1)

@@ -4,7 +4,7 @@ Every sampler has the signature ``fn(model, x, sigmas, extra_args=None, callback
 **options) -> x`` where
 
 - ``model(x, sigma_batch, **extra_args)`` returns the *denoised* prediction (x0) for the noisy ``x`` at noise level
-  ``sigma_batch`` (a tensor of shape [batch] on x's device);
+  ``sigma_batch`` (a tensor of shape [batch] on x's device; float64 for float64 x, else float32);
 - ``x`` is the starting latent, already scaled to ``sigmas[0]`` (e.g. ``noise * sigmas[0]`` for txt2img);
 - ``sigmas`` is the descending schedule (usually ending with 0);
 - ``callback`` (if given) is called once per step with ``dict(i, x, denoised, sigma, sigma_next, total)``;
@@ -13,7 +13,7 @@ Every sampler has the signature ``fn(model, x, sigmas, extra_args=None, callback
 
 No sampler synchronises the host with the device per step: the schedule is read once as Python floats, all
 step coefficients are computed on the host from those floats, and per-step sigma tensors are created on x's device
-with ``x.new_full`` (a fill, not a copy).
+with ``x.new_full`` (a fill, not a copy). Pass ``sigmas`` on the CPU: a device tensor is read back once at the start.
 
 Notation: ``t = -log(sigma)`` (the half-log-SNR lambda of DPM-Solver), ``h = t_next - t``.
 """
@@ -41,7 +41,9 @@ def _schedule(sigmas) -> list[float]:
 
 
 def _denoise(model, x: torch.Tensor, sigma: float, extra_args: dict) -> torch.Tensor:
-    return model(x, x.new_full((x.shape[0],), sigma), **extra_args)
+    # sigma_batch: a fill on x's device (no host-to-device copy), in at least float32 even for half-precision x
+    dtype = x.dtype if x.dtype == torch.float64 else torch.float32
+    return model(x, x.new_full((x.shape[0],), sigma, dtype=dtype), **extra_args)
 
 
 def _report(callback, i, x, denoised, sigma, sigma_next, total):
