@@ -1,8 +1,6 @@
 """Sampler contracts: no host synchronisation, seeded reproducibility, the callback/model interface, dtypes,
 and the LMS weights."""
 
-import math
-
 import pytest
 import torch
 
