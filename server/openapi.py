@@ -173,6 +173,10 @@ def openapi_document(version: str) -> dict[str, Any]:
                                                            "source": {"type": "string"}}}),
             "404": ERR, "415": ERR, "422": ERR},
             body={"required": True, "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}})},
+        "/v1/workflow/convert": {"post": _op("A workflow in any format Chisel imports, in the native format", {
+            "200": _json({"type": "object", "properties": {"workflow": _ref("Workflow")}}), "400": ERR},
+            body=_body({"type": "object", "required": ["workflow"], "properties": {
+                "workflow": _ref("AnyWorkflow")}}))},
         "/v1/models/{kind}": {"get": _op("File names in a models folder", {"200": _json(
             {"type": "array", "items": {"type": "string"}}), "404": ERR}, params=[
             {"name": "kind", "in": "path", "required": True, "schema": {"type": "string"},

@@ -253,6 +253,21 @@ async def post_workflow_from_png(request: web.Request) -> web.Response:
     return json_response(await files.workflow_from_png(request, server.registry, server.config.max_upload_bytes))
 
 
+async def post_workflow_convert(request: web.Request) -> web.Response:
+    """Any workflow format Chisel imports (native, ComfyUI API, ComfyUI UI) -> the native format."""
+    server = srv(request)
+    body = await read_json_object(request, server.config.max_json_bytes)
+    _check_keys(body, {"workflow"}, "the request")
+    if "workflow" not in body:
+        raise ApiError(400, "invalid_request", "the body needs a 'workflow'")
+    try:
+        wf = await asyncio.to_thread(parse_workflow, body["workflow"], server.registry)
+    except WorkflowError as exc:
+        raise ApiError(400, "invalid_workflow", "the workflow cannot be converted",
+                       errors=[server.clean_error(e.to_dict()) for e in exc.errors]) from None
+    return json_response({"workflow": wf.to_dict()})
+
+
 def _workflow_files(server: ChiselServer) -> list[dict[str, Any]]:
     folder = server.config.workflows_dir
     out = []
@@ -415,6 +430,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/workflows", get_workflows)
     r.add_get("/v1/workflows/{name}", get_workflow)
     r.add_post("/v1/workflow/from-png", post_workflow_from_png)
+    r.add_post("/v1/workflow/convert", post_workflow_convert)
     r.add_get("/v1/models/{kind}", get_models)
     r.add_get("/v1/system", get_system)
     r.add_post("/v1/free", post_free)

@@ -1,8 +1,9 @@
 """System statistics (devices, memory, caches, versions) and freeing memory.
 
-Torch-side facts are read only when torch is already imported (the node library imports it); the model manager,
-when the node library provides one, is found by duck typing on the services object (``services.models`` /
-``services.model_manager`` / ``services.extras["models"]``) and asked for ``stats()`` and ``unload_all()``.
+Torch-side facts are read only when torch is already imported (the node library imports it). The model manager
+is the node library's (``services.models``, created lazily by the first node that loads a model; the server never
+creates it): its figures come from ``services.memory_stats()``, and ``free(unload=...)`` moves idle models off the
+device or forgets them.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def _meminfo() -> tuple[int, int]:
 
 
 def model_manager(services: Any) -> Any:
-    if services is None:
+    """The model manager if one exists already (``Services.models`` creates it on first access: never from here)."""
+    if services is None or getattr(services, "_models", True) is None:
         return None
     for name in ("models", "model_manager"):
         found = getattr(services, name, None)
@@ -51,14 +53,6 @@ def model_manager(services: Any) -> Any:
             return found
     extras = getattr(services, "extras", None)
     return extras.get("models") if isinstance(extras, dict) else None
-
-
-def _call(obj: Any, *names: str) -> Any:
-    for name in names:
-        fn = getattr(obj, name, None)
-        if callable(fn):
-            return fn()
-    return None
 
 
 def devices(services: Any) -> list[dict[str, Any]]:
@@ -90,7 +84,8 @@ def system_info(engine: Any, services: Any, queue_counts: dict[str, int]) -> dic
     models = None
     if manager is not None:
         try:
-            models = _call(manager, "stats", "memory_stats", "info")
+            stats = getattr(services, "memory_stats", None)
+            models = stats() if callable(stats) else _call(manager, "stats")
             models = models.to_dict() if hasattr(models, "to_dict") else models
         except Exception as exc:
             models = {"error": f"{type(exc).__name__}: {exc}"}
@@ -120,16 +115,21 @@ def comfy_system_stats(services: Any) -> dict[str, Any]:
 
 
 def free(engine: Any, services: Any, unload_models: bool, free_memory: bool) -> None:
-    """Runs on the worker thread between prompts. ``free_memory`` drops the result cache (which holds loaded
-    models as node outputs too) and returns cached device memory; ``unload_models`` asks the model manager to
-    unload everything (and drops the result cache when there is no manager)."""
+    """Runs on the worker thread between prompts. Loaded models are also node outputs held by the result cache,
+    so both options drop the cache; ``unload_models`` then has the model manager forget every loaded file,
+    ``free_memory`` has it move idle models off the device; cached device memory goes back to the driver."""
+    if not (unload_models or free_memory):
+        return
+    engine.cache.clear()
+    gc.collect()
     manager = model_manager(services)
-    if unload_models or free_memory:
-        if manager is not None:
-            _call(manager, "unload_all", "free", "clear")
-        if free_memory or manager is None:
-            engine.cache.clear()
+    if manager is not None:
+        fn = getattr(manager, "free", None)
+        if callable(fn):
+            fn(unload=unload_models)
+        else:
+            _call(manager, "unload_all", "clear")
     gc.collect()
     torch = sys.modules.get("torch")
-    if torch is not None and free_memory and torch.cuda.is_available():
+    if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()

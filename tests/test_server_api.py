@@ -112,6 +112,15 @@ def test_comfy_formats_accepted_on_native_route(root):
                             {"id": 2, "type": "Show", "inputs": [{"name": "value", "link": 1}]}]}
             entry = await wait_history(c, await submit(c, ui))
             assert entry["status"] == "success" and entry["outputs"]["2"] == {"text": ["6"]}
+            # the same conversion, on its own
+            r = await c.post("/v1/workflow/convert", json={"workflow": ui})
+            native = (await r.json())["workflow"]
+            assert native["nodes"]["1"] == {"type": "Number", "inputs": {"value": 6}}
+            assert native["nodes"]["2"]["inputs"]["value"] == {"node": "1", "output": 0}
+            r = await c.post("/v1/workflow/convert", json={"workflow": {"nodes": [{"id": 1, "type": "Nope"}],
+                                                                        "links": []}})
+            body = await r.json()
+            assert r.status == 400 and body["errors"][0]["kind"] == "unknown_node_type"
     run(main())
 
 

@@ -110,9 +110,8 @@ def test_graceful_stop_requeues_the_running_prompt(tmp_path):
     try:
         async def after():
             async with aiohttp.ClientSession(server.url) as s:
-                q = await (await s.get("/v1/queue")).json()
-                assert pid in [i["prompt_id"] for i in q["running"] + q["pending"]]
-                await s.post("/v1/interrupt")  # no need to sit through it again
+                await _wait_running(s, pid)  # back in the queue, and running again
+                await s.post("/v1/interrupt", json={"prompt_id": pid})  # no need to sit through it again
                 return (await _wait_all(s, [pid]))[pid]
 
         entry = asyncio.run(after())
