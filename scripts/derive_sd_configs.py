@@ -15,7 +15,6 @@ is used and CLIPSetLastLayer(-1) means the last layer, as in ComfyUI).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from pathlib import Path

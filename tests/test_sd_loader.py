@@ -289,7 +289,6 @@ def test_full_size_layouts_give_the_published_configs_without_metadata(name, fam
     det.prediction_type = det.prediction_type or "epsilon"
     cfgs = infer_configs(det, shapes, {})
     want_unet = dict(unet.config)
-    got_unet = dict(UNet2DConditionModel.from_config(cfgs["unet"]).config) if False else None
     from accelerate import init_empty_weights
 
     with init_empty_weights():

@@ -16,7 +16,6 @@ import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 from . import keymaps as km
 from .detect import Detection

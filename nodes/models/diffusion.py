@@ -341,7 +341,8 @@ def sample(model: ModelHandle, seed: int, steps: int, cfg: float, sampler_name: 
         total = len(sigmas) - 1
         callback = Previewer(ctx, model, total)
         noise_sampler = make_noise_sampler(x, seed) if sampler_name in STOCHASTIC_SAMPLERS else None
-        result = SAMPLERS[sampler_name](den, x, sigmas.to(dev), extra_args={}, callback=callback,
+        # sigmas stay on the host: samplers read them once as Python floats (no per-step device reads)
+        result = SAMPLERS[sampler_name](den, x, sigmas, extra_args={}, callback=callback,
                                         noise_sampler=noise_sampler)
         result = ms.inverse_noise_scaling(sigmas[-1], result)
         result = model.latent_format.process_out(result).float().cpu()

@@ -7,7 +7,6 @@ so the result cache does not count model memory the manager already accounts for
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -252,6 +251,3 @@ def make_bundle(manager: ModelManager, loaded) -> LoadedBundle:
     vae = make_vae_handle(manager, loaded.vae, dict(cfgs["vae"]), src, fam)
     return LoadedBundle(model, clip, vae, loaded.report)
 
-
-def lcm(a: int, b: int) -> int:
-    return a * b // math.gcd(a, b)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from . import keymaps as km
-from .configs import _meta, infer_vae, template, VAE_META
+from .configs import VAE_META, _meta, infer_vae, template
 from .detect import _is_lora
 from .errors import CorruptCheckpoint, IncompleteCheckpoint, UnrecognisedArchitecture, WrongFileKind
 from .loader import _TensorSource, _assign, _file_kind, _load_pickle, build_vae, read_header
@@ -81,9 +79,3 @@ def load_vae_file(path: str | Path, allow_pickle: bool | None = None):
         _assign(vae, converted, "vae", path)
     return vae, dict(vae.config)
 
-
-def is_vae_state(keys) -> bool:
-    return any(k.endswith("encoder.conv_in.weight") for k in keys)
-
-
-__all__ = ["load_vae_file", "is_vae_state", "torch"]
