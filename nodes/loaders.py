@@ -8,6 +8,16 @@ from graph.types import CLIP, COMBO, MODEL, VAE
 from .models.manager import ModelManager
 
 CHECKPOINT_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
+DIFFUSERS_INDEX = "model_index.json"
+
+
+def checkpoint_choices(paths) -> list[str]:
+    """Checkpoint files, plus diffusers pipeline folders as ``<folder>/model_index.json``."""
+    if paths is None:
+        return []
+    names = paths.list("checkpoints", CHECKPOINT_EXTENSIONS)
+    names += [n for n in paths.list("checkpoints", (".json",)) if n.rsplit("/", 1)[-1] == DIFFUSERS_INDEX]
+    return sorted(names)
 
 
 def manager(ctx) -> ModelManager:
@@ -28,11 +38,12 @@ class CheckpointLoaderSimple(Node):
     display_name = "Load Checkpoint"
     category = "loaders"
     description = ("Load a Stable Diffusion checkpoint (SD1.x, SD2.x, SDXL base/refiner, inpainting; single-file "
-                   ".safetensors in the original layout) from models/checkpoints. Outputs the denoising model, the "
-                   "text encoder(s) and the VAE.")
+                   ".safetensors in the original layout, or a diffusers folder) from models/checkpoints. Outputs the "
+                   "denoising model, the text encoder(s) and the VAE.")
     inputs = (
-        Input("ckpt_name", COMBO, files="checkpoints", extensions=CHECKPOINT_EXTENSIONS,
-              tooltip="The checkpoint file (models/checkpoints); the model family is detected from its tensors."),
+        Input("ckpt_name", COMBO, files="checkpoints", extensions=CHECKPOINT_EXTENSIONS, choices=checkpoint_choices,
+              tooltip="The checkpoint file (models/checkpoints); the model family is detected from its tensors. "
+                      "A diffusers folder is chosen by its model_index.json."),
     )
     outputs = (
         Output("MODEL", MODEL, tooltip="The UNet that denoises latents."),
@@ -41,7 +52,10 @@ class CheckpointLoaderSimple(Node):
     )
 
     def run(self, ctx, ckpt_name):
-        bundle = manager(ctx).load_checkpoint(ctx.file_path("ckpt_name"))
+        path = ctx.file_path("ckpt_name")
+        if path.name == DIFFUSERS_INDEX:
+            path = path.parent  # a diffusers pipeline folder
+        bundle = manager(ctx).load_checkpoint(path)
         return (bundle.model, bundle.clip, bundle.vae)
 
 

@@ -232,6 +232,22 @@ def test_diffusers_folder_loads_offline_and_completely(tmp_path, no_network):
     assert lc.family == "sd1"
     assert_same_weights(src.unet, lc.unet, torch.float32)
     assert_same_weights(src.text_encoder, lc.text_encoders["text_encoder"], torch.float32)
+    # chosen in CheckpointLoaderSimple by its model_index.json, and listed among the checkpoints
+    from graph.paths import ModelPaths
+
+    from nodes.loaders import CheckpointLoaderSimple, checkpoint_choices
+
+    (tmp_path / "models" / "checkpoints").mkdir(parents=True)
+    moved = tmp_path / "models" / "checkpoints" / "tiny-diffusers"
+    folder.rename(moved)
+    folder = moved
+    assert "tiny-diffusers/model_index.json" in checkpoint_choices(ModelPaths(root=tmp_path))
+    from nodes.models.manager import ModelManager
+
+    ctx = FakeContext(files={"ckpt_name": folder / "model_index.json"})
+    ctx.services = type("S", (), {"models": ModelManager("cpu")})()
+    model, clip, vae = CheckpointLoaderSimple().run(ctx, ckpt_name="tiny-diffusers/model_index.json")
+    assert model.family == "sd1" and clip.encode("a cat")[0].shape == (1, 77, 32)
     # an incomplete folder fails
     sd = load_file(str(folder / "vae" / "diffusion_pytorch_model.safetensors"))
     sd.pop("decoder.conv_out.weight")
