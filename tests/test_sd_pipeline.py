@@ -354,3 +354,34 @@ def test_node_schema_matches_comfyui(type_name):
         for key in ("default", "min", "max", "step", "round", "multiline"):
             if key in opts:
                 assert getattr(inp, key) == opts[key], (inp.name, key)
+
+
+def test_sampling_loop_reads_nothing_back_from_the_device_per_step(monkeypatch):
+    """A CPU proxy for 'no host-device synchronisation per step': count every host read of a tensor's values
+    (.item, bool/float/int conversion, .tolist, .numpy, .cpu) during sampling; 3 and 6 steps must read the same
+    (only set-up work reads values, never the step loop). Previews are off here (ctx None); on CUDA they are
+    copied asynchronously."""
+    import collections
+    import traceback
+
+    bundle = _bundle("sdxl")
+    _txt2img(bundle, steps=2, size=32)  # warm
+
+    def count(steps):
+        calls = collections.Counter()
+        for name in ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "cpu"):
+            orig = getattr(torch.Tensor, name)
+
+            def wrapper(self, *a, _orig=orig, _name=name, **k):
+                frame = traceback.extract_stack(limit=3)[-2]
+                calls[(_name, Path(frame.filename).name, frame.lineno)] += 1
+                return _orig(self, *a, **k)
+
+            monkeypatch.setattr(torch.Tensor, name, wrapper)
+        try:
+            _txt2img(bundle, steps=steps, size=32)
+        finally:
+            monkeypatch.undo()
+        return calls
+
+    assert count(3) == count(6)
