@@ -68,6 +68,18 @@ def test_extra_tensors_are_reported_and_known_buffers_ignored(tmp_path):
     assert "map to nothing" in rep.summary()
 
 
+def test_old_sd1_text_encoder_layout_without_text_model_prefix(tmp_path):
+    sd = load_file(str(tiny_file("sd1")))
+    _, _, meta = read_header(tiny_file("sd1"))
+    old = {k.replace("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer."): v
+           for k, v in sd.items()}
+    path = tmp_path / "old.safetensors"
+    save_file(old, str(path), metadata=meta)
+    lc = load_checkpoint(path)
+    assert lc.family == "sd1" and lc.report.unused == []
+    assert_same_weights(tiny_model("sd1").text_encoder, lc.text_encoders["text_encoder"])
+
+
 def test_missing_tensor_fails_instead_of_staying_random(tmp_path):
     sd = load_file(str(tiny_file("sd1")))
     _, _, meta = read_header(tiny_file("sd1"))

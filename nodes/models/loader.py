@@ -49,6 +49,8 @@ IGNORED_PATTERNS = [re.compile(p) for p in (
     r"\.position_ids$",
     r"^cond_stage_model\.model\.(text_projection|logit_scale)$",  # SD2 carries OpenCLIP's unused projection
     r"^conditioner\.embedders\.\d+\.model\.logit_scale$",
+    r"^denoiser\.(sigmas|log_sigmas)$",  # SGM's copy of the noise schedule
+    r"\.attn_mask$",  # OpenCLIP's causal mask buffer, when saved
 )]
 
 
