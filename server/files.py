@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import mimetypes
 import os
 import threading
 import uuid
@@ -165,6 +164,7 @@ async def upload(request: web.Request, paths: Any, max_bytes: int, mask: bool = 
     fields: dict[str, str] = {}
     data: bytes | None = None
     given_name = ""
+    parts = 0
     while True:
         try:
             part = await reader.next()
@@ -172,6 +172,9 @@ async def upload(request: web.Request, paths: Any, max_bytes: int, mask: bool = 
             raise ApiError(400, "invalid_multipart", "the multipart body cannot be read") from None
         if part is None:
             break
+        parts += 1
+        if parts > 16:
+            raise ApiError(400, "invalid_multipart", "too many parts in the upload")
         if not isinstance(part, BodyPartReader):
             continue
         if part.name == "image":
@@ -312,7 +315,3 @@ async def workflow_from_png(request: web.Request, registry: Any, max_bytes: int)
     if errors:
         raise ApiError(422, "invalid_workflow", "the PNG holds a workflow Chisel cannot load", errors=errors)
     raise ApiError(404, "no_workflow", "the PNG has no 'workflow' or 'prompt' text chunk")
-
-
-def guess_type(path: Path) -> str:
-    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from graph.errors import ChiselError, WorkflowError
+from graph.errors import WorkflowError
 
 from . import files
 from . import store as S
@@ -367,4 +367,4 @@ def add_routes(app: web.Application) -> None:
         r.add_get(prefix + "/ws", ws_comfy)
 
 
-__all__ = ["add_routes", "object_info_entry", "comfy_validation_error", "ChiselError"]
+__all__ = ["add_routes", "object_info_entry", "comfy_validation_error"]

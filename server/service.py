@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from graph.errors import ChiselError, WorkflowError
-from graph.workflow import Link, Workflow, parse_workflow
+from graph.workflow import Workflow, parse_workflow
 
 from . import store as S
 from .errors import ApiError
@@ -227,4 +227,4 @@ def env_config(**kw: Any) -> ServerConfig:
     return cfg
 
 
-__all__ = ["ChiselServer", "ServerConfig", "apply_overrides", "queue_item", "env_config", "Link"]
+__all__ = ["ChiselServer", "ServerConfig", "apply_overrides", "queue_item", "env_config"]
