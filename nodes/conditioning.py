@@ -12,7 +12,7 @@ class CLIPTextEncode(Node):
     description = ("Encode a prompt with the CLIP text encoder(s). Longer than 75 tokens: encoded in chunks of 77 "
                    "and concatenated. (word) weighs 1.1x, (word:1.3) 1.3x; \\( and \\) are literal parentheses.")
     inputs = (
-        Input("text", STRING, default="", multiline=True, tooltip="The prompt."),
+        Input("text", STRING, multiline=True, tooltip="The prompt."),
         Input("clip", CLIP, tooltip="The text encoder (from a checkpoint loader)."),
     )
     outputs = (Output("CONDITIONING", CONDITIONING),)
