@@ -5,7 +5,7 @@
 // sizes, the seed controls) lives in "layout", so a workflow saved here runs unchanged from the CLI.
 
 import { LiteGraph, LGraphGroup } from "../vendor/litegraph/litegraph.es.js";
-import { MissingNode, WIDGET_TYPES, SEED_CONTROLS } from "./nodes.js";
+import { MissingNode, WIDGET_TYPES, SEED_CONTROLS, preferredWidth } from "./nodes.js";
 
 export const FORMAT = "chisel-workflow";
 
@@ -182,8 +182,7 @@ export function workflowToGraph(graph, wf, schemas) {
       const min = node.computeSize();
       node.setSize([Math.max(Number(l.size[0]) || 0, min[0] * 0.5), Math.max(Number(l.size[1]) || 0, min[1])]);
     } else if (!(node instanceof MissingNode)) {
-      const s = node.computeSize();
-      node.setSize([Math.max(s[0], 240), s[1]]);
+      node.setSize([preferredWidth(node), node.computeSize()[1]]);
     }
     if (l?.collapsed) node.collapse(true);
     created[id] = node;

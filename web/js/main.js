@@ -1,6 +1,6 @@
 // Chisel's canvas editor: wires LiteGraph, the server API, the palette, undo, the side panel and files together.
 
-import { LiteGraph, LGraph, LGraphCanvas } from "../vendor/litegraph/litegraph.es.js";
+import { LiteGraph, LGraph, LGraphCanvas, CanvasPointer } from "../vendor/litegraph/litegraph.es.js";
 import { Api, ApiError } from "./api.js";
 import { registerSchemas, applyTypeColors, setNodeImages, randomSeed, normalizeNumber, MissingNode } from "./nodes.js";
 import { graphToWorkflow, workflowToGraph, fromComfyApi, detectFormat } from "./format.js";
@@ -9,6 +9,7 @@ import { History } from "./undo.js";
 import { closeTextEditor, graphRectToClient, isTextEditorOpen } from "./widgets.js";
 import { describeError } from "./errors.js";
 import { Sidebar, Lightbox, toast, askToken, el } from "./panels.js";
+import { pngWithText } from "./png.js";
 
 const AUTOSAVE_KEY = "chisel.workflow";
 const $ = (sel) => document.querySelector(sel);
@@ -54,6 +55,7 @@ class App {
       capture: () => JSON.stringify(graphToWorkflow(this.graph)),
       restore: (s) => this.loadWorkflow(JSON.parse(s), { history: false, keepView: true, quiet: true }),
       onChange: (h) => this.onHistory(h),
+      busy: () => !!this.lgcanvas?.pointer?.isDown,
     });
     this.bindToolbar();
     this.bindKeys();
@@ -111,8 +113,17 @@ class App {
     lg.showSearchBox = (e, opts = {}) => {
       const from = opts.node_from ? { node: opts.node_from, slot: opts.slot_from, direction: "output", slotType: opts.type_filter_in }
         : opts.node_to ? { node: opts.node_to, slot: opts.slot_from, direction: "input", slotType: opts.type_filter_out } : null;
-      this.openPalette(e, from);
+      if (from) this.openPalette(e, from); // a plain double-click is handled below, by the browser's dblclick
     };
+    // The browser's own double-click (its timing, the user's settings) opens the palette on empty canvas.
+    canvasEl.addEventListener("dblclick", (e) => {
+      const [x, y] = lg.convertEventToCanvasOffset(e);
+      if (this.graph.getNodeOnPos(x, y) || this.graph.getGroupTitlebarOnPos?.(x, y)) return;
+      if (this.graph.getRerouteOnPos?.(x, y)) return;
+      e.preventDefault();
+      this.openPalette(e, null);
+    });
+    CanvasPointer.doubleClickTime = 500;
     lg.showConnectionMenu = (opts = {}) => {
       const e = opts.e;
       if (opts.nodeFrom) this.openPalette(e, { node: opts.nodeFrom, slot: opts.slotFrom, direction: "output", slotType: opts.slotFrom?.type });
@@ -153,8 +164,9 @@ class App {
     resize();
     // edits end with a pointer or key release: record an undo step then (only when something changed)
     canvasEl.addEventListener("pointerdown", () => { closeTextEditor(true); canvasEl.focus(); });
-    canvasEl.addEventListener("pointerup", () => this.history.schedule());
-    canvasEl.addEventListener("keyup", () => this.history.schedule());
+    // (after LiteGraph's own handlers: each gesture or key is one step, however fast the next one follows)
+    canvasEl.addEventListener("pointerup", () => this.history.check());
+    canvasEl.addEventListener("keyup", () => this.history.check());
     canvasEl.addEventListener("wheel", () => closeTextEditor(true), { passive: true });
     this.graph.onAfterChange = () => this.history?.schedule();
     this.graph.onNodeAdded = () => this.history?.schedule();
@@ -291,16 +303,15 @@ class App {
   }
 
   async convertOnServer(data) {
-    // ComfyUI's UI format needs the node schemas to map widget values to inputs: the server does that.
-    for (const path of ["v1/workflow/convert", "v1/workflow/import"]) {
-      const r = await this.api.request("POST", path, { json: data, allowError: true });
-      if (r.ok && r.data?.workflow) return r.data.workflow;
-      if (r.status !== 404 && r.status !== 405) {
-        toast(`The server could not read that ComfyUI file: ${r.data?.error?.message || r.status}`, "error", 8000);
-        return null;
-      }
-    }
-    toast("This server cannot convert ComfyUI UI-format files yet; export them in API format instead.", "error", 8000);
+    // ComfyUI's UI format needs the node schemas to map widget values to inputs: the server does that. It has no
+    // JSON route for it, but it reads any workflow format from a PNG's text chunk: wrap the file in a tiny PNG.
+    const png = pngWithText("workflow", JSON.stringify(data));
+    const r = await this.api.request("POST", "v1/workflow/from-png", {
+      body: png, headers: { "Content-Type": "image/png" }, allowError: true,
+    });
+    if (r.ok && r.data?.workflow) return r.data.workflow;
+    toast(`The server could not read that ComfyUI file: ${r.data?.error?.message || `HTTP ${r.status}`}`, "error", 8000);
+    if (r.data?.errors?.length) this.showServerErrors(r.data.errors);
     return null;
   }
 
@@ -417,6 +428,23 @@ class App {
     for (let i = 0; i < n; i++) {
       const wf = graphToWorkflow(this.graph);
       let r;
+      if (i === 0) {
+        // check first: a broken graph gets its errors from a 200 reply, not a failed request in the console
+        let v;
+        try {
+          v = await this.api.request("POST", "v1/validate", { json: { workflow: wf }, allowError: true });
+        } catch (e) {
+          toast(`Could not reach the server: ${e.message}`, "error");
+          return false;
+        }
+        if (v.ok && v.data && v.data.valid === false) {
+          const errors = v.data.errors || [];
+          this.showServerErrors(errors);
+          toast(`Not queued: ${errors.length} problem${errors.length === 1 ? "" : "s"} in the workflow.`, "error", 6000);
+          if (errors.some((e) => e.kind === "file_not_found")) this.refreshModels();
+          return false;
+        }
+      }
       try {
         r = await this.api.request("POST", "v1/prompts", { json: { workflow: wf, client_id: this.api.clientId }, allowError: true });
       } catch (e) {
@@ -659,19 +687,29 @@ class App {
       this.sidebar.setPreview(null);
       $("#last-run").textContent = `Last run: ${d.status}`;
       $("#last-run").dataset.status = d.status;
+      if (d.outputs || d.timings) this.applyResult(d.prompt_id, d);
+      else this.afterRun(d.prompt_id);
+      if (d.status === "error" && d.errors?.length) this.showServerErrors(d.errors);
       this.lgcanvas.setDirty(true, true);
-      this.afterRun(d.prompt_id);
     });
     api.connect();
   }
 
-  /** Timings and engine-chosen seeds come with the history entry. */
+  /** Timings and outputs come with "finished" (or, from older servers, with the history entry). */
   async afterRun(promptId) {
     let h;
     try {
       h = await this.api.get(`v1/history/${encodeURIComponent(promptId)}`);
     } catch {
       return;
+    }
+    this.applyResult(promptId, h);
+  }
+
+  applyResult(promptId, h) {
+    for (const id of h.cached || []) {
+      const n = this.nodeFor(id);
+      if (n?.chisel && !n.chisel.status) n.chisel.status = "cached";
     }
     for (const [id, secs] of Object.entries(h.timings || {})) {
       const n = this.nodeFor(id);

@@ -153,7 +153,7 @@ export function registerSchemas(schemas, app) {
 
       onNodeCreated() {
         const size = this.computeSize();
-        this.setSize([Math.max(size[0], 240), size[1]]);
+        this.setSize([preferredWidth(this), size[1]]);
       }
 
       onWidgetChanged(name, value, old) {
@@ -257,16 +257,38 @@ export function setNodeImages(node, urls, caption = "") {
     const im = new Image();
     im.dataset.url = u;
     im.onload = () => {
-      const need = node.computeSize()[1];
-      if (node.size[1] < need + 100) node.setSize([node.size[0], Math.max(need + 100, node.size[1])]);
+      if (!w.images.includes(im)) return; // replaced (or the preview ended) before it loaded
+      const need = node.computeSize()[1] + 100;
+      if (node.size[1] < need) {
+        if (caption === "preview" && !node.chisel.sizeBeforePreview) node.chisel.sizeBeforePreview = [...node.size];
+        node.setSize([node.size[0], need]);
+      }
       node.setDirtyCanvas(true, true);
     };
     im.onerror = () => {}; // a missing file just leaves the area empty
     im.src = u;
     return im;
   });
-  node.chisel.images = urls;
+  node.chisel.images = caption === "preview" ? [] : urls;
+  if (!urls.length && node.chisel.sizeBeforePreview) {
+    // the live preview is over: give the node back its size
+    node.setSize(node.chisel.sizeBeforePreview);
+    node.chisel.sizeBeforePreview = null;
+  }
   node.setDirtyCanvas(true, true);
+}
+
+/** A width that shows each widget's label and value in full (within reason). */
+export function preferredWidth(node) {
+  const ctx = preferredWidth.ctx ||= document.createElement("canvas").getContext("2d");
+  ctx.font = `${LiteGraph.NODE_TEXT_SIZE}px Arial, sans-serif`;
+  let w = node.computeSize()[0];
+  for (const wd of node.widgets || []) {
+    if (wd.type === "chisel_multiline" || wd.type === "chisel_images") continue;
+    const text = `${wd.label || wd.name}  ${String(wd.value ?? "")}`;
+    w = Math.max(w, ctx.measureText(text).width + 80);
+  }
+  return Math.min(Math.max(w, 240), 440);
 }
 
 /** A stand-in for a node whose type the server does not know: it keeps the node's data so nothing is lost. */

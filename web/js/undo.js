@@ -2,8 +2,9 @@
 // the last snapshot it becomes a new step. Restoring a step reloads the graph from it.
 
 export class History {
-  constructor({ capture, restore, limit = 100, onChange = () => {} }) {
+  constructor({ capture, restore, limit = 100, onChange = () => {}, busy = () => false }) {
     this.capture = capture; // () => string
+    this.busy = busy; // () => true while a gesture is under way (a drag): its end is the step
     this.restore = restore; // (string) => void
     this.limit = limit;
     this.onChange = onChange;
@@ -23,8 +24,12 @@ export class History {
   }
 
   /** Record a step if the graph changed since the last one. Cheap to call often. */
-  check() {
+  check({ force = false } = {}) {
     if (this.paused) return false;
+    if (!force && this.busy()) {
+      this.schedule();
+      return false;
+    }
     const now = this.capture();
     if (this.current === null) {
       this.current = now;
@@ -49,7 +54,7 @@ export class History {
   get canRedo() { return this.redoStack.length > 0; }
 
   undo() {
-    this.check();
+    this.check({ force: true });
     if (!this.undoStack.length) return false;
     this.redoStack.push(this.current);
     this.current = this.undoStack.pop();
@@ -58,7 +63,7 @@ export class History {
   }
 
   redo() {
-    this.check();
+    this.check({ force: true });
     if (!this.redoStack.length) return false;
     this.undoStack.push(this.current);
     this.current = this.redoStack.pop();
