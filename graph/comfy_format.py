@@ -29,11 +29,18 @@ def detect_format(data: Any) -> str:
     return "unknown"
 
 
-def from_comfy_api(data: dict[str, Any]) -> dict[str, Any]:
+def from_comfy_api(data: dict[str, Any], registry: Any = None) -> dict[str, Any]:
+    """Convert; with a registry, inputs a known node does not have are dropped (as ComfyUI ignores them, so files
+    from newer ComfyUI versions still run) and listed in ``meta.dropped_inputs``."""
     nodes: dict[str, Any] = {}
+    dropped: list[str] = []
     for node_id, spec in data.items():
         inputs: dict[str, Any] = {}
+        cls = registry.get(spec.get("class_type")) if registry is not None else None
         for name, value in (spec.get("inputs") or {}).items():
+            if cls is not None and cls.input(name) is None:
+                dropped.append(f"{node_id}.{name}")
+                continue
             if (isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int))
                     and isinstance(value[1], int) and not isinstance(value[1], bool)):
                 inputs[name] = {"node": str(value[0]), "output": value[1]}
@@ -46,7 +53,10 @@ def from_comfy_api(data: dict[str, Any]) -> dict[str, Any]:
         if title and title != spec.get("class_type"):
             node["title"] = title
         nodes[str(node_id)] = node
-    return {"format": FORMAT, "version": VERSION, "nodes": nodes}
+    meta: dict[str, Any] = {"imported_from": "comfyui-api"}
+    if dropped:
+        meta["dropped_inputs"] = dropped
+    return {"format": FORMAT, "version": VERSION, "nodes": nodes, "meta": meta}
 
 
 def _ui_links(data: dict[str, Any]) -> dict[int, tuple[int, int, int, int]]:

@@ -99,7 +99,7 @@ def parse_workflow(data: Any, registry: Any = None, source: str | None = None) -
 
     kind = detect_format(data)
     if kind == "comfy_api":
-        data = from_comfy_api(data)
+        data = from_comfy_api(data, registry)
     elif kind == "comfy_ui":
         data = from_comfy_ui(data, registry)
     elif kind != "native":

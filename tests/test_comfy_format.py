@@ -23,6 +23,14 @@ def test_api_format_runs_unchanged(toy_engine):
     assert toy_engine.run(workflow).outputs["3"] == {"text": ["9"]}
 
 
+def test_api_inputs_unknown_to_a_known_node_are_dropped_and_listed(toy_engine):
+    api = {**API, "2": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": 5, "new_option": True}}}
+    workflow = parse_workflow(api, toy_engine.registry)
+    assert "new_option" not in workflow.nodes["2"].inputs
+    assert workflow.meta["dropped_inputs"] == ["2.new_option"]
+    assert toy_engine.run(workflow).outputs["3"] == {"text": ["9"]}
+
+
 def test_api_export_round_trip(toy_registry):
     native = parse_workflow(wf({"1": ("Number", {"value": 4}), "2": ("Add", {"a": ("1", "INT"), "b": 5}),
                                 "3": ("Show", {"value": ("2", "sum")})}))
