@@ -351,7 +351,9 @@ def test_bundled_workflow_seed_change_reruns_only_what_changed(page, server):
                                 f"{len([e for e in page.js('chisel.events()') if e['type'] == 'progress'])}",
                                 timeout=60000)
     page.page.locator("#queue-list .queue-item.running").wait_for(timeout=10000)
-    page.shot("06-running-with-queue.png")
+    page.page.wait_for_function("(chisel.previews || 0) > 0 && document.querySelector('#preview-img').src", timeout=30000)
+    assert page.page.locator("#progress-step").inner_text().startswith("step ")
+    page.shot("06-running-with-queue-and-preview.png")
     page.page.click("#interrupt-btn")
     third = page.wait_finished(3)
     assert third["status"] == "interrupted"
@@ -423,6 +425,59 @@ def test_dropping_a_chisel_png_restores_its_graph(page, server, root):
         for i, lay in embedded["layout"]["nodes"].items():
             assert restored["layout"]["nodes"][i]["pos"] == lay["pos"]
     page.shot("08-png-dropped.png")
+
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def comfy_files(native: dict, schemas: dict) -> tuple[dict, dict]:
+    """The bundled workflow as ComfyUI would save it: the API format and the UI format (links by slot index)."""
+    def out_index(link):
+        src = native["nodes"][link["node"]]
+        return [o["name"] for o in schemas[src["type"]]["outputs"]].index(link["output"])
+
+    api, ui_nodes, ui_links = {}, [], []
+    for nid, n in native["nodes"].items():
+        schema = schemas[n["type"]]
+        api[nid] = {"class_type": n["type"], "_meta": {"title": n.get("title", schema["display_name"])},
+                    "inputs": {k: [v["node"], out_index(v)] if isinstance(v, dict) else v for k, v in n["inputs"].items()}}
+        inputs, values = [], []
+        for inp in schema["inputs"]:
+            v = n["inputs"].get(inp["name"], inp.get("default"))
+            if isinstance(v, dict):
+                ui_links.append([len(ui_links) + 1, int(v["node"]), out_index(v), int(nid), len(inputs), inp["type"]])
+                inputs.append({"name": inp["name"], "type": inp["type"], "link": len(ui_links)})
+            elif inp["type"] in WIDGET_TYPES:
+                values.append(v)
+                if inp.get("seed"):
+                    values.append("fixed")
+        pos = native["layout"]["nodes"][nid]["pos"]
+        ui_nodes.append({"id": int(nid), "type": n["type"], "pos": [pos[0] + 7, pos[1]], "size": [300, 120],
+                         "inputs": inputs, "outputs": [{"name": o["name"], "type": o["type"]} for o in schema["outputs"]],
+                         "widgets_values": values, "mode": 0, **({"title": n["title"]} if "title" in n else {})})
+    ui = {"last_node_id": 9, "last_link_id": len(ui_links), "nodes": ui_nodes, "links": ui_links, "groups": [],
+          "version": 0.4}
+    return api, ui
+
+
+def test_comfyui_api_and_ui_files_open(page, server, root):
+    native = json.loads((REPO / "workflows" / "txt2img.json").read_text())
+    api, ui = comfy_files(native, server.get("v1/nodes"))
+    for name, data in (("comfy-api", api), ("comfy-ui", ui)):
+        path = root / f"{name}.json"
+        path.write_text(json.dumps(data))
+        page.page.click("#new-btn")
+        page.page.wait_for_function("chisel.nodes().length === 0")
+        page.page.set_input_files("#file-input", str(path))
+        page.page.wait_for_function("n => chisel.nodes().length === 7 && document.title.startsWith(n)", arg=name)
+        opened = page.js("chisel.workflow()")
+        for nid, n in native["nodes"].items():
+            assert opened["nodes"][nid]["type"] == n["type"], (name, nid)
+            assert opened["nodes"][nid]["inputs"] == n["inputs"], (name, nid)
+        if name == "comfy-ui":  # the UI format brings its layout
+            assert opened["layout"]["nodes"]["3"]["pos"] == [native["layout"]["nodes"]["3"]["pos"][0] + 7,
+                                                             native["layout"]["nodes"]["3"]["pos"][1]]
+    page.shot("10-comfyui-ui-file-opened.png")
 
 
 def test_undo_redo_copy_paste_delete_and_save(page, server):

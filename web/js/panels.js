@@ -118,6 +118,7 @@ export class Sidebar {
       img.hidden = true;
       return;
     }
+    img.onload = () => img.classList.toggle("pixel", img.naturalWidth < 128);
     img.src = url;
     img.hidden = false;
     if (this.previewUrl && this.previewUrl !== url && this.previewUrl.startsWith("blob:")) {
