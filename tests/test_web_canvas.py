@@ -480,6 +480,25 @@ def test_comfyui_api_and_ui_files_open(page, server, root):
     page.shot("10-comfyui-ui-file-opened.png")
 
 
+def test_upload_an_image_into_a_load_image_node(page, server, root):
+    from PIL import Image
+
+    picture = root / "my picture.png"
+    Image.new("RGB", (32, 24), (200, 40, 40)).save(picture)
+    page.page.click("#new-btn")
+    page.page.wait_for_function("chisel.nodes().length === 0")
+    node = page.add_node(200, 200, "Load Image")
+    button = next(k for k in page.js("i => chisel.app.nodeFor(i).widgets.map(w => w.name)", node) if k.startswith("upload"))
+    with page.page.expect_file_chooser() as chooser:
+        page.page.mouse.click(*page.js("([i, n]) => chisel.widgetPos(i, n)", [node, button]))
+    chooser.value.set_files(str(picture))
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).widgets.image === 'my picture.png'", arg=node)
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).images.length === 1", arg=node)
+    assert (root / "input" / "my picture.png").is_file()
+    assert page.js("chisel.workflow()")["nodes"][node]["inputs"] == {"image": "my picture.png"}
+    page.shot("11-image-uploaded.png")
+
+
 def test_undo_redo_copy_paste_delete_and_save(page, server):
     assert page.js("chisel.nodes().length") == 7
     save = next(n for n in page.nodes() if n["type"] == "SaveImage")

@@ -244,21 +244,6 @@ export function workflowToGraph(graph, wf, schemas) {
   return problems;
 }
 
-/** ComfyUI's API format ({id: {class_type, inputs}}, links as [id, index]) -> native. */
-export function fromComfyApi(data) {
-  const nodes = {};
-  for (const [id, n] of Object.entries(data)) {
-    const inputs = {};
-    for (const [k, v] of Object.entries(n.inputs || {})) {
-      inputs[k] = Array.isArray(v) && v.length === 2 && (typeof v[0] === "string" || typeof v[0] === "number") && Number.isInteger(v[1])
-        ? { node: String(v[0]), output: v[1] } : v;
-    }
-    nodes[id] = { type: n.class_type, inputs };
-    if (n._meta?.title) nodes[id].title = n._meta.title;
-  }
-  return { format: FORMAT, version: 1, nodes };
-}
-
 /** What kind of workflow JSON this is: "native", "comfy_api", "comfy_ui" or null. */
 export function detectFormat(data) {
   if (!data || typeof data !== "object" || Array.isArray(data)) return null;

@@ -3,7 +3,7 @@
 import { LiteGraph, LGraph, LGraphCanvas, CanvasPointer } from "../vendor/litegraph/litegraph.es.js";
 import { Api, ApiError } from "./api.js";
 import { registerSchemas, applyTypeColors, setNodeImages, randomSeed, normalizeNumber, MissingNode } from "./nodes.js";
-import { graphToWorkflow, workflowToGraph, fromComfyApi, detectFormat } from "./format.js";
+import { graphToWorkflow, workflowToGraph, detectFormat } from "./format.js";
 import { Palette } from "./palette.js";
 import { History } from "./undo.js";
 import { closeTextEditor, graphRectToClient, isTextEditorOpen } from "./widgets.js";
@@ -289,8 +289,8 @@ class App {
   async openJson(data, name) {
     const kind = detectFormat(data);
     let wf = data;
-    if (kind === "comfy_api") wf = fromComfyApi(data);
-    else if (kind === "comfy_ui") {
+    if (kind === "comfy_api" || kind === "comfy_ui") {
+      // the server converts ComfyUI's formats exactly as it runs them (the same schemas, the same rules)
       wf = await this.convertOnServer(data);
       if (!wf) return false;
     } else if (kind !== "native") {
@@ -413,12 +413,53 @@ class App {
           if (w.options?.chiselFiles === kind) {
             w.options.values = [...files];
             if (!w.value && files.length) w.value = files[0];
+            if (kind === "input") this.showInputImage(node, w);
           }
         }
       }
     }
     this.lgcanvas.setDirty(true, false);
     if (announce) toast("Model lists refreshed");
+  }
+
+  /** Upload a picture into the input folder and pick it in the node's file list. */
+  async uploadFor(node, widget, file = null) {
+    if (!file) {
+      file = await new Promise((resolve) => {
+        const input = el("input", { type: "file", accept: "image/png,image/jpeg,image/webp,image/bmp,image/gif,image/tiff" });
+        input.addEventListener("change", () => resolve(input.files?.[0] || null), { once: true });
+        input.click();
+      });
+    }
+    if (!file) return null;
+    const form = new FormData();
+    form.append("image", file, file.name);
+    form.append("type", "input");
+    const r = await this.api.request("POST", "v1/upload", { body: form, allowError: true });
+    if (!r.ok) {
+      toast(`Upload failed: ${r.data?.error?.message || `HTTP ${r.status}`}`, "error", 6000);
+      return null;
+    }
+    const name = r.data.subfolder ? `${r.data.subfolder}/${r.data.name}` : r.data.name;
+    await this.refreshModels();
+    const old = widget.value;
+    widget.value = name;
+    node.onWidgetChanged?.(widget.name, name, old, widget);
+    this.history.check();
+    toast(`Uploaded ${name}`);
+    return name;
+  }
+
+  /** A Load Image node shows the picture it will load (when the server lists that file). */
+  showInputImage(node, widget) {
+    const v = widget.value;
+    if (!v || !(widget.options.values || []).includes(v)) {
+      if (node.chisel.images.length) setNodeImages(node, []);
+      return;
+    }
+    const slash = v.lastIndexOf("/");
+    const image = { filename: v.slice(slash + 1), subfolder: slash > 0 ? v.slice(0, slash) : "", type: "input" };
+    setNodeImages(node, [this.api.viewUrl(image)]);
   }
 
   // -- running --------------------------------------------------------------------------------------
@@ -829,6 +870,16 @@ class App {
       const file = e.dataTransfer?.files?.[0];
       if (!file) return;
       e.preventDefault();
+      if (e.target === this.lgcanvas.canvas && file.type.startsWith("image/")) {
+        // onto a Load Image node: upload it there; anywhere else a PNG is opened as a workflow
+        const [x, y] = this.lgcanvas.convertEventToCanvasOffset(e);
+        const node = this.graph.getNodeOnPos(x, y);
+        const w = node?.widgets?.find((x) => x.options?.chiselFiles === "input");
+        if (w) {
+          await this.uploadFor(node, w, file);
+          return;
+        }
+      }
       if (/\.(png|json)$/i.test(file.name) || file.type === "image/png" || file.type === "application/json") await this.openFile(file);
       else toast("Drop a Chisel PNG or a workflow .json file.", "warn");
     });

@@ -136,6 +136,12 @@ export function registerSchemas(schemas, app) {
           }
           const w = addWidgetFor(this, inp);
           this.addInput(inp.name, inp.type, { widget: { name: inp.name }, tooltip: inp.tooltip });
+          if (inp.type === "COMBO" && inp.files === "input" && w) {
+            const label = inp.name === "image" ? "upload an image…" : `upload an image for ${inp.name}…`;
+            const up = this.addWidget("button", label, null, () => app.uploadFor?.(this, w), {});
+            up.serialize = false;
+            up.chiselUploadFor = inp.name;
+          }
           if (inp.seed && w) {
             const ctl = this.addWidget("combo", inp.name + CONTROL_SUFFIX, "randomize", () => {},
               { values: SEED_CONTROLS });
@@ -157,6 +163,8 @@ export function registerSchemas(schemas, app) {
       }
 
       onWidgetChanged(name, value, old) {
+        const w = this.widgets?.find((x) => x.name === name);
+        if (w?.options?.chiselFiles === "input") app.showInputImage?.(this, w);
         app.onGraphEdited?.();
       }
 
