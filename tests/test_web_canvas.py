@@ -277,6 +277,16 @@ def test_build_txt2img_from_an_empty_canvas_and_queue_it(page, server):
                                (latent, "LATENT", sampler, "latent_image"), (sampler, "LATENT", decode, "samples"),
                                (decode, "IMAGE", save, "images")]:
         page.connect(src, out, dst, inp)
+    # dropping a link on empty canvas offers only the nodes that can take it, and connects the one chosen
+    page.drag(page.js("([i, o]) => chisel.slotPos(i, 'output', o)", [decode, "IMAGE"]), (1250, 700))
+    page.page.locator(".chisel-palette input").wait_for(timeout=5000)
+    offered = page.page.locator(".chisel-palette .palette-item").evaluate_all("els => els.map(e => e.dataset.type)")
+    assert "PreviewImage" in offered and "SaveImage" in offered and "KSampler" not in offered
+    page.page.keyboard.type("Preview Image")
+    page.page.keyboard.press("Enter")
+    page.page.wait_for_function("chisel.nodes().some(n => n.type === 'PreviewImage')")
+    preview = next(n["id"] for n in page.nodes() if n["type"] == "PreviewImage")
+    assert page.js("chisel.workflow()")["nodes"][preview]["inputs"] == {"images": {"node": decode, "output": "IMAGE"}}
     page.type_text(pos, "text", "a red circle on a white background")
     page.set_number(latent, "width", 64)
     page.set_number(latent, "height", 64)
@@ -308,6 +318,8 @@ def test_build_txt2img_from_an_empty_canvas_and_queue_it(page, server):
     assert page.page.locator("#gallery-grid .gallery-item").count() >= 1
     image = page.node(save)["images"][0]
     assert "v1/view" in image and ".png" in image
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).images.length > 0", arg=preview)
+    assert "type=temp" in page.node(preview)["images"][0]
     # the new KSampler's seed control was "randomize": the seed moved on after queueing
     assert page.js("chisel.workflow()")["nodes"][sampler]["inputs"]["seed"] != seed_before
     page.shot("04-built-graph-result.png")
@@ -534,6 +546,10 @@ def test_undo_redo_copy_paste_delete_and_save(page, server):
     saved = json.loads(Path(dl.value.path()).read_text())
     assert saved["format"] == "chisel-workflow" and saved["version"] == 1 and len(saved["nodes"]) == 7
     assert saved["layout"]["nodes"][save["id"]]["pos"] == pytest.approx(moved, abs=0.5)
+    # the graph survives a reload of the page (kept in the browser's storage)
+    page.page.reload()
+    page.ready()
+    assert page.node(save["id"])["pos"] == pytest.approx(moved, abs=0.5)
 
 
 def test_the_page_asks_once_for_the_token_when_the_server_needs_one(browser, root, tmp_path):

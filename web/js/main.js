@@ -771,7 +771,10 @@ class App {
       const items = [];
       for (const entry of h.items || []) {
         for (const [id, out] of Object.entries(entry.outputs || {})) {
-          for (const image of out?.images || []) items.push({ image, prompt_id: entry.prompt_id, node_id: id });
+          // temp files (previews) do not outlive the server, so older ones are left out
+          for (const image of out?.images || []) {
+            if (image.type !== "temp") items.push({ image, prompt_id: entry.prompt_id, node_id: id });
+          }
         }
       }
       this.sidebar.addToGallery(items, { append: true });
