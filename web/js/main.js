@@ -9,7 +9,6 @@ import { History } from "./undo.js";
 import { closeTextEditor, graphRectToClient, isTextEditorOpen } from "./widgets.js";
 import { describeError } from "./errors.js";
 import { Sidebar, Lightbox, toast, askToken, el } from "./panels.js";
-import { pngWithText } from "./png.js";
 
 const AUTOSAVE_KEY = "chisel.workflow";
 const $ = (sel) => document.querySelector(sel);
@@ -303,12 +302,8 @@ class App {
   }
 
   async convertOnServer(data) {
-    // ComfyUI's UI format needs the node schemas to map widget values to inputs: the server does that. It has no
-    // JSON route for it, but it reads any workflow format from a PNG's text chunk: wrap the file in a tiny PNG.
-    const png = pngWithText("workflow", JSON.stringify(data));
-    const r = await this.api.request("POST", "v1/workflow/from-png", {
-      body: png, headers: { "Content-Type": "image/png" }, allowError: true,
-    });
+    // ComfyUI's UI format needs the node schemas to map widget values to inputs: the server converts it.
+    const r = await this.api.request("POST", "v1/workflow/convert", { json: { workflow: data }, allowError: true });
     if (r.ok && r.data?.workflow) return r.data.workflow;
     toast(`The server could not read that ComfyUI file: ${r.data?.error?.message || `HTTP ${r.status}`}`, "error", 8000);
     if (r.data?.errors?.length) this.showServerErrors(r.data.errors);
