@@ -31,3 +31,13 @@ def toy_engine(toy_registry, toy_paths) -> Engine:
     toy_nodes.CALLS.clear()
     return Engine(toy_registry, paths=toy_paths)
 
+
+@pytest.fixture
+def one_torch_thread():
+    """Tests of small tensors run faster on one intra-op thread, much faster on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -31,13 +31,7 @@ from nodes.sampling import SAMPLERS, SCHEDULERS, STOCHASTIC_SAMPLERS, ModelSampl
 from nodes.sampling.analytic import GaussianDenoiser, MixtureDenoiser
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests use small tensors: one intra-op thread is faster, and much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 MS = ModelSampling()
 MU, STD = 0.5, 0.8

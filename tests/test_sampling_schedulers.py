@@ -13,13 +13,7 @@ from nodes.sampling import SCHEDULERS, ModelSampling, calculate_sigmas
 from nodes.sampling.schedulers import beta_cdf, beta_ppf
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests use small tensors: one intra-op thread is faster, and much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 N = 1000
 

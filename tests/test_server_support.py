@@ -19,6 +19,8 @@ from typing import Any
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient, TestServer
 
+from toy_nodes import wf  # noqa: F401  (re-exported for the server tests)
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
@@ -118,15 +120,6 @@ def make_root(tmp: Path) -> Path:
     (tmp / "output").mkdir(exist_ok=True)
     (tmp / "input").mkdir(exist_ok=True)
     return tmp
-
-
-def wf(nodes: dict, **extra) -> dict:
-    """A native workflow from {id: (type, inputs)}; links as ("id", "output")."""
-    out = {}
-    for nid, (type_name, inputs) in nodes.items():
-        ins = {k: ({"node": v[0], "output": v[1]} if isinstance(v, tuple) else v) for k, v in inputs.items()}
-        out[nid] = {"type": type_name, "inputs": ins}
-    return {"format": "chisel-workflow", "version": 1, "nodes": out, **extra}
 
 
 def chain(value: int = 2, steps: int = 3, delay: float = 0.0, save: str = "Show") -> dict:
