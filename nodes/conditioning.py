@@ -1,8 +1,16 @@
-"""Prompt encoding: CLIPTextEncode (chunked past 77 tokens, ``(word:1.3)`` emphasis) and CLIPSetLastLayer."""
+"""Prompt encoding: CLIPTextEncode (chunked past 77 tokens, ``(word:1.3)`` emphasis, ``embedding:name`` textual
+inversion from models/embeddings) and CLIPSetLastLayer."""
 from __future__ import annotations
 
 from graph.node import Input, Node, Output
 from graph.types import CLIP, CONDITIONING, INT, STRING
+
+from .models import embeddings
+from .models.text import embedding_names
+
+
+def _paths(ctx):
+    return getattr(getattr(ctx, "services", None), "paths", None)
 
 
 class CLIPTextEncode(Node):
@@ -10,15 +18,23 @@ class CLIPTextEncode(Node):
     display_name = "CLIP Text Encode (Prompt)"
     category = "conditioning"
     description = ("Encode a prompt with the CLIP text encoder(s). Longer than 75 tokens: encoded in chunks of 77 "
-                   "and concatenated. (word) weighs 1.1x, (word:1.3) 1.3x; \\( and \\) are literal parentheses.")
+                   "and concatenated. (word) weighs 1.1x, (word:1.3) 1.3x; \\( and \\) are literal parentheses. "
+                   "embedding:name inserts a textual-inversion embedding from models/embeddings.")
     inputs = (
         Input("text", STRING, multiline=True, tooltip="The prompt."),
         Input("clip", CLIP, tooltip="The text encoder (from a checkpoint loader)."),
     )
     outputs = (Output("CONDITIONING", CONDITIONING),)
 
+    @classmethod
+    def fingerprint(cls, ctx, text=None, **_):
+        """The identity of the embedding files the prompt names (the text alone does not change with them)."""
+        if not isinstance(text, str):
+            return None
+        return embeddings.fingerprint(embedding_names(text), _paths(ctx))
+
     def run(self, ctx, text, clip):
-        cond, pooled = clip.encode(text)
+        cond, pooled = clip.encode(text, embeddings=embeddings.EmbeddingLookup(_paths(ctx)))
         opts = {}
         if pooled is not None:
             opts["pooled_output"] = pooled

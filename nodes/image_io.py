@@ -100,6 +100,9 @@ def save_images(images: torch.Tensor, folder: Path, prefix: str, kind: str, ctx,
     pattern = re.compile(re.escape(name) + r"_(\d+)_?\.png$")
     counter = 1 + max((int(m.group(1)) for f in os.listdir(target) if (m := pattern.match(f))), default=0)
     info = _png_info(ctx)
+    # The server offers a background writer (PNG encoding and fsync off the sampling thread); it reserves a name at
+    # once and raises FileExistsError when it is taken, like opening with "x". Without it, write here.
+    writer = (getattr(getattr(ctx, "services", None), "extras", None) or {}).get("file_writer")
     results = []
     subfolder = str(target.relative_to(base).as_posix()) if target != base else ""
     for image in images:
@@ -107,8 +110,12 @@ def save_images(images: torch.Tensor, folder: Path, prefix: str, kind: str, ctx,
         while True:
             fname = f"{name}_{counter:05}_.png"
             try:
-                with open(target / fname, "xb") as f:
-                    pil.save(f, format="PNG", pnginfo=info, compress_level=compress_level)
+                if writer is not None:
+                    writer.submit(target / fname, lambda tmp, pil=pil: pil.save(
+                        tmp, format="PNG", pnginfo=info, compress_level=compress_level))
+                else:
+                    with open(target / fname, "xb") as f:
+                        pil.save(f, format="PNG", pnginfo=info, compress_level=compress_level)
                 break
             except FileExistsError:
                 counter += 1

@@ -1,4 +1,6 @@
-"""KSampler: denoise a latent with a model, a positive and a negative conditioning (ComfyUI's inputs)."""
+"""KSampler and KSamplerAdvanced: denoise a latent with a model, a positive and a negative conditioning (ComfyUI's
+inputs). Both run :func:`nodes.models.diffusion.sample`; the advanced one exposes the step window (start/end step),
+whether noise is added, and whether the leftover noise is kept: the SDXL base -> refiner hand-off."""
 from __future__ import annotations
 
 from graph.node import Input, Node, Output
@@ -48,3 +50,40 @@ class KSampler(Node):
             denoise=1.0):
         return (sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
                        denoise, ctx),)
+
+
+class KSamplerAdvanced(Node):
+    type = "KSamplerAdvanced"
+    display_name = "KSampler (Advanced)"
+    category = "sampling"
+    description = ("Run steps start_at_step..end_at_step of a `steps`-step schedule. add_noise=disable continues from a "
+                   "latent that still holds noise; return_with_leftover_noise=enable stops without removing the rest, "
+                   "so another sampler (an SDXL refiner) can finish with the same schedule.")
+    inputs = (
+        Input("model", MODEL, tooltip="The model used for denoising."),
+        Input("add_noise", COMBO, default="enable", choices=("enable", "disable"),
+              tooltip="disable: the latent already holds the noise of start_at_step (a hand-off)."),
+        Input("noise_seed", INT, default=0, min=0, max=MAX_SEED, seed=True,
+              tooltip="The noise seed; -1 picks one at random (recorded with the outputs)."),
+        Input("steps", INT, default=20, min=1, max=10000, tooltip="Steps of the whole schedule."),
+        Input("cfg", FLOAT, default=8.0, min=0.0, max=100.0, step=0.1, round=0.01,
+              tooltip="Classifier-free guidance scale; 1 disables the negative prompt (and its cost)."),
+        Input("sampler_name", COMBO, default="euler", choices=SAMPLER_CHOICES),
+        Input("scheduler", COMBO, default="simple", choices=SCHEDULER_CHOICES),
+        Input("positive", CONDITIONING),
+        Input("negative", CONDITIONING),
+        Input("latent_image", LATENT),
+        Input("start_at_step", INT, default=0, min=0, max=10000,
+              tooltip="First step to run (0 = from pure noise); at or past `steps` the latent passes unchanged."),
+        Input("end_at_step", INT, default=10000, min=0, max=10000,
+              tooltip="Step to stop at (values past `steps` run to the end); must not be before start_at_step."),
+        Input("return_with_leftover_noise", COMBO, default="disable", choices=("disable", "enable"),
+              tooltip="enable: return the latent at end_at_step's noise level instead of denoising it fully."),
+    )
+    outputs = (Output("LATENT", LATENT),)
+
+    def run(self, ctx, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
+            latent_image, start_at_step, end_at_step, return_with_leftover_noise):
+        return (sample(model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                       1.0, ctx, add_noise=add_noise != "disable", start_step=start_at_step, last_step=end_at_step,
+                       force_full_denoise=return_with_leftover_noise != "enable"),)

@@ -17,8 +17,19 @@ import torch
 import torch.nn.functional as F
 
 from .handles import ModelHandle
+from .lora import patched
 
 PREVIEW_MAX_STEPS = 10  # about this many previews per run
+# The stochastic samplers' noise stream is seeded with seed + this odd constant (mod 2^64), never with the seed of
+# the starting noise: with the same seed its first draw would *be* the starting noise, so the first ancestral step
+# would re-add the very noise it is removing. The golden-ratio offset keeps it away from nearby seeds (seed + 1 would
+# replay the starting noise of the next seed in a sweep).
+NOISE_STREAM_OFFSET = 0x9E3779B97F4A7C15
+
+
+def noise_stream_seed(seed: int) -> int:
+    """The seed of a stochastic sampler's per-step noise for a run whose starting noise uses ``seed``."""
+    return (int(seed) + NOISE_STREAM_OFFSET) % (1 << 64)
 
 
 @dataclass
@@ -37,6 +48,16 @@ def _lcm(values) -> int:
     for v in values:
         out = out * v // math.gcd(out, v)
     return out
+
+
+def check_mask_fits(mask: torch.Tensor, h: int, w: int, what: str = "mask") -> None:
+    """A mask must cover the latent's frame: the same aspect ratio (any resolution, e.g. pixels or latent cells)."""
+    mh, mw = int(mask.shape[-2]), int(mask.shape[-1])
+    if (mh, mw) in ((h, w), (h * 8, w * 8)):
+        return
+    if mh == 0 or mw == 0 or abs(mh / mw - h / w) > 0.02 * (h / w):
+        raise ValueError(f"the {what} is {mw}x{mh} but the image is {w * 8}x{h * 8} pixels ({w}x{h} latent cells): "
+                         "its aspect ratio differs; resize the mask to the image size")
 
 
 def _resize_mask(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -84,7 +105,11 @@ class CFGDenoiser:
         self.noise = noise
         self.mask = None
         if noise_mask is not None:
-            self.mask = _resize_mask(noise_mask.to(self.device), h, w).expand(b, -1, -1, -1)
+            check_mask_fits(noise_mask, h, w, "noise mask")
+            m = _resize_mask(noise_mask.to(self.device), h, w)
+            if m.shape[0] not in (1, b):
+                raise ValueError(f"the noise mask has a batch of {m.shape[0]}; the latent batch is {b}")
+            self.mask = m.expand(b, -1, -1, -1)
         self.image_size = image_size
         groups = [positive] if self.cfg == 1.0 else [positive, negative]
         self.entries: list[_Entry] = []
@@ -114,10 +139,13 @@ class CFGDenoiser:
         mult: Any = float(opts.get("strength", 1.0))
         if opts.get("area") is not None:
             ah, aw, ay, ax = (int(v) for v in opts["area"])
-            ay, ax = min(ay, h - 1), min(ax, w - 1)
-            area = (max(1, min(ah, h - ay)), max(1, min(aw, w - ax)), ay, ax)
+            if ay >= h or ax >= w or ah <= 0 or aw <= 0:
+                raise ValueError(f"a conditioning area of {aw * 8}x{ah * 8} pixels at x={ax * 8}, y={ay * 8} lies "
+                                 f"outside the {w * 8}x{h * 8} image")
+            area = (min(ah, h - ay), min(aw, w - ax), ay, ax)  # clipped to the frame
         mask = opts.get("mask")
         if mask is not None:
+            check_mask_fits(mask, h, w, "conditioning mask")
             m = _resize_mask(mask.to(self.device), h, w) * float(opts.get("mask_strength", 1.0))
             if opts.get("set_area_to_bounds"):
                 nz = torch.nonzero(m.amax(dim=(0, 1)) > 0)
@@ -311,6 +339,9 @@ def sample(model: ModelHandle, seed: int, steps: int, cfg: float, sampler_name: 
     ms = model.model_sampling
     if sigmas is None:
         sigmas = calculate_sigmas(ms, scheduler, steps, denoise)
+    if start_step is not None and last_step is not None and start_step > last_step:
+        raise ValueError(f"start_at_step {start_step} is after end_at_step {last_step}: nothing to sample "
+                         "(the start must not come after the end)")
     if last_step is not None and last_step < len(sigmas) - 1:
         sigmas = sigmas[:last_step + 1]
         if force_full_denoise:
@@ -329,7 +360,8 @@ def sample(model: ModelHandle, seed: int, steps: int, cfg: float, sampler_name: 
                          f"{model.latent_format.channels}")
     noise = prepare_noise(latent, seed) if add_noise else torch.zeros(samples.shape, dtype=torch.float32)
     manager = model.manager
-    with manager.use(model.unet), torch.inference_mode():
+    # LoRAs are added to the shared weights for this run only (restored on exit, also on errors and interrupts)
+    with manager.use(model.unet), patched(model.unet, model.lora_for("unet")), torch.inference_mode():
         dev = model.unet.device
         lat = model.latent_format.process_in(samples.to(dev, torch.float32))
         noise_d = noise.to(dev)
@@ -340,7 +372,8 @@ def sample(model: ModelHandle, seed: int, steps: int, cfg: float, sampler_name: 
         den = CFGDenoiser(model, positive, negative, cfg, lat, noise_d, mask, image_size)
         total = len(sigmas) - 1
         callback = Previewer(ctx, model, total)
-        noise_sampler = make_noise_sampler(x, seed) if sampler_name in STOCHASTIC_SAMPLERS else None
+        noise_sampler = (make_noise_sampler(x, noise_stream_seed(seed)) if sampler_name in STOCHASTIC_SAMPLERS
+                         else None)
         # sigmas stay on the host: samplers read them once as Python floats (no per-step device reads)
         result = SAMPLERS[sampler_name](den, x, sigmas, extra_args={}, callback=callback,
                                         noise_sampler=noise_sampler)

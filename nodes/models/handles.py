@@ -2,7 +2,10 @@
 
 Each wraps modules owned by the :class:`~nodes.models.manager.ModelManager` and reports ``__chisel_nbytes__() == {}``
 so the result cache does not count model memory the manager already accounts for. Handles are cheap to ``clone``
-(options are copied, modules shared), which is how nodes such as CLIPSetLastLayer derive a variant.
+(options are copied, modules shared), which is how nodes such as CLIPSetLastLayer and the LoRA loaders derive a
+variant. LoRAs travel in ``options["lora"]`` as ``(target, AppliedLora)`` pairs (target: ``"unet"`` or a text
+encoder's component name) and are added to the shared weights only while a node computes with them
+(:func:`nodes.models.lora.patched`): the modules the manager caches are never left modified.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import Any
 import torch
 
 from . import latent_formats
+from .lora import AppliedLora, patched_many
 from .manager import LoadedBundle, ManagedModule, ModelManager
 from .text import TokenChunks, empty_chunk, tokenize
 
@@ -33,6 +37,20 @@ class _Handle:
         other = copy.copy(self)
         other.options = dict(getattr(self, "options", {}))
         return other
+
+    def lora_for(self, target: str) -> list[AppliedLora]:
+        """The LoRAs to add to one module (``"unet"``, ``"text_encoder"``, ``"text_encoder_2"``)."""
+        return [a for t, a in self.options.get("lora", ()) if t == target]
+
+    def with_lora(self, pairs) -> "_Handle":
+        """A clone with more ``(target, AppliedLora)`` pairs; this handle is left as it was."""
+        other = self.clone()
+        other.options["lora"] = tuple(self.options.get("lora", ())) + tuple(pairs)
+        return other
+
+    def _lora_repr(self) -> str:
+        loras = self.options.get("lora", ())
+        return "".join(f" +{a.name}@{a.strength:g}({t})" for t, a in loras)
 
 
 @dataclass(eq=False)
@@ -65,7 +83,7 @@ class ModelHandle(_Handle):
         return "refiner" if self.family == "sdxl_refiner" else "sdxl"
 
     def __repr__(self) -> str:
-        return f"<MODEL {self.family} {self.source}>"
+        return f"<MODEL {self.family} {self.source}{self._lora_repr()}>"
 
 
 @dataclass
@@ -95,17 +113,26 @@ class ClipHandle(_Handle):
         return other
 
     def __repr__(self) -> str:
-        return f"<CLIP {self.family} {self.source} layer={self.layer_idx}>"
+        return f"<CLIP {self.family} {self.source} layer={self.layer_idx}{self._lora_repr()}>"
 
     @torch.no_grad()
-    def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(cond [1, 77*k, D], pooled [1, P] or None)``, float32 on the CPU."""
+    def encode(self, text: str, embeddings=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(cond [1, 77*k, D], pooled [1, P] or None)``, float32 on the CPU. ``embeddings``: a
+        :class:`nodes.models.embeddings.EmbeddingLookup` for ``embedding:name`` words (None: they are text)."""
         default_layer, final_norm = FAMILY_CLIP_DEFAULTS[self.family]
         layer = self.layer_idx if self.layer_idx is not None else default_layer
         outs, pooled = [], None
-        with self.manager.use(*[e.module for e in self.encoders]):
-            for enc in self.encoders:
-                chunks = tokenize(text, pad_id=enc.pad_id)
+        # tokenize first: a missing or misfit embedding fails before any module moves
+        all_chunks = []
+        for enc in self.encoders:
+            lookup = None
+            if embeddings is not None:
+                width = int(enc.module.module.config.hidden_size)
+                lookup = (lambda name, enc=enc, width=width: embeddings.vectors(name, enc.kind, width, self.family))
+            all_chunks.append(tokenize(text, pad_id=enc.pad_id, embedding=lookup))
+        mods = [e.module for e in self.encoders]
+        with self.manager.use(*mods), patched_many((e.module, self.lora_for(e.name)) for e in self.encoders):
+            for enc, chunks in zip(self.encoders, all_chunks):
                 hidden, pool = _encode_chunks(enc, chunks, layer, final_norm)
                 outs.append(hidden)
                 if enc.with_projection:
@@ -122,12 +149,31 @@ def _encode_chunks(enc: EncoderSlot, chunks: TokenChunks, layer: int, final_norm
     if weighted:
         rows.append(empty_chunk(enc.pad_id))
     ids = torch.tensor(rows, dtype=torch.long, device=device)
-    out = module(input_ids=ids, output_hidden_states=True)
+    text_model = getattr(module, "text_model", module)
+    hook = None
+    if chunks.embeds:
+        # textual inversion: the embedding vectors replace the token embeddings at their positions (a forward hook
+        # for this call only; the shared module is not changed)
+        width = text_model.embeddings.token_embedding.weight.shape[1]
+        rep = torch.zeros(len(rows), len(rows[0]), width)
+        where = torch.zeros(len(rows), len(rows[0]), 1, dtype=torch.bool)
+        for (c, pos), vec in chunks.embeds.items():
+            rep[c, pos] = vec
+            where[c, pos] = True
+
+        def replace(mod, args, out):
+            return torch.where(where.to(out.device), rep.to(out.device, out.dtype), out)
+
+        hook = text_model.embeddings.token_embedding.register_forward_hook(replace)
+    try:
+        out = module(input_ids=ids, output_hidden_states=True)
+    finally:
+        if hook is not None:
+            hook.remove()
     n = enc.num_layers
     idx = max(-(n + 1), min(layer, -1))
     hidden = out.hidden_states[idx]
     if final_norm:
-        text_model = getattr(module, "text_model", module)
         hidden = text_model.final_layer_norm(hidden)
     hidden = hidden.float()
     if weighted:

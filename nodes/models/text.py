@@ -8,11 +8,16 @@
 - Weights are applied to the encoder's output relative to the encoding of an empty prompt at the same position:
   ``z = z_empty + (z - z_empty) * w``, so a weight of 1 leaves a token unchanged and weights scale its difference
   from "nothing".
+- Textual-inversion embeddings: a word ``embedding:name`` (trailing punctuation such as ``,`` stays text) is
+  replaced by the embedding's vectors, one token position each, weighted like the words around it; an embedding is
+  never split across chunks when it fits in the next one. The vectors come from an ``embedding(name)`` callable
+  (:mod:`nodes.models.embeddings`); without one the word is ordinary text.
 """
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,6 +26,9 @@ from .configs import CONFIG_ROOT
 CHUNK = 75  # tokens per chunk between <start> and <end>
 CONTEXT = CHUNK + 2
 BOS, EOS = 49406, 49407
+EMBEDDING_PREFIX = "embedding:"
+EMBEDDING_PLACEHOLDER = 0  # the id written where an embedding vector goes (replaced before the first layer)
+_TRAILING = ",.;:!?"
 
 _lock = threading.Lock()
 
@@ -128,23 +136,57 @@ def parse_weights(text: str, weight: float = 1.0) -> list[tuple[str, float]]:
 class TokenChunks:
     ids: list[list[int]]  # n_chunks x 77, padded with pad_id
     weights: list[list[float]]  # n_chunks x 77
+    embeds: dict = field(default_factory=dict)  # (chunk, position) -> embedding vector [D] replacing that token
 
     @property
     def weighted(self) -> bool:
         return any(w != 1.0 for row in self.weights for w in row)
 
 
-def tokenize(text: str, pad_id: int = EOS) -> TokenChunks:
-    """Token chunks of a prompt (see the module docstring)."""
+def split_embedding_word(word: str) -> tuple[str, str] | None:
+    """``"embedding:name,"`` -> ``("name", ",")``; None if the word names no embedding."""
+    if not word.startswith(EMBEDDING_PREFIX):
+        return None
+    name = word[len(EMBEDDING_PREFIX):]
+    stripped = name.rstrip(_TRAILING)
+    if not stripped:
+        return None
+    return stripped, name[len(stripped):]
+
+
+def embedding_names(text: str) -> list[str]:
+    """The embedding names a prompt refers to, in order of first use."""
+    names: list[str] = []
+    for seg, _ in parse_weights(text):
+        for word in seg.split():
+            hit = split_embedding_word(word)
+            if hit is not None and hit[0] not in names:
+                names.append(hit[0])
+    return names
+
+
+def tokenize(text: str, pad_id: int = EOS, embedding: Callable[[str], object] | None = None) -> TokenChunks:
+    """Token chunks of a prompt (see the module docstring). ``embedding(name)`` returns the [n, D] vectors of a
+    textual-inversion embedding (or raises)."""
     tok = tokenizer()
     words: list[tuple[str, float]] = []
+    vectors: dict[int, object] = {}  # word index -> embedding vectors
     for seg, w in parse_weights(text):
         for word in seg.split():
+            hit = split_embedding_word(word) if embedding is not None else None
+            if hit is not None:
+                vectors[len(words)] = embedding(hit[0])
+                words.append(("", w))
+                if hit[1]:
+                    words.append((hit[1], w))
+                continue
             words.append((word, w))
     encoded = tok([w for w, _ in words], add_special_tokens=False)["input_ids"] if words else []
     chunks: list[list[tuple[int, float]]] = [[]]
-    for (word, w), ids in zip(words, encoded):
-        if not ids:
+    for i, ((word, w), ids) in enumerate(zip(words, encoded)):
+        if i in vectors:
+            ids = list(vectors[i])  # one vector per token position
+        if not len(ids):
             continue
         cur = chunks[-1]
         if len(cur) + len(ids) > CHUNK and len(ids) <= CHUNK // 2 and cur:
@@ -155,15 +197,22 @@ def tokenize(text: str, pad_id: int = EOS) -> TokenChunks:
                 chunks.append([])
                 cur = chunks[-1]
             cur.append((t, w))
-    ids_out, w_out = [], []
-    for ch in chunks:
-        row = [BOS] + [t for t, _ in ch] + [EOS]
+    ids_out, w_out, embeds = [], [], {}
+    for c, ch in enumerate(chunks):
+        row = [BOS]
+        for pos, (t, _) in enumerate(ch, start=1):
+            if isinstance(t, int):
+                row.append(t)
+            else:
+                row.append(EMBEDDING_PLACEHOLDER)
+                embeds[(c, pos)] = t
+        row.append(EOS)
         wr = [1.0] + [w for _, w in ch] + [1.0]
         row += [pad_id] * (CONTEXT - len(row))
         wr += [1.0] * (CONTEXT - len(wr))
         ids_out.append(row)
         w_out.append(wr)
-    return TokenChunks(ids_out, w_out)
+    return TokenChunks(ids_out, w_out, embeds)
 
 
 def empty_chunk(pad_id: int = EOS) -> list[int]:
