@@ -118,7 +118,88 @@ def assert_same_weights(src_module, loaded_module, dtype=torch.float16):
         assert torch.equal(want, got), k
 
 
+# -- tiny LoRAs and embeddings ------------------------------------------------------------------------------------
+
+LORA_UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out",
+                     "conv1", "time_emb_proj")
+LORA_TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+
+def _lora_pair(module, rank, gen, scale):
+    w = module.weight
+    kernel = tuple(w.shape[2:])
+    down = torch.randn(rank, w.shape[1], *kernel, generator=gen) * scale
+    up = torch.randn(w.shape[0], rank, *((1,) * len(kernel)), generator=gen) * scale
+    return down, up
+
+
+def tiny_lora_layers(family: str, rank: int = 4, seed: int = 0, scale: float = 0.2, text: bool = True):
+    """Random LoRA layers for the tiny ``family`` model: ``{(component, module name): (down, up)}``, components
+    "unet", "text_encoder", "text_encoder_2" (diffusers module names; text names without ``text_model.``)."""
+    m = tiny_model(family)
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for n, mod in m.unet.named_modules():
+        if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)) and n.endswith(LORA_UNET_TARGETS):
+            out[("unet", n)] = _lora_pair(mod, rank, gen, scale)
+    if text:
+        for comp in ("text_encoder", "text_encoder_2"):
+            te = getattr(m, comp)
+            if te is None:
+                continue
+            for n, mod in te.named_modules():
+                if isinstance(mod, torch.nn.Linear) and n.endswith(LORA_TEXT_TARGETS):
+                    flat = n[len("text_model."):] if n.startswith("text_model.") else n
+                    out[(comp, flat)] = _lora_pair(mod, rank, gen, scale)
+    return out
+
+
+def write_lora(path: Path, family: str, layers: dict, fmt: str = "peft", alpha: float | None = None) -> Path:
+    """Write LoRA layers in ``fmt``: "peft" (diffusers' file: unet./text_encoder. keys, alpha in its
+    lora_adapter_metadata) or "kohya" (lora_unet_/lora_te_ keys with .alpha; SDXL UNet names in the LDM layout)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from nodes.models.keymaps import unet_key_map
+
+    sd, meta = {}, {"format": "pt"}
+    two = family in ("sdxl",)
+    if fmt == "peft":
+        info = {}
+        for (comp, n), (down, up) in layers.items():
+            key = f"{comp}.{n}" if comp == "unet" else f"{comp}.text_model.{n}"
+            sd[key + ".lora_A.weight"], sd[key + ".lora_B.weight"] = down, up
+            rank = down.shape[0]
+            info[f"{comp}.r"] = rank
+            info[f"{comp}.lora_alpha"] = alpha if alpha is not None else rank
+            info.setdefault(f"{comp}.target_modules", set()).add(n)
+        if alpha is not None:
+            meta["lora_adapter_metadata"] = json.dumps(
+                {k: sorted(v) if isinstance(v, set) else v for k, v in info.items()}, sort_keys=True)
+    elif fmt == "kohya":
+        ldm = {}
+        if two:
+            unet = tiny_model(family).unet
+            names = [n + ".weight" for (c, n) in layers if c == "unet"]
+            ldm = unet_key_map(unet.config, names)
+        for (comp, n), (down, up) in layers.items():
+            if comp == "unet":
+                name = ldm[n + ".weight"][: -len(".weight")] if two else n
+                base = "lora_unet_" + name.replace(".", "_")
+            else:
+                prefix = ("lora_te1_" if comp == "text_encoder" else "lora_te2_") if two else "lora_te_"
+                base = prefix + "text_model_" + n.replace(".", "_")
+            sd[base + ".lora_down.weight"], sd[base + ".lora_up.weight"] = down, up
+            sd[base + ".alpha"] = torch.tensor(float(alpha if alpha is not None else down.shape[0]))
+    else:
+        raise ValueError(fmt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path), metadata=meta)
+    return path
+
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 __all__ = ["tiny_file", "tiny_model", "models_root", "make_engine", "FakeContext", "no_network",
-           "assert_same_weights"]
+           "assert_same_weights", "tiny_lora_layers", "write_lora"]
