@@ -103,7 +103,8 @@ _PAIRS = (
     ("_lora.down.weight", "_lora.up.weight"),  # diffusers attention processors: to_q_lora.down.weight
 )
 _UNSUPPORTED = {".hada_w1_a": "LoHa", ".lokr_w1": "LoKr", ".lora_mid.weight": "LoCon with a Tucker mid weight",
-                ".oft_blocks": "OFT", ".diff": "full weight difference"}
+                ".oft_blocks": "OFT"}
+_UNSUPPORTED_SUFFIXES = {".diff": "full weight difference", ".diff_b": "full weight difference"}
 
 
 def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -183,8 +184,8 @@ def read_lora(path: str | Path) -> LoraFile:
     path = Path(path)
     tensors, metadata = _read_tensors(path)
     for key in tensors:
-        for marker, kind in _UNSUPPORTED.items():
-            if marker in key:
+        for marker, kind in list(_UNSUPPORTED.items()) + list(_UNSUPPORTED_SUFFIXES.items()):
+            if (key.endswith(marker) if marker in _UNSUPPORTED_SUFFIXES else marker in key):
                 raise LoraError(f"{path.name} is a {kind} file (key {key!r}); Chisel applies LoRA "
                                 "(down/up pairs) only")
     peft_meta = _peft_alpha(metadata)
