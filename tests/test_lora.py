@@ -101,7 +101,7 @@ def test_sdxl_kohya_file_in_the_ldm_layout_applies_like_the_diffusers_file(tmp_p
     args, kw = _unet_inputs(bundle.model.unet.module)
     a, b, plain = _unet_out(mk, args, kw), _unet_out(mp, args, kw), _unet_out(bundle.model, args, kw)
     assert (a - plain).abs().max() > 0.1 and torch.allclose(a, b, atol=1e-5)
-    (ta, pa), (tb, pb), (t0, p0) = ck.encode("a cat"), cp.encode("a cat"), bundle.clip.encode("a cat")
+    (ta, pa), (tb, pb), (t0, _) = ck.encode("a cat"), cp.encode("a cat"), bundle.clip.encode("a cat")
     assert (ta - t0).abs().max() > 0.1 and torch.allclose(ta, tb, atol=1e-5) and torch.allclose(pa, pb, atol=1e-5)
 
 

@@ -282,11 +282,6 @@ def text_encoder_lookup(module: torch.nn.Module, slot: str, index: int, count: i
     return out
 
 
-def _is_text_key(key: str) -> bool:
-    return key.startswith(("lora_te_", "lora_te1_", "lora_te2_", "text_encoder.", "text_encoder_2.", "te_", "te1_",
-                           "te2_", "text_encoders."))
-
-
 def _family_hint(lora: LoraFile) -> str:
     """A guess at the family a LoRA was made for, from its cross-attention key/value input width."""
     widths = {layer.in_features for k, layer in lora.layers.items()
