@@ -46,6 +46,15 @@ class RunResult:
                 "resolved": self.resolved, "explain": self.explain, "skipped": self.skipped}
 
 
+@dataclass
+class _KeyContext:
+    """The ``ctx`` a node's ``fingerprint`` receives: what it may look at, nothing it may do."""
+
+    node_id: str
+    services: Any
+    paths: ModelPaths
+
+
 class _Context:
     """The ``ctx`` a node's ``run`` receives."""
 
@@ -163,7 +172,7 @@ class Engine:
             upstream = {name: (keys[src][0], idx) for name, (src, idx) in pn.links.items()}
             files = {name: file_identity(path) for name, path in pn.files.items()}
             custom = pn.cls.fingerprint.__func__ is not Node.fingerprint.__func__
-            fp = pn.cls.fingerprint(None, **pn.literals) if custom else None
+            fp = pn.cls.fingerprint(_KeyContext(nid, self.services, self.paths), **pn.literals) if custom else None
             keys[nid] = compute_key(pn.cls.type, pn.cls.version, pn.literals, upstream, files, fp)
         return keys
 

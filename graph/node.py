@@ -156,8 +156,8 @@ class Node:
 
     @classmethod
     def fingerprint(cls, ctx: RunContext, **inputs: Any) -> Any:
-        """Extra JSON-able state that should invalidate the cache (beyond inputs and declared files).
-        Return None when the inputs say it all."""
+        """Extra JSON-able state that should invalidate the cache (beyond inputs and declared files), given the
+        literal inputs; ``ctx`` has ``node_id``, ``services`` and ``paths``. Return None when the inputs say it all."""
         return None
 
     @classmethod

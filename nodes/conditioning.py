@@ -31,7 +31,7 @@ class CLIPTextEncode(Node):
         """The identity of the embedding files the prompt names (the text alone does not change with them)."""
         if not isinstance(text, str):
             return None
-        return embeddings.fingerprint(embedding_names(text), _paths(ctx))
+        return embeddings.fingerprint(embedding_names(text), getattr(ctx, "paths", None) or _paths(ctx))
 
     def run(self, ctx, text, clip):
         cond, pooled = clip.encode(text, embeddings=embeddings.EmbeddingLookup(_paths(ctx)))

@@ -97,7 +97,6 @@ def parse(name: str, path: Path) -> Embedding:
 
 _cache: dict[tuple, Embedding] = {}
 _cache_lock = threading.Lock()
-_known_dirs: list[tuple[Path, ...]] = []  # embeddings folders seen by running nodes (see fingerprint)
 
 
 def _identity(path: Path) -> tuple:
@@ -145,7 +144,6 @@ class EmbeddingLookup:
 
     def __init__(self, paths: Any):
         self.paths = paths
-        remember(paths)
 
     def get(self, name: str) -> Embedding:
         return load(name, resolve(self.paths, name))
@@ -168,30 +166,15 @@ class EmbeddingLookup:
         return part
 
 
-def remember(paths: Any) -> None:
-    """Note an embeddings folder set in use, so that :func:`fingerprint` without a context can look there."""
-    if paths is None:
-        return
-    dirs = tuple(Path(d).resolve() for d in paths.dirs("embeddings"))
-    if dirs and dirs not in _known_dirs:
-        _known_dirs.append(dirs)
-        del _known_dirs[:-16]
-
-
 def fingerprint(names: list[str], paths: Any = None) -> list | None:
-    """The identities of the files ``names`` resolve to: in ``paths`` when given, otherwise in every embeddings
-    folder a node has used in this process and in the default folder (an over-approximation: a change to any of
-    them invalidates, none is missed once the folder is known)."""
+    """The identities of the files ``names`` resolve to in the embeddings folders of ``paths``."""
     if not names:
         return None
-    folder_sets: list[tuple[Path, ...]] = []
-    if paths is not None:
-        folder_sets.append(tuple(Path(d) for d in paths.dirs("embeddings")))
-    else:
+    if paths is None:
         from graph.paths import ModelPaths
 
-        folder_sets.extend(_known_dirs)
-        folder_sets.append(tuple(ModelPaths().dirs("embeddings")))
+        paths = ModelPaths()
+    folder_sets = [tuple(Path(d) for d in paths.dirs("embeddings"))]
     out = []
     for name in names:
         found = []
