@@ -7,9 +7,10 @@ Everything here is pure torch/numpy so that training, evaluation and the tests s
 * ``caption(...)`` follows the one grammar ``a {colour} {shape}`` optionally followed by
   ``on a {background} background``.
 * ``judge(image)`` reads an image back: background from the border, foreground = pixels far from it (largest
-  connected component), dominant colour by a per-pixel vote for the nearest palette colour, and shape from two
-  scale-free features of the foreground: its fill ratio inside its bounding box (square 1.0, circle pi/4,
-  triangle 0.5) and the share of its area in the top half of the box (triangle 0.25, others 0.5).
+  connected component), dominant colour by a per-pixel vote for the nearest palette colour, and shape as the
+  nearest prototype in three scale-free features of the foreground: its fill ratio inside its bounding box
+  (square 1.0, circle pi/4, triangle 0.5), the share of its area in the top half of the box (triangle 0.25,
+  others 0.5) and how much of the box's four corners it occupies (square 1, circle ~0.3, triangle ~0.39).
 """
 from __future__ import annotations
 
@@ -154,6 +155,14 @@ class Verdict:
     fill: float = 0.0
     top_share: float = 0.0
     area: int = 0
+    corners: float = 0.0
+    shape_fill_only: str | None = None  # the cruder fill-ratio-only reading, reported for comparison
+
+
+# Shape prototypes in (fill ratio in the bounding box, share of the area in the box's top half, corner occupancy),
+# measured on exact renders: square (1, 1/2, 1), circle (pi/4, 1/2, ~0.3), upright triangle (1/2, 1/4, ~0.39).
+# The corner feature keeps a square drawn with softened corners or slightly bowed sides (fill ~0.85) a square.
+SHAPE_PROTOTYPES = {"square": (1.0, 0.5, 1.0), "circle": (math.pi / 4, 0.5, 0.3), "triangle": (0.5, 0.25, 0.39)}
 
 
 def judge(image) -> Verdict:
@@ -187,9 +196,16 @@ def judge(image) -> Verdict:
     row_counts = mask[y0:y1].sum(axis=1).astype(np.float32)
     top = row_counts[rows < mid].sum() + 0.5 * row_counts[rows == mid].sum()
     top_share = float(top / max(area, 1))
-    protos = {"square": (1.0, 0.5), "circle": (math.pi / 4, 0.5), "triangle": (0.5, 0.25)}
-    shape = min(protos, key=lambda s: (fill - protos[s][0]) ** 2 + (top_share - protos[s][1]) ** 2)
-    return Verdict(colour, shape, fill=float(fill), top_share=top_share, area=area)
+    # Corner occupancy: mean foreground share of the four corner boxes (a quarter of the box's width and height).
+    box = mask[y0:y1, x0:x1]
+    ch, cw = max(1, round(bh * 0.25)), max(1, round(bw * 0.25))
+    corners = float(np.mean([box[:ch, :cw].mean(), box[:ch, -cw:].mean(), box[-ch:, :cw].mean(),
+                             box[-ch:, -cw:].mean()]))
+    shape = min(SHAPE_PROTOTYPES, key=lambda k: sum((f - p) ** 2 for f, p in zip((fill, top_share, corners),
+                                                                                  SHAPE_PROTOTYPES[k])))
+    fill_only = min(("square", 1.0), ("circle", math.pi / 4), ("triangle", 0.5), key=lambda kv: abs(fill - kv[1]))[0]
+    return Verdict(colour, shape, fill=float(fill), top_share=top_share, area=area, corners=corners,
+                   shape_fill_only=fill_only)
 
 
 def judge_batch(images: torch.Tensor) -> list[Verdict]:
