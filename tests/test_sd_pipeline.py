@@ -94,6 +94,7 @@ def test_txt2img_through_the_engine_writes_a_png_whose_metadata_reloads_as_the_w
     root = models_root(tmp_path, ("tiny-sd1.safetensors", tiny_file("sd1")))
     eng, services = make_engine(root)
     wf = json.loads(Path("workflows/txt2img.json").read_text())
+    wf["nodes"]["4"]["inputs"]["ckpt_name"] = "tiny-sd1.safetensors"
     wf["nodes"]["3"]["inputs"].update({"seed": -1, "steps": 5})
     events = []
     res = eng.run(wf, on_event=events.append)
@@ -134,7 +135,9 @@ def test_txt2img_through_the_engine_writes_a_png_whose_metadata_reloads_as_the_w
 def test_shipped_txt2img_workflow_is_valid(tmp_path):
     root = models_root(tmp_path, ("tiny-sd1.safetensors", tiny_file("sd1")))
     eng, _ = make_engine(root)
-    plan, errors = eng.validate(json.loads(Path("workflows/txt2img.json").read_text()))
+    wf = json.loads(Path("workflows/txt2img.json").read_text())
+    wf["nodes"]["4"]["inputs"]["ckpt_name"] = "tiny-sd1.safetensors"
+    plan, errors = eng.validate(wf)
     assert errors == [] and plan is not None
 
 

@@ -30,6 +30,7 @@ def test_txt2img_through_comfyui_routes_and_native_api(tmp_path):
     tiny.write("sd1", tmp_path / "models" / "checkpoints" / "tiny-sd1.safetensors", seed=0, dtype=torch.float16)
     native = json.loads((REPO / "workflows" / "txt2img.json").read_text())
     native["nodes"]["3"]["inputs"]["steps"] = 3
+    native["nodes"]["4"]["inputs"]["ckpt_name"] = "tiny-sd1.safetensors"
     prompt = to_comfy_api(Workflow.model_validate(native), NodeRegistry.discover())
     server = ServeProcess(tmp_path)
     try:
