@@ -8,19 +8,18 @@ from graph.types import COMBO, CONDITIONING, FLOAT, INT, LATENT, MAX_SEED, MODEL
 
 from .models.diffusion import sample
 
-# ComfyUI's names, in ComfyUI's order, so its workflows validate unchanged; a name Chisel's sampler library does
-# not implement yet fails at run time with the list of those it does.
-SAMPLER_CHOICES = (
-    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
-    "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",
-    "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
-    "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm",
-    "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
-    "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2",
-    "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
+from .sampling import SAMPLER_ALIASES, SAMPLER_NAMES, SCHEDULER_NAMES
+
+# ComfyUI's names, in ComfyUI's order, limited to what Chisel implements (so an unknown sampler is a validation
+# error up front, not a failure after the model has loaded); ComfyUI's "_gpu" and "bh2" variants are aliases.
+_COMFY_SAMPLER_ORDER = (
+    "euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde",
+    "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "lcm",
+    "ddim", "uni_pc", "uni_pc_bh2",
 )
-SCHEDULER_CHOICES = ("simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal",
-                     "linear_quadratic", "kl_optimal")
+SAMPLER_CHOICES = tuple(n for n in _COMFY_SAMPLER_ORDER if n in SAMPLER_NAMES or n in SAMPLER_ALIASES)
+SCHEDULER_CHOICES = tuple(n for n in ("simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta",
+                                      "normal") if n in SCHEDULER_NAMES)
 
 
 class KSampler(Node):

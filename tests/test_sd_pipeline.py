@@ -168,6 +168,28 @@ def test_unimplemented_sampler_fails_with_the_available_list():
         _txt2img(bundle, sampler="dpm_adaptive", steps=2, size=32)
 
 
+def test_unimplemented_sampler_is_a_validation_error_and_comfy_variants_are_aliases(tmp_path):
+    from nodes.sampler_nodes import KSampler
+
+    choices = KSampler.input("sampler_name").choices
+    assert "dpm_adaptive" not in choices and {"dpmpp_2m_sde_gpu", "uni_pc_bh2"} <= set(choices)
+    root = models_root(tmp_path, ("tiny-sd1.safetensors", tiny_file("sd1")))
+    eng, _ = make_engine(root)
+    wf = json.loads(Path("workflows/txt2img.json").read_text())
+    wf["nodes"]["4"]["inputs"]["ckpt_name"] = "tiny-sd1.safetensors"
+    wf["nodes"]["3"]["inputs"]["sampler_name"] = "euler_cfg_pp"
+    res = eng.run(wf)
+    assert [(e.node_id, e.kind, e.input) for e in res.errors] == [("3", "invalid_choice", "sampler_name")]
+    assert res.executed == []
+    bundle = _bundle("sd1")
+    gpu, _ = _txt2img(bundle, sampler="dpmpp_2m_sde_gpu", steps=3, size=32)
+    cpu, _ = _txt2img(bundle, sampler="dpmpp_2m_sde", steps=3, size=32)
+    assert torch.equal(gpu["samples"], cpu["samples"])
+    bh2, _ = _txt2img(bundle, sampler="uni_pc_bh2", steps=4, size=32)
+    bh1, _ = _txt2img(bundle, sampler="uni_pc", steps=4, size=32)
+    assert not torch.equal(bh2["samples"], bh1["samples"])
+
+
 def _count_unet_calls(unet):
     calls = []
     handle = unet.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(args[0].shape[0]) or None,
@@ -348,7 +370,10 @@ def test_node_schema_matches_comfyui(type_name):
     for inp in cls.inputs:
         spec = ref["input"]["required"][inp.name]
         kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
-        if isinstance(kind, list):
+        if isinstance(kind, list) and inp.name in ("sampler_name", "scheduler"):
+            # the samplers Chisel implements, in ComfyUI's order (an unknown name fails validation up front)
+            assert [c for c in kind if c in inp.choices] == list(inp.choices) and inp.default == kind[0]
+        elif isinstance(kind, list):
             assert list(inp.choices) == kind and inp.default == kind[0]
         elif kind.startswith("<file names"):
             assert inp.files is not None

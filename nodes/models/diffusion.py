@@ -331,11 +331,12 @@ def sample(model: ModelHandle, seed: int, steps: int, cfg: float, sampler_name: 
            start_step: int | None = None, last_step: int | None = None, force_full_denoise: bool = False,
            sigmas: torch.Tensor | None = None) -> dict:
     """Sample a LATENT with a MODEL. Returns a new LATENT dict (VAE latent space, float32, CPU)."""
-    from nodes.sampling import SAMPLERS, STOCHASTIC_SAMPLERS, calculate_sigmas, make_noise_sampler
+    from nodes.sampling import SAMPLER_ALIASES, SAMPLERS, STOCHASTIC_SAMPLERS, calculate_sigmas, make_noise_sampler
 
+    sampler_name, sampler_options = SAMPLER_ALIASES.get(sampler_name, (sampler_name, {}))
     if sampler_name not in SAMPLERS:
-        raise ValueError(f"sampler {sampler_name!r} is not available in Chisel yet; available: "
-                         f"{', '.join(SAMPLERS)}")
+        raise ValueError(f"sampler {sampler_name!r} is not available in Chisel; available: "
+                         f"{', '.join(list(SAMPLERS) + list(SAMPLER_ALIASES))}")
     ms = model.model_sampling
     if sigmas is None:
         sigmas = calculate_sigmas(ms, scheduler, steps, denoise)
@@ -376,7 +377,7 @@ def sample(model: ModelHandle, seed: int, steps: int, cfg: float, sampler_name: 
                          else None)
         # sigmas stay on the host: samplers read them once as Python floats (no per-step device reads)
         result = SAMPLERS[sampler_name](den, x, sigmas, extra_args={}, callback=callback,
-                                        noise_sampler=noise_sampler)
+                                        noise_sampler=noise_sampler, **sampler_options)
         result = ms.inverse_noise_scaling(sigmas[-1], result)
         result = model.latent_format.process_out(result).float().cpu()
     out["samples"] = result

@@ -13,7 +13,7 @@ Pure torch math, no node or graph code:
 
 from .model_sampling import ModelSampling, make_betas, rescale_zero_terminal_snr
 from .noise import default_noise_sampler, initial_noise, make_noise_sampler
-from .samplers import SAMPLER_NAMES, SAMPLERS, STOCHASTIC_SAMPLERS, get_ancestral_step
+from .samplers import SAMPLER_ALIASES, SAMPLER_NAMES, SAMPLERS, STOCHASTIC_SAMPLERS, get_ancestral_step
 from .schedulers import SCHEDULER_NAMES, SCHEDULERS, calculate_sigmas, get_sigmas_exponential, get_sigmas_karras
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "make_betas",
     "rescale_zero_terminal_snr",
     "SAMPLERS",
+    "SAMPLER_ALIASES",
     "SAMPLER_NAMES",
     "STOCHASTIC_SAMPLERS",
     "SCHEDULERS",

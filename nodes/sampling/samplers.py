@@ -585,6 +585,15 @@ SAMPLERS: dict[str, Callable] = {
 }
 SAMPLER_NAMES = list(SAMPLERS)
 
+# ComfyUI's variant names: (sampler, options). Its "_gpu" SDE samplers differ only in where their Brownian noise is
+# drawn; Chisel always draws noise on the CPU from the seed, so they are the same sampler here.
+SAMPLER_ALIASES = {
+    "dpmpp_sde_gpu": ("dpmpp_sde", {}),
+    "dpmpp_2m_sde_gpu": ("dpmpp_2m_sde", {}),
+    "dpmpp_3m_sde_gpu": ("dpmpp_3m_sde", {}),
+    "uni_pc_bh2": ("uni_pc", {"variant": "bh2"}),
+}
+
 # Samplers that draw fresh noise (they take a noise_sampler; seed it for reproducible images).
 STOCHASTIC_SAMPLERS = frozenset(
     {"euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "lcm"}
