@@ -17,7 +17,7 @@ from . import files
 from . import store as S
 from .errors import ApiError, json_response
 from .hub import COMFY
-from .routes_native import do_free, int_param, srv, websocket
+from .routes_native import do_free, get_view, int_param, post_upload, srv, websocket
 from .security import read_json_object
 from .service import ChiselServer
 from .system import comfy_system_stats
@@ -294,16 +294,6 @@ async def get_object_info_class(request: web.Request) -> web.Response:
 
 
 # -- files, system, WebSocket ----------------------------------------------------------------------------------------------
-async def get_view(request: web.Request) -> web.StreamResponse:
-    server = srv(request)
-    return await files.view(request, server.paths, server.writer, server.thumbs)
-
-
-async def post_upload_image(request: web.Request) -> web.Response:
-    server = srv(request)
-    return json_response(await files.upload(request, server.paths, server.config.max_upload_bytes))
-
-
 async def post_upload_mask(request: web.Request) -> web.Response:
     server = srv(request)
     return json_response(await files.upload(request, server.paths, server.config.max_upload_bytes, mask=True))
@@ -356,7 +346,7 @@ def add_routes(app: web.Application) -> None:
         r.add_get(prefix + "/object_info", get_object_info)
         r.add_get(prefix + "/object_info/{node_class}", get_object_info_class)
         r.add_get(prefix + "/view", get_view)
-        r.add_post(prefix + "/upload/image", post_upload_image)
+        r.add_post(prefix + "/upload/image", post_upload)
         r.add_post(prefix + "/upload/mask", post_upload_mask)
         r.add_post(prefix + "/interrupt", post_interrupt)
         r.add_post(prefix + "/free", post_free)
