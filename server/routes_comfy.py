@@ -17,7 +17,7 @@ from . import files
 from . import store as S
 from .errors import ApiError, json_response
 from .hub import COMFY
-from .routes_native import do_free, get_view, int_param, post_upload, srv, websocket
+from .routes_native import clear_or_delete, do_free, get_view, int_param, post_upload, srv, websocket
 from .security import read_json_object
 from .service import ChiselServer
 from .system import comfy_system_stats
@@ -151,14 +151,7 @@ async def get_queue(request: web.Request) -> web.Response:
 
 async def post_queue(request: web.Request) -> web.Response:
     server = srv(request)
-    body = await read_json_object(request, server.config.max_json_bytes, allow_empty=True)
-    if body.get("clear"):
-        await server.db(server.store.cancel, None)
-    delete = body.get("delete")
-    if delete is not None:
-        if not isinstance(delete, list) or not all(isinstance(d, str) for d in delete):
-            raise ApiError(400, "invalid_request", "delete must be a list of prompt ids")
-        await server.db(server.store.cancel, delete)
+    await clear_or_delete(request, server, server.store.cancel)
     server.hub.queue_changed()
     return web.Response(status=200)
 
@@ -234,14 +227,7 @@ async def get_history_entry(request: web.Request) -> web.Response:
 
 async def post_history(request: web.Request) -> web.Response:
     server = srv(request)
-    body = await read_json_object(request, server.config.max_json_bytes, allow_empty=True)
-    if body.get("clear"):
-        await server.db(server.store.delete, None)
-    delete = body.get("delete")
-    if delete is not None:
-        if not isinstance(delete, list) or not all(isinstance(d, str) for d in delete):
-            raise ApiError(400, "invalid_request", "delete must be a list of prompt ids")
-        await server.db(server.store.delete, delete)
+    await clear_or_delete(request, server, server.store.delete)
     return web.Response(status=200)
 
 

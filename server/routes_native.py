@@ -32,6 +32,27 @@ def srv(request: web.Request) -> ChiselServer:
     return request.app[SERVER]
 
 
+async def prompt_row(server: ChiselServer, pid: str) -> dict:
+    """The stored prompt, or a 404."""
+    row = await server.db(server.store.get, pid)
+    if row is None:
+        raise ApiError(404, "not_found", f"no prompt {pid}")
+    return row
+
+
+async def clear_or_delete(request: web.Request, server: ChiselServer, remove) -> None:
+    """ComfyUI's ``{clear: true}`` / ``{delete: [prompt ids]}`` bodies: ``remove(None)`` clears, ``remove(ids)``
+    deletes those."""
+    body = await read_json_object(request, server.config.max_json_bytes, allow_empty=True)
+    if body.get("clear"):
+        await server.db(remove, None)
+    delete = body.get("delete")
+    if delete is not None:
+        if not isinstance(delete, list) or not all(isinstance(d, str) for d in delete):
+            raise ApiError(400, "invalid_request", "delete must be a list of prompt ids")
+        await server.db(remove, delete)
+
+
 def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query.get(name)
     if raw is None or raw == "":
@@ -172,9 +193,7 @@ async def post_queue_move(request: web.Request) -> web.Response:
 async def delete_prompt(request: web.Request) -> web.Response:
     server = srv(request)
     pid = request.match_info["prompt_id"]
-    row = await server.db(server.store.get, pid)
-    if row is None:
-        raise ApiError(404, "not_found", f"no prompt {pid}")
+    row = await prompt_row(server, pid)
     if row["status"] == S.QUEUED:
         cancelled = await server.db(server.store.cancel, [pid])
         if cancelled:
@@ -218,18 +237,14 @@ async def get_history(request: web.Request) -> web.Response:
 async def get_history_entry(request: web.Request) -> web.Response:
     server = srv(request)
     pid = request.match_info["prompt_id"]
-    row = await server.db(server.store.get, pid)
-    if row is None:
-        raise ApiError(404, "not_found", f"no prompt {pid}")
+    row = await prompt_row(server, pid)
     return json_response(server.history_entry(row))
 
 
 async def delete_history_entry(request: web.Request) -> web.Response:
     server = srv(request)
     pid = request.match_info["prompt_id"]
-    row = await server.db(server.store.get, pid)
-    if row is None:
-        raise ApiError(404, "not_found", f"no prompt {pid}")
+    row = await prompt_row(server, pid)
     if row["status"] not in S.FINISHED_STATES:
         raise ApiError(409, "conflict", f"prompt {pid} is {row['status']}: cancel it first (DELETE /v1/prompts/{pid})",
                        extra={"status": row["status"]})
