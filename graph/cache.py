@@ -148,14 +148,6 @@ class ResultCache:
             self._evicted.clear()
         self._evicted.add(key)
 
-    def set_budgets(self, ram_bytes: int | None = None, device_bytes: int | None = None) -> None:
-        with self._lock:
-            if ram_bytes is not None:
-                self.budgets[RAM] = int(ram_bytes)
-            if device_bytes is not None:
-                self.budgets[DEVICE] = int(device_bytes)
-            self._evict()
-
     def clear(self) -> None:
         with self._lock:
             for key in self._entries:

@@ -41,19 +41,6 @@ class Plan:
     outputs: list[str]  # requested node ids
     resolved: dict[str, dict[str, Any]]  # values the engine chose (random seeds), per node
 
-    def downstream(self, node_id: str) -> set[str]:
-        children: dict[str, list[str]] = {}
-        for nid in self.order:
-            for src, _ in self.nodes[nid].links.values():
-                children.setdefault(src, []).append(nid)
-        seen, stack = set(), [node_id]
-        while stack:
-            for child in children.get(stack.pop(), []):
-                if child not in seen:
-                    seen.add(child)
-                    stack.append(child)
-        return seen
-
 
 def _check_literal(spec: Input, value: Any, paths: Any) -> tuple[Any, ChiselError | None]:
     """Coerce a literal to the input's type; return (value, error)."""
