@@ -50,8 +50,8 @@ def build_file(path: Path, device: torch.device, fast_random: bool) -> tuple:
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from nodes.models.configs import template
-    from nodes.models.export import ldm_state_dict
+    from nodes.loading.configs import template
+    from nodes.testing.export import ldm_state_dict
 
     te_cfg = {k: v for k, v in template("sd15", "text_encoder").items() if k not in ("architectures",)}
     t0 = time.perf_counter()
@@ -90,8 +90,8 @@ def build_file(path: Path, device: torch.device, fast_random: bool) -> tuple:
 def time_loads(path: Path, device: torch.device, repeats: int = 2) -> dict:
     from safetensors.torch import load_file
 
-    from nodes.models.loader import load_checkpoint
-    from nodes.models.manager import ModelManager
+    from nodes.loading.checkpoint import load_checkpoint
+    from nodes.memory.manager import ModelManager
 
     out = {}
     _ = path.read_bytes()  # into the page cache
@@ -128,10 +128,9 @@ def time_loads(path: Path, device: torch.device, repeats: int = 2) -> dict:
 
 
 def chisel_run(bundle, size: int, steps: int, cfg: float, seed: int, prompt: str):
-    from nodes.conditioning import CLIPTextEncode
-    from nodes.latent import EmptyLatentImage
-    from nodes.sampler_nodes import KSampler
-    from nodes.vae_nodes import VAEDecode
+    from nodes.library.conditioning import CLIPTextEncode
+    from nodes.library.latent import EmptyLatentImage, VAEDecode
+    from nodes.library.sampling import KSampler
 
     pos = CLIPTextEncode().run(None, text=prompt, clip=bundle.clip)[0]
     neg = CLIPTextEncode().run(None, text="", clip=bundle.clip)[0]
@@ -207,10 +206,10 @@ def main(argv=None) -> int:
         from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
         from transformers import CLIPTokenizer
 
-        from nodes.models.configs import CONFIG_ROOT, template
+        from nodes.loading.configs import CONFIG_ROOT, template
 
         if modules is None:
-            lc = __import__("nodes.models.loader", fromlist=["load_checkpoint"]).load_checkpoint(path)
+            lc = __import__("nodes.loading.checkpoint", fromlist=["load_checkpoint"]).load_checkpoint(path)
             modules = (lc.unet, lc.vae, lc.text_encoders["text_encoder"])
         dt = torch.float16 if device.type == "cuda" else torch.float32  # fp16 on a CPU is far slower
         unet, vae, te = (m.to(device, dt) for m in modules)

@@ -36,10 +36,10 @@ class Services:
 
     @property
     def models(self):
-        """The :class:`nodes.models.manager.ModelManager` (created on first use: loads files once, places
+        """The :class:`nodes.memory.manager.ModelManager` (created on first use: loads files once, places
         modules on the device by budget, reports memory)."""
         if self._models is None:
-            from nodes.models.manager import ModelManager
+            from nodes.memory.manager import ModelManager
 
             self._models = ModelManager(self.device, dtype=self.dtype, low_vram=self.low_vram,
                                         device_budget=self.device_budget, allow_pickle=self.allow_pickle)

@@ -72,8 +72,10 @@ def _probe(kind: str, in_channels: int = 4) -> dict:
 
 
 def derive() -> dict[str, dict[str, dict]]:
-    from diffusers.loaders.single_file_utils import (create_unet_diffusers_config_from_ldm,
-                                                     create_vae_diffusers_config_from_ldm)
+    from diffusers.loaders.single_file_utils import (
+        create_unet_diffusers_config_from_ldm,
+        create_vae_diffusers_config_from_ldm,
+    )
 
     def unet_vae(unet_params, scale, probe, sgm=False):
         orig = _ldm(unet_params, scale, sgm)

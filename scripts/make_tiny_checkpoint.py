@@ -21,7 +21,7 @@ DTYPES = {"fp16": "float16", "fp32": "float32", "bf16": "bfloat16"}
 
 
 def main(argv=None) -> int:
-    from nodes.models import tiny
+    from nodes.testing import tiny
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("family", nargs="?", choices=tiny.FAMILIES)

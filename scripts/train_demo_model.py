@@ -569,7 +569,7 @@ def load_final(folder: Path, device="cpu"):
 
 def export(args) -> None:
     """Write the SD1.x original-layout checkpoint through Chisel's exporter."""
-    from nodes.models.export import write_sd1_checkpoint
+    from nodes.testing.export import write_sd1_checkpoint
 
     final = Path(args.out) / "final"
     unet, te, vae = load_final(final)
@@ -592,7 +592,7 @@ def export(args) -> None:
 @torch.no_grad()
 def verify_export(path: Path, unet, te, vae) -> None:
     """Load the file through Chisel's loader and compare its modules' outputs with the training-time modules."""
-    from nodes.models.loader import load_checkpoint
+    from nodes.loading.checkpoint import load_checkpoint
 
     ck = load_checkpoint(path, dtype=torch.float32)
     log(f"loader: {ck.report.summary()}")

@@ -85,7 +85,7 @@ def system_info(engine: Any, services: Any, queue_counts: dict[str, int]) -> dic
     if manager is not None:
         try:
             stats = getattr(services, "memory_stats", None)
-            models = stats() if callable(stats) else _call(manager, "stats")
+            models = stats() if callable(stats) else manager.stats()
             models = models.to_dict() if hasattr(models, "to_dict") else models
         except Exception as exc:
             models = {"error": f"{type(exc).__name__}: {exc}"}
@@ -124,11 +124,7 @@ def free(engine: Any, services: Any, unload_models: bool, free_memory: bool) -> 
     gc.collect()
     manager = model_manager(services)
     if manager is not None:
-        fn = getattr(manager, "free", None)
-        if callable(fn):
-            fn(unload=unload_models)
-        else:
-            _call(manager, "unload_all", "clear")
+        manager.free(unload=unload_models)
     gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():

@@ -36,9 +36,10 @@ def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, rel: flo
     assert diff <= rel * scale, f"max |diff| {diff:.3g} exceeds {rel:g} x scale {scale:.3g}"
 
 
+@lru_cache(maxsize=None)
 def tiny_file(family: str, dtype: str = "fp16", seed: int = 0) -> Path:
-    """A tiny checkpoint of ``family`` (nodes.models.tiny.FAMILIES), written once per process."""
-    from nodes.models import tiny
+    """A tiny checkpoint of ``family`` (nodes.testing.tiny.FAMILIES), written once per process."""
+    from nodes.testing import tiny
 
     path = _ROOT / f"tiny-{family}-{dtype}-{seed}.safetensors"
     tiny.write(family, path, seed=seed, dtype={"fp16": torch.float16, "fp32": torch.float32,
@@ -49,7 +50,7 @@ def tiny_file(family: str, dtype: str = "fp16", seed: int = 0) -> Path:
 @lru_cache(maxsize=None)
 def tiny_model(family: str, seed: int = 0):
     """The in-memory modules the tiny file of (family, seed) was written from (same seed, same weights)."""
-    from nodes.models import tiny
+    from nodes.testing import tiny
 
     return tiny.build(family, seed)
 
@@ -66,8 +67,6 @@ def models_root(tmp_path: Path, *files: tuple[str, Path]) -> Path:
 def make_engine(root: Path, device: str = "cpu"):
     from graph.engine import Engine
     from graph.paths import ModelPaths
-    from graph.registry import NodeRegistry
-
     from nodes.services import create_services
 
     paths = ModelPaths(root=root)
@@ -176,7 +175,7 @@ def write_lora(path: Path, family: str, layers: dict, fmt: str = "peft", alpha: 
 
     from safetensors.torch import save_file
 
-    from nodes.models.keymaps import unet_key_map
+    from nodes.loading.keymaps import unet_key_map
 
     sd, meta = {}, {"format": "pt"}
     two = family in ("sdxl",)

@@ -14,9 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from sd_fixtures import *  # noqa: F401,F403
-from sd_fixtures import assert_close_to_scale, make_engine, tiny_file, tiny_lora_layers, write_lora
+from sd_fixtures import (
+    assert_close_to_scale,
+    make_engine,
+    tiny_file,
+    tiny_lora_layers,
+    write_lora,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
@@ -141,7 +146,7 @@ def test_inpaint_and_outpaint_resample_only_the_masked_area(root, name):
 
 
 def test_vae_encode_for_inpaint_grays_the_masked_pixels_and_grows_the_mask():
-    from nodes.vae_nodes import inpaint_inputs
+    from nodes.library.latent import inpaint_inputs
 
     pixels = torch.rand(1, 40, 40, 3)
     mask = torch.zeros(1, 40, 40)
@@ -316,9 +321,9 @@ def test_sdxl_base_to_refiner_hands_over_the_leftover_noise(root):
 def test_ksampler_advanced_step_window_edges():
     from sd_fixtures import tiny_file as tf
 
-    from nodes.conditioning import CLIPTextEncode
-    from nodes.models.manager import ModelManager
-    from nodes.sampler_nodes import KSamplerAdvanced
+    from nodes.library.conditioning import CLIPTextEncode
+    from nodes.library.sampling import KSamplerAdvanced
+    from nodes.memory.manager import ModelManager
 
     b = ModelManager("cpu").load_checkpoint(tf("sd1"))
     cond = CLIPTextEncode().run(None, text="x", clip=b.clip)[0]
@@ -365,11 +370,11 @@ def test_bad_input_gets_a_clear_error(root):
 
 def test_ancestral_noise_stream_is_not_the_starting_noise(monkeypatch):
     import nodes.sampling as sampling
-    from nodes.conditioning import CLIPTextEncode
-    from nodes.latent import EmptyLatentImage
-    from nodes.models.diffusion import noise_stream_seed
-    from nodes.models.manager import ModelManager
-    from nodes.sampler_nodes import KSampler
+    from nodes.library.conditioning import CLIPTextEncode
+    from nodes.library.latent import EmptyLatentImage
+    from nodes.library.sampling import KSampler
+    from nodes.memory.manager import ModelManager
+    from nodes.sampling.sample import noise_stream_seed
 
     seeds = []
     real = sampling.make_noise_sampler
@@ -389,7 +394,7 @@ def test_save_image_uses_the_background_writer_when_offered(tmp_path):
 
     from PIL import Image
 
-    from nodes.image_io import SaveImage
+    from nodes.library.image import SaveImage
 
     class Writer:
         def __init__(self):

@@ -9,15 +9,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import save_file
-
 from sd_fixtures import *  # noqa: F401,F403
 from sd_fixtures import make_engine, models_root, tiny_file
 
 from graph.paths import ModelPaths
-from nodes.conditioning import CLIPTextEncode
-from nodes.models.embeddings import EmbeddingError, EmbeddingLookup
-from nodes.models.manager import ModelManager
-from nodes.models.text import tokenizer
+from nodes.library.conditioning import CLIPTextEncode
+from nodes.memory.manager import ModelManager
+from nodes.text.embeddings import EmbeddingError, EmbeddingLookup
+from nodes.text.tokens import tokenizer
 
 
 def _token_vectors(encoder_module, words: str) -> torch.Tensor:

@@ -8,14 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from sd_fixtures import *  # noqa: F401,F403
 from sd_fixtures import FakeContext, tiny_file, tiny_lora_layers, write_lora
 
-from nodes.lora_nodes import LoraLoader, LoraLoaderModelOnly
-from nodes.models.lora import LoraError, patched
-from nodes.models.manager import ModelManager
-from nodes.models.text import tokenize
+from nodes.library.loaders import LoraLoader, LoraLoaderModelOnly
+from nodes.memory.manager import ModelManager
+from nodes.patches.lora import LoraError, patched
+from nodes.text.tokens import tokenize
 
 
 def _apply(bundle, path: Path, sm=1.0, sc=1.0, model=None, clip=None):
@@ -55,8 +54,8 @@ def test_parity_with_diffusers_load_lora_weights(tmp_path, fmt):
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-    from nodes.models import tiny
-    from nodes.models.configs import CONFIG_ROOT, template
+    from nodes.loading.configs import CONFIG_ROOT, template
+    from nodes.testing import tiny
 
     path = write_lora(tmp_path / f"tiny-{fmt}.safetensors", "sd1", tiny_lora_layers("sd1"), fmt, alpha=2.0)
     bundle = ModelManager("cpu").load_checkpoint(tiny_file("sd1", "fp32"))
@@ -123,9 +122,9 @@ def test_streamed_modules_get_the_same_lora_through_hooks(tmp_path):
 
 def test_weights_are_restored_when_sampling_is_interrupted(tmp_path):
     from graph.node import Interrupted
-    from nodes.conditioning import CLIPTextEncode
-    from nodes.latent import EmptyLatentImage
-    from nodes.sampler_nodes import KSampler
+    from nodes.library.conditioning import CLIPTextEncode
+    from nodes.library.latent import EmptyLatentImage
+    from nodes.library.sampling import KSampler
 
     path = write_lora(tmp_path / "l.safetensors", "sd1", tiny_lora_layers("sd1"), "peft")
     bundle = ModelManager("cpu").load_checkpoint(tiny_file("sd1"))
@@ -164,7 +163,7 @@ def test_chained_loras_add_up_and_model_only_ignores_the_text_part(tmp_path):
 def test_files_chisel_cannot_apply_are_refused_with_a_reason(tmp_path):
     from safetensors.torch import save_file
 
-    from nodes.models.lora import read_lora
+    from nodes.patches.lora import read_lora
 
     save_file({"lora_unet_x.hada_w1_a": torch.zeros(2, 2), "lora_unet_x.hada_w1_b": torch.zeros(2, 2)},
               str(tmp_path / "loha.safetensors"))

@@ -27,9 +27,14 @@ import math
 import pytest
 import torch
 
-from nodes.sampling import SAMPLERS, SCHEDULERS, STOCHASTIC_SAMPLERS, ModelSampling, make_noise_sampler
-from nodes.sampling.analytic import GaussianDenoiser, MixtureDenoiser
-
+from nodes.sampling import (
+    SAMPLERS,
+    SCHEDULERS,
+    STOCHASTIC_SAMPLERS,
+    ModelSampling,
+    make_noise_sampler,
+)
+from nodes.testing.analytic import GaussianDenoiser, MixtureDenoiser
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

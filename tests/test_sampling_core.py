@@ -13,8 +13,7 @@ from nodes.sampling import (
     initial_noise,
     make_noise_sampler,
 )
-from nodes.sampling.analytic import GaussianDenoiser
-
+from nodes.testing.analytic import GaussianDenoiser
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -124,7 +123,9 @@ def test_zero_terminal_snr():
     assert 4000 < z.sigma_max < 5000 and math.isfinite(z.sigma_max)
     assert z.sigma_min == pytest.approx(plain.sigma_min, rel=1e-5)
     # same betas as diffusers' implementation of the same algorithm (all but the clamped last value)
-    from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr as diffusers_rescale
+    from diffusers.schedulers.scheduling_ddim import (
+        rescale_zero_terminal_snr as diffusers_rescale,
+    )
 
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     ac = torch.cumprod(1 - diffusers_rescale(betas), 0)

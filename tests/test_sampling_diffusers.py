@@ -1,6 +1,6 @@
 """Cross-checks against diffusers 0.42.1's schedulers: same sigmas, same model, same result to float tolerance.
 
-The "model" is the exact denoiser of Gaussian data (nodes.sampling.analytic); diffusers gets it as an epsilon
+The "model" is the exact denoiser of Gaussian data (nodes.testing.analytic); diffusers gets it as an epsilon
 prediction, eps = (x - D(x, sigma)) / sigma, at the sigma its scheduler is using at that moment. diffusers computes
 its schedules from float32 betas and keeps float32 internally, so results agree to float32 precision (~1e-6
 relative); the tolerances below are ~10x the differences measured here.
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from nodes.sampling import SAMPLERS, SCHEDULERS, ModelSampling
-from nodes.sampling.analytic import GaussianDenoiser
+from nodes.testing.analytic import GaussianDenoiser
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -12,9 +12,8 @@ from nodes.sampling import (
     initial_noise,
     make_noise_sampler,
 )
-from nodes.sampling.analytic import GaussianDenoiser
 from nodes.sampling.samplers import lms_coefficient
-
+from nodes.testing.analytic import GaussianDenoiser
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -12,7 +12,6 @@ import torch
 from nodes.sampling import SCHEDULERS, ModelSampling, calculate_sigmas
 from nodes.sampling.schedulers import beta_cdf, beta_ppf
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 N = 1000

@@ -8,13 +8,11 @@ import struct
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
 from sd_fixtures import *  # noqa: F401,F403
 from sd_fixtures import FakeContext, assert_same_weights, tiny_file, tiny_model
 
-from nodes.models import errors as E
-from nodes.models.loader import load_checkpoint, load_diffusers_folder, read_header
-
+from nodes.loading import errors as E
+from nodes.loading.checkpoint import load_checkpoint, load_diffusers_folder, read_header
 
 # -- detection and completeness --------------------------------------------------------------------------------
 
@@ -203,7 +201,7 @@ def test_a_file_without_metadata_loads_by_its_layout_alone(tmp_path):
 # -- offline ---------------------------------------------------------------------------------------------------
 
 def test_loading_and_encoding_work_with_networking_disabled(no_network, tmp_path):
-    from nodes.models.manager import ModelManager
+    from nodes.memory.manager import ModelManager
 
     mgr = ModelManager("cpu")
     bundle = mgr.load_checkpoint(tiny_file("sdxl"))
@@ -223,7 +221,7 @@ def _write_vae(tmp_path):
 
 
 def test_standalone_vae_file_loads_completely(tmp_path):
-    from nodes.models.vae_file import load_vae_file
+    from nodes.loading.vae_file import load_vae_file
 
     vae, cfg = load_vae_file(_write_vae(tmp_path))
     assert_same_weights(tiny_model("sd1").vae, vae)
@@ -246,15 +244,14 @@ def test_diffusers_folder_loads_offline_and_completely(tmp_path, no_network):
     assert_same_weights(src.text_encoder, lc.text_encoders["text_encoder"], torch.float32)
     # chosen in CheckpointLoaderSimple by its model_index.json, and listed among the checkpoints
     from graph.paths import ModelPaths
-
-    from nodes.loaders import CheckpointLoaderSimple, checkpoint_choices
+    from nodes.library.loaders import CheckpointLoaderSimple, checkpoint_choices
 
     (tmp_path / "models" / "checkpoints").mkdir(parents=True)
     moved = tmp_path / "models" / "checkpoints" / "tiny-diffusers"
     folder.rename(moved)
     folder = moved
     assert "tiny-diffusers/model_index.json" in checkpoint_choices(ModelPaths(root=tmp_path))
-    from nodes.models.manager import ModelManager
+    from nodes.memory.manager import ModelManager
 
     ctx = FakeContext(files={"ckpt_name": folder / "model_index.json"})
     ctx.services = type("S", (), {"models": ModelManager("cpu")})()
@@ -275,7 +272,7 @@ def _meta_modules(name):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from nodes.models.configs import template
+    from nodes.loading.configs import template
 
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(template(name, "unet"))
@@ -300,9 +297,9 @@ def test_full_size_layouts_give_the_published_configs_without_metadata(name, fam
     the configs inferred from its shapes alone must rebuild the published architecture exactly."""
     from diffusers import UNet2DConditionModel
 
-    from nodes.models.configs import infer_configs, template
-    from nodes.models.detect import detect
-    from nodes.models.export import ldm_state_dict
+    from nodes.loading.configs import infer_configs, template
+    from nodes.loading.detect import detect
+    from nodes.testing.export import ldm_state_dict
 
     unet, vae, tes = _meta_modules(name)
     if in_channels != 4:
@@ -344,11 +341,11 @@ def test_shipped_configs_agree_with_their_derivation():
 
 
 def test_exporter_refuses_what_would_not_load_back(tmp_path):
-    from nodes.models.export import write_sd1_checkpoint
+    from nodes.testing.export import write_sd1_checkpoint
 
     m = tiny_model("sd1")
     # a text encoder whose width does not match the UNet's cross-attention is not an SD1 layout
-    from nodes.models.tiny import _clip
+    from nodes.testing.tiny import _clip
 
     with pytest.raises(E.UnrecognisedArchitecture):
         write_sd1_checkpoint(tmp_path / "bad.safetensors", m.unet, m.vae, _clip(48, 1, 4, "quick_gelu"))
@@ -360,7 +357,7 @@ def test_exporter_refuses_what_would_not_load_back(tmp_path):
 class _FakeGpuManager:
     @staticmethod
     def make(budget, low_vram=False):
-        from nodes.models.manager import ModelManager
+        from nodes.memory.manager import ModelManager
 
         class M(ModelManager):
             moves: list = []
@@ -402,7 +399,7 @@ def test_low_vram_mode_offloads_after_each_use():
 
 
 def test_same_file_is_never_loaded_twice(tmp_path):
-    from nodes.models.manager import ModelManager
+    from nodes.memory.manager import ModelManager
 
     mgr = ModelManager("cpu")
     b1 = mgr.load_checkpoint(tiny_file("sd1"))
@@ -414,7 +411,7 @@ def test_same_file_is_never_loaded_twice(tmp_path):
     assert {m["name"] for m in stats["models"]} == {"unet", "vae", "text_encoder"}
     ctx = FakeContext(files={"ckpt_name": tiny_file("sd1")})
     ctx.services = type("S", (), {"models": mgr})()
-    from nodes.loaders import CheckpointLoaderSimple
+    from nodes.library.loaders import CheckpointLoaderSimple
 
     model, clip, vae = CheckpointLoaderSimple().run(ctx, ckpt_name="x")
     assert model is b1.model and mgr.loads == 1

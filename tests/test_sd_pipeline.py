@@ -9,15 +9,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from sd_fixtures import *  # noqa: F401,F403
 from sd_fixtures import FakeContext, make_engine, models_root, tiny_file, tiny_model
 
-from nodes.conditioning import CLIPSetLastLayer, CLIPTextEncode
-from nodes.latent import EmptyLatentImage
-from nodes.models.manager import ModelManager
-from nodes.sampler_nodes import KSampler
-from nodes.vae_nodes import VAEDecode, VAEEncode
+from nodes.library.conditioning import CLIPSetLastLayer, CLIPTextEncode
+from nodes.library.latent import EmptyLatentImage, VAEDecode, VAEEncode
+from nodes.library.sampling import KSampler
+from nodes.memory.manager import ModelManager
 
 REFERENCE = Path("/work/shared/reference/comfyui-core-nodes.json")
 
@@ -54,7 +52,7 @@ def test_parity_with_diffusers_stable_diffusion_pipeline():
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-    from nodes.models.configs import CONFIG_ROOT, template
+    from nodes.loading.configs import CONFIG_ROOT, template
     from nodes.sampling import calculate_sigmas, initial_noise
 
     steps, cfg, seed, prompt = 10, 7.5, 1234, "a photo of a (red:1.0) circle"
@@ -169,7 +167,7 @@ def test_unimplemented_sampler_fails_with_the_available_list():
 
 
 def test_unimplemented_sampler_is_a_validation_error_and_comfy_variants_are_aliases(tmp_path):
-    from nodes.sampler_nodes import KSampler
+    from nodes.library.sampling import KSampler
 
     choices = KSampler.input("sampler_name").choices
     assert "dpm_adaptive" not in choices and {"dpmpp_2m_sde_gpu", "uni_pc_bh2"} <= set(choices)
@@ -265,7 +263,7 @@ def test_img2img_denoise_keeps_the_input_close():
 # -- text encoding ------------------------------------------------------------------------------------------------
 
 def test_prompt_weights_and_chunks():
-    from nodes.models.text import parse_weights, tokenize
+    from nodes.text.tokens import parse_weights, tokenize
 
     assert parse_weights("a (red:1.3) cat") == [("a ", 1.0), ("red", 1.3), (" cat", 1.0)]
     assert parse_weights("((big))") == [("big", pytest.approx(1.21))]
@@ -313,8 +311,7 @@ def test_sdxl_conditioning_has_both_encoders_and_pooled_output():
 
 def test_load_image_mask_from_alpha_and_save_image_counters(tmp_path):
     from graph.paths import ModelPaths
-
-    from nodes.image_io import LoadImage, PreviewImage, SaveImage
+    from nodes.library.image import LoadImage, PreviewImage, SaveImage
     from nodes.services import Services
 
     rgba = np.zeros((8, 12, 4), dtype=np.uint8)

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-
 from test_server_support import REPO, ServeProcess
 
-pytest.importorskip("nodes.models.tiny")
+pytest.importorskip("nodes.testing.tiny")
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "comfyui-core-nodes.json"
 
@@ -24,7 +23,7 @@ def test_txt2img_through_comfyui_routes_and_native_api(tmp_path):
     from graph.comfy_format import to_comfy_api
     from graph.registry import NodeRegistry
     from graph.workflow import Workflow
-    from nodes.models import tiny
+    from nodes.testing import tiny
 
     (tmp_path / "models" / "checkpoints").mkdir(parents=True)
     tiny.write("sd1", tmp_path / "models" / "checkpoints" / "tiny-sd1.safetensors", seed=0, dtype=torch.float16)

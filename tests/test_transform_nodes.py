@@ -9,11 +9,28 @@ import pytest
 import torch
 from PIL import Image
 
-from nodes.conditioning_ops import (ConditioningAverage, ConditioningCombine, ConditioningConcat,
-                                    ConditioningSetArea, ConditioningSetMask, ConditioningZeroOut)
-from nodes.image_ops import ImagePadForOutpaint, ImageScale, ImageScaleBy, LoadImageMask
-from nodes.latent_ops import (LatentFromBatch, LatentUpscale, LatentUpscaleBy, RepeatLatentBatch,
-                              SetLatentNoiseMask, latent_noise)
+from nodes.library.conditioning import (
+    ConditioningAverage,
+    ConditioningCombine,
+    ConditioningConcat,
+    ConditioningSetArea,
+    ConditioningSetMask,
+    ConditioningZeroOut,
+)
+from nodes.library.image import (
+    ImagePadForOutpaint,
+    ImageScale,
+    ImageScaleBy,
+)
+from nodes.library.mask import LoadImageMask
+from nodes.library.latent import (
+    LatentFromBatch,
+    LatentUpscale,
+    LatentUpscaleBy,
+    RepeatLatentBatch,
+    SetLatentNoiseMask,
+    latent_noise,
+)
 
 
 def latent(b=2, h=8, w=12):

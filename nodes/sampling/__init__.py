@@ -11,10 +11,30 @@ Pure torch math, no node or graph code:
 - :func:`initial_noise`, :func:`make_noise_sampler`: seeded, device-independent noise.
 """
 
-from .model_sampling import ModelSampling, make_betas, rescale_zero_terminal_snr
-from .noise import default_noise_sampler, initial_noise, make_noise_sampler
-from .samplers import SAMPLER_ALIASES, SAMPLER_NAMES, SAMPLERS, STOCHASTIC_SAMPLERS, get_ancestral_step
-from .schedulers import SCHEDULER_NAMES, SCHEDULERS, calculate_sigmas, get_sigmas_exponential, get_sigmas_karras
+from nodes.sampling.model_sampling import (
+    ModelSampling,
+    make_betas,
+    rescale_zero_terminal_snr,
+)
+from nodes.sampling.noise import (
+    default_noise_sampler,
+    initial_noise,
+    make_noise_sampler,
+)
+from nodes.sampling.samplers import (
+    SAMPLER_ALIASES,
+    SAMPLER_NAMES,
+    SAMPLERS,
+    STOCHASTIC_SAMPLERS,
+    get_ancestral_step,
+)
+from nodes.sampling.schedulers import (
+    SCHEDULER_NAMES,
+    SCHEDULERS,
+    calculate_sigmas,
+    get_sigmas_exponential,
+    get_sigmas_karras,
+)
 
 __all__ = [
     "ModelSampling",

@@ -15,7 +15,6 @@ All methods that take tensors are free of host/device synchronisation: lookup ta
 
 from __future__ import annotations
 
-
 import torch
 
 __all__ = ["ModelSampling", "make_betas", "rescale_zero_terminal_snr"]

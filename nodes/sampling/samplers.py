@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .noise import default_noise_sampler
+from nodes.sampling.noise import default_noise_sampler
 
 __all__ = ["SAMPLERS", "SAMPLER_NAMES", "STOCHASTIC_SAMPLERS", "get_ancestral_step", "lms_coefficient"]
 

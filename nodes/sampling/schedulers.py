@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from .model_sampling import ModelSampling
+from nodes.sampling.model_sampling import ModelSampling
 
 __all__ = [
     "SCHEDULERS",

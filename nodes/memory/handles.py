@@ -1,11 +1,11 @@
 """The MODEL, CLIP and VAE values that travel along a workflow's links.
 
-Each wraps modules owned by the :class:`~nodes.models.manager.ModelManager` and reports ``__chisel_nbytes__() == {}``
+Each wraps modules owned by the :class:`~nodes.memory.manager.ModelManager` and reports ``__chisel_nbytes__() == {}``
 so the result cache does not count model memory the manager already accounts for. Handles are cheap to ``clone``
 (options are copied, modules shared), which is how nodes such as CLIPSetLastLayer and the LoRA loaders derive a
 variant. LoRAs travel in ``options["lora"]`` as ``(target, AppliedLora)`` pairs (target: ``"unet"`` or a text
 encoder's component name) and are added to the shared weights only while a node computes with them
-(:func:`nodes.models.lora.patched`): the modules the manager caches are never left modified.
+(:func:`nodes.patches.lora.patched`): the modules the manager caches are never left modified.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from . import latent_formats
-from .lora import AppliedLora, patched_many
-from .manager import LoadedBundle, ManagedModule, ModelManager
-from .text import TokenChunks, empty_chunk, tokenize
+from nodes.loading import latent_formats
+from nodes.memory.manager import LoadedBundle, ManagedModule, ModelManager
+from nodes.patches.lora import AppliedLora, patched_many
+from nodes.text.tokens import TokenChunks, empty_chunk, tokenize
 
 FAMILY_CLIP_DEFAULTS = {
     # family: (default layer index, apply the final layer norm to the chosen hidden state)
@@ -118,7 +118,7 @@ class ClipHandle(_Handle):
     @torch.no_grad()
     def encode(self, text: str, embeddings=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(cond [1, 77*k, D], pooled [1, P] or None)``, float32 on the CPU. ``embeddings``: a
-        :class:`nodes.models.embeddings.EmbeddingLookup` for ``embedding:name`` words (None: they are text)."""
+        :class:`nodes.text.embeddings.EmbeddingLookup` for ``embedding:name`` words (None: they are text)."""
         default_layer, final_norm = FAMILY_CLIP_DEFAULTS[self.family]
         layer = self.layer_idx if self.layer_idx is not None else default_layer
         outs, pooled = [], None
@@ -275,7 +275,7 @@ def make_vae_handle(manager: ModelManager, vae_module, cfg: dict, source: str, f
 
 
 def make_bundle(manager: ModelManager, loaded) -> LoadedBundle:
-    """Register a :class:`~nodes.models.loader.LoadedCheckpoint`'s modules and wrap them in handles."""
+    """Register a :class:`~nodes.loading.checkpoint.LoadedCheckpoint`'s modules and wrap them in handles."""
     src = str(loaded.path)
     fam = loaded.family
     cfgs = loaded.configs

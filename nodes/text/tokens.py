@@ -11,7 +11,7 @@
 - Textual-inversion embeddings: a word ``embedding:name`` (trailing punctuation such as ``,`` stays text) is
   replaced by the embedding's vectors, one token position each, weighted like the words around it; an embedding is
   never split across chunks when it fits in the next one. The vectors come from an ``embedding(name)`` callable
-  (:mod:`nodes.models.embeddings`); without one the word is ordinary text.
+  (:mod:`nodes.text.embeddings`); without one the word is ordinary text.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from .configs import CONFIG_ROOT
+from nodes.loading.configs import CONFIG_ROOT
 
 CHUNK = 75  # tokens per chunk between <start> and <end>
 CONTEXT = CHUNK + 2

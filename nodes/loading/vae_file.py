@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import keymaps as km
-from .configs import VAE_META, _meta, infer_vae, template
-from .detect import _is_lora
-from .errors import CorruptCheckpoint, IncompleteCheckpoint, UnrecognisedArchitecture, WrongFileKind
-from .loader import _TensorSource, _assign, _file_kind, _load_pickle, build_vae, read_header
+from nodes.loading import keymaps as km
+from nodes.loading.checkpoint import (
+    _assign,
+    _file_kind,
+    _load_pickle,
+    _TensorSource,
+    build_vae,
+    read_header,
+)
+from nodes.loading.configs import VAE_META, _meta, infer_vae, template
+from nodes.loading.detect import _is_lora
+from nodes.loading.errors import (
+    CorruptCheckpoint,
+    IncompleteCheckpoint,
+    UnrecognisedArchitecture,
+    WrongFileKind,
+)
 
 
 def load_vae_file(path: str | Path, allow_pickle: bool | None = None):

@@ -2,7 +2,7 @@
 
 Each is built from diffusers/transformers classes with small widths but the structure of its family (attention
 placement, linear vs conv projections, SDXL's two text encoders of different widths and its time/size embedding,
-the refiner's single OpenCLIP encoder, 9-channel inpainting input), so writing one with :mod:`nodes.models.export`
+the refiner's single OpenCLIP encoder, 9-channel inpainting input), so writing one with :mod:`nodes.testing.export`
 gives a file in exactly the real key layout. The VAE keeps four levels so latents are 1/8 of the image size.
 """
 from __future__ import annotations
@@ -104,7 +104,7 @@ def build(family: str, seed: int = 0) -> TinyModel:
 
 def write(family: str, path, seed: int = 0, dtype: torch.dtype | None = torch.float16, metadata=None):
     """Build a tiny ``family`` model and write it as a single-file checkpoint; returns (path, TinyModel)."""
-    from .export import write_checkpoint
+    from nodes.testing.export import write_checkpoint
 
     m = build(family, seed)
     p = write_checkpoint(path, m.family, m.unet, m.vae, m.text_encoder, m.text_encoder_2, metadata=metadata,

@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
-from . import keymaps as km
-from .detect import Detection
-from .errors import UnrecognisedArchitecture
+from nodes.loading import keymaps as km
+from nodes.loading.detect import Detection
+from nodes.loading.errors import UnrecognisedArchitecture
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 

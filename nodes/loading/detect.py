@@ -12,8 +12,8 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from . import keymaps as km
-from .errors import UnrecognisedArchitecture, WrongFileKind
+from nodes.loading import keymaps as km
+from nodes.loading.errors import UnrecognisedArchitecture, WrongFileKind
 
 Shapes = Mapping[str, tuple]
 

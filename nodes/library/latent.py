@@ -1,16 +1,33 @@
-"""Latent transforms: upscaling (hires fix), batches, and the inpainting noise mask.
+"""Latent nodes (ComfyUI category "latent"): the empty latent, VAE encode/decode, upscaling, batches, inpainting.
 
 LATENT is a dict: ``samples`` [B, 4, h, w]; optional ``noise_mask`` [B or 1, H, W] (1 = repaint) and
-``batch_index`` (the batch positions the samples came from, so per-image noise stays the same).
+``batch_index`` (the batch positions the samples came from, so per-image noise stays the same). IMAGE is
+[B, H, W, C] float32 in 0..1 on the CPU.
 """
 from __future__ import annotations
 
 import torch
 
 from graph.node import Input, Node, Output
-from graph.types import FLOAT, INT, LATENT, MASK
+from graph.types import FLOAT, IMAGE, INT, LATENT, MASK, VAE
+from nodes.imaging.masks import inpaint_inputs
+from nodes.imaging.resize import CROP_MODES, LATENT_METHODS, resize
 
-from .resize import CROP_MODES, LATENT_METHODS, resize
+
+class EmptyLatentImage(Node):
+    type = "EmptyLatentImage"
+    display_name = "Empty Latent Image"
+    category = "latent"
+    description = "A batch of blank latents for an image of width x height pixels (latents are 1/8 of the size)."
+    inputs = (
+        Input("width", INT, default=512, min=16, max=16384, step=8),
+        Input("height", INT, default=512, min=16, max=16384, step=8),
+        Input("batch_size", INT, default=1, min=1, max=4096),
+    )
+    outputs = (Output("LATENT", LATENT),)
+
+    def run(self, ctx, width, height, batch_size):
+        return ({"samples": torch.zeros((batch_size, 4, height // 8, width // 8), dtype=torch.float32)},)
 
 
 def _copy(latent: dict, **changes) -> dict:
@@ -140,3 +157,48 @@ def latent_noise(latent: dict, seed: int) -> torch.Tensor:
         return torch.randn(x.shape, generator=gen, dtype=torch.float32, device="cpu")
     full = torch.randn((max(idx) + 1, *x.shape[1:]), generator=gen, dtype=torch.float32, device="cpu")
     return full[list(idx)]
+
+
+class VAEDecode(Node):
+    type = "VAEDecode"
+    display_name = "VAE Decode"
+    category = "latent"
+    description = "Decode latents into images."
+    inputs = (Input("samples", LATENT), Input("vae", VAE))
+    outputs = (Output("IMAGE", IMAGE),)
+
+    def run(self, ctx, samples, vae):
+        return (vae.decode(samples["samples"]),)
+
+
+class VAEEncode(Node):
+    type = "VAEEncode"
+    display_name = "VAE Encode"
+    category = "latent"
+    description = "Encode images into latents (the image is center-cropped to a multiple of 8 pixels)."
+    inputs = (Input("pixels", IMAGE), Input("vae", VAE))
+    outputs = (Output("LATENT", LATENT),)
+
+    def run(self, ctx, pixels, vae):
+        return ({"samples": vae.encode(pixels)},)
+
+
+class VAEEncodeForInpaint(Node):
+    type = "VAEEncodeForInpaint"
+    display_name = "VAE Encode (for Inpainting)"
+    category = "latent/inpaint"
+    description = ("Encode an image for inpainting: the masked area (mask 1) is set to gray before encoding and the "
+                   "mask, grown by `grow_mask_by` pixels, becomes the latent's noise mask: only that area is "
+                   "re-sampled. Works with inpainting checkpoints (9-channel UNet) and ordinary ones (denoise 1).")
+    inputs = (
+        Input("pixels", IMAGE),
+        Input("vae", VAE),
+        Input("mask", MASK, tooltip="1 = repaint here (a transparent area of a loaded image)."),
+        Input("grow_mask_by", INT, default=6, min=0, max=64, step=1,
+              tooltip="Grow the mask by this box size in pixels, so the new content blends into its surroundings."),
+    )
+    outputs = (Output("LATENT", LATENT),)
+
+    def run(self, ctx, pixels, vae, mask, grow_mask_by=6):
+        gray, noise_mask = inpaint_inputs(pixels, mask, vae.downscale, grow_mask_by)
+        return ({"samples": vae.encode(gray), "noise_mask": noise_mask},)

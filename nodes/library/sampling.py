@@ -1,14 +1,12 @@
 """KSampler and KSamplerAdvanced: denoise a latent with a model, a positive and a negative conditioning (ComfyUI's
-inputs). Both run :func:`nodes.models.diffusion.sample`; the advanced one exposes the step window (start/end step),
+inputs). Both run :func:`nodes.sampling.sample.sample`; the advanced one exposes the step window (start/end step),
 whether noise is added, and whether the leftover noise is kept: the SDXL base -> refiner hand-off."""
 from __future__ import annotations
 
 from graph.node import Input, Node, Output
 from graph.types import COMBO, CONDITIONING, FLOAT, INT, LATENT, MAX_SEED, MODEL
-
-from .models.diffusion import sample
-
-from .sampling import SAMPLER_ALIASES, SAMPLER_NAMES, SCHEDULER_NAMES
+from nodes.sampling import SAMPLER_ALIASES, SAMPLER_NAMES, SCHEDULER_NAMES
+from nodes.sampling.sample import sample
 
 # ComfyUI's names, in ComfyUI's order, limited to what Chisel implements (so an unknown sampler is a validation
 # error up front, not a failure after the model has loaded); ComfyUI's "_gpu" and "bh2" variants are aliases.

@@ -15,7 +15,7 @@ down projection carries the kernel, the up projection is 1x1).
 
 How it is applied: a LoRA node never changes the model it is given. It returns a *clone* of the MODEL/CLIP handle
 whose ``options["lora"]`` lists what to add (:class:`AppliedLora`: the matched layers and a strength). The modules
-stay the single copy the :class:`~nodes.models.manager.ModelManager` loaded; :func:`patched` adds the deltas into
+stay the single copy the :class:`~nodes.memory.manager.ModelManager` loaded; :func:`patched` adds the deltas into
 the weights when a node is about to run the module (after it is placed on the device, so the arithmetic happens
 there) and restores the exact original values from a backup when the node is done, also on errors and interrupts.
 So changing a strength or removing the LoRA node never reloads the checkpoint, and between uses the cached base
@@ -243,7 +243,7 @@ def _linear_like(module: torch.nn.Module) -> bool:
 
 def unet_lookup(unet: torch.nn.Module, config: Mapping[str, Any]) -> dict[str, str]:
     """``{lora key base: module name}`` for every linear/conv layer of a diffusers UNet, under each naming."""
-    from .keymaps import unet_key_map
+    from nodes.loading.keymaps import unet_key_map
 
     names = [n for n, m in unet.named_modules() if n and _linear_like(m)]
     try:
@@ -382,7 +382,7 @@ def _backup(t: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def patched(mm, applied: Iterable[AppliedLora] = ()):
-    """While the block runs, ``mm.module`` (a placed :class:`~nodes.models.manager.ManagedModule`) computes with
+    """While the block runs, ``mm.module`` (a placed :class:`~nodes.memory.manager.ManagedModule`) computes with
     ``applied`` LoRAs added; afterwards its weights are restored exactly. Serialised per module, so a concurrent
     user never sees another's LoRA."""
     module = mm.module

@@ -31,8 +31,8 @@ def _bislerp(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def _lanczos(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     out = []
     for img in x.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy():

@@ -230,8 +230,8 @@ class ModelManager:
 
     def load_checkpoint(self, path: str | Path) -> LoadedBundle:
         """MODEL, CLIP and VAE handles of a checkpoint file or diffusers folder (loaded once per file identity)."""
-        from .handles import make_bundle
-        from .loader import load_checkpoint
+        from nodes.loading.checkpoint import load_checkpoint
+        from nodes.memory.handles import make_bundle
 
         path = Path(path)
         key = ("checkpoint", file_key(path), str(self.compute_dtype()))
@@ -245,8 +245,8 @@ class ModelManager:
 
     def load_vae(self, path: str | Path):
         """A VAE handle from a standalone VAE file (LDM or diffusers key layout)."""
-        from .handles import make_vae_handle
-        from .vae_file import load_vae_file
+        from nodes.loading.vae_file import load_vae_file
+        from nodes.memory.handles import make_vae_handle
 
         path = Path(path)
         key = ("vae", file_key(path), str(self.compute_dtype("vae")))

@@ -6,7 +6,7 @@ used by the exporter (diffusers -> LDM) and by the loader to account for every f
 
 Each ``*_key_map`` returns ``{diffusers_or_hf_key: ldm_key}`` for the given module state keys (without the file
 prefix). Tensors that change shape on the way (VAE mid attention 1x1 convs, OpenCLIP fused qkv and transposed
-projection) are handled in :mod:`nodes.models.export`.
+projection) are handled in :mod:`nodes.testing.export`.
 """
 from __future__ import annotations
 

@@ -1,19 +1,66 @@
-"""Image transforms: scaling, padding for outpainting, and loading a mask from an image channel.
+"""Image nodes (ComfyUI category "image"): LoadImage (IMAGE + MASK from alpha), SaveImage (PNG with the workflow and
+the ComfyUI API prompt in text chunks), PreviewImage (to the temp folder), scaling and padding for outpainting.
 
 IMAGE is float32 [B, H, W, C] in 0..1; MASK is float32 [B, H, W] in 0..1 (1 = the area to paint).
 """
 from __future__ import annotations
 
-import numpy as np
+import random
+import string
+
 import torch
-from PIL import Image, ImageOps
 
-from graph.node import Input, Node, Output
-from graph.types import FLOAT, IMAGE, INT, MASK
+from graph.node import Input, Node, NodeResult, Output
+from graph.types import COMBO, FLOAT, IMAGE, INT, MASK, STRING
+from nodes.imaging.files import IMAGE_EXTENSIONS, load_image_file, save_images
+from nodes.imaging.resize import CROP_MODES, IMAGE_METHODS, resize
 
-from .resize import CROP_MODES, IMAGE_METHODS, resize
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+class LoadImage(Node):
+    type = "LoadImage"
+    display_name = "Load Image"
+    category = "image"
+    description = "Load an image from the input folder: IMAGE, and MASK from its alpha channel (transparent = 1)."
+    inputs = (Input("image", COMBO, files="input", extensions=IMAGE_EXTENSIONS,
+                    tooltip="A file in the input folder (upload one through the server)."),)
+    outputs = (Output("IMAGE", IMAGE), Output("MASK", MASK))
+
+    def run(self, ctx, image):
+        return load_image_file(ctx.file_path("image"))
+
+
+class SaveImage(Node):
+    type = "SaveImage"
+    display_name = "Save Image"
+    category = "image"
+    description = ("Save images as PNG to the output folder as <prefix>_00001_.png ...; the PNG carries the workflow "
+                   "(text chunk 'workflow', Chisel's format) and the ComfyUI API prompt ('prompt').")
+    output_node = True
+    inputs = (
+        Input("images", IMAGE),
+        Input("filename_prefix", STRING, default="ComfyUI",
+              tooltip="File name prefix; may include subfolders (a/b/name) inside the output folder."),
+    )
+    outputs = ()
+
+    def run(self, ctx, images, filename_prefix="ComfyUI"):
+        folder = ctx.services.paths.dir("output")
+        return NodeResult(ui={"images": save_images(images, folder, filename_prefix, "output", ctx, 4)})
+
+
+class PreviewImage(Node):
+    type = "PreviewImage"
+    display_name = "Preview Image"
+    category = "image"
+    description = "Show images without keeping them: written to the temp folder."
+    output_node = True
+    inputs = (Input("images", IMAGE),)
+    outputs = ()
+
+    def run(self, ctx, images):
+        folder = ctx.services.paths.dir("temp")
+        suffix = "".join(random.choice(string.ascii_lowercase) for _ in range(5))
+        return NodeResult(ui={"images": save_images(images, folder, f"ChiselTemp_{suffix}", "temp", ctx, 1)})
 
 
 def _scale(image: torch.Tensor, width: int, height: int, method: str, crop: str = "disabled") -> torch.Tensor:
@@ -99,32 +146,3 @@ class ImagePadForOutpaint(Node):
             inner = torch.where(d < feathering, ((feathering - d) / feathering) ** 2, inner)
         mask[top:top + h, left:left + w] = inner
         return (out, mask.unsqueeze(0).expand(b, -1, -1).clone())
-
-
-class LoadImageMask(Node):
-    type = "LoadImageMask"
-    display_name = "Load Image (as Mask)"
-    category = "mask"
-    description = "A mask from one channel of an image in the input folder (alpha: transparent = 1, paint here)."
-    inputs = (
-        Input("image", "COMBO", files="input", extensions=IMAGE_EXTENSIONS),
-        Input("channel", "COMBO", choices=["alpha", "red", "green", "blue"], default="alpha"),
-    )
-    outputs = (Output("MASK", MASK),)
-
-    def run(self, ctx, image, channel):
-        path = ctx.file_path("image")
-        try:
-            img = ImageOps.exif_transpose(Image.open(path))
-            img.load()
-        except Exception as exc:
-            raise ValueError(f"{image!r} is not a readable image: {exc}") from None
-        if channel == "alpha":
-            if "A" not in img.getbands() and img.mode != "P":
-                return (torch.zeros((1, img.height, img.width), dtype=torch.float32),)
-            band = img.convert("RGBA").getchannel("A")
-            mask = 1.0 - np.asarray(band, dtype=np.float32) / 255.0
-        else:
-            band = img.convert("RGB").getchannel({"red": "R", "green": "G", "blue": "B"}[channel])
-            mask = np.asarray(band, dtype=np.float32) / 255.0
-        return (torch.from_numpy(mask.copy()).unsqueeze(0),)

@@ -1,12 +1,12 @@
 """Write diffusers/transformers modules as a single-file checkpoint in the original (LDM/SGM) key layout.
 
-The key maps are derived from each module's config (see :mod:`nodes.models.keymaps`), so tiny models of the real
+The key maps are derived from each module's config (see :mod:`nodes.loading.keymaps`), so tiny models of the real
 architectures come out in exactly the layout of the files people download. What the tensor shapes cannot tell the
 loader (attention head counts, group-norm groups, activation functions, the VAE scaling factor, the prediction type)
 is written to the safetensors ``__metadata__`` under ``chisel.*`` keys; a full-size file without that metadata loads
 by its layout alone (the family defaults are the published configs).
 
-    from nodes.models.export import write_sd1_checkpoint
+    from nodes.testing.export import write_sd1_checkpoint
     write_sd1_checkpoint("models/checkpoints/demo.safetensors", unet, vae, text_encoder)
 
 Before writing, the exporter re-infers the configs from the tensors it is about to write (the loader's own code path)
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from . import keymaps as km
+from nodes.loading import keymaps as km
 
 FORMAT_VERSION = "1"
 
@@ -257,8 +257,8 @@ def _norm(v: Any) -> Any:
 
 
 def _verify_roundtrip(family, sd, meta, unet, vae, text_encoder, text_encoder_2) -> None:
-    from .configs import infer_configs
-    from .detect import detect
+    from nodes.loading.configs import infer_configs
+    from nodes.loading.detect import detect
 
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
     det = detect(shapes, meta)

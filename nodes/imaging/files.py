@@ -1,12 +1,9 @@
-"""Images in and out: LoadImage (from the input folder; IMAGE + MASK from alpha), SaveImage (PNG with the workflow
-and the ComfyUI API prompt in text chunks) and PreviewImage (to the temp folder)."""
+"""Image files: decoding pictures into IMAGE/MASK tensors and writing IMAGE batches as PNGs with workflow metadata."""
 from __future__ import annotations
 
 import json
 import os
-import random
 import re
-import string
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +11,7 @@ import torch
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
-from graph.node import Input, Node, NodeResult, Output
-from graph.types import COMBO, IMAGE, MASK, STRING
-
-IMAGE_FILE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def _frame_to_arrays(frame: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
@@ -51,19 +45,6 @@ def load_image_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     except (OSError, ValueError, SyntaxError) as exc:
         raise ValueError(f"{path.name} is not a readable image: {exc}") from None
     return torch.stack(frames), torch.stack(masks)
-
-
-class LoadImage(Node):
-    type = "LoadImage"
-    display_name = "Load Image"
-    category = "image"
-    description = "Load an image from the input folder: IMAGE, and MASK from its alpha channel (transparent = 1)."
-    inputs = (Input("image", COMBO, files="input", extensions=IMAGE_FILE_EXTENSIONS,
-                    tooltip="A file in the input folder (upload one through the server)."),)
-    outputs = (Output("IMAGE", IMAGE), Output("MASK", MASK))
-
-    def run(self, ctx, image):
-        return load_image_file(ctx.file_path("image"))
 
 
 def _png_info(ctx) -> PngInfo:
@@ -122,37 +103,3 @@ def save_images(images: torch.Tensor, folder: Path, prefix: str, kind: str, ctx,
         results.append({"filename": fname, "subfolder": subfolder, "type": kind})
         counter += 1
     return results
-
-
-class SaveImage(Node):
-    type = "SaveImage"
-    display_name = "Save Image"
-    category = "image"
-    description = ("Save images as PNG to the output folder as <prefix>_00001_.png ...; the PNG carries the workflow "
-                   "(text chunk 'workflow', Chisel's format) and the ComfyUI API prompt ('prompt').")
-    output_node = True
-    inputs = (
-        Input("images", IMAGE),
-        Input("filename_prefix", STRING, default="ComfyUI",
-              tooltip="File name prefix; may include subfolders (a/b/name) inside the output folder."),
-    )
-    outputs = ()
-
-    def run(self, ctx, images, filename_prefix="ComfyUI"):
-        folder = ctx.services.paths.dir("output")
-        return NodeResult(ui={"images": save_images(images, folder, filename_prefix, "output", ctx, 4)})
-
-
-class PreviewImage(Node):
-    type = "PreviewImage"
-    display_name = "Preview Image"
-    category = "image"
-    description = "Show images without keeping them: written to the temp folder."
-    output_node = True
-    inputs = (Input("images", IMAGE),)
-    outputs = ()
-
-    def run(self, ctx, images):
-        folder = ctx.services.paths.dir("temp")
-        suffix = "".join(random.choice(string.ascii_lowercase) for _ in range(5))
-        return NodeResult(ui={"images": save_images(images, folder, f"ChiselTemp_{suffix}", "temp", ctx, 1)})

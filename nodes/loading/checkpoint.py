@@ -1,10 +1,10 @@
 """Load a Stable Diffusion checkpoint — single-file (LDM/SGM layout) or a diffusers folder — completely and offline.
 
-Steps for a single file, each of which can fail with an error a user can act on (:mod:`nodes.models.errors`):
+Steps for a single file, each of which can fail with an error a user can act on (:mod:`nodes.loading.errors`):
 
 1. Read the header only (safetensors): key names, shapes, dtypes, metadata. Pickles are refused unless allowed.
-2. Detect the family from names and shapes (:mod:`nodes.models.detect`); infer each component's config
-   (:mod:`nodes.models.configs`).
+2. Detect the family from names and shapes (:mod:`nodes.loading.detect`); infer each component's config
+   (:mod:`nodes.loading.configs`).
 3. Build the diffusers/transformers modules on the meta device (no memory, no random init) and work out, with the
    generalised key maps, which file tensor each parameter comes from: a parameter with no tensor fails the load
    (nothing is left random); a file tensor that maps to nothing is reported (``LoadReport.unused``), apart from
@@ -30,11 +30,16 @@ from typing import Any
 
 import torch
 
-from . import keymaps as km
-from .configs import infer_configs
-from .detect import Detection, TextEncoderSpec, detect, not_a_checkpoint
-from .errors import CheckpointNotFound, CorruptCheckpoint, IncompleteCheckpoint, UnrecognisedArchitecture, \
-    UnsafeCheckpoint
+from nodes.loading import keymaps as km
+from nodes.loading.configs import infer_configs
+from nodes.loading.detect import Detection, TextEncoderSpec, detect, not_a_checkpoint
+from nodes.loading.errors import (
+    CheckpointNotFound,
+    CorruptCheckpoint,
+    IncompleteCheckpoint,
+    UnrecognisedArchitecture,
+    UnsafeCheckpoint,
+)
 
 log = logging.getLogger(__name__)
 

@@ -140,7 +140,7 @@ def resolve(paths: Any, name: str) -> Path:
 
 
 class EmbeddingLookup:
-    """What :meth:`nodes.models.handles.ClipHandle.encode` asks for ``embedding:name`` words."""
+    """What :meth:`nodes.memory.handles.ClipHandle.encode` asks for ``embedding:name`` words."""
 
     def __init__(self, paths: Any):
         self.paths = paths

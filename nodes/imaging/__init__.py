@@ -1,0 +1,1 @@
+"""Image tensors and files: decoding and saving pictures, resizing, inpainting masks."""

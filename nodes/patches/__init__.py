@@ -1,0 +1,1 @@
+"""Weight patches that apply only while a patched model runs (LoRA today)."""
