@@ -60,8 +60,10 @@ def _render(path: Path, thumb: int | None, fmt: str | None, quality: int, channe
 
     with Image.open(path) as img:
         img.load()
-        if channel == "a":
-            img = img.getchannel("A") if "A" in img.getbands() else Image.new("L", img.size, 255)
+        if channel == "a":  # as ComfyUI: the alpha on black, as an RGBA image (its mask editor reads the alpha)
+            alpha = img.getchannel("A") if "A" in img.getbands() else Image.new("L", img.size, 255)
+            img = Image.new("RGBA", img.size, (0, 0, 0, 0))
+            img.putalpha(alpha)
         elif channel == "rgb":
             img = img.convert("RGB")
         if thumb:

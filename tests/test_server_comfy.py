@@ -242,7 +242,8 @@ def test_upload_image_mask_view_and_system(root):
             r = await c.get("/api/view", params={"filename": "photo.png", "type": "input", "preview": "webp;50"})
             assert r.content_type == "image/webp"
             r = await c.get("/view", params={"filename": ref["name"], "type": "input", "channel": "a"})
-            assert Image.open(io.BytesIO(await r.read())).mode == "L"
+            alpha = Image.open(io.BytesIO(await r.read()))
+            assert alpha.mode == "RGBA" and alpha.getpixel((0, 0)) == (0, 0, 0, 255) and alpha.getpixel((5, 5))[3] == 0
 
             stats = await (await c.get("/system_stats")).json()
             assert set(stats["system"]) >= {"os", "ram_total", "ram_free", "python_version", "pytorch_version"}
