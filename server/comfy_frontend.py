@@ -1,14 +1,19 @@
 """ComfyUI's own frontend on Chisel (``chisel serve --frontend comfyui``), served from the PyPI package
 ``comfyui-frontend-package`` (the optional extra ``comfyui-frontend``; never copied into this repository) on the
 same origin as the API, plus the small routes that frontend reads at start: ``/extensions`` (Chisel has no
-JavaScript extensions: an empty list) and ``/i18n`` (no node translations: an empty object)."""
+JavaScript extensions: an empty list), ``/i18n`` (no node translations: an empty object), ``/global_subgraphs`` (no
+subgraph blueprints: an empty object), ``/experiment/models`` (the model library), ``/internal/folder_paths`` and
+``/user.css`` (the user's own ``user/default/user.css``, or an empty style sheet)."""
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from aiohttp import web
 
+from .comfy_userdata import USER, user_root
 from .errors import ApiError, json_response
+from .routes_native import SERVER, srv
 
 PACKAGE = "comfyui_frontend_package"
 FRONTENDS = ("chisel", "comfyui")
@@ -31,6 +36,40 @@ class FrontendMissing(RuntimeError):
     pass
 
 
+NOT_MODELS = ("custom_nodes", "input", "output", "temp")
+
+
+async def get_global_subgraphs(request: web.Request) -> web.Response:
+    return json_response({})
+
+
+async def get_experiment_models(request: web.Request) -> web.Response:
+    paths = srv(request).paths
+    return json_response([{"name": kind, "folders": [str(d) for d in paths.dirs(kind)]}
+                          for kind in sorted(paths.folders) if kind not in NOT_MODELS])
+
+
+async def get_experiment_model_folder(request: web.Request) -> web.Response:
+    paths = srv(request).paths
+    kind = request.match_info["folder"]
+    if kind not in paths.folders or kind in NOT_MODELS:
+        raise ApiError(404, "not_found", f"no models folder {kind!r}")
+    names = await asyncio.to_thread(paths.list, kind)
+    return json_response([{"name": name, "pathIndex": 0} for name in names])
+
+
+async def get_folder_paths(request: web.Request) -> web.Response:
+    paths = srv(request).paths
+    return json_response({kind: [str(d) for d in paths.dirs(kind)] for kind in sorted(paths.folders)})
+
+
+async def get_user_css(request: web.Request) -> web.StreamResponse:
+    path = user_root(request) / "user.css"
+    if path.is_file():
+        return web.FileResponse(path, headers={"Content-Type": "text/css", "Cache-Control": "no-cache"})
+    return web.Response(text="", content_type="text/css")
+
+
 async def get_extensions(request: web.Request) -> web.Response:
     return json_response([])
 
@@ -42,6 +81,11 @@ async def get_i18n(request: web.Request) -> web.Response:
 def add_routes(app: web.Application, prefix: str) -> None:
     app.router.add_get(prefix + "/extensions", get_extensions)
     app.router.add_get(prefix + "/i18n", get_i18n)
+    app.router.add_get(prefix + "/global_subgraphs", get_global_subgraphs)
+    app.router.add_get(prefix + "/experiment/models", get_experiment_models)
+    app.router.add_get(prefix + "/experiment/models/{folder}", get_experiment_model_folder)
+    if not prefix:
+        app.router.add_get("/internal/folder_paths", get_folder_paths)
 
 
 def add_index(app: web.Application, static: Path) -> None:
@@ -54,6 +98,13 @@ def add_index(app: web.Application, static: Path) -> None:
 
     app.router.add_get("/", get_index)
     app.router.add_get("/index.html", get_index)
+    app.router.add_get("/user.css", get_user_css)
+
+    async def make_user_folders(app: web.Application) -> None:  # where the frontend lists saved workflows
+        for sub in ("workflows", "subgraphs"):
+            (app[SERVER].paths.root / "user" / USER / sub).mkdir(parents=True, exist_ok=True)
+
+    app.on_startup.append(make_user_folders)
 
 
 def add_static(app: web.Application, static: Path) -> None:
