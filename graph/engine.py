@@ -243,7 +243,8 @@ class Engine:
             reason = self._explain(plan, nid, key, components)
             result.explain[nid] = reason
             run.emit(ev.EXECUTING, nid, node_type=pn.cls.type, reason=reason)
-            kwargs = dict(pn.literals)
+            kwargs = {i.name: None for i in pn.cls.inputs}  # an optional input left out arrives as None
+            kwargs.update(pn.literals)
             for name, (src, idx) in pn.links.items():
                 kwargs[name] = values[src][idx]
             ctx = _Context(self, run, nid, pn.files)
