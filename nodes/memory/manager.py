@@ -19,11 +19,12 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from nodes.memory.handles import LoadedBundle, make_bundle, make_vae_handle
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +65,6 @@ class ManagedModule:
 
     def __repr__(self) -> str:
         return f"ManagedModule({self.name}, {self.nbytes / 2**20:.1f} MiB, {self.device}, {self.dtype})"
-
-
-@dataclass
-class LoadedBundle:
-    """What one checkpoint file gives: the node-facing handles, plus the load report."""
-
-    model: Any
-    clip: Any
-    vae: Any
-    report: Any
 
 
 class ModelManager:
@@ -230,8 +221,7 @@ class ModelManager:
 
     def load_checkpoint(self, path: str | Path) -> LoadedBundle:
         """MODEL, CLIP and VAE handles of a checkpoint file or diffusers folder (loaded once per file identity)."""
-        from nodes.loading.checkpoint import load_checkpoint
-        from nodes.memory.handles import make_bundle
+        from nodes.loading.checkpoint import load_checkpoint  # diffusers and transformers: imported when used
 
         path = Path(path)
         key = ("checkpoint", file_key(path), str(self.compute_dtype()))
@@ -246,7 +236,6 @@ class ModelManager:
     def load_vae(self, path: str | Path):
         """A VAE handle from a standalone VAE file (LDM or diffusers key layout)."""
         from nodes.loading.vae_file import load_vae_file
-        from nodes.memory.handles import make_vae_handle
 
         path = Path(path)
         key = ("vae", file_key(path), str(self.compute_dtype("vae")))
