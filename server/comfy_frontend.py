@@ -2,7 +2,8 @@
 ``comfyui-frontend-package`` (the optional extra ``comfyui-frontend``; never copied into this repository) on the
 same origin as the API, plus the small routes that frontend reads at start: ``/extensions`` (Chisel has no
 JavaScript extensions: an empty list), ``/i18n`` (no node translations: an empty object), ``/global_subgraphs`` (no
-subgraph blueprints: an empty object), ``/experiment/models`` (the model library), ``/internal/folder_paths`` and
+subgraph blueprints: an empty object), ``/workflow_templates`` and ``/templates/index.json`` (no templates),
+``/experiment/models`` (the model library), ``/internal/folder_paths`` and
 ``/user.css`` (the user's own ``user/default/user.css``, or an empty style sheet)."""
 from __future__ import annotations
 
@@ -70,6 +71,14 @@ async def get_user_css(request: web.Request) -> web.StreamResponse:
     return web.Response(text="", content_type="text/css")
 
 
+async def get_workflow_templates(request: web.Request) -> web.Response:
+    return json_response({})  # example workflows of custom node packs: none
+
+
+async def get_templates_index(request: web.Request) -> web.Response:
+    return json_response([])  # ComfyUI's template library (another package): not offered
+
+
 async def get_extensions(request: web.Request) -> web.Response:
     return json_response([])
 
@@ -82,6 +91,7 @@ def add_routes(app: web.Application, prefix: str) -> None:
     app.router.add_get(prefix + "/extensions", get_extensions)
     app.router.add_get(prefix + "/i18n", get_i18n)
     app.router.add_get(prefix + "/global_subgraphs", get_global_subgraphs)
+    app.router.add_get(prefix + "/workflow_templates", get_workflow_templates)
     app.router.add_get(prefix + "/experiment/models", get_experiment_models)
     app.router.add_get(prefix + "/experiment/models/{folder}", get_experiment_model_folder)
     if not prefix:
@@ -99,6 +109,7 @@ def add_index(app: web.Application, static: Path) -> None:
     app.router.add_get("/", get_index)
     app.router.add_get("/index.html", get_index)
     app.router.add_get("/user.css", get_user_css)
+    app.router.add_get("/templates/index.json", get_templates_index)
 
     async def make_user_folders(app: web.Application) -> None:  # where the frontend lists saved workflows
         for sub in ("workflows", "subgraphs"):

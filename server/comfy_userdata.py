@@ -21,6 +21,10 @@ from .security import read_body, read_json_object, safe_join
 
 USER = "default"
 SETTINGS = "comfy.settings.json"
+# A user without a settings file: ComfyUI's frontend would open a blank graph and its template browser on the first
+# visit; Chisel has no templates to offer there, so its first visit opens the frontend's default graph (SD1.5
+# text-to-image) as for a returning user.
+FIRST_RUN = {"Comfy.TutorialCompleted": True}
 
 
 def user_root(request: web.Request) -> Path:
@@ -66,7 +70,7 @@ async def post_users(request: web.Request) -> web.Response:
 def _read_settings(request: web.Request) -> dict[str, Any]:
     path = user_root(request) / SETTINGS
     if not path.is_file():
-        return {}
+        return dict(FIRST_RUN)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:

@@ -172,14 +172,16 @@ def test_settings_and_userdata_in_the_root(root):
     async def main():
         async with client(root) as c:
             assert await (await c.get("/api/users")).json() == {"storage": "server", "migrated": False}
-            assert await (await c.get("/api/settings")).json() == {}
+            # a first visit opens the default graph (no template browser: Chisel has no templates)
+            assert await (await c.get("/api/settings")).json() == {"Comfy.TutorialCompleted": True}
             assert (await c.post("/api/settings", json={"Comfy.A": 1, "Comfy.B": "x"})).status == 200
             assert (await c.post("/settings/Comfy.B", json={"nested": [1, 2]})).status == 200
-            assert await (await c.get("/settings")).json() == {"Comfy.A": 1, "Comfy.B": {"nested": [1, 2]}}
+            expected = {"Comfy.TutorialCompleted": True, "Comfy.A": 1, "Comfy.B": {"nested": [1, 2]}}
+            assert await (await c.get("/settings")).json() == expected
             assert await (await c.get("/api/settings/Comfy.A")).json() == 1
             assert await (await c.get("/api/settings/Missing")).json() is None
             stored = json.loads((root / "user" / "default" / "comfy.settings.json").read_text())
-            assert stored == {"Comfy.A": 1, "Comfy.B": {"nested": [1, 2]}}
+            assert stored == expected
             assert await (await c.get("/users")).json() == {"storage": "server", "migrated": True}
 
             workflow = json.dumps({"nodes": [], "links": [], "version": 0.4}).encode()
