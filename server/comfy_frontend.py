@@ -99,12 +99,21 @@ def add_routes(app: web.Application, prefix: str) -> None:
 
 
 def add_index(app: web.Application, static: Path) -> None:
-    """``/`` is ComfyUI's page (registered before Chisel's canvas, which stays at ``/web/index.html``)."""
+    """``/`` is ComfyUI's page (registered before Chisel's canvas, which moves to ``/chisel``: a page at the root
+    level, so the canvas' relative URLs still reach ``/web/...`` and ``/v1/...``)."""
     index = static / "index.html"
+    html = {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-cache"}
 
     async def get_index(request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(index, headers={"Content-Type": "text/html; charset=utf-8",
-                                                "Cache-Control": "no-cache"})
+        return web.FileResponse(index, headers=html)
+
+    async def get_canvas(request: web.Request) -> web.StreamResponse:
+        canvas = srv(request).config.web_dir / "index.html"
+        if not canvas.is_file():
+            raise ApiError(404, "not_found", "the canvas is not installed")
+        return web.FileResponse(canvas, headers=html)
+
+    app.router.add_get("/chisel", get_canvas)
 
     app.router.add_get("/", get_index)
     app.router.add_get("/index.html", get_index)

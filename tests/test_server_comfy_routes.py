@@ -220,3 +220,65 @@ def test_settings_and_userdata_in_the_root(root):
             r = await c.post("/api/settings", data=b"[1, 2]")
             assert r.status == 400 and "error" in await r.json()
     run(main())
+
+
+def test_uploads_with_overwrite_subfolder_and_type(root):
+    async def main():
+        import aiohttp
+        from PIL import Image
+
+        def png(colour) -> bytes:
+            import io
+            buf = io.BytesIO()
+            Image.new("RGB", (8, 8), colour).save(buf, format="PNG")
+            return buf.getvalue()
+
+        async def upload(data: bytes, **fields: str):
+            form = aiohttp.FormData()
+            form.add_field("image", data, filename="pic.png")
+            for k, v in fields.items():
+                form.add_field(k, v)
+            r = await c.post("/api/upload/image", data=form)
+            return r.status, await r.json()
+
+        async with client(root) as c:
+            red, blue = png("red"), png("blue")
+            assert await upload(red, subfolder="a/b") == (200, {"name": "pic.png", "subfolder": "a/b", "type": "input"})
+            assert await upload(red, subfolder="a/b") == (200, {"name": "pic.png", "subfolder": "a/b", "type": "input"})
+            assert (await upload(blue, subfolder="a/b"))[1]["name"] == "pic (1).png"  # a different file: renamed
+            assert (await upload(blue, subfolder="a/b", overwrite="true"))[1]["name"] == "pic.png"
+            assert (root / "input" / "a" / "b" / "pic.png").read_bytes() == blue
+            assert await upload(red, type="temp") == (200, {"name": "pic.png", "subfolder": "", "type": "temp"})
+            r = await c.get("/view", params={"filename": "pic.png", "type": "temp"})
+            assert r.status == 200 and await r.read() == red
+            status, body = await upload(red, subfolder="../outside")
+            assert status == 403 and "error" in body
+            status, body = await upload(red, type="models")
+            assert status == 400 and "error" in body
+    run(main())
+
+
+def test_comfyui_frontend_served_beside_the_api(root):
+    pytest.importorskip("comfyui_frontend_package", reason="installed by the test extra (comfyui-frontend-package)")
+    from test_server_support import REPO
+
+    async def main():
+        async with client(root, frontend="comfyui", web_dir=REPO / "web") as c:
+            r = await c.get("/")
+            page = await r.text()
+            assert r.status == 200 and "text/html" in r.content_type and '<div id="vue-app"' in page
+            asset = next(p for p in page.split('"') if p.startswith("./assets/") and p.endswith(".js"))
+            r = await c.get(asset[1:])
+            assert r.status == 200 and "javascript" in r.content_type
+            r = await c.get("/chisel")  # Chisel's canvas moves here
+            assert r.status == 200 and "web/js/main.js" in await r.text()
+            assert (await c.get("/web/js/main.js")).status == 200
+            assert "Slow" in await (await c.get("/api/object_info")).json()  # the API comes first
+            assert await (await c.get("/api/extensions")).json() == []
+            assert await (await c.get("/user.css")).text() == ""
+            assert await (await c.get("/api/experiment/models/checkpoints")).json() == []
+            for path in ("/nope.js", "/..%2F..%2Fpyproject.toml", "/assets/%2E%2E/%2E%2E/index.html/x"):
+                r = await c.get(path)
+                assert r.status == 404 and "error" in await r.json()
+            assert (root / "user" / "default" / "workflows").is_dir()
+    run(main())
