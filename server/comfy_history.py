@@ -1,6 +1,6 @@
 """ComfyUI's shapes of Chisel's stored prompts: queue entries ``[number, prompt_id, prompt, extra_data, outputs]``,
 history items ``{prompt, outputs, status: {status_str, completed, messages}, meta}``, and which running prompt
-ComfyUI's ``queue_running`` shows (ComfyUI lists only the one executing, never more than one)."""
+ComfyUI's ``queue_running`` shows (never more than one, as ComfyUI)."""
 from __future__ import annotations
 
 from typing import Any
@@ -19,18 +19,19 @@ def queue_entry(server: ChiselServer, row: dict[str, Any]) -> list[Any]:
     return [row["number"], row["prompt_id"], server.prompt_api(row), extra, row.get("outputs") or []]
 
 
-def executing_row(server: ChiselServer, running: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The one prompt ComfyUI's ``queue_running`` lists: the one the worker executes; when the worker is idle, the
-    oldest prompt still writing its files (so a prompt is never out of both queue and history while it saves)."""
+def split_running(server: ChiselServer, running: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """ComfyUI's ``queue_running`` holds one prompt: the one the worker executes (when the worker is idle, the oldest
+    prompt still writing its files). Other prompts still writing their files are listed first in ``queue_pending``, so
+    a prompt is always in the queue or in the history, as in ComfyUI."""
     current = server.worker.running() if server.worker is not None else None
-    if current is not None:
-        return [r for r in running if r["prompt_id"] == current][:1]
-    return running[:1]
+    shown = [r for r in running if r["prompt_id"] == current][:1] or running[:1]
+    return shown, [r for r in running if r not in shown]
 
 
 async def comfy_queue(server: ChiselServer) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     running, pending = await server.db(server.store.queue_full)
-    return executing_row(server, running), pending
+    shown, writing = split_running(server, running)
+    return shown, writing + pending
 
 
 def _messages(row: dict[str, Any], result: dict[str, Any]) -> list[list[Any]]:
@@ -69,4 +70,4 @@ def history_item(server: ChiselServer, row: dict[str, Any]) -> dict[str, Any]:
                      for nid in outputs}}
 
 
-__all__ = ["DONE", "queue_entry", "executing_row", "comfy_queue", "history_item"]
+__all__ = ["DONE", "queue_entry", "split_running", "comfy_queue", "history_item"]

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from . import store as S
-from .comfy_history import DONE, comfy_queue, history_item, queue_entry
+from .comfy_history import DONE, history_item, queue_entry
 from .errors import ApiError, json_response
 from .routes_native import int_param, srv
 from .service import ChiselServer
@@ -98,7 +98,7 @@ def _statuses(request: web.Request) -> list[str]:
 async def list_jobs(server: ChiselServer, statuses: list[str], workflow_id: str | None, by_duration: bool,
                     descending: bool, limit: int | None, offset: int) -> tuple[list[dict[str, Any]], int]:
     jobs: list[dict[str, Any]] = []
-    running, pending = await comfy_queue(server)
+    running, pending = await server.db(server.store.queue_full)  # running: executing, or still writing files
     if IN_PROGRESS in statuses:
         jobs += [queued_job(queue_entry(server, r), IN_PROGRESS) for r in running]
     if PENDING in statuses:
@@ -147,9 +147,8 @@ async def get_job(request: web.Request) -> web.Response:
     if row is not None and row["status"] in DONE:
         return json_response(finished_job(pid, history_item(server, row), full=True))
     if row is not None and row["status"] in (S.QUEUED, S.RUNNING):
-        running, _ = await comfy_queue(server)
-        status = IN_PROGRESS if any(r["prompt_id"] == pid for r in running) or row["status"] == S.RUNNING else PENDING
-        return json_response(queued_job(queue_entry(server, row), status))
+        return json_response(queued_job(queue_entry(server, row), IN_PROGRESS if row["status"] == S.RUNNING
+                                        else PENDING))
     raise ApiError(404, "not_found", f"no job {pid}")
 
 

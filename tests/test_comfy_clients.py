@@ -1,7 +1,8 @@
-"""Two third-party ComfyUI API clients from PyPI, unchanged, against a real ``chisel serve`` on the bundled demo
+"""Third-party ComfyUI API clients from PyPI, unchanged, against a real ``chisel serve`` on the bundled demo
 model: ComfyScript (builds typed nodes from ``/object_info``, queues, follows ``/ws``, reads ``/history`` and
-``/view``) and comfy-api-simplified (takes every binary WebSocket frame for an output image, so it needs ComfyUI's
-default of no previews, then reads the saved image from ``/history`` and ``/view``)."""
+``/view``), comfy-api-simplified (takes every binary WebSocket frame for an output image, so it needs ComfyUI's
+default of no previews, then reads the saved image from ``/history`` and ``/view``) and comfyui-utils (asserts
+text-only frames and a single running prompt)."""
 from __future__ import annotations
 
 import io
@@ -92,3 +93,59 @@ def _png_prompt(data: bytes) -> dict:
     from PIL import Image
 
     return json.loads(Image.open(io.BytesIO(data)).text["prompt"])
+
+
+def test_comfyui_utils_two_prompts_at_once(server, tmp_path):
+    """comfyui-utils asserts that every WebSocket frame is text and that ``queue_running`` never holds more than one
+    prompt (it reads ``/queue`` on every ``status``); two prompts queued at once keep both true."""
+    import asyncio
+
+    from comfyui_utils import comfy
+
+    from graph.comfy_format import to_comfy_api
+    from graph.registry import NodeRegistry
+    from graph.workflow import Workflow
+
+    native = json.loads((REPO / "workflows" / "txt2img.json").read_text())
+    native["nodes"]["3"]["inputs"]["steps"] = STEPS
+    base = to_comfy_api(Workflow.model_validate(native), NodeRegistry.discover())
+    address = server.url.split("//", 1)[1].rstrip("/")
+    api = comfy.ComfyAPI(address)
+    results: dict[int, dict] = {}
+
+    class Callbacks(comfy.Callbacks):
+        def __init__(self, seed: int):
+            self.seed, self.steps = seed, []
+
+        async def queue_position(self, position):
+            pass
+
+        async def in_progress(self, node_id, progress, total):
+            if total:
+                self.steps.append(progress)
+
+        async def completed(self, outputs, cached):
+            results[self.seed] = {"outputs": outputs, "cached": cached, "steps": self.steps}
+
+    async def one(seed: int) -> None:
+        prompt = json.loads(json.dumps(base))
+        prompt["3"]["inputs"]["seed"] = seed
+        await api.submit(prompt, Callbacks(seed))
+
+    async def main() -> dict[int, bytes]:
+        await asyncio.gather(one(7), one(8))
+        files = {}
+        for seed, result in results.items():
+            [ref] = result["outputs"]["images"]
+
+            async def keep(data, seed=seed):
+                files[seed] = data.getvalue()
+
+            await api.fetch(ref, keep)
+        return files
+
+    files = asyncio.run(main())
+    assert sorted(results) == [7, 8] and all(not r["cached"] and r["steps"][-1] == STEPS for r in results.values())
+    assert files[7] != files[8]
+    for seed, data in files.items():
+        assert _png_prompt(data)["3"]["inputs"]["seed"] == seed
