@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -25,6 +26,7 @@ SETTINGS = "comfy.settings.json"
 # visit; Chisel has no templates to offer there, so its first visit opens the frontend's default graph (SD1.5
 # text-to-image) as for a returning user.
 FIRST_RUN = {"Comfy.TutorialCompleted": True}
+_SETTINGS_LOCK = threading.Lock()  # read-merge-write of the settings file, one request at a time
 
 
 def user_root(request: web.Request) -> Path:
@@ -95,7 +97,8 @@ async def post_settings(request: web.Request) -> web.Response:
     body = await read_json_object(request, srv(request).config.max_json_bytes)
 
     def merge() -> None:
-        _save_settings(request, {**_read_settings(request), **body})
+        with _SETTINGS_LOCK:
+            _save_settings(request, {**_read_settings(request), **body})
 
     await asyncio.to_thread(merge)
     return web.Response(status=200)
@@ -110,7 +113,8 @@ async def post_setting(request: web.Request) -> web.Response:
     key = request.match_info["id"]
 
     def merge() -> None:
-        _save_settings(request, {**_read_settings(request), key: value})
+        with _SETTINGS_LOCK:
+            _save_settings(request, {**_read_settings(request), key: value})
 
     await asyncio.to_thread(merge)
     return web.Response(status=200)

@@ -180,9 +180,14 @@ def test_settings_and_userdata_in_the_root(root):
             expected = {"Comfy.TutorialCompleted": True, "Comfy.A": 1, "Comfy.B": {"nested": [1, 2]}}
             assert await (await c.get("/settings")).json() == expected
             assert await (await c.get("/api/settings/Comfy.A")).json() == 1
+            # settings posted at once (as the frontend does at start) are all kept
+            await asyncio.gather(*(c.post(f"/api/settings/Many.{i}", json=i) for i in range(20)))
+            settings = await (await c.get("/api/settings")).json()
+            assert all(settings.pop(f"Many.{i}") == i for i in range(20))
+            assert settings == expected
             assert await (await c.get("/api/settings/Missing")).json() is None
             stored = json.loads((root / "user" / "default" / "comfy.settings.json").read_text())
-            assert stored == expected
+            assert {k: v for k, v in stored.items() if not k.startswith("Many.")} == expected
             assert await (await c.get("/users")).json() == {"storage": "server", "migrated": True}
 
             workflow = json.dumps({"nodes": [], "links": [], "version": 0.4}).encode()
