@@ -11,7 +11,7 @@ import pytest
 from test_server_support import client, make_root, run, until
 
 pytestmark = pytest.mark.timeout(60)
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "comfyui-core-nodes.json"
+REFERENCE = Path(__file__).resolve().parent / "data" / "comfyui" / "comfyui-core-nodes.json"
 
 API = {"1": {"class_type": "Number", "inputs": {"value": 2}, "_meta": {"title": "Two"}},
        "2": {"class_type": "Slow", "inputs": {"x": ["1", 0], "steps": 3, "delay": 0.0}},
