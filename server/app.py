@@ -55,6 +55,9 @@ def serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .cli import build_runtime
 
+    if token and getattr(args, "frontend", "chisel") == "comfyui":
+        print("chisel serve: warning: ComfyUI's frontend sends no token; with --token its requests are refused",
+              file=sys.stderr)
     registry, services, engine = build_runtime(args, allow_paths=False)
     config = env_config(token=token, debug=bool(args.debug), host=host, port=port,
                         preview_method=getattr(args, "preview_method", "none"),

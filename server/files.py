@@ -117,8 +117,11 @@ async def view(request: web.Request, paths: Any, writer: Any, thumbs: ThumbCache
             if not 16 <= size <= 2048:
                 raise ApiError(400, "invalid_parameter", "thumb must be between 16 and 2048")
         fmt, quality = (q.get("format") or ("webp" if thumb is not None else "png")), 85
-        if preview:
+        if preview:  # ComfyUI's rule: webp or jpeg (jpeg drops the alpha), webp for anything else or for channel=a
             fmt, _, qtext = preview.partition(";")
+            fmt = fmt.lower() if fmt.lower() in ("webp", "jpeg") and channel != "a" else "webp"
+            if fmt == "jpeg" and channel != "a":
+                channel = "rgb"
             try:
                 quality = max(1, min(100, int(qtext))) if qtext else 90
             except ValueError:

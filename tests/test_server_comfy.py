@@ -241,6 +241,9 @@ def test_upload_image_mask_view_and_system(root):
             assert r.status == 200 and r.content_type == "image/png"
             r = await c.get("/api/view", params={"filename": "photo.png", "type": "input", "preview": "webp;50"})
             assert r.content_type == "image/webp"
+            for preview, ctype in (("jpeg;80", "image/jpeg"), ("png", "image/webp"), ("webp", "image/webp")):
+                r = await c.get("/view", params={"filename": ref["name"], "type": "input", "preview": preview})
+                assert r.status == 200 and r.content_type == ctype  # as ComfyUI: jpeg (alpha dropped) or webp
             r = await c.get("/view", params={"filename": ref["name"], "type": "input", "channel": "a"})
             alpha = Image.open(io.BytesIO(await r.read()))
             assert alpha.mode == "RGBA" and alpha.getpixel((0, 0)) == (0, 0, 0, 255) and alpha.getpixel((5, 5))[3] == 0
