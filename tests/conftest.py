@@ -41,3 +41,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """The random-order seed, also under ``-q`` (whose header hides pytest-randomly's line): a failure that depends
+    on the order is reproduced with ``-p randomly --randomly-seed=N``."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if seed is not None and config.pluginmanager.hasplugin("randomly"):
+        terminalreporter.write_line(f"test order: pytest-randomly, reproduce with --randomly-seed={seed}")

@@ -22,7 +22,6 @@ _ROOT = Path(tempfile.mkdtemp(prefix="chisel-sd-tests-"))
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)  # tiny checkpoints are rebuilt by the next process
 
 
-@lru_cache(maxsize=None)
 def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-4) -> None:
     """``actual`` equals ``expected`` up to float32 rounding, measured against the tensors' own scale.
 

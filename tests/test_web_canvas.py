@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -36,12 +36,6 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests 
 
 
 # -- the server ------------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bundled_checkpoint_name() -> str:
     wf = json.loads((REPO / "workflows" / "txt2img.json").read_text())
     for node in wf["nodes"].values():
@@ -67,24 +61,25 @@ def provide_checkpoint(root: Path) -> str:
 class Server:
     def __init__(self, root: Path, token: str | None = None):
         self.root, self.token = root, token
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        args = [sys.executable, "-m", "server.cli", "serve", "--root", str(root), "--port", str(self.port),
-                "--device", "cpu"]
+        # --port 0: the server binds a free port itself and prints it (no port chosen up front that another
+        # process could take before the server binds it)
+        args = [sys.executable, "-m", "server.cli", "serve", "--root", str(root), "--port", "0", "--device", "cpu"]
         if token:
             args += ["--token", token]
-        self.log = open(root / f"serve-{self.port}.log", "w+")
+        self.log = open(root / f"serve-{time.monotonic_ns()}.log", "w+")
         self.proc = subprocess.Popen(args, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.time() + 90
-        while time.time() < deadline:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"chisel serve exited: {self.output()}")
-            try:
+            m = re.search(r"serving on (http://\S+?):(\d+)", self.output())
+            if m:
+                self.port = int(m.group(2))
+                self.url = f"http://127.0.0.1:{self.port}/"
                 self.get("v1/auth")
                 return
-            except OSError:
-                time.sleep(0.3)
+            time.sleep(0.3)
         raise RuntimeError(f"chisel serve did not start: {self.output()}")
 
     def output(self) -> str:
