@@ -3,7 +3,10 @@ prompt runs and started again; and the store's recovery rules, directly."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -19,11 +22,14 @@ def saving_chain(value: int, steps: int = 1, delay: float = 0.0) -> dict:
                "3": ("SaveText", {"value": ("2", "INT"), "prefix": f"p{value}"})})
 
 
-async def _wait_running(s: aiohttp.ClientSession, pid: str, timeout: float = 30) -> None:
+async def _wait_running(s: aiohttp.ClientSession, pid: str, timeout: float = 30, alone: bool = True) -> None:
+    """Until ``pid`` is running (``alone``: the only prompt listed as running; an earlier prompt whose files are
+    still being written is listed as running too)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         q = await (await s.get("/v1/queue")).json()
-        if [i["prompt_id"] for i in q["running"]] == [pid]:
+        running = [i["prompt_id"] for i in q["running"]]
+        if running == [pid] or (not alone and pid in running):
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{pid} never ran: {q}")
@@ -86,38 +92,67 @@ def test_sigkill_while_running_then_restart(tmp_path):
     assert sorted(p.name for p in (root / "output").iterdir()) == ["p1_00001_.txt", "p2_00001_.txt", "p3_00001_.txt"]
 
 
-def test_graceful_stop_requeues_the_running_prompt(tmp_path):
+def test_graceful_stop_finishes_in_flight_writes_requeues_the_running_prompt_and_exits_promptly(tmp_path):
+    """SIGTERM while prompt A's file is still being written (a 10 s write) and prompt B runs a node that would take
+    500 s, prompt C waiting behind it. A graceful stop must: let A's write land and record A as a success; interrupt
+    B and put it back in the queue without using an attempt; start nothing new (C stays queued); and exit on its
+    own. A server that merely waited would sit through B's 500 s and overrun the stop's 60 s bound (itself far more
+    than the ~10 s the stop needs); one that just exited would lose A's file or leave A, B "running"."""
     root = make_root(tmp_path)
+    a_wf = wf({"1": ("Number", {"value": 5}), "3": ("SaveText", {"value": ("1", "INT"), "prefix": "a",
+                                                                  "write_delay": 10.0})})
     server = ServeProcess(root)
+    db = re.search(r"queue: (.+?)\)", "".join(server.lines)).group(1)
     try:
         async def before():
             async with aiohttp.ClientSession(server.url) as s:
-                r = await s.post("/v1/prompts", json={"workflow": saving_chain(7, 200, 0.05)})
-                pid = (await r.json())["prompt_id"]
-                await _wait_running(s, pid)
-                return pid
+                pids = []
+                for workflow in (a_wf, saving_chain(6, 1000, 0.5), saving_chain(7, 1, 0.0)):
+                    r = await s.post("/v1/prompts", json={"workflow": workflow})
+                    assert r.status == 200, await r.text()
+                    pids.append((await r.json())["prompt_id"])
+                await _wait_running(s, pids[1], alone=False)
+                a_now = await (await s.get(f"/v1/history/{pids[0]}")).json()
+                return pids, a_now
 
-        pid = asyncio.run(before())
-        started = time.monotonic()
-        assert server.stop() == 0
-        assert time.monotonic() - started < 10  # the running node was interrupted, not waited for
+        (a, b, c), a_at_stop = asyncio.run(before())
+        # A's nodes are done (B runs now) but its file is still being written: A is not finished yet
+        assert a_at_stop["status"] not in S.FINISHED_STATES, a_at_stop
+        assert not (root / "output" / "a_00001_.txt").exists()
+        assert server.stop(timeout=60) == 0  # raises (and the test fails) if the server does not exit by itself
         assert "goes back to the queue" in server.output()
     finally:
         if server.proc.poll() is None:
             server.kill()
 
+    # what the stopped server left behind: A's file complete under its final name, no partial files
+    assert (root / "output" / "a_00001_.txt").read_text() == "5"
+    assert sorted(p.name for p in (root / "output").iterdir()) == ["a_00001_.txt"]
+    store = S.Store(Path(db))
+    try:
+        rec = {pid: store.get(pid) for pid in (a, b, c)}
+    finally:
+        store.close()
+    assert rec[a]["status"] == S.SUCCESS and "a_00001_.txt" in json.dumps(rec[a]["result"]["outputs"])
+    assert (rec[b]["status"], rec[b]["attempts"], rec[b]["started"]) == (S.QUEUED, 0, None)  # no attempt used
+    assert (rec[c]["status"], rec[c]["attempts"]) == (S.QUEUED, 0)  # nothing new was started while stopping
+
+    # the next server runs B again first, from the start
     server = ServeProcess(root)
     try:
+        assert "re-queued" not in "".join(server.lines)  # a clean stop: nothing to recover
+
         async def after():
             async with aiohttp.ClientSession(server.url) as s:
-                await _wait_running(s, pid)  # back in the queue, and running again
-                await s.post("/v1/interrupt", json={"prompt_id": pid})  # no need to sit through it again
-                return (await _wait_all(s, [pid]))[pid]
+                await _wait_running(s, b)
+                await s.post("/v1/interrupt", json={"prompt_id": b})  # no need to sit through it again
+                return await _wait_all(s, [b, c])
 
-        entry = asyncio.run(after())
+        entries = asyncio.run(after())
     finally:
         server.stop()
-    assert entry["status"] == "interrupted" and entry["attempts"] == 1  # the graceful stop used no attempt
+    assert entries[b]["status"] == "interrupted" and entries[b]["attempts"] == 1  # the graceful stop used no attempt
+    assert entries[c]["status"] == "success"
 
 
 def test_store_recovery_rules(tmp_path):
