@@ -1,6 +1,6 @@
 """ComfyUI-compatible routes (also under ``/api``), with ComfyUI's payload shapes, on Chisel's own queue.
 
-Shapes follow the documented interface (``shared/reference/comfyui-api.md``): ``/prompt``, ``/queue``,
+Shapes follow ComfyUI's server (its node schemas are kept in ``tests/data/comfyui``): ``/prompt``, ``/queue``,
 ``/history``, ``/object_info``, ``/view``, ``/upload/image``, ``/upload/mask``, ``/interrupt``, ``/free``,
 ``/system_stats``, ``/embeddings``, ``/models``; with the routes of the ``comfy_*`` modules: ``/ws`` and
 ``/features`` (comfy_ws), ``/jobs`` (comfy_jobs), ``/users``, ``/settings``, ``/userdata`` (comfy_userdata),
