@@ -1,10 +1,15 @@
 """Shared fixtures. Engine tests use the toy nodes in toy_nodes.py; no torch needed for them."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# nothing is downloaded at test time, whichever test module happens to run first
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -14,6 +19,16 @@ from graph.paths import ModelPaths  # noqa: E402
 from graph.registry import NodeRegistry  # noqa: E402
 
 import toy_nodes  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _torch_rng_from_a_fixed_seed():
+    """Each test starts from the same torch RNG state whatever ran before it (random order: pytest-randomly reseeds
+    Python's and NumPy's generators per test, not torch's). Torch is not imported for tests that do not use it."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(0)
+    yield
 
 
 @pytest.fixture
