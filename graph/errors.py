@@ -50,7 +50,12 @@ class ChiselError:
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if v is not None or k == "value"}
+        for key in ("node_id", "input", "node_type"):
+            if isinstance(out.get(key), str):
+                out[key] = brief(out[key])
         out["value"] = _jsonable(self.value)
+        if self.details is not None:
+            out["details"] = _jsonable(self.details)
         return out
 
     def __str__(self) -> str:

@@ -10,8 +10,9 @@ from typing import Any
 
 from graph.cache import ResultCache
 from graph.engine import Engine, RunResult
-from graph.errors import ChiselError, WorkflowError
+from graph.errors import WorkflowError
 from graph.events import EXECUTED, EXECUTING, PROGRESS, Event
+from graph.overrides import apply_overrides, split_target
 from graph.paths import ModelPaths
 from graph.registry import NodeRegistry
 from graph.validate import all_errors
@@ -26,22 +27,17 @@ def _parse_value(text: str) -> Any:
 
 
 def _parse_assignment(text: str, flag: str) -> tuple[str, str, str]:
+    """NODE.INPUT=VALUE, split at the first "=" and then, like the HTTP ``set``, at the last dot."""
     target, sep, value = text.partition("=")
-    node, dot, name = target.partition(".")
-    if not sep or not dot or not node or not name:
+    parts = split_target(target)
+    if not sep or parts is None:
         raise SystemExit(f"chisel: {flag} expects NODE.INPUT=VALUE, got {text!r}")
-    return node, name, value
+    return parts[0], parts[1], value
 
 
 def with_inputs(workflow: Workflow, values: dict[tuple[str, str], Any]) -> Workflow:
     """A copy of the workflow with literal inputs set (``--set`` / ``--sweep``)."""
-    data = workflow.to_dict()
-    for (node, name), value in values.items():
-        if node not in data["nodes"]:
-            raise WorkflowError([ChiselError("unknown_node", f"--set/--sweep names node {node!r}, which is not in "
-                                             f"the workflow (nodes: {', '.join(data['nodes'])})", node_id=node)])
-        data["nodes"][node].setdefault("inputs", {})[name] = value
-    return Workflow.model_validate(data)
+    return apply_overrides(workflow, {f"{node}.{name}": value for (node, name), value in values.items()})
 
 
 def build_runtime(args: argparse.Namespace, allow_paths: bool = True):
