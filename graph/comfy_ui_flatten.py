@@ -6,7 +6,8 @@ What the frontend does and this module follows:
 - mode 2 (muted), Note, MarkdownNote and PrimitiveNode produce nothing (a PrimitiveNode's value already sits in
   the widgets of the nodes it feeds); an input fed by one gets no link;
 - mode 4 (bypassed) passes through: a link from its output slot ``k`` continues from its input slot ``k`` if that
-  input has the link's type, else from its first input of that type, else from nothing;
+  input has the type of the input being fed (for an input of type "*": the link's type), else from its first input
+  of that type, else from nothing;
 - a Reroute passes its only input on;
 - a subgraph instance's output ``k`` is whatever feeds the subgraph's output node (-20) at slot ``k``; an inner
   link from the input node (-10) slot ``k`` continues from the instance's input ``k``, or, where that input is an
@@ -36,11 +37,12 @@ NO_VALUE: Any = object()
 
 @dataclass(frozen=True)
 class Source:
-    """An output slot of a node (by its flattened id), or a literal value."""
+    """An output slot of a node (by its flattened id), or a literal value; ``type``: the link's type."""
 
     node: str | None = None
     slot: int = 0
     value: Any = NO_VALUE
+    type: str = "*"
 
 
 @dataclass
@@ -123,7 +125,7 @@ class FlatGraph:
 
     @staticmethod
     def _source(link: UiLink | None, prefix: str) -> Source | None:
-        return None if link is None else Source(prefix + str(link.origin_id), link.origin_slot)
+        return None if link is None else Source(prefix + str(link.origin_id), link.origin_slot, type=link.type)
 
     def _expand_subgraph(self, instance: FlatNode, sg: Subgraph, stack: tuple[str, ...]) -> None:
         if sg.id in stack:
@@ -207,7 +209,10 @@ class FlatGraph:
 
     # -- following links ---------------------------------------------------------------------------------------------
     def resolve(self, source: Source | None, want_type: str) -> Source | None:
-        """The real node output (or literal) that feeds an input of ``want_type`` linked to ``source``."""
+        """The real node output (or literal) that feeds an input of ``want_type`` linked to ``source`` (an input of
+        type "*" wants the link's type)."""
+        if want_type == "*" and source is not None:
+            want_type = source.type
         steps = 0
         while source is not None and source.node is not None:
             steps += 1
