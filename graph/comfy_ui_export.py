@@ -119,7 +119,8 @@ def _node(nid: str, spec: Any, cls: Any, ui_id: int, order: int, lay: NodeLayout
     node: dict[str, Any] = {"id": ui_id, "type": spec.type, "pos": auto_pos, "size": _size(cls), "flags": {},
                             "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
                             "properties": properties,
-                            "widgets_values": write_widgets(cls, literals) if cls is not None else literals}
+                            "widgets_values": write_widgets(cls, literals, set(spec.inputs) - set(literals))
+                            if cls is not None else literals}
     if spec.title is not None:
         node["title"] = spec.title
     if lay is not None:

@@ -47,16 +47,30 @@ def widget_slots(cls: Any) -> list[Slot]:
 
 
 def read_widgets(cls: Any, values: Any) -> dict[str, Any]:
-    """Input values from a node's ``widgets_values`` (a list in slot order, or an object by input name)."""
+    """Input values from a node's ``widgets_values`` (a list in slot order, or an object by input name). A null
+    value counts as not given (the exporter writes null for an input with neither a value nor a default)."""
     if isinstance(values, dict):
-        return {name: value for name, value in values.items() if cls.input(name) is not None}
+        return {name: value for name, value in values.items() if cls.input(name) is not None and value is not None}
     if not isinstance(values, list):
         return {}
-    return {slot.name: value for slot, value in zip(widget_slots(cls), values) if slot.kind == WIDGET}
+    return {slot.name: value for slot, value in zip(widget_slots(cls), values)
+            if slot.kind == WIDGET and value is not None}
 
 
-def write_widgets(cls: Any, values: dict[str, Any]) -> list[Any]:
-    """``widgets_values`` in slot order: the given values, else each input's default (None where it has none)."""
+PLACEHOLDERS = {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}
+
+
+def _placeholder(inp: Any) -> Any:
+    """A value of the widget's type for a slot whose input is linked (the link wins; the frontend wants a value)."""
+    if inp.type in PLACEHOLDERS:
+        return PLACEHOLDERS[inp.type]
+    choices = inp.choices if isinstance(inp.choices, (list, tuple)) else ()
+    return choices[0] if choices else ""
+
+
+def write_widgets(cls: Any, values: dict[str, Any], linked: set[str] = frozenset()) -> list[Any]:
+    """``widgets_values`` in slot order: the given values, else each input's default; a linked input without a
+    default gets a placeholder of its type, any other input without one null."""
     out: list[Any] = []
     for slot in widget_slots(cls):
         if slot.kind == CONTROL:
@@ -67,5 +81,5 @@ def write_widgets(cls: Any, values: dict[str, Any]) -> list[Any]:
             out.append(values[slot.name])
         else:
             inp = cls.input(slot.name)
-            out.append(inp.default if inp.has_default else None)
+            out.append(inp.default if inp.has_default else _placeholder(inp) if slot.name in linked else None)
     return out
