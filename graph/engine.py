@@ -19,6 +19,7 @@ from typing import Any
 from . import errors as E
 from . import events as ev
 from .cache import ResultCache, compute_key
+from .comfy_format import to_comfy_api
 from .errors import ChiselError, WorkflowError
 from .node import Interrupted, Node, NodeResult
 from .paths import ModelPaths, file_identity
@@ -106,7 +107,6 @@ class _Run:
 
     @cached_property
     def prompt_api(self) -> dict[str, Any]:
-        from .comfy_format import to_comfy_api
         return to_comfy_api(Workflow.model_validate(self.workflow_dict), self.engine.registry)
 
 
