@@ -37,6 +37,15 @@ def from_comfy_ui(data: Any, registry: Any, source: str | None = None) -> dict[s
         raise WorkflowError([ChiselError(INVALID_WORKFLOW, "a ComfyUI UI-format workflow needs the node registry")])
     doc = validate_model(UiWorkflow, data, source, _locate(data))
     flat = FlatGraph(doc, registry)
+    nodes, layout_nodes = _nodes(flat, registry)
+    out: dict[str, Any] = {"format": FORMAT, "version": VERSION, "nodes": nodes,
+                           "layout": _layout(doc, layout_nodes)}
+    _restore_exported_extras(doc, out)
+    return out
+
+
+def _nodes(flat: FlatGraph, registry: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Native nodes and their layout from the flattened graph's real nodes; every unknown type is an error."""
     ids = _native_ids(flat)
     nodes: dict[str, Any] = {}
     layout_nodes: dict[str, Any] = {}
@@ -47,36 +56,46 @@ def from_comfy_ui(data: Any, registry: Any, source: str | None = None) -> dict[s
         cls = registry.get(node.ui.type)
         nid = ids[node.id]
         if cls is None:
-            title = node.ui.title or node.ui.type
-            errors.append(ChiselError(UNKNOWN_NODE_TYPE, f"unknown node type {node.ui.type!r} (node {nid}, "
-                                      f"titled {title!r})", node_id=nid, node_type=node.ui.type, value=node.ui.type,
-                                      details={"title": title}))
+            errors.append(_unknown_type(node.ui, nid))
             continue
         entry: dict[str, Any] = {"type": node.ui.type, "inputs": _inputs(flat, node, cls, ids)}
         if node.ui.title:
             entry["title"] = node.ui.title
         nodes[nid] = entry
-        if node.top_level:
-            lay = _node_layout(node.ui)
-            if lay:
-                layout_nodes[nid] = lay
+        lay = _node_layout(node.ui) if node.top_level else None
+        if lay:
+            layout_nodes[nid] = lay
     if errors:
         raise WorkflowError(errors)
+    return nodes, layout_nodes
+
+
+def _unknown_type(ui: UiNode, nid: str) -> ChiselError:
+    title = ui.title or ui.type
+    return ChiselError(UNKNOWN_NODE_TYPE, f"unknown node type {ui.type!r} (node {nid}, titled {title!r})",
+                       node_id=nid, node_type=ui.type, value=ui.type, details={"title": title})
+
+
+def _layout(doc: UiWorkflow, layout_nodes: dict[str, Any]) -> dict[str, Any]:
     layout: dict[str, Any] = {"nodes": layout_nodes}
     if doc.groups:
         layout["groups"] = doc.groups
     notes = [_note(n) for n in doc.nodes if n.type in NOTE_TYPES]
     if notes:
         layout["notes"] = notes
-    out: dict[str, Any] = {"format": FORMAT, "version": VERSION, "nodes": nodes, "layout": layout}
-    chisel = doc.extra.model_extra.get("chisel") if doc.extra.model_extra else None
-    if isinstance(chisel, dict):  # written by Chisel's exporter: what the UI format has no place for
-        for key in ("outputs", "meta"):
-            if chisel.get(key) is not None:
-                out[key] = chisel[key]
-        if isinstance(chisel.get("layout"), dict):
-            layout.update({k: v for k, v in chisel["layout"].items() if k not in ("nodes", "groups", "notes")})
-    return out
+    return layout
+
+
+def _restore_exported_extras(doc: UiWorkflow, out: dict[str, Any]) -> None:
+    """What Chisel's exporter put in ``extra.chisel`` (the UI format has no place for it) back where it belongs."""
+    chisel = (doc.extra.model_extra or {}).get("chisel")
+    if not isinstance(chisel, dict):
+        return
+    for key in ("outputs", "meta"):
+        if chisel.get(key) is not None:
+            out[key] = chisel[key]
+    if isinstance(chisel.get("layout"), dict):
+        out["layout"].update({k: v for k, v in chisel["layout"].items() if k not in ("nodes", "groups", "notes")})
 
 
 def _native_ids(flat: FlatGraph) -> dict[str, str]:

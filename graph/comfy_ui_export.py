@@ -100,41 +100,49 @@ def _depth(workflow: Workflow, start: str, depth: dict[str, int]) -> None:
 
 def _node(nid: str, spec: Any, cls: Any, ui_id: int, order: int, lay: NodeLayout | None,
           auto_pos: list[float]) -> dict[str, Any]:
-    inputs: list[dict[str, Any]] = []
     literals = {k: v for k, v in spec.inputs.items() if not isinstance(v, Link)}
-    declared = ([i for i in cls.inputs if not i.optional] + [i for i in cls.inputs if i.optional]) if cls else []
-    for inp in declared:
-        linked = isinstance(spec.inputs.get(inp.name), Link)
-        if not is_widget_input(inp):
-            inputs.append({"name": inp.name, "type": inp.type, "link": None})
-        elif linked:
-            inputs.append({"name": inp.name, "type": inp.type, "widget": {"name": inp.name}, "link": None})
-    if cls is None:
-        inputs = [{"name": k, "type": "*", "link": None} for k, v in spec.inputs.items() if isinstance(v, Link)]
-    outputs = [{"name": o.name, "type": o.type, "links": [], "slot_index": i}
-               for i, o in enumerate(cls.outputs if cls else ())]
     properties: dict[str, Any] = {"Node name for S&R": spec.type}
     if str(ui_id) != nid:
         properties[CHISEL_ID] = nid
-    node: dict[str, Any] = {"id": ui_id, "type": spec.type, "pos": auto_pos, "size": _size(cls), "flags": {},
-                            "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
-                            "properties": properties,
-                            "widgets_values": write_widgets(cls, literals, set(spec.inputs) - set(literals))
-                            if cls is not None else literals}
+    node: dict[str, Any] = {
+        "id": ui_id, "type": spec.type, "pos": auto_pos, "size": _size(cls), "flags": {}, "order": order, "mode": 0,
+        "inputs": _sockets(spec, cls),
+        "outputs": [{"name": o.name, "type": o.type, "links": [], "slot_index": i}
+                    for i, o in enumerate(cls.outputs if cls else ())],
+        "properties": properties,
+        "widgets_values": write_widgets(cls, literals, set(spec.inputs) - set(literals)) if cls else literals}
     if spec.title is not None:
         node["title"] = spec.title
     if lay is not None:
-        if lay.pos is not None:
-            node["pos"] = list(lay.pos)
-        if lay.size is not None:
-            node["size"] = list(lay.size)
-        if lay.collapsed:
-            node["flags"] = {"collapsed": True}
-        if lay.color is not None:
-            node["color"] = lay.color
-        if lay.model_extra:
-            properties["chisel_layout"] = dict(lay.model_extra)
+        _apply_layout(node, lay)
     return node
+
+
+def _sockets(spec: Any, cls: Any) -> list[dict[str, Any]]:
+    """The node's input sockets in ComfyUI's order (required, then optional): every input that is not a widget, and
+    each linked widget as a converted widget. A node of unknown type gets a socket per link."""
+    if cls is None:
+        return [{"name": k, "type": "*", "link": None} for k, v in spec.inputs.items() if isinstance(v, Link)]
+    sockets = []
+    for inp in [i for i in cls.inputs if not i.optional] + [i for i in cls.inputs if i.optional]:
+        if not is_widget_input(inp):
+            sockets.append({"name": inp.name, "type": inp.type, "link": None})
+        elif isinstance(spec.inputs.get(inp.name), Link):
+            sockets.append({"name": inp.name, "type": inp.type, "widget": {"name": inp.name}, "link": None})
+    return sockets
+
+
+def _apply_layout(node: dict[str, Any], lay: NodeLayout) -> None:
+    if lay.pos is not None:
+        node["pos"] = list(lay.pos)
+    if lay.size is not None:
+        node["size"] = list(lay.size)
+    if lay.collapsed:
+        node["flags"] = {"collapsed": True}
+    if lay.color is not None:
+        node["color"] = lay.color
+    if lay.model_extra:
+        node["properties"]["chisel_layout"] = dict(lay.model_extra)
 
 
 def _size(cls: Any) -> list[float]:

@@ -153,55 +153,9 @@ class FlatGraph:
         self._scope(sg.nodes, sg.links, inner, (*stack, sg.id))
 
     def _expand_group(self, instance: FlatNode, gdef: GroupNodeDef) -> None:
-        inner = instance.id + ":"
-        internal = {(link.target, link.target_slot): link for link in gdef.links}
-        used = {(link.origin, link.origin_slot) for link in gdef.links}
-        external = {(e[0], e[1]) for e in gdef.external if len(e) >= 2}
-        sockets = iter([i for i in instance.inputs if i.widget is None])
-        by_widget = {i.widget: i for i in instance.inputs if i.widget is not None}
-        values = instance.ui.widgets_values if isinstance(instance.ui.widgets_values, list) else None
-        pos, out_slot, names = 0, 0, set()
+        group = _GroupExpansion(instance, gdef, self.registry)
         for position, node in enumerate(gdef.nodes):
-            idx = node.index if node.index is not None else position
-            full = inner + str(idx)
-            inputs: list[FlatInput] = []
-            linked_widgets = set()
-            for s, inp in enumerate(node.inputs):
-                link = internal.get((idx, s))
-                if link is not None:
-                    src = Source(inner + str(link.origin), link.origin_slot)
-                    if inp.widget_name:
-                        linked_widgets.add(inp.widget_name)
-                elif inp.widget_name is None:
-                    src = next(sockets, None)
-                    src = src.source if src is not None else None
-                else:
-                    src = None
-                inputs.append(FlatInput(inp.name, inp.type, inp.widget_name, src))
-            cls = self.registry.get(node.type)
-            own = list(node.widgets_values) if isinstance(node.widgets_values, list) else []
-            if cls is not None:
-                slots = widget_slots(cls)
-                own += [None] * (len(slots) - len(own))
-                for i, slot in enumerate(slots):
-                    if slot.name in linked_widgets:
-                        continue
-                    if slot.kind == WIDGET:
-                        exposed = slot.name if slot.name not in names else f"{node.title or node.type} {slot.name}"
-                        names.add(exposed)
-                        outside = by_widget.get(exposed)
-                        if outside is not None and outside.source is not None:
-                            inputs.append(FlatInput(slot.name, outside.type, slot.name, outside.source))
-                    if values is not None and pos < len(values):
-                        own[i] = values[pos]
-                    pos += 1
-            count = len(cls.outputs) if cls is not None else len(node.outputs)
-            for s in range(count):
-                if (idx, s) not in used or (idx, s) in external:
-                    instance.outputs[out_slot] = Source(full, s)
-                    out_slot += 1
-            ui = node.model_copy(update={"id": idx, "widgets_values": own if cls is not None else node.widgets_values})
-            if not self._add(FlatNode(full, ui, self._kind(ui), inputs, top_level=False)):
+            if not self._add(group.inner_node(position, node, self._kind)):
                 return
 
     def _error(self, message: str, node_id: str | None = None) -> None:
@@ -247,3 +201,77 @@ def _group_name(type_name: str) -> str | None:
         if type_name.startswith(prefix):
             return type_name[len(prefix):]
     return None
+
+
+class _GroupExpansion:
+    """A legacy group node's inner nodes, fed from the group's inputs and widgets in the frontend's order."""
+
+    def __init__(self, instance: FlatNode, gdef: GroupNodeDef, registry: Any):
+        self.instance, self.registry = instance, registry
+        self.prefix = instance.id + ":"
+        self.internal = {(link.target, link.target_slot): link for link in gdef.links}
+        self.used = {(link.origin, link.origin_slot) for link in gdef.links}
+        self.external = {(e[0], e[1]) for e in gdef.external
+                         if len(e) >= 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in e[:2])}
+        self.sockets = iter([i for i in instance.inputs if i.widget is None])
+        self.by_widget = {i.widget: i for i in instance.inputs if i.widget is not None}
+        values = instance.ui.widgets_values
+        self.values = values if isinstance(values, list) else None
+        self.value_pos = 0
+        self.out_slot = 0
+        self.names: set[str] = set()
+
+    def inner_node(self, position: int, node: UiNode, kind_of: Any) -> FlatNode:
+        idx = node.index if node.index is not None else position
+        full = self.prefix + str(idx)
+        inputs, linked_widgets = self._inputs(idx, node)
+        cls = self.registry.get(node.type)
+        widgets = node.widgets_values
+        if cls is not None:
+            widgets = self._widgets(node, cls, inputs, linked_widgets)
+        self._outputs(full, idx, len(cls.outputs) if cls is not None else len(node.outputs))
+        ui = node.model_copy(update={"id": idx, "widgets_values": widgets})
+        return FlatNode(full, ui, kind_of(ui), inputs, top_level=False)
+
+    def _inputs(self, idx: int, node: UiNode) -> tuple[list[FlatInput], set[str]]:
+        """Inner links feed what they target; other sockets take the group's inputs in order."""
+        inputs, linked_widgets = [], set()
+        for s, inp in enumerate(node.inputs):
+            link = self.internal.get((idx, s))
+            src = None
+            if link is not None:
+                src = Source(self.prefix + str(link.origin), link.origin_slot, type=link.type)
+                if inp.widget_name:
+                    linked_widgets.add(inp.widget_name)
+            elif inp.widget_name is None:
+                outside = next(self.sockets, None)
+                src = outside.source if outside is not None else None
+            inputs.append(FlatInput(inp.name, inp.type, inp.widget_name, src))
+        return inputs, linked_widgets
+
+    def _widgets(self, node: UiNode, cls: Any, inputs: list[FlatInput], linked_widgets: set[str]) -> list[Any]:
+        """The inner node's widget values, replaced in order by the group's; a group widget converted to an input
+        and linked outside feeds the inner input (names: the input's, or "<title> <input>" once taken)."""
+        slots = widget_slots(cls)
+        own = list(node.widgets_values) if isinstance(node.widgets_values, list) else []
+        own += [None] * (len(slots) - len(own))
+        for i, slot in enumerate(slots):
+            if slot.name in linked_widgets:
+                continue
+            if slot.kind == WIDGET:
+                exposed = slot.name if slot.name not in self.names else f"{node.title or node.type} {slot.name}"
+                self.names.add(exposed)
+                outside = self.by_widget.get(exposed)
+                if outside is not None and outside.source is not None:
+                    inputs.append(FlatInput(slot.name, outside.type, slot.name, outside.source))
+            if self.values is not None and self.value_pos < len(self.values):
+                own[i] = self.values[self.value_pos]
+            self.value_pos += 1
+        return own
+
+    def _outputs(self, full: str, idx: int, count: int) -> None:
+        """The group's outputs: inner outputs no inner link uses, or that ``external`` lists, in order."""
+        for s in range(count):
+            if (idx, s) not in self.used or (idx, s) in self.external:
+                self.instance.outputs[self.out_slot] = Source(full, s)
+                self.out_slot += 1

@@ -45,33 +45,49 @@ class Plan:
 
 
 # -- literals ------------------------------------------------------------------------------------------------------------
-def _coerce(t: str, value: Any) -> tuple[Any, str | None, str | None]:
-    """(value, error kind, message) for a literal given to an input of widget type ``t``."""
-    if t == INT:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return value, E.INVALID_TYPE, f"expects an integer, got {type(value).__name__}"
-        if isinstance(value, float):
-            if not value.is_integer():
-                return value, E.INVALID_TYPE, f"expects an integer, got {value}"
-            value = int(value)
-        if abs(value) > MAX_INT:
-            return value, E.VALUE_OUT_OF_RANGE, f"{brief(value)} is out of range"
-    elif t == FLOAT:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return value, E.INVALID_TYPE, f"expects a number, got {type(value).__name__}"
-        try:
-            value = float(value)
-        except OverflowError:
-            return value, E.VALUE_OUT_OF_RANGE, f"{brief(value)} is too large for a number"
-        if not math.isfinite(value):
-            return value, E.INVALID_TYPE, "expects a finite number"
-    elif t == STRING and not isinstance(value, str):
-        return value, E.INVALID_TYPE, f"expects a string, got {type(value).__name__}"
-    elif t == BOOLEAN and not isinstance(value, bool):
-        return value, E.INVALID_TYPE, f"expects true or false, got {type(value).__name__}"
-    elif t == COMBO and not isinstance(value, str):
-        return value, E.INVALID_TYPE, f"expects one of the choices (a string), got {type(value).__name__}"
+Coerced = tuple[Any, "str | None", "str | None"]  # (value, error kind, message)
+
+
+def _as_int(value: Any) -> Coerced:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value, E.INVALID_TYPE, f"expects an integer, got {type(value).__name__}"
+    if isinstance(value, float):
+        if not value.is_integer():
+            return value, E.INVALID_TYPE, f"expects an integer, got {value}"
+        value = int(value)
+    if abs(value) > MAX_INT:
+        return value, E.VALUE_OUT_OF_RANGE, f"{brief(value)} is out of range"
     return value, None, None
+
+
+def _as_float(value: Any) -> Coerced:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value, E.INVALID_TYPE, f"expects a number, got {type(value).__name__}"
+    try:
+        value = float(value)
+    except OverflowError:
+        return value, E.VALUE_OUT_OF_RANGE, f"{brief(value)} is too large for a number"
+    if not math.isfinite(value):
+        return value, E.INVALID_TYPE, "expects a finite number"
+    return value, None, None
+
+
+def _expecting(python_type: type, wanted: str):
+    def check(value: Any) -> Coerced:
+        if isinstance(value, python_type):
+            return value, None, None
+        return value, E.INVALID_TYPE, f"expects {wanted}, got {type(value).__name__}"
+    return check
+
+
+COERCE = {INT: _as_int, FLOAT: _as_float, STRING: _expecting(str, "a string"),
+          BOOLEAN: _expecting(bool, "true or false"), COMBO: _expecting(str, "one of the choices (a string)")}
+
+
+def _coerce(t: str, value: Any) -> Coerced:
+    """(value, error kind, message) for a literal given to an input of widget type ``t``."""
+    coerce = COERCE.get(t)
+    return coerce(value) if coerce is not None else (value, None, None)
 
 
 def _check_literal(spec: Input, value: Any, paths: Any) -> tuple[Any, ChiselError | None]:
@@ -80,7 +96,7 @@ def _check_literal(spec: Input, value: Any, paths: Any) -> tuple[Any, ChiselErro
         return value, ChiselError(kind, message, input=spec.name, value=value)
 
     t = spec.type
-    if t not in (INT, FLOAT, STRING, BOOLEAN, COMBO) and not spec.choices:
+    if t not in COERCE and not spec.choices:
         return err(E.INVALID_TYPE, f"expects a link from a {t} output, not a literal value")
     value, kind, message = _coerce(t, value)
     if kind is not None:
