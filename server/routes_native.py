@@ -133,6 +133,10 @@ async def post_validate(request: web.Request) -> web.Response:
 
         try:
             wf = parse_workflow(body["workflow"], server.registry)
+        except WorkflowError as exc:  # not a workflow that can be read: a bad request, as on the other routes
+            raise ApiError(400, "invalid_workflow", "the workflow cannot be read",
+                           errors=[server.clean_error(e.to_dict()) for e in exc.errors]) from None
+        try:
             if overrides:
                 wf = apply_overrides(wf, overrides)
         except WorkflowError as exc:

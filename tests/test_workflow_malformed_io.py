@@ -82,8 +82,10 @@ def test_http_routes_answer_400(tmp_path):
                 for route in ("/v1/validate", "/v1/prompts", "/v1/workflow/convert"):
                     r = await c.post(route, data=body, headers={"Content-Type": "application/json"})
                     assert r.status in (200, 400), (name, route, r.status, await r.text())
-                    if route == "/v1/validate":
+                    if route == "/v1/validate":  # 400 when it cannot be read, else the list of problems
                         assert r.status == 400 or not (await r.json())["valid"], name
+                        if r.status == 400:
+                            assert (await r.json())["errors"], name
                     elif route == "/v1/prompts":
                         assert r.status == 400, (name, route, await r.text())
                 r = await c.post("/prompt", data=json.dumps({"prompt": case}),
