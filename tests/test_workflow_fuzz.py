@@ -175,6 +175,12 @@ def pipeline(doc, engine, execute=False):
         event("refused when parsed")
         return None
     check(all_errors(workflow, REGISTRY, engine.paths))
+    exported = json.loads(json.dumps(to_comfy_ui(workflow, REGISTRY)))  # any readable workflow exports
+    json.dumps(to_comfy_api(workflow, REGISTRY))
+    try:
+        parse_workflow(exported, REGISTRY)
+    except WorkflowError as exc:  # e.g. an unknown node type, which the UI format cannot carry
+        check(exc.errors)
     plan, errors = validate(workflow, REGISTRY, engine.paths)
     check(errors)
     assert (plan is None) == bool(errors)
