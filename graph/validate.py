@@ -224,7 +224,7 @@ def _cycles(graph: nx.DiGraph, workflow: Workflow) -> tuple[list[ChiselError], s
         if len(component) == 1 and not graph.has_edge(first, first):
             continue
         cyclic |= component
-        path = [u for u, _ in nx.find_cycle(graph.subgraph(component), source=min(component, key=natural_key))]
+        path = _cycle_path(graph, component, min(component, key=natural_key))
         shown = path[:CYCLE_MEMBERS_SHOWN]
         text = " -> ".join(shown + path[:1]) if len(path) <= CYCLE_MEMBERS_SHOWN else " -> ".join(shown) + " -> ..."
         size = f" ({len(component)} nodes in all)" if len(component) > len(shown) else ""
@@ -232,6 +232,18 @@ def _cycles(graph: nx.DiGraph, workflow: Workflow) -> tuple[list[ChiselError], s
                                   node_type=workflow.nodes[shown[0]].type, value=shown,
                                   details={"size": len(component)}))
     return errors, cyclic
+
+
+def _cycle_path(graph: nx.DiGraph, component: set[str], start: str) -> list[str]:
+    """A cycle through a strongly connected part: follow successors inside it until one repeats (linear time)."""
+    at: dict[str, int] = {}
+    path: list[str] = []
+    node = start
+    while node not in at:
+        at[node] = len(path)
+        path.append(node)
+        node = next(s for s in graph.successors(node) if s in component)
+    return path[at[node]:]
 
 
 def _requested(workflow: Workflow, planned: dict[str, PlannedNode],
