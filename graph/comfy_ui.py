@@ -112,6 +112,7 @@ def _native_ids(flat: FlatGraph) -> dict[str, str]:
 
 def _inputs(flat: FlatGraph, node: FlatNode, cls: Any, ids: dict[str, str]) -> dict[str, Any]:
     inputs = read_widgets(cls, node.ui.widgets_values)
+    inputs.update(read_widgets(cls, flat.widget_values.get(node.id, {})))
     for inp in node.inputs:
         name = inp.widget or inp.name
         src = flat.resolve(inp.source, inp.type)

@@ -11,7 +11,8 @@ What the frontend does and this module follows:
 - a Reroute passes its only input on;
 - a subgraph instance's output ``k`` is whatever feeds the subgraph's output node (-20) at slot ``k``; an inner
   link from the input node (-10) slot ``k`` continues from the instance's input ``k``, or, where that input is an
-  unlinked promoted widget, takes the instance's widget value;
+  unlinked promoted widget, takes the instance's widget value; where the instance lists ``proxyWidgets`` (inner node
+  id, widget name), its widget values set those inner widgets;
 - a legacy group node exposes, in its inner nodes' order, their inputs that no inner link feeds, their widgets
   (its ``widgets_values`` replace theirs in that order) and their outputs that no inner link uses or that
   ``external`` lists.
@@ -70,6 +71,7 @@ class FlatGraph:
         self._collect(doc.definitions)
         self.group_defs: dict[str, GroupNodeDef] = doc.extra.groupNodes
         self.nodes: dict[str, FlatNode] = {}
+        self.widget_values: dict[str, dict[str, Any]] = {}  # per inner node: values an instance's proxy widgets set
         self.errors: list[ChiselError] = []
         self._scope(doc.nodes, doc.links, "", ())
         if self.errors:
@@ -134,6 +136,8 @@ class FlatGraph:
             return
         inner = instance.id + ":"
         promoted = instance.ui.widgets_values if isinstance(instance.ui.widgets_values, list) else []
+        if self._proxy_widgets(instance, inner, promoted):
+            promoted = []
         passed: list[FlatInput] = []
         w = 0
         for k, slot in enumerate(sg.inputs):
@@ -151,6 +155,18 @@ class FlatGraph:
             if link.target_id == SUBGRAPH_OUTPUT_NODE:
                 instance.outputs[link.target_slot] = Source(inner + str(link.origin_id), link.origin_slot)
         self._scope(sg.nodes, sg.links, inner, (*stack, sg.id))
+
+    def _proxy_widgets(self, instance: FlatNode, inner: str, values: list[Any]) -> bool:
+        """Newer frontends promote inner widgets by reference (``properties.proxyWidgets``: [inner node id, widget
+        name] pairs); the instance's ``widgets_values`` then hold their values in that order."""
+        proxies = instance.ui.properties.get("proxyWidgets")
+        if not isinstance(proxies, list) or not proxies:
+            return False
+        for pair, value in zip(proxies, values):
+            if (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], (str, int))
+                    and not isinstance(pair[0], bool) and isinstance(pair[1], str) and value is not None):
+                self.widget_values.setdefault(inner + str(pair[0]), {})[pair[1]] = value
+        return True
 
     def _expand_group(self, instance: FlatNode, gdef: GroupNodeDef) -> None:
         group = _GroupExpansion(instance, gdef, self.registry)

@@ -59,3 +59,12 @@ def test_control_value_whatever_it_holds_is_skipped(toy_registry):
     for value in (False, None, "randomize", "anything", 3):
         data["nodes"][0]["widgets_values"] = [77, value]
         assert parse_workflow(data, toy_registry).nodes["1"].inputs == {"seed": 77}
+
+
+def test_proxy_widgets_of_a_subgraph_instance_set_inner_widgets(toy_registry):
+    data = load("nested_subgraphs", "ui")
+    outer = data["nodes"][1]
+    outer["properties"]["proxyWidgets"] = [["11", "b"], ["99", "nothing"], ["11", 5]]
+    outer["widgets_values"] = [7, 1, 2]
+    workflow = parse_workflow(data, toy_registry)
+    assert workflow.nodes["2:11"].inputs["b"] == 7 and workflow.nodes["2:10:20"].inputs["b"] == 1
