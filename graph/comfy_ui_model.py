@@ -179,4 +179,6 @@ Subgraph.model_rebuild()
 
 
 def looks_like_ui(data: Any) -> bool:
-    return isinstance(data, dict) and isinstance(data.get("nodes"), list) and "links" in data
+    """A list of nodes beside any of the keys the frontend writes (as the canvas tells the formats apart)."""
+    return (isinstance(data, dict) and isinstance(data.get("nodes"), list)
+            and any(key in data for key in ("links", "last_node_id", "version")))
