@@ -1,0 +1,94 @@
+// The toolbar's buttons, the keyboard shortcuts and dropping files on the page.
+
+import { isTextEditorOpen } from "./widgets.js";
+import { toast } from "./panels.js";
+
+const $ = (sel) => document.querySelector(sel);
+
+export function isEditable(target) {
+  const t = target?.localName;
+  return t === "input" || t === "textarea" || t === "select" || target?.isContentEditable;
+}
+
+export function bindToolbar(app) {
+  $("#queue-btn").addEventListener("click", () => app.queue());
+  $("#interrupt-btn").addEventListener("click", () => app.interrupt());
+  $("#save-btn").addEventListener("click", () => app.save());
+  $("#open-btn").addEventListener("click", () => $("#file-input").click());
+  $("#file-input").addEventListener("change", async (e) => {
+    const f = e.target.files?.[0];
+    e.target.value = "";
+    if (f) await app.openFile(f);
+  });
+  $("#new-btn").addEventListener("click", () => app.files.newWorkflow());
+  $("#undo-btn").addEventListener("click", () => app.history.undo());
+  $("#redo-btn").addEventListener("click", () => app.history.redo());
+  $("#check-btn").addEventListener("click", () => app.validate());
+  $("#workflows-select").addEventListener("change", async (e) => {
+    const name = e.target.value;
+    e.target.value = "";
+    if (name) await app.files.openBundled(name);
+  });
+}
+
+export function bindKeys(app) {
+  document.addEventListener("keydown", (e) => {
+    const mod = e.ctrlKey || e.metaKey;
+    const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
+    if (mod && key === "Enter") {
+      e.preventDefault();
+      app.queue();
+      return;
+    }
+    if (app.palette.isOpen || app.lightbox.root) return;
+    if (mod && key === "s") {
+      e.preventDefault();
+      app.save();
+      return;
+    }
+    if (mod && key === "o") {
+      e.preventDefault();
+      $("#file-input").click();
+      return;
+    }
+    if (isEditable(e.target) || isTextEditorOpen()) return;
+    if (mod && !e.shiftKey && key === "z") {
+      e.preventDefault();
+      app.history.undo();
+    } else if (mod && ((e.shiftKey && key === "z") || key === "y")) {
+      e.preventDefault();
+      app.history.redo();
+    }
+  }, true);
+}
+
+export function bindDrop(app) {
+  const wrap = document.body;
+  wrap.addEventListener("dragover", (e) => {
+    if ([...(e.dataTransfer?.types || [])].includes("Files")) {
+      e.preventDefault();
+      document.body.classList.add("dragging");
+    }
+  });
+  wrap.addEventListener("dragleave", (e) => {
+    if (e.target === document.body || e.relatedTarget === null) document.body.classList.remove("dragging");
+  });
+  wrap.addEventListener("drop", async (e) => {
+    document.body.classList.remove("dragging");
+    const file = e.dataTransfer?.files?.[0];
+    if (!file) return;
+    e.preventDefault();
+    if (e.target === app.lgcanvas.canvas && file.type.startsWith("image/")) {
+      // onto a Load Image node: upload it there; anywhere else a PNG is opened as a workflow
+      const [x, y] = app.lgcanvas.convertEventToCanvasOffset(e);
+      const node = app.graph.getNodeOnPos(x, y);
+      const w = node?.widgets?.find((x) => x.options?.chiselFiles === "input");
+      if (w) {
+        await app.uploadFor(node, w, file);
+        return;
+      }
+    }
+    if (/\.(png|json)$/i.test(file.name) || file.type === "image/png" || file.type === "application/json") await app.openFile(file);
+    else toast("Drop a Chisel PNG or a workflow .json file.", "warn");
+  });
+}
