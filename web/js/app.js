@@ -3,7 +3,7 @@
 
 import { Api } from "./api.js";
 import { registerSchemas } from "./nodes.js";
-import { graphToWorkflow, workflowToGraph } from "./format.js";
+import { graphToWorkflow, workflowToGraph, changedNodes, downstreamOf } from "./format.js";
 import { Palette } from "./palette.js";
 import { History } from "./undo.js";
 import { closeTextEditor } from "./widgets.js";
@@ -16,6 +16,7 @@ import { Runner } from "./queue.js";
 import { RunEvents } from "./socket.js";
 import { Results } from "./results.js";
 import { bindToolbar, bindKeys, bindDrop } from "./controls.js";
+import { MODE_ALWAYS } from "./modes.js";
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -60,6 +61,7 @@ export class App {
       capture: () => JSON.stringify(graphToWorkflow(this.graph)),
       restore: (s) => this.loadWorkflow(JSON.parse(s), { history: false, keepView: true, quiet: true }),
       onChange: (h) => this.onHistory(h),
+      onStep: (before, after) => this.onEdit(JSON.parse(before), JSON.parse(after)),
       busy: () => !!this.lgcanvas?.pointer?.isDown,
     });
     bindToolbar(this);
@@ -120,6 +122,36 @@ export class App {
     $("#undo-btn").disabled = !h.canUndo;
     $("#redo-btn").disabled = !h.canRedo;
     this.files.autosave(h.current);
+  }
+
+  /**
+   * A user's edit (one undo step). When it changed what runs, the errors shown are cleared, and so are the run
+   * badges of the changed nodes and of everything downstream of them (their timings no longer hold).
+   */
+  onEdit(before, after) {
+    const changed = changedNodes(before, after);
+    const removed = Object.keys(before.nodes || {}).some((id) => !(id in (after.nodes || {})));
+    if (!changed.length && !removed) return; // moved, resized, recoloured: nothing that runs
+    for (const id of downstreamOf(after.nodes || {}, changed)) {
+      const n = this.nodeFor(id);
+      if (!n?.chisel) continue;
+      n.chisel.status = null;
+      n.chisel.seconds = null;
+    }
+    this.clearErrors();
+  }
+
+  /** Bypass or mute the nodes (ComfyUI's Ctrl+B / Ctrl+M); when all of them already are, back to normal. */
+  toggleMode(mode, nodes) {
+    if (!nodes.length) return;
+    const next = nodes.every((n) => n.mode === mode) ? MODE_ALWAYS : mode;
+    for (const n of nodes) n.mode = next;
+    this.lgcanvas.setDirty(true, true);
+    this.history.check({ force: true });
+  }
+
+  selectedNodes() {
+    return Object.values(this.lgcanvas.selected_nodes || {});
   }
 
   nodeFor(id) {

@@ -4,6 +4,8 @@
 import { LiteGraph, LGraph, LGraphCanvas, CanvasPointer } from "../vendor/litegraph/litegraph.es.js";
 import { applyTypeColors } from "./nodes.js";
 import { closeTextEditor } from "./widgets.js";
+import { toast } from "./panels.js";
+import { MODE_BYPASS, MODE_MUTE } from "./modes.js";
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -35,6 +37,7 @@ export function createCanvas(app) {
   bindPalette(app, lg, canvasEl);
   bindMenus(app, lg);
   bindResize(lg, canvasEl);
+  bindLinkFeedback(app, lg);
   // edits end with a pointer or key release: record an undo step then (only when something changed)
   canvasEl.addEventListener("pointerdown", () => { closeTextEditor(true); canvasEl.focus(); });
   // (after LiteGraph's own handlers: each gesture or key is one step, however fast the next one follows)
@@ -86,8 +89,51 @@ function bindMenus(app, lg) {
       opts.unshift({ content: "Remove unknown inputs", callback: () => { delete node.chisel.extraInputs; app.edited(); } });
     }
     if (node.chisel?.images?.length) opts.unshift({ content: "Open image", callback: () => app.openLightbox(node.chisel.images, 0) });
+    const targets = () => (lg.selected_nodes?.[node.id] ? Object.values(lg.selected_nodes) : [node]);
+    opts.unshift(
+      { content: node.mode === MODE_BYPASS ? "Stop bypassing (Ctrl+B)" : "Bypass (Ctrl+B)", callback: () => app.toggleMode(MODE_BYPASS, targets()) },
+      { content: node.mode === MODE_MUTE ? "Unmute (Ctrl+M)" : "Mute (Ctrl+M)", callback: () => app.toggleMode(MODE_MUTE, targets()) },
+      null,
+    );
     return opts;
   };
+}
+
+/** Why a link dropped on a node was refused ("MODEL cannot go into CLIP"), or null when it was not refused. */
+export function refusedLinkReason(lc, node, x, y) {
+  const links = lc.renderLinks;
+  const first = links[0];
+  if (!first || links.every((l) => l.node === node)) return null;
+  const fromType = first.fromSlot?.type;
+  if (lc.state.connectingTo === "input") {
+    const input = node.getInputOnPos([x, y]) ?? node.getSlotFromWidget(lc.overWidget);
+    if (input) {
+      if (links.some((l) => l.canConnectToInput(node, input))) return null;
+      return `${fromType} cannot go into ${input.type} (“${input.label || input.name}” on ${node.title}).`;
+    }
+    if ((node.inputs || []).some((i) => links.some((l) => l.canConnectToInput(node, i)))) return null;
+    return `${node.title} has no input that takes ${fromType}.`;
+  }
+  if (lc.state.connectingTo === "output") {
+    const output = node.getOutputOnPos([x, y]);
+    if (output) {
+      if (links.some((l) => l.canConnectToOutput(node, output))) return null;
+      return `${output.type} cannot go into ${fromType} (“${first.fromSlot.label || first.fromSlot.name}” on ${first.node.title}).`;
+    }
+    if ((node.outputs || []).some((o) => links.some((l) => l.canConnectToOutput(node, o)))) return null;
+    return `${node.title} has no output that gives ${fromType}.`;
+  }
+  return null;
+}
+
+function bindLinkFeedback(app, lg) {
+  const lc = lg.linkConnector;
+  lc.events.addEventListener("after-drop-links", (e) => {
+    const { canvasX, canvasY } = e.detail.event;
+    const node = app.graph.getNodeOnPos(canvasX, canvasY);
+    const reason = node ? refusedLinkReason(lc, node, canvasX, canvasY) : null;
+    if (reason) toast(`Not connected: ${reason}`, "warn", 6000).classList.add("link-refused");
+  });
 }
 
 function bindResize(lg, canvasEl) {

@@ -2,6 +2,7 @@
 
 import { isTextEditorOpen } from "./widgets.js";
 import { toast } from "./panels.js";
+import { MODE_BYPASS, MODE_MUTE } from "./modes.js";
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -52,6 +53,11 @@ export function bindKeys(app) {
       return;
     }
     if (isEditable(e.target) || isTextEditorOpen()) return;
+    if (mod && !e.shiftKey && (key === "b" || key === "m")) {
+      e.preventDefault();
+      app.toggleMode(key === "b" ? MODE_BYPASS : MODE_MUTE, app.selectedNodes());
+      return;
+    }
     if (mod && !e.shiftKey && key === "z") {
       e.preventDefault();
       app.history.undo();

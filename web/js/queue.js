@@ -27,6 +27,8 @@ export class Runner {
       const wf = graphToWorkflow(app.graph);
       // check first: a broken graph gets its errors from a 200 reply, not a failed request in the console
       if (i === 0 && !(await this.checkBeforeQueue(wf))) return false;
+      // Errors are cleared before sending: the run's own errors may arrive over the socket before the reply.
+      if (i === 0) app.clearErrors();
       let r;
       try {
         r = await this.api.request("POST", "v1/prompts", { json: { workflow: wf, client_id: this.api.clientId }, allowError: true });
@@ -39,7 +41,6 @@ export class Runner {
         this.refused(errors);
         return false;
       }
-      app.clearErrors();
       app.prompts.set(r.data.prompt_id, { number: r.data.number });
       this.applySeedControls();
     }
@@ -71,6 +72,10 @@ export class Runner {
 
   /** After queueing: each seed moves on as its control says (fixed / increment / randomize). */
   applySeedControls() {
+    this.app.history.absorb(() => this.moveSeeds());
+  }
+
+  moveSeeds() {
     let changed = false;
     for (const node of this.app.graph._nodes) {
       for (const ctl of node.widgets || []) {
@@ -84,10 +89,7 @@ export class Runner {
         changed = true;
       }
     }
-    if (changed) {
-      this.app.lgcanvas.setDirty(true, false);
-      this.app.history.check();
-    }
+    if (changed) this.app.lgcanvas.setDirty(true, false);
   }
 
   async validate() {

@@ -105,9 +105,10 @@ export class RunEvents {
   executed(d) {
     const n = this.node(d.node_id);
     if (n?.chisel) {
-      n.chisel.status = "done";
+      // an output node whose result came from the cache is reported again (to show its images): still "cached"
+      n.chisel.status = d.cached ? "cached" : "done";
       n.progress = 0;
-      if (typeof d.seconds === "number") n.chisel.seconds = d.seconds;
+      if (!d.cached && typeof d.seconds === "number") n.chisel.seconds = d.seconds;
       const images = d.ui?.images || d.output?.images || [];
       if (images.length) {
         setNodeImages(n, images.map((im) => this.app.api.viewUrl(im)));

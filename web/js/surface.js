@@ -35,7 +35,8 @@ export function testSurface(app) {
     load: (wf) => app.loadWorkflow(wf),
     nodes: () => app.graph._nodes.map((n) => ({
       id: String(n.id), type: n.type, title: n.title, pos: [...n.pos], size: [...n.size],
-      status: n.chisel?.status ?? null, errors: (n.chisel?.errors || []).map((e) => ({ ...e })),
+      status: n.chisel?.status ?? null, mode: n.mode ?? 0, collapsed: !!n.flags?.collapsed, color: n.color ?? null,
+      errors: (n.chisel?.errors || []).map((e) => ({ ...e })),
       images: [...(n.chisel?.images || [])], missing: n instanceof MissingNode,
       widgets: Object.fromEntries((n.widgets || []).filter((w) => w.serialize !== false).map((w) => [w.name, w.value])),
     })),
@@ -54,6 +55,17 @@ export function testSurface(app) {
       const r = graphRectToClient(app.lgcanvas, n.pos[0] + 30, n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT / 2, 0, 0);
       return [r.left, r.top];
     },
+    /** Where the middle of the link into a node's input is drawn (after the first frame). */
+    linkCenter: (id, input) => {
+      const n = app.nodeFor(id);
+      const slot = n?.inputs?.[n.findInputSlot(input)];
+      const link = slot?.link != null ? app.graph.links.get(slot.link) : null;
+      if (!link?._pos) return null;
+      const r = graphRectToClient(app.lgcanvas, link._pos[0], link._pos[1], 0, 0);
+      return [r.left, r.top];
+    },
+    reroutes: () => [...app.graph.reroutes.values()].map((r) => ({ id: r.id, pos: [...r.pos], links: r.linkIds.size })),
+    groups: () => app.graph._groups.map((g) => ({ title: g.title, bounding: [...g._bounding], color: g.color ?? null })),
     events: () => app.events.map((e) => ({ ...e })),
     undoDepth: () => app.history.undoStack.length,
   };

@@ -1,0 +1,278 @@
+"""The canvas's editing and run feedback in a real browser (Debian's Chromium, Playwright) against a real
+``chisel serve``: errors that stay whatever order the server's messages arrive in, runs that are not edits,
+"cached" badges, stale badges cleared by an edit, fuzzy node search, refused links that say why, reroute dots
+saved and restored, bypass and mute. Screenshots go to test-artifacts/web-canvas/.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from test_web_canvas import REPO, Page, Server, provide_checkpoint
+
+pytestmark = pytest.mark.browser
+sync_api = pytest.importorskip("playwright.sync_api")
+FINISHED = ("success", "error", "interrupted", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("canvas-edit-root")
+    provide_checkpoint(root)
+    # a checkpoint file that exists (so the workflow validates) but cannot be read: the run fails at once
+    (root / "models" / "checkpoints" / "broken.safetensors").write_bytes(b"not a checkpoint" * 8)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(root):
+    srv = Server(root)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from test_web_canvas import CHROMIUM, LAUNCH_ARGS
+
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    p = Page(browser, server.url)
+    yield p
+    errors = list(p.errors)
+    p.close()
+    assert not errors, "console errors:\n" + "\n".join(errors)
+
+
+def txt2img(steps: int = 2) -> dict:
+    wf = json.loads((REPO / "workflows" / "txt2img.json").read_text())
+    for node in wf["nodes"].values():
+        if node["type"] == "KSampler":
+            node["inputs"]["steps"] = steps
+    return wf
+
+
+def open_workflow(page: Page, root, wf: dict, name: str) -> dict[str, str]:
+    """Open a workflow file the way a user does (the Open button's file input); returns {type: id}."""
+    path = root / f"{name}.json"
+    path.write_text(json.dumps(wf))
+    page.page.set_input_files("#file-input", str(path))
+    page.page.wait_for_function("n => document.title.startsWith(n)", arg=name)
+    page.page.wait_for_function("n => chisel.nodes().length === n", arg=len(wf["nodes"]))
+    return {n["type"]: n["id"] for n in page.nodes()}
+
+
+def select(page: Page, node_id: str) -> None:
+    page.page.mouse.click(*page.js("i => chisel.titlePos(i)", node_id))
+
+
+def finished(page: Page, count: int) -> dict:
+    return page.wait_finished(count, timeout=120000)
+
+
+# -- errors and runs -------------------------------------------------------------------------------------------------
+def test_a_run_error_stays_when_it_arrives_before_the_queue_reply(page, server, root):
+    wf = txt2img()
+    loader = next(i for i, n in wf["nodes"].items() if n["type"] == "CheckpointLoaderSimple")
+    wf["nodes"][loader]["inputs"]["ckpt_name"] = "broken.safetensors"
+    open_workflow(page, root, wf, "broken-run")
+
+    def hold_reply(route):
+        # the reply to POST /v1/prompts is held until the run has failed and its events have gone out
+        response = route.fetch()
+        pid = response.json()["prompt_id"]
+        for _ in range(300):
+            if server.get(f"v1/history/{pid}")["status"] in FINISHED:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        route.fulfill(response=response)
+
+    page.page.route("**/v1/prompts", hold_reply)
+    page.page.click("#queue-btn")
+    done = finished(page, 1)
+    assert done["status"] == "error"
+    pid = done["prompt_id"]
+    # the reply came after the error: it must not wipe the error
+    page.page.wait_for_function("p => chisel.app.prompts.get(p)?.number != null", arg=pid, timeout=30000)
+    page.page.wait_for_timeout(300)
+    assert page.page.locator("#error-list .error-item").count() >= 1
+    node = page.node(loader)
+    assert node["status"] == "error" and node["errors"], node
+    page.shot("20-run-error-kept.png")
+    page.page.unroute("**/v1/prompts")
+    # the next edit clears it
+    page.choose(loader, "ckpt_name", provide_checkpoint(root))
+    page.page.wait_for_function("document.querySelectorAll('#error-list .error-item').length === 0")
+    assert not page.node(loader)["errors"]
+
+
+def test_a_run_is_not_an_edit_cached_nodes_say_so_and_edits_clear_stale_badges(page, server, root):
+    ids = open_workflow(page, root, txt2img(), "runs")
+    sampler, save = ids["KSampler"], ids["SaveImage"]
+    page.choose(sampler, "seed control", "increment")
+    page.page.wait_for_function("chisel.undoDepth() === 1")
+    seed = page.node(sampler)["widgets"]["seed"]
+    size_before = page.node(save)["size"]
+    page.page.click("#queue-btn")
+    assert finished(page, 1)["status"] == "success"
+    page.page.wait_for_function("([i, h]) => chisel.nodes().find(n => n.id === i).size[1] > h", arg=[save, size_before[1]],
+                                timeout=30000)
+    # the result grew the node and the seed moved on: neither is an undo step, and the saved size is the user's
+    page.page.wait_for_timeout(200)
+    assert page.node(sampler)["widgets"]["seed"] == seed + 1
+    assert page.js("chisel.undoDepth()") == 1
+    assert page.js("chisel.workflow()")["layout"]["nodes"][save]["size"] == size_before
+    page.shot("21-after-a-run.png")
+
+    page.choose(sampler, "seed control", "fixed")
+    page.page.wait_for_function("chisel.undoDepth() === 2")
+    page.page.click("#queue-btn")
+    finished(page, 2)
+    page.page.click("#queue-btn")
+    second = finished(page, 3)
+    assert second["status"] == "success" and set(second["cached"]) == {n["id"] for n in page.nodes()}
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).status === 'cached'", arg=save)
+    statuses = {n["id"]: n["status"] for n in page.nodes()}
+    assert set(statuses.values()) == {"cached"}, statuses
+    assert page.js("chisel.undoDepth()") == 2
+    page.shot("22-all-cached.png")
+
+    page.set_number(sampler, "steps", 3)
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).status === null", arg=sampler)
+    statuses = {n["id"]: n["status"] for n in page.nodes()}
+    assert statuses[sampler] is None and statuses[ids["VAEDecode"]] is None and statuses[save] is None
+    assert statuses[ids["CheckpointLoaderSimple"]] == "cached" and statuses[ids["EmptyLatentImage"]] == "cached"
+
+
+# -- search and links ------------------------------------------------------------------------------------------------
+def test_node_search_forgives_typos_and_finds_initials(page):
+    page.page.click("#new-btn")
+    page.page.wait_for_function("chisel.nodes().length === 0")
+    for query, expected in [("samplr", "KSampler"), ("ksampelr", "KSampler"), ("cte", "CLIPTextEncode"),
+                            ("vae decdoe", "VAEDecode"), ("chekpoint", "CheckpointLoaderSimple"),
+                            ("eli", "EmptyLatentImage"), ("Save Image", "SaveImage")]:
+        page.page.mouse.dblclick(600, 500)
+        box = page.page.locator(".chisel-palette input")
+        box.wait_for()
+        page.page.keyboard.type(query)
+        assert page.page.locator(".palette-item.active").get_attribute("data-type") == expected, query
+        if query == "samplr":
+            page.shot("23-fuzzy-search.png")
+        page.page.keyboard.press("Escape")
+
+
+def test_a_refused_link_says_why(page):
+    page.page.click("#new-btn")
+    page.page.wait_for_function("chisel.nodes().length === 0")
+    loader = page.add_node(60, 200, "Load Checkpoint")
+    text = page.add_node(560, 200, "CLIP Text Encode")
+    page.connect(loader, "MODEL", text, "clip")
+    toast = page.page.locator(".toast.link-refused")
+    toast.wait_for(timeout=5000)
+    assert "MODEL cannot go into CLIP" in toast.inner_text()
+    assert "clip" not in page.js("chisel.workflow()")["nodes"][text]["inputs"]
+    page.shot("24-refused-link.png")
+    page.connect(loader, "CLIP", text, "clip")
+    assert page.js("chisel.workflow()")["nodes"][text]["inputs"]["clip"] == {"node": loader, "output": "CLIP"}
+
+
+def test_reroute_dots_are_saved_and_survive_undo_redo_and_reload(page, root):
+    ids = open_workflow(page, root, txt2img(), "reroutes")
+    decode, save = ids["VAEDecode"], ids["SaveImage"]
+    page.page.wait_for_function("i => chisel.linkCenter(i, 'images')", arg=save)
+    x, y = page.js("i => chisel.linkCenter(i, 'images')", save)
+    page.page.keyboard.down("Alt")
+    page.page.mouse.click(x, y)
+    page.page.keyboard.up("Alt")
+    page.page.wait_for_function("chisel.reroutes().length === 1")
+    page.page.wait_for_function("chisel.undoDepth() >= 1")
+    wf = page.js("chisel.workflow()")
+    [dot] = wf["layout"]["reroutes"]
+    assert wf["layout"]["nodes"][save]["reroutes"] == {"images": dot["id"]}
+    assert wf["nodes"][save]["inputs"]["images"] == {"node": decode, "output": "IMAGE"}
+    page.shot("25-reroute.png")
+    page.page.keyboard.press("Control+z")
+    page.page.wait_for_function("chisel.reroutes().length === 0")
+    page.page.keyboard.press("Control+Shift+z")
+    page.page.wait_for_function("chisel.reroutes().length === 1")
+    assert page.js("chisel.reroutes()")[0]["links"] == 1
+    assert page.js("chisel.workflow()")["layout"]["reroutes"] == [dot]
+    page.page.reload()
+    page.ready()
+    assert page.js("chisel.workflow()")["layout"]["reroutes"] == [dot]
+
+
+# -- bypass and mute -------------------------------------------------------------------------------------------------
+def with_upscale_and_preview(steps: int = 2) -> dict:
+    """txt2img with an Upscale Image (to 96 px) between VAE Decode and Save Image, and a Preview Image of the decode."""
+    wf = txt2img(steps)
+    decode = next(i for i, n in wf["nodes"].items() if n["type"] == "VAEDecode")
+    save = next(i for i, n in wf["nodes"].items() if n["type"] == "SaveImage")
+    wf["nodes"]["20"] = {"type": "ImageScale", "inputs": {"image": {"node": decode, "output": "IMAGE"},
+                                                         "upscale_method": "nearest-exact", "width": 96, "height": 96,
+                                                         "crop": "disabled"}}
+    wf["nodes"]["21"] = {"type": "PreviewImage", "inputs": {"images": {"node": decode, "output": "IMAGE"}}}
+    wf["nodes"][save]["inputs"]["images"] = {"node": "20", "output": "IMAGE"}
+    wf["layout"]["nodes"]["9"] = {"pos": [1700, 180]}
+    wf["layout"]["nodes"]["20"] = {"pos": [1460, 180]}
+    wf["layout"]["nodes"]["21"] = {"pos": [1460, 600]}
+    return wf
+
+
+def saved_image_size(root, page, save_id):
+    from PIL import Image
+
+    url = page.node(save_id)["images"][0]
+    name = url.split("filename=")[1].split("&")[0]
+    with Image.open(next((root / "output").rglob(name))) as im:
+        return im.size
+
+
+def test_bypass_passes_inputs_through_and_mute_stops_what_it_feeds(page, server, root):
+    ids = open_workflow(page, root, with_upscale_and_preview(), "modes")
+    upscale, save, decode = ids["ImageScale"], ids["SaveImage"], ids["VAEDecode"]
+    select(page, upscale)
+    page.page.keyboard.press("Control+b")
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).mode === 4", arg=upscale)
+    wf = page.js("chisel.workflow()")
+    assert wf["layout"]["nodes"][upscale]["mode"] == "bypass"
+    assert wf["nodes"][save]["inputs"]["images"] == {"node": decode, "output": "IMAGE"}  # what runs
+    assert wf["layout"]["nodes"][save]["links"] == {"images": {"node": upscale, "output": "IMAGE"}}  # what was drawn
+    page.shot("26-bypassed.png")
+    page.page.click("#queue-btn")
+    run = finished(page, 1)
+    assert run["status"] == "success" and upscale not in run["executed"] and save in run["executed"]
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).images.length", arg=save)
+    assert saved_image_size(root, page, save) == (64, 64)  # not upscaled: the decode's image passed through
+
+    # Ctrl+M on a bypassed node mutes it: Save Image (fed only through it) does not run, Preview Image does
+    page.page.keyboard.press("Control+m")
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).mode === 2", arg=upscale)
+    wf = page.js("chisel.workflow()")
+    assert wf["layout"]["nodes"][upscale]["mode"] == "mute" and wf["outputs"] == [ids["PreviewImage"]]
+    page.shot("27-muted.png")
+    page.page.click("#queue-btn")
+    run = finished(page, 2)
+    assert run["status"] == "success" and save not in run["executed"] + run["cached"]
+    assert upscale not in run["executed"] and ids["PreviewImage"] in run["executed"] + run["cached"]
+
+    # saved and restored: the modes and the drawn links survive a reload; undo takes the mute back
+    page.page.reload()
+    page.ready()
+    assert page.node(upscale)["mode"] == 2
+    assert page.js("chisel.workflow()")["nodes"][save]["inputs"]["images"] == {"node": upscale, "output": "IMAGE"}
+    page.page.keyboard.press("Control+m")  # nothing selected after a reload: nothing changes
+    assert page.node(upscale)["mode"] == 2
+    select(page, upscale)
+    page.page.keyboard.press("Control+m")
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).mode === 0", arg=upscale)
+    assert "outputs" not in page.js("chisel.workflow()")
