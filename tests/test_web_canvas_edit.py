@@ -187,18 +187,18 @@ def test_a_refused_link_says_why(page):
 
 def test_reroute_dots_are_saved_and_survive_undo_redo_and_reload(page, root):
     ids = open_workflow(page, root, txt2img(), "reroutes")
-    decode, save = ids["VAEDecode"], ids["SaveImage"]
-    page.page.wait_for_function("i => chisel.linkCenter(i, 'images')", arg=save)
-    x, y = page.js("i => chisel.linkCenter(i, 'images')", save)
-    page.page.keyboard.down("Alt")
+    decode, loader = ids["VAEDecode"], ids["CheckpointLoaderSimple"]
+    page.page.wait_for_function("i => chisel.linkCenter(i, 'vae')", arg=decode)
+    x, y = page.js("i => chisel.linkCenter(i, 'vae')", decode)
+    page.page.keyboard.down("Alt")  # Alt+click on a link puts a reroute dot there
     page.page.mouse.click(x, y)
     page.page.keyboard.up("Alt")
     page.page.wait_for_function("chisel.reroutes().length === 1")
     page.page.wait_for_function("chisel.undoDepth() >= 1")
     wf = page.js("chisel.workflow()")
     [dot] = wf["layout"]["reroutes"]
-    assert wf["layout"]["nodes"][save]["reroutes"] == {"images": dot["id"]}
-    assert wf["nodes"][save]["inputs"]["images"] == {"node": decode, "output": "IMAGE"}
+    assert wf["layout"]["nodes"][decode]["reroutes"] == {"vae": dot["id"]}
+    assert wf["nodes"][decode]["inputs"]["vae"] == {"node": loader, "output": "VAE"}
     page.shot("25-reroute.png")
     page.page.keyboard.press("Control+z")
     page.page.wait_for_function("chisel.reroutes().length === 0")
@@ -250,7 +250,7 @@ def test_bypass_passes_inputs_through_and_mute_stops_what_it_feeds(page, server,
     page.shot("26-bypassed.png")
     page.page.click("#queue-btn")
     run = finished(page, 1)
-    assert run["status"] == "success" and upscale not in run["executed"] and save in run["executed"]
+    assert run["status"] == "success" and upscale not in run["executed"] and save in run["executed"] + run["cached"]
     page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).images.length", arg=save)
     assert saved_image_size(root, page, save) == (64, 64)  # not upscaled: the decode's image passed through
 

@@ -179,16 +179,8 @@ export function registerSchemas(schemas, app) {
       }
 
       onDrawForeground(ctx) {
+        drawMode(this, ctx);
         drawErrors(this, ctx);
-      }
-
-      // bypassed: purple; muted: dim grey (the badge says which)
-      get renderingColor() {
-        return MODE_COLORS[this.mode]?.color ?? super.renderingColor;
-      }
-
-      get renderingBgColor() {
-        return MODE_COLORS[this.mode]?.bgcolor ?? super.renderingBgColor;
       }
     }
     ChiselNode.title = title;
@@ -199,10 +191,22 @@ export function registerSchemas(schemas, app) {
   }
 }
 
-const MODE_COLORS = {
-  [MODE_BYPASS]: { color: "#7d3c98", bgcolor: "#3f2150" },
-  [MODE_MUTE]: { color: "#2a2a2a", bgcolor: "#1a1a1a" },
-};
+// bypassed: a purple veil; muted: a dark one (and the badge says which)
+const MODE_VEILS = { [MODE_BYPASS]: "rgba(150, 60, 190, 0.40)", [MODE_MUTE]: "rgba(8, 8, 12, 0.62)" };
+
+function drawMode(node, ctx) {
+  const veil = MODE_VEILS[node.mode];
+  if (!veil) return;
+  const th = LiteGraph.NODE_TITLE_HEIGHT;
+  const w = node.flags?.collapsed ? node._collapsed_width || node.size[0] : node.size[0];
+  const h = node.flags?.collapsed ? 0 : node.size[1];
+  ctx.save();
+  ctx.fillStyle = veil;
+  ctx.beginPath();
+  ctx.roundRect(0, -th, w, h + th, 8);
+  ctx.fill();
+  ctx.restore();
+}
 
 const BADGES = {
   cached: { text: "cached", bgColor: "#2a4d69" },

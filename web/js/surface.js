@@ -52,7 +52,8 @@ export function testSurface(app) {
     titlePos: (id) => {
       const n = app.nodeFor(id);
       if (!n) return null;
-      const r = graphRectToClient(app.lgcanvas, n.pos[0] + 30, n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT / 2, 0, 0);
+      // well right of the collapse dot, whatever the zoom
+      const r = graphRectToClient(app.lgcanvas, n.pos[0] + Math.min(n.size[0] / 2, 80), n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT / 2, 0, 0);
       return [r.left, r.top];
     },
     /** Where the middle of the link into a node's input is drawn (after the first frame). */
