@@ -1,6 +1,7 @@
 // Chisel's canvas editor: the App holds the graph, the server connection and the panels, and hands each concern
 // to its module (canvas glue, files, queue, socket events, results, models, controls).
 
+import { LGraphGroup } from "../vendor/litegraph/litegraph.es.js";
 import { Api } from "./api.js";
 import { registerSchemas } from "./nodes.js";
 import { graphToWorkflow, workflowToGraph, changedNodes, downstreamOf } from "./format.js";
@@ -17,6 +18,7 @@ import { RunEvents } from "./socket.js";
 import { Results } from "./results.js";
 import { bindToolbar, bindKeys, bindDrop } from "./controls.js";
 import { MODE_ALWAYS } from "./modes.js";
+import { registerNotes } from "./notes.js";
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -54,6 +56,7 @@ export class App {
     }
     configureLiteGraph();
     registerSchemas(this.schemas, this);
+    registerNotes();
     createCanvas(this);
     this.sidebar = new Sidebar(this);
     this.sidebar.setRunning(null);
@@ -146,6 +149,31 @@ export class App {
     if (!nodes.length) return;
     const next = nodes.every((n) => n.mode === mode) ? MODE_ALWAYS : mode;
     for (const n of nodes) n.mode = next;
+    this.lgcanvas.setDirty(true, true);
+    this.history.check({ force: true });
+  }
+
+  /** Ctrl+G: a group around the selected nodes (its title can be edited by double-clicking it). */
+  groupSelection() {
+    const nodes = this.selectedNodes();
+    if (!nodes.length) {
+      toast("Select the nodes to group first.", "warn");
+      return null;
+    }
+    const group = new LGraphGroup("Group");
+    this.graph.add(group);
+    group.resizeTo(nodes, 12);
+    this.lgcanvas.setDirty(true, true);
+    this.history.check({ force: true });
+    return group;
+  }
+
+  /** Alt+C: collapse the selected nodes (or expand them when all are collapsed). */
+  collapseSelection() {
+    const nodes = this.selectedNodes();
+    if (!nodes.length) return;
+    const collapse = !nodes.every((n) => n.flags?.collapsed);
+    for (const n of nodes) if (!!n.flags?.collapsed !== collapse) n.collapse(true);
     this.lgcanvas.setDirty(true, true);
     this.history.check({ force: true });
   }

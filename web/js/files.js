@@ -4,6 +4,8 @@
 import { graphToWorkflow, detectFormat } from "./format.js";
 import { closeTextEditor } from "./widgets.js";
 import { toast, el } from "./panels.js";
+import { prepareComfyUi, restoreComfyUi, apiLosses } from "./comfyimport.js";
+import { toComfyApi } from "./comfyexport.js";
 
 export const AUTOSAVE_KEY = "chisel.workflow";
 const EMPTY = { format: "chisel-workflow", version: 1, nodes: {} };
@@ -25,16 +27,27 @@ export class Files {
   async openJson(data, name) {
     const kind = detectFormat(data);
     let wf = data;
-    if (kind === "comfy_api" || kind === "comfy_ui") {
-      // the server converts ComfyUI's formats exactly as it runs them (the same schemas, the same rules)
+    let lost = [];
+    if (kind === "comfy_ui") {
+      // the server converts ComfyUI's formats exactly as it runs them (the same schemas, the same rules);
+      // the canvas keeps what has no place in that (bypass, mute, notes, seed controls, colours)
+      const { copy, kept, lost: notKept } = prepareComfyUi(data, this.app.schemas);
+      wf = await this.convertOnServer(copy);
+      if (!wf) return false;
+      wf = restoreComfyUi(wf, kept);
+      lost = notKept;
+    } else if (kind === "comfy_api") {
       wf = await this.convertOnServer(data);
       if (!wf) return false;
+      lost = apiLosses(wf);
     } else if (kind !== "native") {
       toast("That file is not a workflow (neither Chisel's format nor ComfyUI's).", "error", 6000);
       return false;
     }
     this.app.loadWorkflow(wf, { name });
-    toast(`Opened ${name}`);
+    this.lastLosses = lost;
+    if (lost.length) toast(`Opened ${name}, but not everything in it could be kept: ${lost.join("; ")}.`, "warn", 15000).classList.add("load-losses");
+    else toast(`Opened ${name}`);
     return true;
   }
 
@@ -74,6 +87,14 @@ export class Files {
   save() {
     closeTextEditor(true);
     this.download(graphToWorkflow(this.app.graph), `${this.app.name || "workflow"}.json`);
+  }
+
+  /** The workflow in ComfyUI's API format (what ComfyUI's "Export (API)" gives), as a file. */
+  exportApi() {
+    closeTextEditor(true);
+    const api = toComfyApi(graphToWorkflow(this.app.graph), this.app.schemas);
+    this.download(api, `${this.app.name || "workflow"}.api.json`);
+    return api;
   }
 
   download(data, filename) {

@@ -9,6 +9,7 @@
 import { LiteGraph, LGraphGroup } from "../vendor/litegraph/litegraph.es.js";
 import { MissingNode, WIDGET_TYPES, SEED_CONTROLS, preferredWidth, savedSize } from "./nodes.js";
 import { applyModes, editorInputs, MODE_BY_NAME, MODE_NAMES } from "./modes.js";
+import { isNote, noteToLayout, noteFromLayout } from "./notes.js";
 
 export const FORMAT = "chisel-workflow";
 
@@ -38,7 +39,7 @@ function linkValue(graph, node, slot) {
 export function graphToWorkflow(graph, { layout = true, meta } = {}) {
   const nodes = {};
   const layoutNodes = {};
-  const list = [...graph._nodes].sort((a, b) => sortIds(a.id, b.id));
+  const list = [...graph._nodes].filter((n) => !isNote(n)).sort((a, b) => sortIds(a.id, b.id));
   for (const node of list) {
     const id = String(node.id);
     const schema = node.chisel?.schema;
@@ -97,7 +98,7 @@ export function graphToWorkflow(graph, { layout = true, meta } = {}) {
     wf.layout = {
       nodes: layoutNodes,
       groups: graph._groups.map((g) => ({ title: g.title, bounding: [...g._bounding].map(round1), color: g.color })),
-      notes: [],
+      notes: graph._nodes.filter(isNote).sort((a, b) => sortIds(a.id, b.id)).map((n) => noteToLayout(n, round1)),
     };
     const reroutes = savedReroutes(graph);
     if (reroutes.length) wf.layout.reroutes = reroutes;
@@ -306,6 +307,12 @@ export function workflowToGraph(graph, saved, schemas) {
     }
   }
   restoreReroutes(graph, wf, created, problems);
+  for (const n of Array.isArray(wf.layout?.notes) ? wf.layout.notes : []) {
+    const note = noteFromLayout(n);
+    if (!note) continue;
+    graph.add(note, true);
+    if (n.collapsed) note.collapse(true);
+  }
   for (const g of wf.layout?.groups || []) {
     try {
       const group = new LGraphGroup(g.title || "Group");

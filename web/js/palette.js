@@ -36,10 +36,14 @@ export class Palette {
   open(clientX, clientY, graphPos, from = null) {
     this.close();
     const schemas = this.app.schemas;
+    const notes = from ? [] : [
+      { type: "Note", title: "Note", category: "utils", description: "A text note on the canvas (never runs)", schema: null },
+      { type: "MarkdownNote", title: "Markdown Note", category: "utils", description: "A Markdown note (shown as text)", schema: null },
+    ];
     const entries = Object.values(schemas).map((s) => ({
       type: s.type, title: s.display_name || s.type, category: s.category || "other",
       description: s.description || "", schema: s,
-    })).filter((e) => {
+    })).concat(notes).filter((e) => {
       if (!from) return true;
       const t = from.slotType;
       if (from.direction === "output") return e.schema.inputs.some((i) => compatible(t, i.type));

@@ -41,9 +41,11 @@ export class Results {
     app.lgcanvas.setDirty(true, true);
   }
 
+  /** The gallery and the history panel, from the server's history. */
   async loadGallery() {
     try {
       const h = await this.api.get("v1/history", { limit: 20 });
+      this.app.sidebar.setHistory((h.items || []).filter((e) => ["success", "error", "interrupted"].includes(e.status)));
       const items = [];
       for (const entry of h.items || []) {
         for (const [id, out] of Object.entries(entry.outputs || {})) {
@@ -55,6 +57,13 @@ export class Results {
       }
       this.app.sidebar.addToGallery(items, { append: true });
     } catch { /* an empty gallery */ }
+  }
+
+  async refreshHistory() {
+    try {
+      const h = await this.api.get("v1/history", { limit: 20 });
+      this.app.sidebar.setHistory((h.items || []).filter((e) => ["success", "error", "interrupted"].includes(e.status)));
+    } catch { /* kept as it was */ }
   }
 
   openGallery(key) {

@@ -153,6 +153,7 @@ export class RunEvents {
     if (d.outputs || d.timings) app.results.apply(d.prompt_id, d);
     else app.results.afterRun(d.prompt_id);
     if (d.status === "error" && d.errors?.length) app.showServerErrors(d.errors);
+    app.results.refreshHistory();
     this.redraw();
   }
 }
