@@ -276,3 +276,164 @@ def test_bypass_passes_inputs_through_and_mute_stops_what_it_feeds(page, server,
     page.page.keyboard.press("Control+m")
     page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).mode === 0", arg=upscale)
     assert "outputs" not in page.js("chisel.workflow()")
+
+
+# -- ComfyUI files, history, export ---------------------------------------------------------------------------------
+def test_a_comfyui_file_keeps_bypass_notes_and_seed_controls_and_says_what_was_lost(page, server, root):
+    from test_web_canvas import comfy_files
+
+    native = txt2img()
+    _, ui = comfy_files(native, server.get("v1/nodes"))
+    by_type = {n["type"]: n for n in ui["nodes"]}
+    sampler, save, decode = by_type["KSampler"], by_type["SaveImage"], by_type["VAEDecode"]
+    sampler["widgets_values"][1] = "randomize"  # the control after the seed
+    sampler["color"], sampler["bgcolor"] = "#332922", "#593930"
+    save["mode"] = 4  # bypassed
+    ui["nodes"].append({"id": 30, "type": "Note", "pos": [40, 600], "size": [300, 120], "mode": 0,
+                        "widgets_values": ["remember: 64 px only"]})
+    # a Reroute node between VAE Decode and Save Image
+    into_save = next(link for link in ui["links"] if link[3] == save["id"])
+    ui["links"].append([99, decode["id"], 0, 31, 0, "IMAGE"])
+    into_save[1], into_save[2] = 31, 0
+    ui["nodes"].append({"id": 31, "type": "Reroute", "pos": [1400, 400], "size": [75, 26], "mode": 0,
+                        "inputs": [{"name": "", "type": "*", "link": 99}],
+                        "outputs": [{"name": "", "type": "IMAGE", "links": [into_save[0]]}]})
+    path = root / "comfy-extras.json"
+    path.write_text(json.dumps(ui))
+    page.page.set_input_files("#file-input", str(path))
+    page.page.wait_for_function("document.title.startsWith('comfy-extras')")
+    losses = page.page.locator(".toast.load-losses")
+    losses.wait_for(timeout=10000)
+    assert "1 reroute node (now direct links)" in losses.inner_text()
+    nodes = {n["id"]: n for n in page.nodes()}
+    ksampler = nodes[str(sampler["id"])]
+    assert ksampler["widgets"]["seed control"] == "randomize" and ksampler["color"] == "#332922"
+    assert nodes[str(save["id"])]["mode"] == 4
+    [note] = [n for n in nodes.values() if n["type"] == "Note"]
+    assert note["widgets"]["text"] == "remember: 64 px only"
+    wf = page.js("chisel.workflow()")
+    assert wf["layout"]["notes"][0]["text"] == "remember: 64 px only" and note["id"] not in wf["nodes"]
+    assert wf["nodes"][str(save["id"])]["inputs"]["images"] == {"node": str(decode["id"]), "output": "IMAGE"}
+    page.shot("28-comfyui-file-losses.png")
+
+
+def test_history_reloads_a_past_workflow_and_export_gives_comfyui_api_format(page, server, root):
+    ids = open_workflow(page, root, txt2img(), "history")
+    page.page.click("#queue-btn")
+    run = finished(page, 1)
+    item = page.page.locator(f"#history-list .history-item[data-prompt='{run['prompt_id']}']")
+    item.wait_for(timeout=10000)
+    page.page.wait_for_function(
+        "p => document.querySelector(`#history-list [data-prompt='${p}'] img`)?.naturalWidth > 0", arg=run["prompt_id"])
+    page.shot("29-history.png")
+    page.page.click("#new-btn")
+    page.page.wait_for_function("chisel.nodes().length === 0")
+    item.click()
+    page.page.wait_for_function("chisel.nodes().length === 7")
+    assert sorted(n["type"] for n in page.nodes()) == sorted(ids_type for ids_type in
+                                                              (n["type"] for n in txt2img()["nodes"].values()))
+    with page.page.expect_download() as dl:
+        page.page.click("#export-btn")
+    api = json.loads(open(dl.value.path()).read())
+    wf = page.js("chisel.workflow()")
+    assert {i: n["class_type"] for i, n in api.items()} == {i: n["type"] for i, n in wf["nodes"].items()}
+    sampler = next(i for i, n in api.items() if n["class_type"] == "KSampler")
+    loader = next(i for i, n in api.items() if n["class_type"] == "CheckpointLoaderSimple")
+    assert api[sampler]["inputs"]["model"] == [loader, 0] and api[sampler]["inputs"]["steps"] == 2
+    assert server.request("POST", "v1/validate", {"workflow": api})["valid"] is True
+    del ids
+
+
+# -- groups, notes, collapsed nodes, colours, keys -------------------------------------------------------------------
+def test_groups_notes_collapsed_nodes_and_colours_are_saved_and_restored(page, root):
+    ids = open_workflow(page, root, txt2img(), "layout")
+    pos_prompt = next(n["id"] for n in page.nodes() if n["title"] == "Positive prompt")
+    neg_prompt = next(n["id"] for n in page.nodes() if n["title"] == "Negative prompt")
+    select(page, pos_prompt)
+    page.page.keyboard.down("Shift")
+    select(page, neg_prompt)
+    page.page.keyboard.up("Shift")
+    assert sorted(page.js("Object.keys(chisel.app.lgcanvas.selected_nodes)")) == sorted([pos_prompt, neg_prompt])
+    page.page.keyboard.press("Control+g")
+    page.page.wait_for_function("chisel.groups().length === 1")
+    [group] = page.js("chisel.groups()")
+    for nid in (pos_prompt, neg_prompt):
+        x, y = page.node(nid)["pos"]
+        assert group["bounding"][0] < x < group["bounding"][0] + group["bounding"][2]
+        assert group["bounding"][1] < y < group["bounding"][1] + group["bounding"][3]
+    # dragging the group's title moves its nodes
+    before = page.node(pos_prompt)["pos"]
+    title = page.js("b => { const r = chisel.app.lgcanvas.ds.convertOffsetToCanvas([b[0] + 40, b[1] + 12]);"
+                    " const c = chisel.app.lgcanvas.canvas.getBoundingClientRect(); return [c.left + r[0], c.top + r[1]]; }",
+                    group["bounding"])
+    page.drag(title, (title[0] + 60, title[1] + 40))
+    page.page.wait_for_function("([i, x]) => chisel.nodes().find(n => n.id === i).pos[0] !== x", arg=[pos_prompt, before[0]])
+    # collapse (Alt+C) and a colour from the node menu
+    select(page, ids["EmptyLatentImage"])
+    page.page.keyboard.press("Alt+c")
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).collapsed", arg=ids["EmptyLatentImage"])
+    page.page.mouse.click(*page.js("i => chisel.titlePos(i)", ids["KSampler"]), button="right")
+    page.page.locator(".litecontextmenu .litemenu-entry", has_text="Colors").first.click()
+    page.page.locator(".litecontextmenu .litemenu-entry", has_text="red").first.click()
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).color", arg=ids["KSampler"])
+    # a note from the search ("/")
+    page.page.mouse.click(300, 850)
+    page.page.keyboard.press("/")
+    page.page.locator(".chisel-palette input").wait_for()
+    page.page.keyboard.type("note")
+    page.page.keyboard.press("Enter")
+    page.page.wait_for_function("chisel.nodes().some(n => n.type === 'Note')")
+    note = next(n["id"] for n in page.nodes() if n["type"] == "Note")
+    page.type_text(note, "text", "try cfg 7 next")
+    page.page.keyboard.press("?")
+    page.page.locator("#shortcuts").wait_for()
+    assert "Ctrl+B" in page.page.locator("#shortcuts").inner_text()
+    page.shot("30-groups-notes-shortcuts.png")
+    page.page.keyboard.press("Escape")
+    page.page.locator("#shortcuts").wait_for(state="detached")
+    saved = page.js("chisel.workflow()")
+    page.page.reload()
+    page.ready()
+    restored = page.js("chisel.workflow()")
+    assert restored["layout"]["groups"] == saved["layout"]["groups"] and len(saved["layout"]["groups"]) == 1
+    assert restored["layout"]["notes"] == saved["layout"]["notes"] and saved["layout"]["notes"][0]["text"] == "try cfg 7 next"
+    assert restored["layout"]["nodes"][ids["EmptyLatentImage"]]["collapsed"] is True
+    assert restored["layout"]["nodes"][ids["KSampler"]]["color"] == saved["layout"]["nodes"][ids["KSampler"]]["color"]
+    assert page.node(ids["EmptyLatentImage"])["collapsed"]
+
+
+def test_the_layout_fits_small_windows_and_every_button_has_a_name(browser, server):
+    from test_web_canvas import Page as BasePage
+
+    for width, height in ((1024, 700), (414, 800)):
+        p = BasePage.__new__(BasePage)
+        p.context = browser.new_context(viewport={"width": width, "height": height})
+        p.page = p.context.new_page()
+        p.errors = []
+        p.page.on("console", lambda m, p=p: p.errors.append(m.text) if m.type == "error" else None)
+        p.page.goto(server.url)
+        p.ready()
+        for sel in ("#queue-btn", "#interrupt-btn", "#save-btn", "#open-btn", "#undo-btn"):
+            box = p.page.locator(sel).bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= width and box["y"] + box["height"] <= height, (width, sel, box)
+        canvas = p.page.locator("#graph-canvas").bounding_box()
+        assert canvas["width"] >= (600 if width > 800 else width - 2), (width, canvas)
+        assert canvas["height"] >= height * 0.5, (width, canvas)
+        if width < 800:
+            assert not p.page.locator("#sidebar").is_visible()
+            p.page.click("#panels-btn")
+            assert p.page.locator("#queue-list").is_visible()
+            assert p.page.locator("#panels-btn").get_attribute("aria-expanded") == "true"
+        p.shot(f"31-layout-{width}x{height}.png")
+        # every button says what it does (its text or an aria-label), and the focus is visible
+        unnamed = p.js("[...document.querySelectorAll('button, select, input:not([type=hidden]):not([hidden])')]"
+                       ".filter(b => !(b.getAttribute('aria-label') || b.textContent.trim() || b.labels?.length))"
+                       ".map(b => b.outerHTML)")
+        assert not unnamed, unnamed
+        p.page.focus("#save-btn")
+        p.page.keyboard.press("Tab")
+        focused = p.js("(() => { const a = document.activeElement; const s = getComputedStyle(a);"
+                       " return [a.id, a.matches(':focus-visible'), s.outlineStyle, s.outlineWidth]; })()")
+        assert focused[1] and focused[2] != "none" and focused[3] != "0px", focused
+        assert not p.errors, p.errors
+        p.context.close()

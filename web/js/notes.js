@@ -16,6 +16,10 @@ export class NoteNode extends LGraphNode {
     this.size = [300, 140];
   }
 
+  onWidgetChanged() {
+    this.graph?.onAfterChange?.(); // an edit: the undo history takes a step
+  }
+
   get text() { return this.textWidget.value; }
   set text(v) { this.textWidget.value = String(v ?? ""); }
 }
@@ -43,7 +47,7 @@ export function isNote(node) {
 
 /** A note as saved in layout.notes. */
 export function noteToLayout(node, round) {
-  const out = { title: node.title, text: node.text, pos: node.pos.map(round), size: node.size.map(round) };
+  const out = { title: node.title, text: node.text, pos: [...node.pos].map(round), size: [...node.size].map(round) };
   if (node.chisel.markdown) out.markdown = true;
   if (node.color) out.color = node.color;
   if (node.bgcolor) out.bgcolor = node.bgcolor;
