@@ -142,7 +142,14 @@ export class Sidebar {
         el("strong", {}, where), " ", el("span", {}, e.text));
       if (e.node_id != null) {
         li.tabIndex = 0;
+        li.setAttribute("role", "button");
         li.addEventListener("click", () => this.app.focusNode(e.node_id));
+        li.addEventListener("keydown", (ev) => {
+          if (ev.key === "Enter" || ev.key === " ") {
+            ev.preventDefault();
+            this.app.focusNode(e.node_id);
+          }
+        });
       }
       ul.append(li);
     }
@@ -211,7 +218,8 @@ export class Sidebar {
       const thumb = this.app.api.viewUrl(it.image, 256);
       const img = el("img", { src: thumb, alt: it.image.filename, loading: "lazy", title: it.image.filename });
       img.addEventListener("error", () => { if (img.src !== full) img.src = full; }, { once: true });
-      const a = el("button", { class: "gallery-item", dataset: { filename: it.image.filename, prompt: it.prompt_id || "" } }, img);
+      const a = el("button", { class: "gallery-item", "aria-label": `Open ${it.image.filename}`,
+        dataset: { filename: it.image.filename, prompt: it.prompt_id || "" } }, img);
       a.addEventListener("click", () => this.app.openGallery(key));
       a._item = { ...it, key, full };
       nodes.push(a);
