@@ -45,6 +45,8 @@ class ServerConfig:
     writer_threads: int = 2
     preview_max_size: int = 512
     queue_throttle: float = 0.05
+    preview_method: str = "none"  # ComfyUI's /ws: binary previews only when not "none" (the native WS always)
+    frontend: str = "chisel"  # the page at /: Chisel's canvas or ComfyUI's frontend ("comfyui")
 
 
 class ChiselServer:
@@ -53,9 +55,8 @@ class ChiselServer:
         self.config = config or ServerConfig()
         self.paths = engine.paths
         self.writer = FileWriter(self.config.writer_threads)
-        extras = getattr(services, "extras", None)
-        if isinstance(extras, dict):
-            extras["file_writer"] = self.writer
+        if services is not None:
+            services.file_writer = self.writer
         self.hub = Hub(self.queue_snapshot, debug=self.config.debug, throttle=self.config.queue_throttle)
         self.thumbs = ThumbCache()
         self.store: S.Store | None = None
