@@ -153,6 +153,18 @@ def test_a_run_is_not_an_edit_cached_nodes_say_so_and_edits_clear_stale_badges(p
     assert statuses[ids["CheckpointLoaderSimple"]] == "cached" and statuses[ids["EmptyLatentImage"]] == "cached"
 
 
+def test_a_refused_workflow_brings_its_first_broken_node_into_view(page, root):
+    wf = txt2img()
+    sampler = next(i for i, n in wf["nodes"].items() if n["type"] == "KSampler")
+    wf["nodes"][sampler]["inputs"]["steps"] = 0
+    open_workflow(page, root, wf, "refused")
+    page.page.mouse.click(20, 900)  # nothing selected
+    page.page.click("#queue-btn")
+    page.page.locator("#error-list .error-item").first.wait_for(timeout=10000)
+    assert page.js("Object.keys(chisel.app.lgcanvas.selected_nodes)") == [sampler]
+    assert not page.js("chisel.events()")
+
+
 # -- search and links ------------------------------------------------------------------------------------------------
 def test_node_search_forgives_typos_and_finds_initials(page):
     page.page.click("#new-btn")
@@ -361,11 +373,18 @@ def test_groups_notes_collapsed_nodes_and_colours_are_saved_and_restored(page, r
         x, y = page.node(nid)["pos"]
         assert group["bounding"][0] < x < group["bounding"][0] + group["bounding"][2]
         assert group["bounding"][1] < y < group["bounding"][1] + group["bounding"][3]
-    # dragging the group's title moves its nodes
-    before = page.node(pos_prompt)["pos"]
     title = page.js("b => { const r = chisel.app.lgcanvas.ds.convertOffsetToCanvas([b[0] + 40, b[1] + 12]);"
                     " const c = chisel.app.lgcanvas.canvas.getBoundingClientRect(); return [c.left + r[0], c.top + r[1]]; }",
                     group["bounding"])
+    # double-clicking its title renames it
+    page.page.mouse.dblclick(*title)
+    box = page.page.locator(".graphdialog input")
+    box.wait_for(timeout=5000)
+    box.fill("Prompts")
+    box.press("Enter")
+    page.page.wait_for_function("chisel.groups()[0].title === 'Prompts'")
+    # dragging the group's title moves its nodes
+    before = page.node(pos_prompt)["pos"]
     page.drag(title, (title[0] + 60, title[1] + 40))
     page.page.wait_for_function("([i, x]) => chisel.nodes().find(n => n.id === i).pos[0] !== x", arg=[pos_prompt, before[0]])
     # collapse (Alt+C) and a colour from the node menu
@@ -396,6 +415,7 @@ def test_groups_notes_collapsed_nodes_and_colours_are_saved_and_restored(page, r
     page.ready()
     restored = page.js("chisel.workflow()")
     assert restored["layout"]["groups"] == saved["layout"]["groups"] and len(saved["layout"]["groups"]) == 1
+    assert saved["layout"]["groups"][0]["title"] == "Prompts"
     assert restored["layout"]["notes"] == saved["layout"]["notes"] and saved["layout"]["notes"][0]["text"] == "try cfg 7 next"
     assert restored["layout"]["nodes"][ids["EmptyLatentImage"]]["collapsed"] is True
     assert restored["layout"]["nodes"][ids["KSampler"]]["color"] == saved["layout"]["nodes"][ids["KSampler"]]["color"]

@@ -59,7 +59,18 @@ function bindPalette(app, lg, canvasEl) {
   // The browser's own double-click (its timing, the user's settings) opens the palette on empty canvas.
   canvasEl.addEventListener("dblclick", (e) => {
     const [x, y] = lg.convertEventToCanvasOffset(e);
-    if (app.graph.getNodeOnPos(x, y) || app.graph.getGroupTitlebarOnPos?.(x, y)) return;
+    const group = app.graph.getGroupTitlebarOnPos?.(x, y);
+    if (group && !app.graph.getNodeOnPos(x, y)) {
+      // double-click a group's title to rename it
+      lg.prompt("Group title", group.title, (v) => {
+        if (v && v !== group.title) {
+          group.title = v;
+          app.edited();
+        }
+      }, e);
+      return;
+    }
+    if (app.graph.getNodeOnPos(x, y)) return;
     if (app.graph.getRerouteOnPos?.(x, y)) return;
     e.preventDefault();
     openPalette(app, e, null);

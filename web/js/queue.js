@@ -66,6 +66,9 @@ export class Runner {
 
   refused(errors) {
     this.app.showServerErrors(errors);
+    // bring the first node with a problem into view, selected
+    const first = errors.find((e) => this.app.nodeFor(e.node_id));
+    if (first) this.app.focusNode(first.node_id);
     toast(`Not queued: ${plural(errors.length, "problem")} in the workflow.`, "error", 6000);
     if (errors.some((e) => e.kind === "file_not_found")) this.app.refreshModels();
   }
