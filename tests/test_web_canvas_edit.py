@@ -457,3 +457,41 @@ def test_the_layout_fits_small_windows_and_every_button_has_a_name(browser, serv
         assert focused[1] and focused[2] != "none" and focused[3] != "0px", focused
         assert not p.errors, p.errors
         p.context.close()
+
+
+def test_the_mask_editor_paints_the_mask_into_the_pictures_alpha(page, root):
+    from PIL import Image
+
+    picture = root / "mask source.png"
+    Image.new("RGB", (40, 30), (30, 140, 220)).save(picture)
+    page.page.click("#new-btn")
+    page.page.wait_for_function("chisel.nodes().length === 0")
+    node = page.add_node(300, 300, "Load Image")
+    button = next(k for k in page.js("i => chisel.app.nodeFor(i).widgets.map(w => w.name)", node) if k.startswith("upload"))
+    with page.page.expect_file_chooser() as chooser:
+        page.page.mouse.click(*page.js("([i, n]) => chisel.widgetPos(i, n)", [node, button]))
+    chooser.value.set_files(str(picture))
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).widgets.image === 'mask source.png'", arg=node)
+    page.page.mouse.click(*page.js("i => chisel.titlePos(i)", node), button="right")
+    page.page.locator(".litecontextmenu .litemenu-entry", has_text="Open in mask editor").first.click()
+    layer = page.page.locator(".mask-editor .mask-layer")
+    layer.wait_for(timeout=5000)
+    box = layer.bounding_box()
+    page.page.fill("#mask-brush-size", "4")
+    # a stroke across the middle, one stroke undone (Ctrl+Z), then the middle again
+    cy = box["y"] + box["height"] / 2
+    page.drag((box["x"] + box["width"] * 0.2, cy), (box["x"] + box["width"] * 0.8, cy))
+    page.drag((box["x"] + 2, box["y"] + 2), (box["x"] + box["width"] * 0.3, box["y"] + 4))
+    page.page.keyboard.press("Control+z")
+    page.shot("32-mask-editor.png")
+    page.page.click("#mask-save")
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).widgets.image === 'mask source-mask.png'",
+                                arg=node, timeout=10000)
+    with Image.open(root / "input" / "mask source-mask.png") as im:
+        assert im.mode == "RGBA" and im.size == (40, 30)
+        alpha = im.getchannel("A")
+        assert alpha.getpixel((20, 15)) == 0  # painted: transparent, so Load Image's MASK is 1 there
+        assert alpha.getpixel((1, 1)) == 255 and alpha.getpixel((20, 2)) == 255  # the undone stroke left no mask
+        assert alpha.getpixel((20, 28)) == 255
+        assert im.convert("RGB").getpixel((20, 15)) == (30, 140, 220)
+    assert page.js("chisel.workflow()")["nodes"][node]["inputs"] == {"image": "mask source-mask.png"}

@@ -19,6 +19,7 @@ import { Results } from "./results.js";
 import { bindToolbar, bindKeys, bindDrop } from "./controls.js";
 import { MODE_ALWAYS } from "./modes.js";
 import { registerNotes } from "./notes.js";
+import { MaskEditor } from "./maskeditor.js";
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -40,6 +41,7 @@ export class App {
     this.runner = new Runner(this);
     this.results = new Results(this);
     this.socket = new RunEvents(this);
+    this.maskEditor = new MaskEditor(this);
   }
 
   async start() {
@@ -102,7 +104,7 @@ export class App {
   cancel(promptId) { return this.runner.cancel(promptId); }
   refreshQueue() { return this.runner.refreshQueue(); }
   refreshModels(announce = false) { return this.models.refresh(announce); }
-  uploadFor(node, widget, file = null) { return this.models.uploadFor(node, widget, file); }
+  uploadFor(node, widget, file = null, opts = {}) { return this.models.uploadFor(node, widget, file, opts); }
   showInputImage(node, widget) { return this.models.showInputImage(node, widget); }
   openFile(file) { return this.files.openFile(file); }
   save() { return this.files.save(); }

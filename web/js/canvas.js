@@ -100,6 +100,8 @@ function bindMenus(app, lg) {
       opts.unshift({ content: "Remove unknown inputs", callback: () => { delete node.chisel.extraInputs; app.edited(); } });
     }
     if (node.chisel?.images?.length) opts.unshift({ content: "Open image", callback: () => app.openLightbox(node.chisel.images, 0) });
+    const picture = node.widgets?.find((w) => w.options?.chiselFiles === "input" && w.value);
+    if (picture) opts.unshift({ content: "Open in mask editor", callback: () => app.maskEditor.open(node, picture) });
     const targets = () => (lg.selected_nodes?.[node.id] ? Object.values(lg.selected_nodes) : [node]);
     opts.unshift(
       { content: node.mode === MODE_BYPASS ? "Stop bypassing (Ctrl+B)" : "Bypass (Ctrl+B)", callback: () => app.toggleMode(MODE_BYPASS, targets()) },

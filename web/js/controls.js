@@ -48,7 +48,7 @@ export function bindKeys(app) {
       app.queue();
       return;
     }
-    if (app.palette.isOpen || app.lightbox.root) return;
+    if (app.palette.isOpen || app.lightbox.root || app.maskEditor.isOpen || document.querySelector("#shortcuts")) return;
     if (mod && key === "s") {
       e.preventDefault();
       app.save();

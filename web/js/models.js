@@ -40,7 +40,7 @@ export class Models {
   }
 
   /** Upload a picture into the input folder and pick it in the node's file list. */
-  async uploadFor(node, widget, file = null) {
+  async uploadFor(node, widget, file = null, { overwrite = false, fields = {} } = {}) {
     if (!file) {
       file = await new Promise((resolve) => {
         const input = el("input", { type: "file", accept: "image/png,image/jpeg,image/webp,image/bmp,image/gif,image/tiff" });
@@ -52,6 +52,8 @@ export class Models {
     const form = new FormData();
     form.append("image", file, file.name);
     form.append("type", "input");
+    if (overwrite) form.append("overwrite", "true");
+    for (const [k, v] of Object.entries(fields)) form.append(k, v);
     const r = await this.app.api.request("POST", "v1/upload", { body: form, allowError: true });
     if (!r.ok) {
       toast(`Upload failed: ${r.data?.error?.message || `HTTP ${r.status}`}`, "error", 6000);
