@@ -17,20 +17,21 @@ import torch
 from nodes.loading import keymaps as km
 
 HINT_CHANNELS = (4, 8, 8, 16)  # four levels: the hint is downscaled 8x, like the VAE
-META_FIELDS = ("attention_head_dim", "norm_num_groups")
+META_FIELDS = ("attention_head_dim", "norm_num_groups", "addition_time_embed_dim")
 
 
 def build(unet, seed: int = 0, scale: float = 0.05):
-    """A ControlNetModel mirroring ``unet``, every weight randomised (deterministic for a seed)."""
+    """A ControlNetModel mirroring ``unet``, every weight randomised (deterministic for ``unet`` and a seed)."""
     from diffusers import ControlNetModel
 
     cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=HINT_CHANNELS)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in cn.named_parameters():
-            zero = name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding"))
-            noise = torch.randn(p.shape, generator=gen) * (0.2 if zero else scale)
-            p.add_(noise)
+            if name.startswith("controlnet_"):  # its own layers (random or zero at creation): drawn afresh here
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+            else:  # the copy of the UNet's encoder: moved away from it
+                p.add_(torch.randn(p.shape, generator=gen) * scale)
     return cn.eval()
 
 
