@@ -25,7 +25,7 @@ from nodes.memory.manager import ModelManager
 from nodes.testing import controlnet as tcn
 
 REPO = Path(__file__).resolve().parents[1]
-MORE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "comfyui-more-nodes.json"
+MORE = Path(__file__).resolve().parent / "data" / "comfyui" / "comfyui-more-nodes.json"
 NODES = ("ControlNetLoader", "DiffControlNetLoader", "ControlNetApply", "ControlNetApplyAdvanced")
 
 
@@ -170,16 +170,27 @@ def sd1(files):
     return mgr.load_checkpoint(tiny_file("sd1")), handle.load(mgr, files[("sd1", "ldm", "control_model.")]), mgr
 
 
-def test_strength_zero_and_an_empty_range_are_no_controlnet(sd1):
+def test_strength_zero_is_no_controlnet_and_the_range_picks_the_steps(sd1):
+    from nodes.sampling import calculate_sigmas
+
     bundle, cn, _ = sd1
-    plain = _chisel(bundle, [], "a circle", 1, 3, 6.0)
-    assert np.array_equal(_chisel(bundle, [(cn, _hint(), 0.0)], "a circle", 1, 3, 6.0), plain)
-    # active only for the last 10 % of the schedule: the 3 sigmas sampled lie before it
-    late = _chisel(bundle, [(cn, _hint(), 1.0)], "a circle", 1, 3, 6.0, start=0.9, end=1.0)
-    assert np.array_equal(late, plain)
-    part = _chisel(bundle, [(cn, _hint(), 1.0)], "a circle", 1, 3, 6.0, start=0.0, end=0.5)
-    full = _chisel(bundle, [(cn, _hint(), 1.0)], "a circle", 1, 3, 6.0)
-    assert np.abs(part - plain).max() > 1e-3 and np.abs(part - full).max() > 1e-3
+    plain = _chisel(bundle, [], "a circle", 1, 4, 6.0)
+    assert np.array_equal(_chisel(bundle, [(cn, _hint(), 0.0)], "a circle", 1, 4, 6.0), plain)
+    ms = bundle.model.model_sampling
+    sigmas = [float(s) for s in calculate_sigmas(ms, "normal", 4)[:-1]]
+    seen = []
+    hook = cn.module.module.register_forward_pre_hook(lambda mod, args: seen.append(float(ms.sigma(args[1][0]))))
+    try:
+        for start, end in ((0.0, 1.0), (0.0, 0.5), (0.5, 1.0)):
+            seen.clear()
+            out = _chisel(bundle, [(cn, _hint(), 1.0)], "a circle", 1, 4, 6.0, start=start, end=end)
+            hi, lo = ms.percent_to_sigma(start), ms.percent_to_sigma(end)
+            want = [s for s in sigmas if lo <= s <= hi]
+            assert 0 < len(want) and np.allclose(seen, want, rtol=1e-4), (start, end, seen, want)
+            assert np.abs(out - plain).max() > 1e-4
+    finally:
+        hook.remove()
+    assert len(sigmas) == 4
 
 
 def test_old_apply_node_steers_only_its_conditioning(sd1):
@@ -286,7 +297,6 @@ def test_validation_names_a_missing_controlnet_file(root):
 
 # -- interface --------------------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not MORE.is_file(), reason="ComfyUI reference data not present")
 @pytest.mark.parametrize("type_name", NODES)
 def test_nodes_match_comfyui(type_name):
     from sd_fixtures import _registry
@@ -301,8 +311,8 @@ def test_nodes_match_comfyui(type_name):
     specs = {**ref["input"]["required"], **ref["input"].get("optional", {})}
     for inp in cls.inputs:
         kind, opts = specs[inp.name][0], (specs[inp.name][1] if len(specs[inp.name]) > 1 else {})
-        if isinstance(kind, list):
-            assert inp.files == "controlnet"
+        if isinstance(kind, list) or kind.startswith("<file names"):
+            assert inp.type == "COMBO" and inp.files == "controlnet"
         else:
             assert inp.type == kind
         for key in ("default", "min", "max", "step"):

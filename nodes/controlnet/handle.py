@@ -13,8 +13,7 @@ from nodes.controlnet.load import FAMILY_NAMES, LoadedControlNet, load_controlne
 from nodes.memory.manager import ManagedModule, ModelManager, file_key
 
 MODEL_FAMILY = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sdxl_refiner": "SDXL refiner"}
-FIT_FIELDS = ("block_out_channels", "layers_per_block", "down_block_types", "cross_attention_dim",
-              "transformer_layers_per_block")
+FIT_FIELDS = ("block_out_channels", "layers_per_block", "down_block_types", "cross_attention_dim")
 
 
 @dataclass(eq=False)
@@ -63,18 +62,25 @@ def _norm(value):
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
+def _attention_depths(config) -> list[int]:
+    """Transformer depth of each cross-attention level, then of the middle block (diffusers takes it from the last
+    entry); levels without attention have none, whatever the config lists for them."""
+    types = list(config.get("down_block_types") or ())
+    depth = config.get("transformer_layers_per_block", 1)
+    depth = list(depth) if isinstance(depth, (list, tuple)) else [depth] * len(types)
+    return [int(d) for d, t in zip(depth, types) if "CrossAttn" in t] + [int(depth[-1])] if types else []
+
+
 def check_fits(control: ControlNetHandle, model, what: str) -> None:
     """Raise ``ValueError`` naming ``what`` (the conditioning input) when ``control`` cannot steer ``model``."""
     mc, cc = model.config, control.config
     diffs = []
     for f in FIT_FIELDS:
         a, b = _norm(cc.get(f)), _norm(mc.get(f))
-        if f == "transformer_layers_per_block" and isinstance(a, list) != isinstance(b, list):
-            n = len(cc.get("block_out_channels") or ())
-            a = a if isinstance(a, list) else [a] * n
-            b = b if isinstance(b, list) else [b] * n
         if a != b:
             diffs.append(f"{f} {a} vs the model's {b}")
+    if not diffs and _attention_depths(cc) != _attention_depths(mc):
+        diffs.append(f"transformer depths {_attention_depths(cc)} vs the model's {_attention_depths(mc)}")
     if (cc.get("addition_embed_type") == "text_time") != (mc.get("addition_embed_type") == "text_time"):
         diffs.append("SDXL size conditioning " + ("present" if cc.get("addition_embed_type") else "absent") +
                      " vs " + ("present" if mc.get("addition_embed_type") else "absent") + " in the model")
