@@ -149,9 +149,10 @@ def _spandrel_or_skip():
     return spandrel
 
 
-def write_esrgan(path: Path, nf: int = 8, gc: int = 4, blocks: int = 1, scale: int = 4, seed: int = 0) -> Path:
+def write_esrgan(path: Path, nf: int = 8, gc: int = 32, blocks: int = 1, scale: int = 4, seed: int = 0) -> Path:
     """A tiny ESRGAN (RRDBNet) in the original key layout of ESRGAN .pth files: model.0 (first conv),
-    model.1.sub.N.RDBk.convj.0 (residual dense blocks), model.1.sub.<blocks> (trunk conv), an upsample conv per 2x
+    model.1.sub.N.RDBk.convj.0 (residual dense blocks; 32 growth channels, as in every ESRGAN), model.1.sub.<blocks>
+    (trunk conv), an upsample conv per 2x
     (model.3, model.6, ...), then the HR conv and the last conv."""
     from safetensors.torch import save_file
 
