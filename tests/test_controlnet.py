@@ -193,6 +193,41 @@ def test_strength_zero_is_no_controlnet_and_the_range_picks_the_steps(sd1):
     assert len(sigmas) == 4
 
 
+def test_a_full_range_controlnet_reads_nothing_back_from_the_device_per_step(sd1, monkeypatch):
+    """As for plain sampling (see test_sd_pipeline): host reads of tensor values happen in set-up only, so 2 and 4
+    steps read the same. (A ControlNet limited to part of the schedule reads each step's sigma once.)"""
+    import collections
+    import traceback
+
+    bundle, cn, _ = sd1
+
+    def count(steps):
+        calls = collections.Counter()
+        for name in ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "cpu"):
+            orig = getattr(torch.Tensor, name)
+
+            def wrapper(self, *a, _orig=orig, _name=name, **k):
+                frame = traceback.extract_stack(limit=3)[-2]
+                calls[(_name, Path(frame.filename).name, frame.lineno)] += 1
+                return _orig(self, *a, **k)
+
+            monkeypatch.setattr(torch.Tensor, name, wrapper)
+        try:
+            pos = CLIPTextEncode().run(None, text="a circle", clip=bundle.clip)[0]
+            neg = CLIPTextEncode().run(None, text="", clip=bundle.clip)[0]
+            pos, neg = ControlNetApplyAdvanced().run(None, positive=pos, negative=neg, control_net=cn,
+                                                     image=_hint(size=16), strength=1.0, start_percent=0.0,
+                                                     end_percent=1.0, vae=None)
+            lat = EmptyLatentImage().run(None, width=16, height=16, batch_size=1)[0]
+            KSampler().run(None, model=bundle.model, seed=1, steps=steps, cfg=5.0, sampler_name="euler",
+                           scheduler="normal", positive=pos, negative=neg, latent_image=lat, denoise=1.0)
+        finally:
+            monkeypatch.undo()
+        return calls
+
+    assert count(2) == count(4)
+
+
 def test_old_apply_node_steers_only_its_conditioning(sd1):
     bundle, cn, _ = sd1
     pos = CLIPTextEncode().run(None, text="a circle", clip=bundle.clip)[0]
