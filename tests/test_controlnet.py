@@ -228,6 +228,19 @@ def test_a_full_range_controlnet_reads_nothing_back_from_the_device_per_step(sd1
     assert count(2) == count(4)
 
 
+def test_a_controlnet_on_area_conditioning_is_refused_before_sampling(sd1):
+    from nodes.library.conditioning import ConditioningSetArea
+
+    bundle, cn, _ = sd1
+    pos = CLIPTextEncode().run(None, text="a circle", clip=bundle.clip)[0]
+    pos = ConditioningSetArea().run(None, conditioning=pos, width=32, height=32, x=0, y=0, strength=1.0)[0]
+    pos = ControlNetApply().run(None, conditioning=pos, control_net=cn, image=_hint(), strength=1.0)[0]
+    lat = EmptyLatentImage().run(None, width=64, height=64, batch_size=1)[0]
+    with pytest.raises(ValueError, match="positive.*area.*not supported"):
+        KSampler().run(None, model=bundle.model, seed=1, steps=2, cfg=5.0, sampler_name="euler",
+                       scheduler="normal", positive=pos, negative=pos, latent_image=lat, denoise=1.0)
+
+
 def test_old_apply_node_steers_only_its_conditioning(sd1):
     bundle, cn, _ = sd1
     pos = CLIPTextEncode().run(None, text="a circle", clip=bundle.clip)[0]

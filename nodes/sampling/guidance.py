@@ -192,6 +192,9 @@ class CFGDenoiser:
                 m = torch.ones(1, 1, h, w, device=self.device)
             concat = torch.cat([m.expand(b, -1, -1, -1), lat.expand(b, -1, -1, -1)], 1)
         extra = opts.get("unet_inputs")
+        if extra is not None and area is not None:
+            raise ValueError(f"the {('positive', 'negative')[group]} conditioning is limited to an area and carries "
+                             "a ControlNet: ControlNets on area conditioning are not supported yet")
         if extra is not None:
             if id(extra) not in self._bound:
                 self._bound[id(extra)] = extra.bind(self.model, self.shape, ("positive", "negative")[group])
