@@ -36,6 +36,35 @@ class FileNotFoundInFolders(FileNotFoundError):
         super().__init__(f"{kind} file {name!r} not found; looked in {where}; available: {have}")
 
 
+MAX_NAME_BYTES = 255  # per path component, as file systems allow
+MAX_PATH_BYTES = 4096
+
+
+class InvalidFileName(FileNotFoundInFolders):
+    """A name no file can have (a NUL byte, a component over 255 bytes): refused before the file system sees it."""
+
+    def __init__(self, kind: str, name: str, reason: str):
+        FileNotFoundError.__init__(self, f"{kind} file name is not valid: {reason}")
+        self.kind, self.name, self.looked_in, self.available = kind, name, [], []
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a file, or None."""
+    if "\x00" in name:
+        return "it contains a NUL byte"
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it is not valid Unicode text"
+    if not encoded:
+        return "it is empty"
+    if len(encoded) > MAX_PATH_BYTES:
+        return f"it is longer than {MAX_PATH_BYTES} bytes"
+    if any(len(part) > MAX_NAME_BYTES for part in encoded.replace(b"\\", b"/").split(b"/")):
+        return f"a part of it is longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
 @dataclass
 class ModelPaths:
     root: Path = field(default_factory=lambda: Path(os.environ.get("CHISEL_HOME") or Path.cwd()))
@@ -82,15 +111,28 @@ class ModelPaths:
     def resolve(self, kind: str, name: str) -> Path:
         """The file a name refers to. Names never escape their folder; paths are accepted only if allowed."""
         name = str(name)
+        problem = name_problem(name)
+        if problem is not None:
+            raise InvalidFileName(kind, name, problem)
         for base in self.dirs(kind):
             candidate = (base / name).resolve()
-            if candidate.is_file() and _inside(candidate, base.resolve()):
+            if _is_file(candidate) and _inside(candidate, base.resolve()):
                 return candidate
         if self.allow_paths:
-            path = Path(name).expanduser()
-            if path.is_file():
+            try:
+                path = Path(name).expanduser()
+            except RuntimeError:  # "~someone" with no such user
+                path = Path(name)
+            if _is_file(path):
                 return path.resolve()
         raise FileNotFoundInFolders(kind, name, self.dirs(kind), self.list(kind))
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _inside(path: Path, base: Path) -> bool:

@@ -10,6 +10,9 @@ Formats read (``.safetensors``; ``.pt``/``.bin`` through torch's safe ``weights_
   the alpha comes from diffusers' ``lora_adapter_metadata`` (``<prefix>.lora_alpha``) when the file has it, else
   alpha = rank (scale 1), as diffusers loads such files.
 
+LyCORIS files with LoHa, LoKr or (IA)³ layers (kohya key names; :mod:`nodes.patches.lycoris` has their math) are
+read the same way and may mix with plain LoRA layers.
+
 A LoRA layer adds ``strength * alpha / rank * up @ down`` to one weight (linear, or convolution with any kernel: the
 down projection carries the kernel, the up projection is 1x1).
 
@@ -38,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from nodes.patches import lycoris
 
 # -- reading files ---------------------------------------------------------------------------------------------
 
@@ -74,7 +79,15 @@ class LoraLayer:
         kernel = "x".join(str(d) for d in self.down.shape[2:])
         return f"{self.in_features}->{self.out_features}" + (f" (kernel {kernel})" if kernel else "")
 
-    def delta(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
+    def fits(self, shape: torch.Size) -> bool:
+        """Same out/in features and kernel size (a 1x1 convolution and a linear layer are interchangeable)."""
+        return (len(shape) >= 2 and self.out_features == int(shape[0]) and self.in_features == int(shape[1])
+                and _prod(self.down.shape[2:]) == _prod(shape[2:]))
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.down, self.up]
+
+    def delta(self, shape: torch.Size, device: torch.device, weight: torch.Tensor | None = None) -> torch.Tensor:
         """The full-size float32 delta for a weight of ``shape`` on ``device`` (scale included, strength not)."""
         up = self.up.to(device, torch.float32).flatten(1)
         down = self.down.to(device, torch.float32).flatten(1)
@@ -90,7 +103,7 @@ class LoraFile:
     metadata: dict[str, str] = field(default_factory=dict)
 
     def __chisel_nbytes__(self) -> dict[str, int]:
-        n = sum(t.numel() * t.element_size() for layer in self.layers.values() for t in (layer.down, layer.up))
+        n = sum(t.numel() * t.element_size() for layer in self.layers.values() for t in layer.tensors())
         return {"ram": n}
 
 
@@ -102,8 +115,7 @@ _PAIRS = (
     (".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight"),
     ("_lora.down.weight", "_lora.up.weight"),  # diffusers attention processors: to_q_lora.down.weight
 )
-_UNSUPPORTED = {".hada_w1_a": "LoHa", ".lokr_w1": "LoKr", ".lora_mid.weight": "LoCon with a Tucker mid weight",
-                ".oft_blocks": "OFT"}
+_UNSUPPORTED = {".lora_mid.weight": "LoCon with a Tucker mid weight", ".oft_blocks": "OFT"}
 _UNSUPPORTED_SUFFIXES = {".diff": "full weight difference", ".diff_b": "full weight difference"}
 
 
@@ -187,10 +199,13 @@ def read_lora(path: str | Path) -> LoraFile:
         for marker, kind in list(_UNSUPPORTED.items()) + list(_UNSUPPORTED_SUFFIXES.items()):
             if (key.endswith(marker) if marker in _UNSUPPORTED_SUFFIXES else marker in key):
                 raise LoraError(f"{path.name} is a {kind} file (key {key!r}); Chisel applies LoRA "
-                                "(down/up pairs) only")
+                                "(down/up pairs), LoHa, LoKr and (IA)3 only")
     peft_meta = _peft_alpha(metadata)
-    layers: dict[str, LoraLayer] = {}
     used: set[str] = set()
+    try:
+        layers: dict[str, Any] = dict(lycoris.read_layers(tensors, used))
+    except ValueError as exc:
+        raise LoraError(f"{path.name}: {exc}") from None
     for key in sorted(tensors):
         for down_sfx, up_sfx in _PAIRS:
             if not key.endswith(down_sfx):
@@ -219,7 +234,7 @@ def read_lora(path: str | Path) -> LoraFile:
     if not layers:
         sample = ", ".join(sorted(tensors)[:4]) or "(no tensors)"
         raise LoraError(f"{path.name} is not a LoRA file Chisel can read: no down/up (lora_down/lora_up or "
-                        f"lora_A/lora_B) pairs; its keys look like {sample}")
+                        f"lora_A/lora_B) pairs and no LoHa, LoKr or (IA)3 layers; its keys look like {sample}")
     if leftovers:
         raise LoraError(f"{path.name}: tensors that belong to no LoRA layer, e.g. {', '.join(leftovers[:4])}")
     return LoraFile(str(path), layers, metadata)
@@ -284,7 +299,7 @@ def text_encoder_lookup(module: torch.nn.Module, slot: str, index: int, count: i
 
 def _family_hint(lora: LoraFile) -> str:
     """A guess at the family a LoRA was made for, from its cross-attention key/value input width."""
-    widths = {layer.in_features for k, layer in lora.layers.items()
+    widths = {getattr(layer, "in_features", None) for k, layer in lora.layers.items()
               if re.search(r"attn2[._]to_[kv]$", k)}
     guess = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL", 1280: "the SDXL refiner"}
     found = [guess[w] for w in sorted(widths) if w in guess]
@@ -298,14 +313,6 @@ def _prod(dims) -> int:
     for d in dims:
         n *= int(d)
     return n
-
-
-def _fits(layer: LoraLayer, weight_shape: torch.Size) -> bool:
-    """Same out/in features and kernel size (a 1x1 convolution and a linear layer are interchangeable)."""
-    if len(weight_shape) < 2:
-        return False
-    return (layer.out_features == int(weight_shape[0]) and layer.in_features == int(weight_shape[1])
-            and _prod(layer.down.shape[2:]) == _prod(weight_shape[2:]))
 
 
 def match(lora: LoraFile, name: str, targets: list[tuple[str, torch.nn.Module, dict[str, str]]],
@@ -329,7 +336,7 @@ def match(lora: LoraFile, name: str, targets: list[tuple[str, torch.nn.Module, d
             if mod_name is None:
                 continue
             weight = module.get_parameter(mod_name + ".weight")
-            if not _fits(layer, weight.shape):
+            if not layer.fits(weight.shape):
                 wrong.append(f"{key} ({layer.describe()}, the model's {mod_name} is "
                              f"{'x'.join(str(d) for d in weight.shape)})")
             else:
@@ -401,9 +408,10 @@ def patched(mm, applied: Iterable[AppliedLora] = ()):
                 for pname, items in per_param.items():
                     p = module.get_parameter(pname)
                     backups[pname] = (p, _backup(p.data))
-                    acc = p.data.float()
+                    base = p.data.float()  # (IA)3 scales the unpatched weight
+                    acc = base.clone()
                     for layer, strength in items:
-                        acc.add_(layer.delta(p.shape, p.device), alpha=strength)
+                        acc.add_(layer.delta(p.shape, p.device, base), alpha=strength)
                     p.data.copy_(acc)
             yield
         finally:
@@ -424,6 +432,15 @@ def _hooked(module: torch.nn.Module, per_param: dict[str, list[tuple[LoraLayer, 
             x = args[0]
             extra = 0
             for layer, strength in items:
+                if not isinstance(layer, LoraLayer):  # LyCORIS: its whole delta, as a layer of its own
+                    d = layer.delta(mod.weight.shape, x.device, mod.weight).to(x.dtype)
+                    if isinstance(mod, torch.nn.Linear):
+                        h = F.linear(x, d)
+                    else:
+                        conv = F.conv2d if isinstance(mod, torch.nn.Conv2d) else F.conv1d
+                        h = conv(x, d, None, mod.stride, mod.padding, mod.dilation, mod.groups)
+                    extra = extra + h * strength
+                    continue
                 down = layer.down.to(x.device, x.dtype)
                 up = layer.up.to(x.device, x.dtype)
                 if isinstance(mod, torch.nn.Linear):
