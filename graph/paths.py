@@ -16,6 +16,8 @@ DEFAULT_FOLDERS: dict[str, str] = {
     "loras": "models/loras",
     "vae": "models/vae",
     "embeddings": "models/embeddings",
+    "controlnet": "models/controlnet",
+    "upscale_models": "models/upscale_models",
     "custom_nodes": "custom_nodes",
     "input": "input",
     "output": "output",
@@ -23,6 +25,7 @@ DEFAULT_FOLDERS: dict[str, str] = {
 }
 
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft")
+MODEL_KINDS = ("checkpoints", "loras", "vae", "embeddings", "controlnet", "upscale_models")
 
 
 class FileNotFoundInFolders(FileNotFoundError):
@@ -95,7 +98,7 @@ class ModelPaths:
         return dirs[0]
 
     def list(self, kind: str, extensions: Iterable[str] = ()) -> list[str]:
-        exts = tuple(e.lower() for e in extensions) or (MODEL_EXTENSIONS if kind in ("checkpoints", "loras", "vae", "embeddings") else ())
+        exts = tuple(e.lower() for e in extensions) or (MODEL_EXTENSIONS if kind in MODEL_KINDS else ())
         names: set[str] = set()
         for base in self.dirs(kind):
             if not base.is_dir():
