@@ -1,13 +1,13 @@
 """Runtime services the executor hands to every node as ``ctx.services``: device, folders, model memory."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from graph.paths import ModelPaths
+from nodes.loading.weights import pickles_allowed_by_default
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -19,10 +19,6 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0", "false", "no")
-
-
 @dataclass
 class Services:
     paths: ModelPaths
@@ -30,7 +26,8 @@ class Services:
     dtype: torch.dtype | None = None  # compute dtype override; None picks per device
     low_vram: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
-    allow_pickle: bool = field(default_factory=lambda: _env_flag("CHISEL_ALLOW_PICKLE"))  # .ckpt files
+    # .ckpt/.pt/.bin files load weights-only unless refused (--no-pickle, CHISEL_NO_PICKLE): nodes.loading.weights
+    allow_pickle: bool = field(default_factory=pickles_allowed_by_default)
     device_budget: int | None = None  # bytes of model weights allowed on the device; None: total minus a reserve
     _models: Any = field(default=None, repr=False)
 

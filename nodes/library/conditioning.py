@@ -11,6 +11,7 @@ import torch
 
 from graph.node import Input, Node, Output
 from graph.types import CLIP, CONDITIONING, FLOAT, INT, MASK, STRING
+from nodes.loading.weights import policy_of
 from nodes.text import embeddings
 from nodes.text.tokens import embedding_names
 
@@ -40,7 +41,7 @@ class CLIPTextEncode(Node):
         return embeddings.fingerprint(embedding_names(text), getattr(ctx, "paths", None) or _paths(ctx))
 
     def run(self, ctx, text, clip):
-        cond, pooled = clip.encode(text, embeddings=embeddings.EmbeddingLookup(_paths(ctx)))
+        cond, pooled = clip.encode(text, embeddings=embeddings.EmbeddingLookup(_paths(ctx), policy_of(ctx)))
         opts = {}
         if pooled is not None:
             opts["pooled_output"] = pooled

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from graph.node import Input, Node, Output
 from graph.types import CLIP, COMBO, FLOAT, MODEL, VAE
+from nodes.loading.weights import policy_of
 from nodes.memory.manager import ModelManager
 from nodes.patches.lora import (
     AppliedLora,
@@ -132,7 +133,7 @@ class LoraLoader(Node):
                Output("CLIP", CLIP, tooltip="The text encoder with the LoRA."))
 
     def run(self, ctx, model, clip, lora_name, strength_model, strength_clip):
-        lora = load_lora(ctx.file_path("lora_name"))
+        lora = load_lora(ctx.file_path("lora_name"), policy_of(ctx))
         name = Path(str(lora_name)).name
         model_pairs = apply_to_model(model, lora, name, strength_model)
         clip_pairs = apply_to_clip(clip, lora, name, strength_clip)
@@ -154,6 +155,6 @@ class LoraLoaderModelOnly(Node):
     outputs = (Output("MODEL", MODEL),)
 
     def run(self, ctx, model, lora_name, strength_model):
-        lora = load_lora(ctx.file_path("lora_name"))
+        lora = load_lora(ctx.file_path("lora_name"), policy_of(ctx))
         pairs = apply_to_model(model, lora, Path(str(lora_name)).name, strength_model)
         return (model.with_lora(pairs) if strength_model != 0 else model,)
