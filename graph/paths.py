@@ -16,6 +16,7 @@ DEFAULT_FOLDERS: dict[str, str] = {
     "loras": "models/loras",
     "vae": "models/vae",
     "embeddings": "models/embeddings",
+    "configs": "models/configs",
     "custom_nodes": "custom_nodes",
     "input": "input",
     "output": "output",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from graph.node import Input, Node, Output
 from graph.types import CLIP, COMBO, FLOAT, MODEL, VAE
+from nodes.loading.ldm_config import CONFIG_EXTENSIONS, read_ldm_config
 from nodes.loading.weights import policy_of
 from nodes.memory.manager import ModelManager
 from nodes.patches.lora import (
@@ -71,6 +72,56 @@ class CheckpointLoaderSimple(Node):
             path = path.parent  # a diffusers pipeline folder
         bundle = manager(ctx).load_checkpoint(path)
         return (bundle.model, bundle.clip, bundle.vae)
+
+
+class CheckpointLoader(Node):
+    type = "CheckpointLoader"
+    display_name = "Load Checkpoint With Config (DEPRECATED)"
+    category = "advanced/loaders"
+    description = ("Load a checkpoint with an original LDM YAML config (models/configs). The architecture comes from "
+                   "the file's tensors as with Load Checkpoint; the config sets what tensors cannot say: the "
+                   "prediction type (parameterization: v), the training noise schedule and the latent scale.")
+    inputs = (
+        Input("config_name", COMBO, files="configs", extensions=CONFIG_EXTENSIONS),
+        Input("ckpt_name", COMBO, files="checkpoints", extensions=CHECKPOINT_EXTENSIONS, choices=checkpoint_choices),
+    )
+    outputs = (Output("MODEL", MODEL), Output("CLIP", CLIP), Output("VAE", VAE))
+
+    def run(self, ctx, config_name, ckpt_name):
+        overrides = read_ldm_config(ctx.file_path("config_name"))
+        path = ctx.file_path("ckpt_name")
+        if path.name == DIFFUSERS_INDEX:
+            path = path.parent
+        bundle = manager(ctx).load_checkpoint(path)
+        return (with_ldm_config(bundle.model, overrides), bundle.clip, bundle.vae)
+
+
+def with_ldm_config(model, overrides: dict):
+    """A clone of ``model`` whose noise schedule, prediction type and latent scale follow a config's overrides."""
+    import copy
+    from dataclasses import replace
+
+    from nodes.sampling import ModelSampling
+
+    if not overrides:
+        return model
+    ms = model.model_sampling
+    if any(k in overrides for k in ("beta_start", "beta_end", "num_train_timesteps")):
+        sampling = ModelSampling(beta_schedule=ms.beta_schedule,
+                                 linear_start=overrides.get("beta_start", 0.00085),
+                                 linear_end=overrides.get("beta_end", 0.012),
+                                 timesteps=overrides.get("num_train_timesteps", ms.num_timesteps),
+                                 prediction_type=overrides.get("prediction_type", ms.prediction_type),
+                                 zero_terminal_snr=ms.zero_terminal_snr)
+    else:
+        sampling = copy.copy(ms)
+        sampling.prediction_type = overrides.get("prediction_type", ms.prediction_type)
+        sampling._tables = {}
+    other = model.clone()
+    other.model_sampling = sampling
+    if "scale_factor" in overrides:
+        other.latent_format = replace(model.latent_format, scale_factor=overrides["scale_factor"])
+    return other
 
 
 class VAELoader(Node):
