@@ -116,7 +116,6 @@ def with_ldm_config(model, overrides: dict):
     else:
         sampling = copy.copy(ms)
         sampling.prediction_type = overrides.get("prediction_type", ms.prediction_type)
-        sampling._tables = {}
     other = model.clone()
     other.model_sampling = sampling
     if "scale_factor" in overrides:

@@ -368,35 +368,47 @@ def _backup(t: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def patched(mm, applied: Iterable[AppliedLora] = ()):
+def patched(mm, applied: Iterable[Any] = ()):
     """While the block runs, ``mm.module`` (a placed :class:`~nodes.memory.manager.ManagedModule`) computes with
-    ``applied`` LoRAs added; afterwards its weights are restored exactly. Serialised per module, so a concurrent
-    user never sees another's LoRA."""
+    ``applied`` LoRAs added and any module patches (objects with an ``attach(module)`` context manager, e.g.
+    :class:`nodes.patches.freeu.FreeUPatch`) attached; afterwards its weights and hooks are restored exactly.
+    Serialised per module, so a concurrent user never sees another's LoRA or patch."""
+    applied = list(applied)
+    hooks = [a for a in applied if hasattr(a, "attach")]
+    loras = [a for a in applied if not hasattr(a, "attach")]
+    with _lock_for(mm.module), ExitStack() as stack:
+        stack.enter_context(_with_loras(mm, loras))
+        for patch in hooks:
+            stack.enter_context(patch.attach(mm.module))
+        yield
+
+
+@contextmanager
+def _with_loras(mm, applied: Iterable[AppliedLora]):
     module = mm.module
-    with _lock_for(module):
-        per_param = _combined(applied)
-        if not per_param:
+    per_param = _combined(applied)
+    if not per_param:
+        yield
+        return
+    if getattr(mm, "sequential", False):
+        with _hooked(module, per_param):
             yield
-            return
-        if getattr(mm, "sequential", False):
-            with _hooked(module, per_param):
-                yield
-            return
-        backups: dict[str, tuple[torch.nn.Parameter, torch.Tensor]] = {}
-        try:
-            with torch.no_grad():
-                for pname, items in per_param.items():
-                    p = module.get_parameter(pname)
-                    backups[pname] = (p, _backup(p.data))
-                    acc = p.data.float()
-                    for layer, strength in items:
-                        acc.add_(layer.delta(p.shape, p.device), alpha=strength)
-                    p.data.copy_(acc)
-            yield
-        finally:
-            with torch.no_grad():
-                for p, saved in backups.values():
-                    p.data.copy_(saved, non_blocking=saved.is_pinned())
+        return
+    backups: dict[str, tuple[torch.nn.Parameter, torch.Tensor]] = {}
+    try:
+        with torch.no_grad():
+            for pname, items in per_param.items():
+                p = module.get_parameter(pname)
+                backups[pname] = (p, _backup(p.data))
+                acc = p.data.float()
+                for layer, strength in items:
+                    acc.add_(layer.delta(p.shape, p.device), alpha=strength)
+                p.data.copy_(acc)
+        yield
+    finally:
+        with torch.no_grad():
+            for p, saved in backups.values():
+                p.data.copy_(saved, non_blocking=saved.is_pinned())
 
 
 @contextmanager
