@@ -17,6 +17,8 @@ DEFAULT_FOLDERS: dict[str, str] = {
     "vae": "models/vae",
     "embeddings": "models/embeddings",
     "configs": "models/configs",
+    "unet": "models/unet",
+    "clip": "models/clip",
     "custom_nodes": "custom_nodes",
     "input": "input",
     "output": "output",

@@ -228,6 +228,11 @@ class ModelManager:
                 self.loads += 1
             return value
 
+    def load_once(self, kind: Any, path: str | Path, factory):
+        """``factory()``, run once per (kind, file identity, compute dtype): for loaders of single components
+        (``kind`` may carry the identity of further files the value depends on)."""
+        return self._once((kind, file_key(Path(path)), str(self.compute_dtype())), factory)
+
     def load_checkpoint(self, path: str | Path) -> LoadedBundle:
         """MODEL, CLIP and VAE handles of a checkpoint file or diffusers folder (loaded once per file identity)."""
         from nodes.loading.checkpoint import load_checkpoint
