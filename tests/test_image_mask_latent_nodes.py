@@ -116,7 +116,7 @@ def test_latent_blend_crop_flip_rotate_and_batch():
 
 def test_save_and_load_latent_round_trip_in_comfyuis_layout(tmp_path):
     paths = ModelPaths(root=tmp_path)
-    ctx = FakeContext(services=SimpleNamespace(paths=paths), workflow={"nodes": {}}, prompt_api={"1": {}})
+    ctx = FakeContext(services=SimpleNamespace(paths=paths))
     lat = rand(2, 4, 5, 7, seed=9)
     res = LF.SaveLatent().run(ctx, {"samples": lat}, "latents/test")
     entry = res.ui["latents"][0]
@@ -291,3 +291,32 @@ def test_load_image_output_reads_the_output_folder(tmp_path):
     to_pil(img).save(out / "done.png")
     image, mask = I.LoadImageOutput().run(FakeContext(files={"image": out / "done.png"}), "done.png")
     assert image.shape == (1, 9, 7, 3) and (image[0] - img).abs().max() < EPS and mask.abs().max() == 0
+
+
+def test_save_latent_through_the_engine_carries_the_workflow_and_loads_back(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from sd_fixtures import make_engine
+
+    eng, _ = make_engine(tmp_path)
+    wf = {"format": "chisel-workflow", "version": 1, "nodes": {
+        "1": {"type": "EmptyLatentImage", "inputs": {"width": 64, "height": 48, "batch_size": 2}},
+        "2": {"type": "LatentFlip", "inputs": {"samples": {"node": "1", "output": "LATENT"}, "flip_method": "y-axis: horizontally"}},
+        "3": {"type": "SaveLatent", "inputs": {"samples": {"node": "2", "output": "LATENT"}, "filename_prefix": "latents/run"}}}}
+    result = eng.run(wf)
+    assert result.status == "success", result.errors
+    path = tmp_path / "output" / "latents" / "run_00001_.latent"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        assert f.get_tensor("latent_tensor").shape == (2, 4, 6, 8)
+    assert json.loads(meta["workflow"])["nodes"]["3"]["type"] == "SaveLatent"
+    assert json.loads(meta["prompt"])["2"]["class_type"] == "LatentFlip"
+    (tmp_path / "input").mkdir(exist_ok=True)
+    path.rename(tmp_path / "input" / "run.latent")
+    back = eng.run({"format": "chisel-workflow", "version": 1, "nodes": {
+        "1": {"type": "LoadLatent", "inputs": {"latent": "run.latent"}},
+        "2": {"type": "LatentBatch", "inputs": {"samples1": {"node": "1", "output": "LATENT"}, "samples2": {"node": "1", "output": "LATENT"}}},
+        "3": {"type": "SaveLatent", "inputs": {"samples": {"node": "2", "output": "LATENT"}, "filename_prefix": "again"}}}})
+    assert back.status == "success", back.errors
+    assert load_file(str(tmp_path / "output" / "again_00001_.latent"))["latent_tensor"].shape == (4, 4, 6, 8)

@@ -1,6 +1,6 @@
-"""The image, mask, latent, tiled-VAE, loader and model-patch nodes have ComfyUI's interface: input names in order,
-types, defaults, ranges, combo choices, outputs and output-node flag, from the interface facts kept in
-tests/data/comfyui-library-nodes.json (taken from ComfyUI's /object_info)."""
+"""The image, mask, latent, tiled-VAE, loader, text and model-patch nodes are all registered with ComfyUI's
+interface (input names in order, types, defaults, ranges, combo choices, optional inputs, outputs, output-node flag
+and category), from the interface facts kept in tests/data/comfyui (taken from ComfyUI's /object_info)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,13 @@ import pytest
 from graph.registry import NodeRegistry
 from graph.types import COMBO
 
-DATA = Path(__file__).parent / "data" / "comfyui-library-nodes.json"
+DATA = [Path(__file__).parent / "data" / "comfyui" / name
+        for name in ("comfyui-core-nodes.json", "comfyui-more-nodes.json")]
+LIBRARY = """LatentComposite LatentCompositeMasked LatentBlend LatentCrop LatentFlip LatentRotate LatentBatch ImageBatch
+ImageBlend ImageInvert ImageBlur ImageSharpen ImageCompositeMasked EmptyImage SolidMask InvertMask MaskComposite GrowMask
+FeatherMask CropMask ThresholdMask MaskToImage ImageToMask SaveLatent LoadLatent LoadImageOutput VAEDecodeTiled
+VAEEncodeTiled CLIPTextEncodeSDXL CLIPTextEncodeSDXLRefiner CheckpointLoader UNETLoader CLIPLoader DualCLIPLoader FreeU
+FreeU_V2 ModelSamplingDiscrete""".split()
 # ComfyUI's ImageCrop (not in the reference dump): image, width, height, x, y.
 IMAGE_CROP = {"input": {"required": {
     "image": ["IMAGE"], "width": ["INT", {"default": 512, "min": 1, "max": 16384, "step": 1}],
@@ -25,7 +31,10 @@ SUBSET_COMBOS = {("CLIPLoader", "type"), ("DualCLIPLoader", "type"), ("UNETLoade
 
 
 def reference() -> dict:
-    ref = json.loads(DATA.read_text())
+    merged = {}
+    for path in DATA:
+        merged.update(json.loads(path.read_text()))
+    ref = {name: merged[name] for name in LIBRARY}
     ref["ImageCrop"] = IMAGE_CROP
     return ref
 

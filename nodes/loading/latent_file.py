@@ -4,7 +4,6 @@ versions, which stored latents multiplied by SD's 0.18215. The workflow and prom
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
@@ -37,19 +36,12 @@ def read_latent(path: str | Path) -> dict[str, torch.Tensor]:
     return {"samples": samples / OLD_FORMAT_SCALE if old else samples}
 
 
-def _metadata(ctx: Any) -> dict[str, str]:
-    out = {}
-    for key, attr in (("prompt", "prompt_api"), ("workflow", "workflow")):
-        value = getattr(ctx, attr, None)
-        if value is not None:
-            out[key] = json.dumps(value)
-    return out
-
-
 def write_latent(latent: dict, folder: Path, prefix: str, ctx: Any = None) -> dict[str, str]:
     """Write ``latent`` as ``<prefix>_00001_.latent`` (the next free number) inside ``folder``; returns the
     ``{filename, subfolder, type}`` entry for the UI. The file appears under its name only when complete."""
     from safetensors.torch import save
+
+    from nodes.imaging.files import run_metadata
 
     base = folder.resolve()
     sub, _, name = (prefix or "latents/ComfyUI").replace("\\", "/").rpartition("/")
@@ -59,7 +51,7 @@ def write_latent(latent: dict, folder: Path, prefix: str, ctx: Any = None) -> di
     name = name or "ComfyUI"
     target.mkdir(parents=True, exist_ok=True)
     data = save({TENSOR_KEY: latent["samples"].detach().float().cpu().contiguous(),
-                 VERSION_KEY: torch.tensor([])}, metadata=_metadata(ctx))
+                 VERSION_KEY: torch.tensor([])}, metadata=run_metadata(ctx))
     pattern = re.compile(re.escape(name) + r"_(\d+)_?\.latent$")
     counter = 1 + max((int(m.group(1)) for f in os.listdir(target) if (m := pattern.match(f))), default=0)
     fd, tmp = tempfile.mkstemp(dir=target, prefix=".partial-", suffix=".latent")
