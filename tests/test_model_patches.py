@@ -121,3 +121,16 @@ def test_model_sampling_discrete_sets_prediction_and_zero_terminal_snr(sd1):
     assert z.prediction_type == "epsilon"
     assert not torch.equal(_sample(ModelSamplingDiscrete().run(None, sd1.model, "v_prediction", False)[0],
                                    sd1.clip), _sample(sd1.model, sd1.clip))
+
+
+def test_a_hooked_unet_runs_eagerly_while_the_patch_is_attached():
+    """torch.compile does not guard on module hooks: a compiled UNet would silently skip FreeU's."""
+    from nodes.memory.manager import ModelManager as Manager
+
+    mgr = Manager("cpu", compile="on", compile_backend="eager")
+    model = mgr.load_checkpoint(tiny_file("sd1", "fp32")).model
+    with mgr.use(model.unet):
+        assert model.unet.runner() is not model.unet.module  # compiled form
+        with patched(model.unet, [FreeUPatch(1.1, 1.2, 0.9, 0.2)]):
+            assert model.unet.runner() is model.unet.module
+        assert model.unet.runner() is not model.unet.module

@@ -378,9 +378,21 @@ def patched(mm, applied: Iterable[Any] = ()):
     loras = [a for a in applied if not hasattr(a, "attach")]
     with _lock_for(mm.module), ExitStack() as stack:
         stack.enter_context(_with_loras(mm, loras))
+        if hooks:
+            stack.enter_context(_eager(mm))
         for patch in hooks:
             stack.enter_context(patch.attach(mm.module))
         yield
+
+
+@contextmanager
+def _eager(mm):
+    """Have the module run eagerly while hooks are attached (a compiled graph would silently skip them)."""
+    mm.hooked = getattr(mm, "hooked", 0) + 1
+    try:
+        yield
+    finally:
+        mm.hooked -= 1
 
 
 @contextmanager
