@@ -134,3 +134,80 @@ def test_a_hooked_unet_runs_eagerly_while_the_patch_is_attached():
         with patched(model.unet, [FreeUPatch(1.1, 1.2, 0.9, 0.2)]):
             assert model.unet.runner() is model.unet.module
         assert model.unet.runner() is not model.unet.module
+
+
+def _deep_shrink_unet():
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(1)
+    return UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(8, 16, 16),
+                                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                                layers_per_block=2, cross_attention_dim=8, attention_head_dim=2,
+                                norm_num_groups=4).eval()
+
+
+@pytest.mark.parametrize("after_skip", [True, False])
+def test_deep_shrink_runs_the_blocks_after_n_at_the_smaller_size_inside_its_window(sd1, after_skip):
+    from nodes.patches.deep_shrink import DeepShrinkPatch, input_blocks
+
+    unet = _deep_shrink_unet()
+    ms = sd1.model.model_sampling
+    blocks = input_blocks(unet)
+    assert len(blocks) == 1 + 3 + 3 + 2  # conv_in; 2 layers + downsampler per level but the last
+    n = 3  # the first level's downsampler: 32 -> 16, then shrunk to 8
+    patch = DeepShrinkPatch(n, 2.0, ms.percent_to_sigma(0.0), ms.percent_to_sigma(0.35), after_skip, "bicubic",
+                            "bicubic", ms)
+    sizes: dict[str, list] = {"next": [], "skips": []}
+    x, ctx = torch.randn(1, 4, 32, 32), torch.randn(1, 1, 8)
+    early, late = ms.timestep(torch.tensor(ms.percent_to_sigma(0.1))), ms.timestep(torch.tensor(0.3))
+    with torch.no_grad():
+        plain_early, plain_late = unet(x, early, ctx).sample, unet(x, late, ctx).sample
+        with patched(SimpleNamespace(module=unet), [patch]):
+            # registered after the patch's hooks: they see what the blocks are given
+            spy = [blocks[n][1].register_forward_pre_hook(lambda m, a: sizes["next"].append(tuple(a[0].shape[-2:]))),
+                   unet.up_blocks[1].register_forward_pre_hook(lambda m, a, k: sizes["skips"].append(
+                       [tuple(s.shape[-2:]) for s in k["res_hidden_states_tuple"]]), with_kwargs=True)]
+            shrunk = unet(x, early, ctx).sample
+            outside = unet(x, late, ctx).sample
+            for h in spy:
+                h.remove()
+        again = unet(x, early, ctx).sample
+    assert sizes["next"] == [(8, 8), (16, 16)]  # inside the window the next block runs at half size, outside not
+    # the skips the decoder joins at that level: block n's (full size after the skip, shrunk before it), then the
+    # two layers after it, which ran shrunk
+    assert sizes["skips"][0] == [(16, 16) if after_skip else (8, 8), (8, 8), (8, 8)]
+    assert sizes["skips"][1] == [(16, 16)] * 3
+    assert shrunk.shape == x.shape and (shrunk - plain_early).abs().max() > 1e-3
+    assert torch.equal(outside, plain_late) and torch.equal(again, plain_early)
+
+
+def test_deep_shrink_by_one_is_the_identity(sd1):
+    from nodes.patches.deep_shrink import DeepShrinkPatch
+
+    unet = _deep_shrink_unet()
+    ms = sd1.model.model_sampling
+    patch = DeepShrinkPatch(2, 1.0, ms.percent_to_sigma(0.0), 0.0, True, "bilinear", "bilinear", ms)
+    x, ctx, t = torch.randn(1, 4, 32, 32), torch.randn(1, 1, 8), torch.tensor([500.0])
+    with torch.no_grad():
+        plain = unet(x, t, ctx).sample
+        with patched(SimpleNamespace(module=unet), [patch]):
+            same = unet(x, t, ctx).sample
+    assert torch.allclose(same, plain, atol=1e-6)
+
+
+def test_patch_model_add_downscale_node_samples_a_large_latent(sd1):
+    from nodes.library.model_patches import PatchModelAddDownscale
+
+    shrunk = PatchModelAddDownscale().run(None, sd1.model, 1, 2.0, 0.0, 0.5, True, "bicubic", "bicubic")[0]
+    assert "DeepShrink" in repr(shrunk)
+    from nodes.library.conditioning import CLIPTextEncode
+
+    cond = CLIPTextEncode().run(FakeContext(), "a cat", sd1.clip)[0]
+    run = [KSampler().run(FakeContext(), m, 3, 2, 5.0, "euler", "normal", cond, cond,
+                          {"samples": torch.zeros(1, 4, 16, 16)}, 1.0)[0]["samples"] for m in (sd1.model, shrunk)]
+    assert run[1].shape == run[0].shape and (run[1] - run[0]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="outside this UNet"):
+        bad = PatchModelAddDownscale().run(None, sd1.model, 30, 2.0, 0.0, 0.5, True, "bicubic", "bicubic")[0]
+        KSampler().run(FakeContext(), bad, 3, 1, 5.0, "euler", "normal", cond, cond,
+                       {"samples": torch.zeros(1, 4, 16, 16)}, 1.0)

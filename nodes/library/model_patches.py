@@ -1,9 +1,9 @@
-"""Model patch nodes (ComfyUI categories "model_patches/unet" and "advanced/model"): FreeU, FreeU_V2 and
-ModelSamplingDiscrete.
+"""Model patch nodes (ComfyUI categories "model_patches/unet" and "advanced/model"): FreeU, FreeU_V2,
+PatchModelAddDownscale (Kohya's Deep Shrink) and ModelSamplingDiscrete.
 
-Each returns a clone of its MODEL: the checkpoint's modules are shared and never changed. FreeU travels with the
-MODEL as a module patch (:mod:`nodes.patches.freeu`) that is attached only while a sampler runs that MODEL, like a
-LoRA; ModelSamplingDiscrete gives the clone another noise-schedule object. Their inputs are literals of the node, so
+Each returns a clone of its MODEL: the checkpoint's modules are shared and never changed. FreeU and Deep Shrink
+travel with the MODEL as module patches (:mod:`nodes.patches.freeu`, :mod:`nodes.patches.deep_shrink`) that are
+attached only while a sampler runs that MODEL, like a LoRA; ModelSamplingDiscrete gives the clone another noise-schedule object. Their inputs are literals of the node, so
 they enter the cache key of every node downstream.
 """
 from __future__ import annotations
@@ -13,7 +13,8 @@ import copy
 import torch
 
 from graph.node import Input, Node, Output
-from graph.types import BOOLEAN, COMBO, FLOAT, MODEL
+from graph.types import BOOLEAN, COMBO, FLOAT, INT, MODEL
+from nodes.patches.deep_shrink import SCALE_METHODS, DeepShrinkPatch
 from nodes.patches.freeu import FreeUPatch
 
 SAMPLING_KINDS = {"eps": "epsilon", "v_prediction": "v_prediction"}
@@ -52,6 +53,34 @@ class FreeU_V2(FreeU):
         Input("s2", FLOAT, default=0.2, min=0.0, max=10.0, step=0.01),
     )
     v2 = True
+
+
+class PatchModelAddDownscale(Node):
+    type = "PatchModelAddDownscale"
+    display_name = "PatchModelAddDownscale (Kohya Deep Shrink)"
+    category = "model_patches/unet"
+    description = ("Deep Shrink: between start_percent and end_percent of sampling, downscale the UNet's features by "
+                   "`downscale_factor` after input block `block_number` and scale them back in the decoder, so large "
+                   "images keep a coherent composition.")
+    inputs = (
+        Input("model", MODEL),
+        Input("block_number", INT, default=3, min=1, max=32, step=1),
+        Input("downscale_factor", FLOAT, default=2.0, min=0.1, max=9.0, step=0.001),
+        Input("start_percent", FLOAT, default=0.0, min=0.0, max=1.0, step=0.001),
+        Input("end_percent", FLOAT, default=0.35, min=0.0, max=1.0, step=0.001),
+        Input("downscale_after_skip", BOOLEAN, default=True),
+        Input("downscale_method", COMBO, choices=SCALE_METHODS, default="bicubic"),
+        Input("upscale_method", COMBO, choices=SCALE_METHODS, default="bicubic"),
+    )
+    outputs = (Output("MODEL", MODEL),)
+
+    def run(self, ctx, model, block_number, downscale_factor, start_percent, end_percent, downscale_after_skip,
+            downscale_method, upscale_method):
+        ms = model.model_sampling
+        patch = DeepShrinkPatch(int(block_number), float(downscale_factor), ms.percent_to_sigma(start_percent),
+                                ms.percent_to_sigma(end_percent), bool(downscale_after_skip), downscale_method,
+                                upscale_method, ms)
+        return (model.with_lora([("unet", patch)]),)
 
 
 class ModelSamplingDiscrete(Node):
