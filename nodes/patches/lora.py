@@ -119,28 +119,14 @@ _UNSUPPORTED = {".lora_mid.weight": "LoCon with a Tucker mid weight", ".oft_bloc
 _UNSUPPORTED_SUFFIXES = {".diff": "full weight difference", ".diff_b": "full weight difference"}
 
 
-def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if len(head) >= 9 and head[8:9] == b"{":
-        from safetensors import safe_open
+def _read_tensors(path: Path, allow_pickle: bool | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from nodes.loading.errors import CheckpointError
+    from nodes.loading.weights import read_tensors
 
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as fh:
-                meta = dict(fh.metadata() or {})
-                return {k: fh.get_tensor(k) for k in fh.keys()}, meta
-        except Exception as exc:  # safetensors raises its own error types
-            raise LoraError(f"{path.name} could not be read as safetensors: {exc}") from None
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise LoraError(f"{path.name} is neither safetensors nor a plain tensor pickle ({type(exc).__name__}: "
-                        f"{exc})") from None
-    if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
-        data = data["state_dict"]
-    if not isinstance(data, Mapping):
-        raise LoraError(f"{path.name} does not hold a state dict of tensors")
-    return {str(k): v for k, v in data.items() if isinstance(v, torch.Tensor)}, {}
+        return read_tensors(path, allow_pickle)
+    except CheckpointError as exc:
+        raise LoraError(str(exc)) from None
 
 
 def _peft_alpha(metadata: Mapping[str, str]) -> dict[str, Any]:
@@ -172,18 +158,18 @@ _cache_lock = threading.Lock()
 _CACHE_FILES = 8
 
 
-def load_lora(path: str | Path) -> LoraFile:
+def load_lora(path: str | Path, allow_pickle: bool | None = None) -> LoraFile:
     """:func:`read_lora`, remembered per file identity (path, size, mtime) for the last few files, so changing a
     strength does not read the file again."""
     p = Path(path).resolve()
     st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
+    key = (str(p), st.st_size, st.st_mtime_ns, allow_pickle)
     with _cache_lock:
         hit = _cache.pop(key, None)
         if hit is not None:
             _cache[key] = hit
             return hit
-    lora = read_lora(p)
+    lora = read_lora(p, allow_pickle)
     with _cache_lock:
         _cache[key] = lora
         while len(_cache) > _CACHE_FILES:
@@ -191,10 +177,11 @@ def load_lora(path: str | Path) -> LoraFile:
     return lora
 
 
-def read_lora(path: str | Path) -> LoraFile:
-    """Parse a LoRA file into layers (see the module docstring for the formats)."""
+def read_lora(path: str | Path, allow_pickle: bool | None = None) -> LoraFile:
+    """Parse a LoRA file into layers (see the module docstring for the formats); pickles per
+    :mod:`nodes.loading.weights`."""
     path = Path(path)
-    tensors, metadata = _read_tensors(path)
+    tensors, metadata = _read_tensors(path, allow_pickle)
     for key in tensors:
         for marker, kind in list(_UNSUPPORTED.items()) + list(_UNSUPPORTED_SUFFIXES.items()):
             if (key.endswith(marker) if marker in _UNSUPPORTED_SUFFIXES else marker in key):
@@ -388,36 +375,60 @@ def _backup(t: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def patched(mm, applied: Iterable[AppliedLora] = ()):
+def patched(mm, applied: Iterable[Any] = ()):
     """While the block runs, ``mm.module`` (a placed :class:`~nodes.memory.manager.ManagedModule`) computes with
-    ``applied`` LoRAs added; afterwards its weights are restored exactly. Serialised per module, so a concurrent
-    user never sees another's LoRA."""
+    ``applied`` LoRAs added and any module patches (objects with an ``attach(module)`` context manager, e.g.
+    :class:`nodes.patches.freeu.FreeUPatch`) attached; afterwards its weights and hooks are restored exactly.
+    Serialised per module, so a concurrent user never sees another's LoRA or patch."""
+    applied = list(applied)
+    hooks = [a for a in applied if hasattr(a, "attach")]
+    loras = [a for a in applied if not hasattr(a, "attach")]
+    with _lock_for(mm.module), ExitStack() as stack:
+        stack.enter_context(_with_loras(mm, loras))
+        if hooks:
+            stack.enter_context(_eager(mm))
+        for patch in hooks:
+            stack.enter_context(patch.attach(mm.module))
+        yield
+
+
+@contextmanager
+def _eager(mm):
+    """Have the module run eagerly while hooks are attached (a compiled graph would silently skip them)."""
+    mm.hooked = getattr(mm, "hooked", 0) + 1
+    try:
+        yield
+    finally:
+        mm.hooked -= 1
+
+
+@contextmanager
+def _with_loras(mm, applied: Iterable[AppliedLora]):
     module = mm.module
-    with _lock_for(module):
-        per_param = _combined(applied)
-        if not per_param:
+    per_param = _combined(applied)
+    if not per_param:
+        yield
+        return
+    if getattr(mm, "sequential", False):
+        with _hooked(module, per_param):
             yield
-            return
-        if getattr(mm, "sequential", False):
-            with _hooked(module, per_param):
-                yield
-            return
-        backups: dict[str, tuple[torch.nn.Parameter, torch.Tensor]] = {}
-        try:
-            with torch.no_grad():
-                for pname, items in per_param.items():
-                    p = module.get_parameter(pname)
-                    backups[pname] = (p, _backup(p.data))
-                    base = p.data.float()  # (IA)3 scales the unpatched weight
-                    acc = base.clone()
-                    for layer, strength in items:
-                        acc.add_(layer.delta(p.shape, p.device, base), alpha=strength)
-                    p.data.copy_(acc)
-            yield
-        finally:
-            with torch.no_grad():
-                for p, saved in backups.values():
-                    p.data.copy_(saved, non_blocking=saved.is_pinned())
+        return
+    backups: dict[str, tuple[torch.nn.Parameter, torch.Tensor]] = {}
+    try:
+        with torch.no_grad():
+            for pname, items in per_param.items():
+                p = module.get_parameter(pname)
+                backups[pname] = (p, _backup(p.data))
+                base = p.data.float()  # (IA)3 scales the unpatched weight
+                acc = base.clone()
+                for layer, strength in items:
+                    acc.add_(layer.delta(p.shape, p.device, base), alpha=strength)
+                p.data.copy_(acc)
+        yield
+    finally:
+        with torch.no_grad():
+            for p, saved in backups.values():
+                p.data.copy_(saved, non_blocking=saved.is_pinned())
 
 
 @contextmanager
