@@ -3,7 +3,6 @@ original layout without its prefix; text encoders in the transformers layout, as
 comes back, and the MODEL/CLIP they give compute exactly what the whole checkpoint's do."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
