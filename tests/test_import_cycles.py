@@ -9,7 +9,7 @@ import networkx as nx
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("graph", "nodes", "server")
-# The cycle present when this check was written (each closed by an import inside a function). Listed so that no new
+# The cycle present when this check was written (closed by an import inside a function). Listed so that no new
 # one can appear; remove the entry when its cycle is broken (the test fails until the list matches).
 KNOWN_CYCLES = {
     frozenset({"server.app", "server.cli"}),  # serve() builds the runtime through cli.build_runtime
