@@ -49,10 +49,16 @@ def _vae(scaling_factor: float = 0.18215, force_upcast: bool = True, plain: bool
 
 
 def build(family: str, seed: int = 0) -> TinyModel:
-    """A tiny model of ``family`` (see :data:`FAMILIES`), deterministic for a given seed."""
+    """A tiny model of ``family`` (see :data:`FAMILIES`), deterministic for a given seed. The global torch RNG is
+    left as it was (so what a caller draws next does not depend on whether a model was built first)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build(family)
+
+
+def _build(family: str) -> TinyModel:
     from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(seed)
     if family in ("sd1", "sd1_inpaint"):
         te = _clip(32, 2, 4, "quick_gelu")
         unet = UNet2DConditionModel(
