@@ -17,6 +17,7 @@ from .errors import error_middleware
 from .routes_native import SERVER
 from .security import AccessLogger, is_loopback_host, security_middleware
 from .service import ChiselServer, ServerConfig, env_config
+from .cluster.options import ClusterUnavailable
 from .store import StoreLocked
 
 log = logging.getLogger("chisel.server")
@@ -50,12 +51,28 @@ def serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .cli import build_runtime
 
+    cluster = None
+    if getattr(args, "cluster", None):
+        from .cluster import ClusterOptions, RuntimeSpec, ray_available
+
+        try:
+            cluster = ClusterOptions.from_flag(args.cluster, args.cluster_workers, args.cluster_shared_output,
+                                               args.device)
+        except ValueError as exc:
+            print(f"chisel serve: {exc}", file=sys.stderr)
+            return 2
+        if not ray_available():
+            print("chisel serve: --cluster needs Ray: pip install 'chisel[ray]'", file=sys.stderr)
+            return 2
     registry, services, engine = build_runtime(args, allow_paths=False)
     config = env_config(token=token, debug=bool(args.debug), host=host, port=port)
+    if cluster is not None:
+        config.cluster = cluster
+        config.cluster_runtime = RuntimeSpec.from_args(args, engine.paths.root)
     app = create_app(registry, engine, services, config)
     try:
         asyncio.run(_run(app, host, port, config))
-    except StoreLocked as exc:
+    except (StoreLocked, ClusterUnavailable) as exc:
         print(f"chisel serve: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -230,6 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8188)
     p.add_argument("--token", help="require this bearer token (or set CHISEL_TOKEN)")
     p.add_argument("--debug", action="store_true", help="include tracebacks in error replies")
+    p.add_argument("--cluster", metavar="ray|auto|ray://HOST:PORT",
+                   help="run prompts on Ray workers: ray starts a local Ray instance, auto or ray://HOST:PORT joins "
+                        "a running cluster (needs chisel[ray])")
+    p.add_argument("--cluster-workers", type=int, metavar="N",
+                   help="number of workers (default: one per GPU in the cluster, else one CPU worker)")
+    p.add_argument("--cluster-shared-output", action="store_true",
+                   help="workers write images into the output folder themselves (it must be shared storage at the "
+                        "same path on every machine); default: images reach the server through Ray's object store")
     runtime_flags(p)
     p.set_defaults(func=cmd_serve)
     return ap

@@ -1,0 +1,54 @@
+"""How each cluster worker builds its own registry, services and engine (plain data: it travels to the actors)."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class RuntimeSpec:
+    root: str | None = None
+    device: str = "auto"
+    dtype: str | None = None
+    low_vram: bool = False
+    cache_ram_gb: float = 8.0
+    cache_device_gb: float = 4.0
+    # Without the node library (no torch): the registry is the plug-in folders (and entry point group) only and the
+    # services are bare (paths and extras). The server tests' toy nodes run this way.
+    plain: bool = False
+    plugin_folders: list[str] = field(default_factory=list)
+    entry_point_group: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, root: str | Path | None = None) -> "RuntimeSpec":
+        """The worker's runtime from ``chisel serve``'s flags; ``root``: the server's resolved root folder."""
+        root = root or getattr(args, "root", None)
+        return cls(root=str(Path(root).resolve()) if root else None, device=getattr(args, "device", "auto") or "auto",
+                   dtype=getattr(args, "dtype", None), low_vram=bool(getattr(args, "low_vram", False)),
+                   cache_ram_gb=float(getattr(args, "cache_ram_gb", 8.0)),
+                   cache_device_gb=float(getattr(args, "cache_device_gb", 4.0)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def build(self) -> tuple[Any, Any, Any]:
+        """(registry, services, engine) for one worker process."""
+        if not self.plain:
+            from ..cli import build_runtime
+
+            return build_runtime(argparse.Namespace(**self.to_dict()), allow_paths=False)
+        from types import SimpleNamespace
+
+        from graph.cache import ResultCache
+        from graph.engine import Engine
+        from graph.paths import ModelPaths
+        from graph.registry import NodeRegistry
+
+        paths = ModelPaths.from_mapping(self.root, allow_paths=False)
+        kw = {"entry_point_group": self.entry_point_group} if self.entry_point_group else {}
+        registry = NodeRegistry.discover(plugin_folders=[Path(p) for p in self.plugin_folders], **kw)
+        services = SimpleNamespace(paths=paths, extras={})
+        cache = ResultCache(ram_bytes=int(self.cache_ram_gb * 2**30), device_bytes=int(self.cache_device_gb * 2**30))
+        return registry, services, Engine(registry, services=services, paths=paths, cache=cache)
