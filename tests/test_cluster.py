@@ -112,3 +112,119 @@ def test_two_workers_run_two_slow_prompts_at_once(root):
             assert wall <= 0.6 * one_worker, (wall, one_worker)
             await ws.close()
     run(go(), timeout=240)
+
+
+def test_checkpoint_affinity_and_least_loaded(root):
+    async def go():
+        async with client(root, app=cluster_app(root)) as c:
+            await workers(c)
+            first = await wait_history(c, await submit(c, loader_chain("a.safetensors", 1)), timeout=60)
+            assert first["status"] == "success"
+            on_a = first["cluster"]["worker"]
+            found = await workers(c)
+            assert next(w for w in found if w["index"] == on_a)["models"] == ["checkpoints/a.safetensors"]
+            # Both workers idle and free: the next prompt on A goes where A is loaded, a prompt on B to the other.
+            for value in (2, 3):
+                again = await wait_history(c, await submit(c, loader_chain("a.safetensors", value)), timeout=60)
+                assert again["status"] == "success" and again["cluster"]["worker"] == on_a
+            other = await wait_history(c, await submit(c, loader_chain("b.safetensors", 1)), timeout=60)
+            assert other["cluster"]["worker"] == 1 - on_a
+            # /free with unload_models forgets the models on every worker: affinity is gone.
+            r = await c.post("/v1/free", json={"unload_models": True})
+            assert (await r.json())["done"] is True
+            assert all(w["models"] == [] for w in await workers(c))
+    run(go(), timeout=240)
+
+
+def test_killed_worker_prompt_completes_on_the_other(root):
+    async def go():
+        async with client(root, app=cluster_app(root)) as c:
+            await workers(c)
+            ws = await c.ws_connect("/v1/ws?client_id=k")
+            pid = await submit(c, slow(5, 3.0, save="SaveText"), client_id="k")
+            await until(ws, lambda f: f["type"] == "progress" and f["data"]["prompt_id"] == pid, timeout=60)
+            found = await workers(c, 1)
+            victim = next(w for w in found if w["current_prompt"] == pid)
+            os.kill(victim["pid"], signal.SIGKILL)
+            entry = await wait_history(c, pid, timeout=90)
+            assert entry["status"] == "success", entry
+            assert entry["attempts"] == 2
+            assert entry["cluster"]["worker"] != victim["index"]
+            [retry] = entry["cluster"]["retries"]
+            assert retry["worker"] == victim["index"] and "Actor" in retry["reason"]
+            [name] = [i["filename"] for i in entry["outputs"]["3"]["images"]]
+            assert (root / "output" / name).read_text() == "5"
+            # The dead worker was replaced by a new process.
+            found = await workers(c, 2)
+            replaced = next(w for w in found if w["index"] == victim["index"])
+            assert replaced["pid"] != victim["pid"] and replaced["restarts"] == 1
+            # And the queue and history account for the prompt exactly once.
+            q = await (await c.get("/v1/queue")).json()
+            assert q["running"] == [] and q["pending"] == []
+            await ws.close()
+    run(go(), timeout=300)
+
+
+def test_interrupt_and_cancel_across_the_cluster(root):
+    async def go():
+        async with client(root, app=cluster_app(root)) as c:
+            await workers(c)
+            ws = await c.ws_connect("/v1/ws?client_id=i")
+            a = await submit(c, slow(1, 1.5), client_id="i")
+            b = await submit(c, slow(2, 30.0), client_id="i")
+            queued = await submit(c, slow(3, 1.0), client_id="i")
+            await until(ws, lambda f: f["type"] == "progress" and f["data"]["prompt_id"] == b, timeout=60)
+            r = await c.delete(f"/v1/prompts/{queued}")
+            assert (await r.json())["status"] == "cancelled"
+            r = await c.post("/v1/interrupt", json={"prompt_id": b})
+            assert (await r.json())["interrupted"] == b
+            hb = await wait_history(c, b, timeout=30)
+            assert hb["status"] == "interrupted"
+            ha = await wait_history(c, a, timeout=30)
+            assert ha["status"] == "success"
+            assert (await wait_history(c, queued))["status"] == "cancelled"
+            # ComfyUI's /interrupt without a prompt id reaches whatever runs, on any worker.
+            d = await submit(c, slow(4, 30.0), client_id="i")
+            await until(ws, lambda f: f["type"] == "progress" and f["data"]["prompt_id"] == d, timeout=60)
+            assert (await c.post("/interrupt", json={})).status == 200
+            assert (await wait_history(c, d, timeout=30))["status"] == "interrupted"
+            await ws.close()
+    run(go(), timeout=240)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["object-store", "shared-output"])
+def test_file_names_stay_unique_across_workers(root, shared):
+    (root / "output" / "img_00001_.png").write_bytes(b"not ours")
+
+    async def go():
+        async with client(root, app=cluster_app(root, shared=shared)) as c:
+            await workers(c)
+            pids = [await submit(c, wf({"1": ("MakeImage", {"value": v, "size": 16})})) for v in range(6)]
+            entries = [await wait_history(c, pid, timeout=60) for pid in pids]
+            assert all(e["status"] == "success" for e in entries), entries
+            assert {e["cluster"]["worker"] for e in entries} == {0, 1}
+            names = [e["outputs"]["1"]["images"][0]["filename"] for e in entries]
+            assert len(set(names)) == 6 and "img_00001_.png" not in names
+            from PIL import Image
+
+            for v, name in enumerate(names):
+                r = await c.get("/view", params={"filename": name, "type": "output"})
+                assert r.status == 200
+                with Image.open(root / "output" / name) as img:
+                    assert img.getpixel((0, 0)) == (v, 255 - v, 128)
+            assert (root / "output" / "img_00001_.png").read_bytes() == b"not ours"
+    run(go(), timeout=240)
+
+
+def test_system_routes_list_the_workers(root):
+    async def go():
+        async with client(root, app=cluster_app(root)) as c:
+            await workers(c)
+            native = await (await c.get("/v1/system")).json()
+            assert [w["index"] for w in native["workers"]] == [0, 1]
+            for w in native["workers"]:
+                assert w["host"] and w["device"] == "cpu" and w["memory"]["ram_total"] > 0 and w["current_prompt"] is None
+            comfy = await (await c.get("/system_stats")).json()
+            assert len(comfy["devices"]) == 2 and all("worker" in d["name"] for d in comfy["devices"])
+            assert len(comfy["workers"]) == 2
+    run(go(), timeout=120)
