@@ -228,3 +228,112 @@ def test_system_routes_list_the_workers(root):
             assert len(comfy["devices"]) == 2 and all("worker" in d["name"] for d in comfy["devices"])
             assert len(comfy["workers"]) == 2
     run(go(), timeout=120)
+
+
+def test_without_cluster_ray_is_never_imported(tmp_path):
+    root = make_root(tmp_path)
+    code = f"""
+import asyncio, sys
+sys.path.insert(0, {str(REPO / 'tests')!r})
+from test_server_support import build_app, chain, client, submit, wait_history
+import server.cli, server.app, server.cluster
+async def main():
+    async with client(__import__('pathlib').Path({str(root)!r})) as c:
+        assert (await wait_history(c, await submit(c, chain())))["status"] == "success"
+        assert "workers" not in await (await c.get("/v1/system")).json()
+asyncio.run(main())
+server.cli.build_parser().parse_args(["serve", "--cluster", "ray", "--cluster-workers", "2"])
+print("ray imported:", "ray" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ray imported: False" in out.stdout
+
+
+def test_chisel_serve_rejects_a_bad_cluster_flag(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--root", str(tmp_path), "--cluster", "spark"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 2 and "--cluster expects ray, auto or ray://HOST:PORT" in out.stderr
+
+
+def _demo_root(root: Path) -> Path:
+    import shutil
+
+    shutil.copy(REPO / "models" / "checkpoints" / "chisel-demo-v1.safetensors", root / "models" / "checkpoints")
+    return root
+
+
+def test_demo_model_gives_the_same_image_through_the_cluster(root):
+    """`chisel serve --cluster auto` joins the running Ray instance; its worker draws what `chisel run` draws."""
+    from PIL import Image
+    import numpy as np
+
+    _demo_root(root)
+    workflow = REPO / "workflows" / "txt2img.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as in a one-CPU Ray worker
+    local = subprocess.run([sys.executable, "-m", "server.cli", "run", str(workflow), "--root", str(root), "--device",
+                            "cpu", "--set", "3.steps=6", "--output-dir", str(root / "local"), "--json"],
+                           capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert local.returncode == 0, local.stderr[-3000:]
+    [local_png] = json.loads(local.stdout.splitlines()[-1])["outputs"]["9"]
+    server = ServeProcess(root, "--cluster", "auto", "--cluster-workers", "1")
+    try:
+        async def go():
+            from aiohttp import ClientSession
+
+            async with ClientSession(server.url) as c:
+                await workers(c, 1, timeout=240)
+                data = json.loads(workflow.read_text())
+                r = await c.post("/v1/prompts", json={"workflow": data, "set": {"3.steps": 6}})
+                pid = (await r.json())["prompt_id"]
+                entry = await wait_history(c, pid, timeout=240)
+                assert entry["status"] == "success", entry
+                assert entry["cluster"]["worker"] == 0
+                return entry["outputs"]["9"]["images"][0]
+        image = run(go(), timeout=400)
+    finally:
+        server.stop()
+    with Image.open(local_png) as a, Image.open(root / "output" / image["filename"]) as b:
+        diff = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
+    assert diff.max() == 0, f"{int((diff > 0).sum())} pixels differ, by up to {diff.max()}"
+
+
+def test_server_killed_with_prompts_on_workers_recovers_them(root):
+    server = ServeProcess(root, "--cluster", "auto", "--cluster-workers", "2")
+    try:
+        async def first():
+            from aiohttp import ClientSession
+
+            async with ClientSession(server.url) as c:
+                await workers(c, 2, timeout=240)
+                pids = [await submit(c, slow(v, 4.0, save="SaveText")) for v in (1, 2)]
+                deadline = time.monotonic() + 60
+                while len((await (await c.get("/v1/queue")).json())["running"]) < 2:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.1)
+                return pids
+        pids = run(first(), timeout=300)
+        server.kill()
+    finally:
+        if server.proc.poll() is None:
+            server.stop()
+    again = ServeProcess(root, "--cluster", "auto", "--cluster-workers", "2")
+    try:
+        assert "re-queued 2 prompt(s)" in "".join(again.lines)
+
+        async def second():
+            from aiohttp import ClientSession
+
+            async with ClientSession(again.url) as c:
+                entries = [await wait_history(c, pid, timeout=240) for pid in pids]
+                hist = await (await c.get("/v1/history", params={"limit": 10})).json()
+                return entries, hist
+        entries, hist = run(second(), timeout=300)
+    finally:
+        again.stop()
+    assert [e["status"] for e in entries] == ["success", "success"]
+    assert all(e["attempts"] == 2 for e in entries)
+    assert sorted(i["prompt_id"] for i in hist["items"]) == sorted(pids)  # each once, nothing else
+    for v, e in zip((1, 2), entries):
+        [name] = [i["filename"] for i in e["outputs"]["3"]["images"]]
+        assert (root / "output" / name).read_text() == str(v)
