@@ -298,8 +298,37 @@ def test_demo_model_gives_the_same_image_through_the_cluster(root):
     assert diff.max() == 0, f"{int((diff > 0).sum())} pixels differ, by up to {diff.max()}"
 
 
+SERVE_TOYS = """
+import asyncio, pathlib, sys
+sys.path.insert(0, {tests!r})
+from test_server_support import build_app
+from server.app import _run
+from server.cluster import ClusterOptions, RuntimeSpec
+from server.routes_native import SERVER
+root = pathlib.Path({root!r})
+spec = RuntimeSpec(root=str(root), device="cpu", plain=True, plugin_folders=[str(root / "custom_nodes")],
+                   entry_point_group="chisel.tests-none")
+app = build_app(root, cluster=ClusterOptions(address="auto", workers=2, log_to_driver=False), cluster_runtime=spec)
+asyncio.run(_run(app, "127.0.0.1", 0, app[SERVER].config))
+"""
+
+
+class ToyClusterServe(ServeProcess):
+    """A server process over the toy nodes (no torch) joining the module's Ray instance, as `chisel serve --cluster
+    auto --cluster-workers 2` does (that command's own path is covered by the demo model test)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.log = open(root / f"serve-{time.monotonic_ns()}.log", "w+")
+        code = SERVE_TOYS.format(tests=str(REPO / "tests"), root=str(root))
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                     cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.lines: list[str] = []
+        self.url = self._wait_url()
+
+
 def test_server_killed_with_prompts_on_workers_recovers_them(root):
-    server = ServeProcess(root, "--cluster", "auto", "--cluster-workers", "2")
+    server = ToyClusterServe(root)
     try:
         async def first():
             from aiohttp import ClientSession
@@ -317,7 +346,7 @@ def test_server_killed_with_prompts_on_workers_recovers_them(root):
     finally:
         if server.proc.poll() is None:
             server.stop()
-    again = ServeProcess(root, "--cluster", "auto", "--cluster-workers", "2")
+    again = ToyClusterServe(root)
     try:
         assert "re-queued 2 prompt(s)" in "".join(again.lines)
 
