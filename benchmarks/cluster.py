@@ -52,7 +52,7 @@ def start_server(root: Path, *extra: str) -> tuple[subprocess.Popen, str]:
 
 def toy(value: int, steps: int = 1, delay: float = 0.0) -> dict:
     return {"format": "chisel-workflow", "version": 1, "nodes": {
-        "1": {"type": "Number", "inputs": {"value": 1}},
+        "1": {"type": "Number", "inputs": {"value": value % 1000}},  # a new value: nothing comes from the cache
         "2": {"type": "Slow", "inputs": {"x": {"node": "1", "output": "INT"}, "steps": steps, "delay": delay}},
         "3": {"type": "Add", "inputs": {"a": {"node": "2", "output": "INT"}, "b": value}},
         "4": {"type": "Show", "inputs": {"value": {"node": "3", "output": "sum"}}}}}
@@ -105,19 +105,19 @@ async def bench(url: str, workers: int, args: argparse.Namespace) -> dict[str, f
                     pids.discard(frame["data"]["prompt_id"])
             return time.perf_counter() - t0
 
-        await batch([(toy(-i), {}) for i in range(workers * 2)])  # warm-up: every worker ran something
+        await batch([(toy(900 + i), {}) for i in range(workers * 2)])  # warm-up: every worker ran something
         out: dict[str, float] = {"workers": workers}
         steps = max(1, int(args.slow_seconds / 0.05))
-        t = await batch([(toy(1000 + i, steps, 0.05), {}) for i in range(args.slow_prompts)])
+        t = await batch([(toy(i, steps, 0.05), {}) for i in range(args.slow_prompts)])
         out["slow_prompts_per_s"] = round(args.slow_prompts / t, 3)
-        t = await batch([(toy(2000 + i), {}) for i in range(args.quick_prompts)])
+        t = await batch([(toy(100 + i), {}) for i in range(args.quick_prompts)])
         out["quick_prompts_per_s"] = round(args.quick_prompts / t, 1)
         if not args.no_demo:
             demo = json.loads((REPO / "workflows" / "txt2img.json").read_text())
-            await batch([(demo, {"set": {"3.steps": 2, "3.seed": 1}})])  # loads the model (on one worker)
+            await batch([(demo, {"set": {"3.steps": 2, "3.seed": i}}) for i in range(workers)])  # every worker loads it
             t = await batch([(demo, {"set": {"3.steps": 6, "3.seed": 100 + i}}) for i in range(args.demo_prompts)])
             out["demo_images_per_s"] = round(args.demo_prompts / t, 3)
-        pid = await submit(toy(7, args.events, 0.002))
+        pid = await submit(toy(999, args.events, 0.002))
         delays = []
         while True:
             frame = await receive(ws, 120)

@@ -21,8 +21,23 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 TOY_LOADER = '''
+import os
+import signal
+
 from graph.node import Input, Node, Output
 from graph.types import COMBO, INT
+
+
+class KillWorker(Node):
+    """Kills the process it runs in (a worker that dies under every attempt)."""
+    type = "KillWorker"
+    category = "testing"
+    output_node = True
+    inputs = (Input("x", INT, default=0),)
+    outputs = ()
+
+    def run(self, ctx, x):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class ToyLoader(Node):
@@ -165,6 +180,23 @@ def test_killed_worker_prompt_completes_on_the_other(root):
     run(go(), timeout=300)
 
 
+def test_prompt_whose_worker_dies_twice_fails_with_the_reason(root):
+    async def go():
+        async with client(root, app=cluster_app(root)) as c:
+            await workers(c)
+            pid = await submit(c, wf({"1": ("KillWorker", {"x": 1})}))
+            entry = await wait_history(c, pid, timeout=120)
+            assert entry["status"] == "error" and entry["attempts"] == 2
+            [error] = entry["errors"]
+            assert error["kind"] == "worker_died" and "died 2 times" in error["message"]
+            retries = entry["cluster"]["retries"]
+            assert len(retries) == 2 and retries[0]["worker"] != retries[1]["worker"]  # the re-run went elsewhere
+            # Both workers were replaced and serve the next prompt.
+            assert sorted(w["restarts"] for w in await workers(c)) == [1, 1]
+            assert (await wait_history(c, await submit(c, chain(4)), timeout=60))["status"] == "success"
+    run(go(), timeout=240)
+
+
 def test_interrupt_and_cancel_across_the_cluster(root):
     async def go():
         async with client(root, app=cluster_app(root)) as c:
@@ -263,39 +295,49 @@ def _demo_root(root: Path) -> Path:
     return root
 
 
-def test_demo_model_gives_the_same_image_through_the_cluster(root):
-    """`chisel serve --cluster auto` joins the running Ray instance; its worker draws what `chisel run` draws."""
-    from PIL import Image
+def test_chisel_run_sweeps_the_demo_model_over_the_cluster_with_the_same_images(root):
+    """`chisel run --cluster auto --sweep` joins the running Ray instance, fans the sweep out over two workers and
+    reports in the order given; each image equals the one the engine draws in this process."""
     import numpy as np
+    import torch
+    from PIL import Image
+
+    from graph.workflow import load_file
+    from server.cli import build_runtime, with_inputs
 
     _demo_root(root)
     workflow = REPO / "workflows" / "txt2img.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as in a one-CPU Ray worker
-    local = subprocess.run([sys.executable, "-m", "server.cli", "run", str(workflow), "--root", str(root), "--device",
-                            "cpu", "--set", "3.steps=6", "--output-dir", str(root / "local"), "--json"],
-                           capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
-    assert local.returncode == 0, local.stderr[-3000:]
-    [local_png] = json.loads(local.stdout.splitlines()[-1])["outputs"]["9"]
-    server = ServeProcess(root, "--cluster", "auto", "--cluster-workers", "1")
-    try:
-        async def go():
-            from aiohttp import ClientSession
+    seeds = (1, 2)
+    out = subprocess.Popen([sys.executable, "-m", "server.cli", "run", str(workflow), "--root", str(root), "--device",
+                            "cpu", "--set", "3.steps=4", "--sweep", "3.seed=" + ",".join(map(str, seeds)),
+                            "--cluster", "auto", "--cluster-workers", "2", "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    # Meanwhile the reference, here, on one thread as in a one-CPU Ray worker (same float32 summation order).
+    import argparse
 
-            async with ClientSession(server.url) as c:
-                await workers(c, 1, timeout=240)
-                data = json.loads(workflow.read_text())
-                r = await c.post("/v1/prompts", json={"workflow": data, "set": {"3.steps": 6}})
-                pid = (await r.json())["prompt_id"]
-                entry = await wait_history(c, pid, timeout=240)
-                assert entry["status"] == "success", entry
-                assert entry["cluster"]["worker"] == 0
-                return entry["outputs"]["9"]["images"][0]
-        image = run(go(), timeout=400)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        registry, _, engine = build_runtime(argparse.Namespace(root=str(root), device="cpu",
+                                                               output_dir=str(root / "local")))
+        local = []
+        for seed in seeds:
+            result = engine.run(with_inputs(load_file(workflow, registry), {("3", "seed"): seed, ("3", "steps"): 4}))
+            assert result.status == "success", result.errors
+            local.append(root / "local" / result.outputs["9"]["images"][0]["filename"])
     finally:
-        server.stop()
-    with Image.open(local_png) as a, Image.open(root / "output" / image["filename"]) as b:
-        diff = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
-    assert diff.max() == 0, f"{int((diff > 0).sum())} pixels differ, by up to {diff.max()}"
+        torch.set_num_threads(threads)
+    stdout, stderr = out.communicate(timeout=400)
+    assert out.returncode == 0, stderr[-3000:]
+    reports = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert [r["set"] for r in reports] == [{"3.seed": s, "3.steps": 4} for s in seeds]  # the order given
+    assert all(r["status"] == "success" for r in reports)
+    remote = [Path(r["outputs"]["9"][0]) for r in reports]
+    assert len(set(remote)) == len(seeds) and all(p.parent == root / "output" for p in remote)
+    for a, b in zip(local, remote):
+        with Image.open(a) as x, Image.open(b) as y:
+            diff = np.abs(np.asarray(x, dtype=np.int16) - np.asarray(y, dtype=np.int16))
+        assert diff.max() == 0, f"{b.name}: {int((diff > 0).sum())} pixels differ, by up to {diff.max()}"
 
 
 SERVE_TOYS = """

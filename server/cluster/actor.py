@@ -1,10 +1,10 @@
 """One cluster worker: a Ray actor with its own engine, result cache and model manager.
 
-``run`` is a streaming generator: the engine runs on a thread of the actor and every message the server needs
-comes back in order through Ray's object store — engine events (``event``), files the prompt writes (``file``:
-bytes, or ``written`` when the worker wrote into a shared output folder itself) and finally the ``result``. The
-actor is threaded, so ``interrupt``, ``describe`` and ``free`` are answered while a prompt runs; prompts themselves
-run one at a time. This module imports Ray only inside the calls that need it; the dispatcher makes it an actor.
+``start`` runs a prompt's engine on a thread of the actor; the server long-polls (``poll``) its messages, which
+come back in order through Ray's object store: engine events (``event``), files the prompt writes (``file``: bytes,
+or ``written`` when the worker wrote into a shared output folder itself) and finally the ``result``. (Polling rather
+than a streaming generator: Ray Client, ``ray://``, has no streaming actor methods.) The actor is threaded, so
+``interrupt``, ``describe`` and ``free`` are answered while a prompt runs; prompts themselves run one at a time. This module imports Ray only inside the calls that need it; the dispatcher makes it an actor.
 """
 from __future__ import annotations
 
@@ -137,6 +137,7 @@ class WorkerActor:
         self._run_lock = threading.Lock()  # one prompt at a time; `free` waits for the running one
         self._lock = threading.Lock()
         self._current: tuple[str, threading.Event] | None = None
+        self._streams: dict[str, queue.Queue] = {}  # prompt id -> its messages not yet polled
         self.started = time.time()
         self.prompts_run = 0
 
@@ -186,28 +187,39 @@ class WorkerActor:
                 "prompts_run": self.prompts_run, "started": self.started}
 
     # -- running a prompt -----------------------------------------------------------------------------------------
-    def run(self, item: dict[str, Any], want_preview: bool = False):
-        """Yield the prompt's messages in order: ``event``\\ s, ``file``/``written``, then one ``result``."""
-        with self._run_lock:
-            stream: queue.Queue = queue.Queue()
-            interrupt = threading.Event()
-            with self._lock:
-                self._current = (item["prompt_id"], interrupt)
-            thread = threading.Thread(target=self._execute, args=(item, want_preview, interrupt, stream),
-                                      name="chisel-run", daemon=True)
-            thread.start()
+    def start(self, item: dict[str, Any], want_preview: bool = False) -> None:
+        """Begin running a prompt (after the previous one, and any ``free``, is done); ``poll`` its messages."""
+        self._run_lock.acquire()  # released by the run's thread when it is over
+        stream: queue.Queue = queue.Queue()
+        interrupt = threading.Event()
+        with self._lock:
+            self._current = (item["prompt_id"], interrupt)
+            self._streams[item["prompt_id"]] = stream
+        threading.Thread(target=self._execute, args=(item, want_preview, interrupt, stream), name="chisel-run",
+                         daemon=True).start()
+
+    def poll(self, prompt_id: str, timeout: float = 1.0) -> list[dict[str, Any]]:
+        """The prompt's next messages in order (``event``, ``file``/``written``, the last one ``result``): waits up
+        to ``timeout`` for the first, then returns every one that is ready."""
+        stream = self._streams.get(prompt_id)
+        if stream is None:
+            raise KeyError(f"prompt {prompt_id} is not running on this worker")
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                while True:
-                    message = stream.get()
-                    if isinstance(message, Future):
-                        message = message.result()
-                    if message is _DONE:
-                        break
-                    yield message
-            finally:
-                thread.join()
+                message = stream.get(timeout=max(0.0, deadline - time.monotonic())) if not out else stream.get_nowait()
+            except queue.Empty:
+                return out
+            if isinstance(message, Future):
+                message = message.result()
+            if message is _DONE:
                 with self._lock:
-                    self._current = None
+                    self._streams.pop(prompt_id, None)
+                return out
+            out.append(message)
+            if len(out) >= 256:
+                return out
 
     def _execute(self, item: dict[str, Any], want_preview: bool, interrupt: threading.Event,
                  stream: queue.Queue) -> None:
@@ -242,8 +254,13 @@ class WorkerActor:
             self.writer.sink = None
             if self.writer.local is not None:
                 self.writer.local.end()
-        self.prompts_run += 1
-        if result.status == "success":
-            self.models |= model_keys(workflow_dict, self.registry)
-        stream.put({"kind": "result", "result": result, "models": sorted(self.models)})
-        stream.put(_DONE)
+        try:
+            self.prompts_run += 1
+            if result.status == "success":
+                self.models |= model_keys(workflow_dict, self.registry)
+        finally:
+            with self._lock:
+                self._current = None
+            stream.put({"kind": "result", "result": result, "models": sorted(self.models)})
+            stream.put(_DONE)
+            self._run_lock.release()

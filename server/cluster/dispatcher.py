@@ -65,6 +65,7 @@ class ClusterWorker(Worker):
         self.slots: list[Slot] = []
         self.names: Any = None
         self._owns_ray = False
+        self._actor_cls: Any = None
         self._avoid: dict[str, set[int]] = {}       # prompt id -> workers that died under it
         self._retries: dict[str, list[dict]] = {}   # prompt id -> what happened to its earlier attempts
         self._ran_on: dict[str, dict] = {}           # prompt id -> the worker that produced its result
@@ -96,13 +97,14 @@ class ClusterWorker(Worker):
         seed = {kind: listing(self.paths.dir(kind)) for kind in FILE_KINDS}
         self.names = ray.remote(num_cpus=0, max_restarts=-1)(NameBook).remote(seed)
         placement = {"num_gpus": 1} if gpus else {"num_cpus": 1, "scheduling_strategy": "SPREAD"}
-        remote_cls = ray.remote(max_concurrency=4, max_restarts=-1, max_task_retries=0, **placement)(WorkerActor)
-        spec = self.spec.to_dict()
-        self.slots = [Slot(i, remote_cls.options(name=None).remote(spec, i, self.names, opts.shared_output,
-                                                                     self.preview_max_size))
-                      for i in range(count)]
+        self._actor_cls = ray.remote(max_concurrency=8, max_restarts=-1, max_task_retries=0, **placement)(WorkerActor)
+        self.slots = [Slot(i, self._new_actor(i)) for i in range(count)]
         log.info("cluster: %d %s worker(s) on Ray %s", count, "GPU" if gpus else "CPU",
                  opts.address or "(local instance)")
+
+    def _new_actor(self, index: int) -> Any:
+        return self._actor_cls.remote(self.spec.to_dict(), index, self.names, self.options.shared_output,
+                                      self.preview_max_size)
 
     def start(self) -> None:
         if not self.slots:
@@ -145,7 +147,7 @@ class ClusterWorker(Worker):
         done = None
         for slot in self.slots:
             if slot.current is not None and (prompt_id is None or slot.current == prompt_id):
-                done = done or self._interrupt_slot(slot, slot.current)
+                done = self._interrupt_slot(slot, slot.current) or done
         return done
 
     def _interrupt_slot(self, slot: Slot, prompt_id: str | None) -> str | None:
@@ -237,9 +239,16 @@ class ClusterWorker(Worker):
                 except ray.exceptions.GetTimeoutError:
                     log.warning("cluster worker %d is not ready yet (no free GPU/CPU in the cluster?)", slot.index)
                     continue
-                except Exception as exc:  # noqa: BLE001 - the constructor failed: Ray restarts it
-                    log.error("cluster worker %d could not start: %s", slot.index, exc)
-                    self._stopping.wait(2.0)
+                except ray.exceptions.ActorDiedError as exc:  # its constructor failed: try a new one, slowly
+                    log.error("cluster worker %d could not start, retrying in 10 s: %s", slot.index,
+                              str(exc).splitlines()[0][:500])
+                    if not self._stopping.wait(10.0):
+                        slot.actor = self._new_actor(slot.index)
+                        slot.restarts += 1
+                    continue
+                except Exception as exc:  # noqa: BLE001 - unavailable while Ray restarts it
+                    log.warning("cluster worker %d is restarting: %s", slot.index, str(exc).splitlines()[0][:200])
+                    self._stopping.wait(1.0)
                     continue
                 slot.models = set(slot.info.get("models") or ())
                 slot.state = IDLE
@@ -265,19 +274,19 @@ class ClusterWorker(Worker):
         result: RunResult | None = None
         died: BaseException | None = None
         try:
-            stream = slot.actor.run.remote(item, bool(self.wants_preview(item.get("client_id"))))
-            for ref in stream:
-                message = ray.get(ref)
-                kind = message["kind"]
-                if kind == "event":
-                    self.notify("event", message["payload"])
-                elif kind == "file":
-                    writes.append(self._write(message))
-                elif kind == "written":
-                    writes.append(self._written(message))
-                elif kind == "result":
-                    result = message["result"]
-                    slot.models = set(message.get("models") or ())
+            ray.get(slot.actor.start.remote(item, bool(self.wants_preview(item.get("client_id")))))
+            while result is None:
+                for message in ray.get(slot.actor.poll.remote(pid, 1.0)):
+                    kind = message["kind"]
+                    if kind == "event":
+                        self.notify("event", message["payload"])
+                    elif kind == "file":
+                        writes.append(self._write(message))
+                    elif kind == "written":
+                        writes.append(self._written(message))
+                    elif kind == "result":
+                        result = message["result"]
+                        slot.models = set(message.get("models") or ())
         except ray.exceptions.RayActorError as exc:
             died = exc
         except Exception as exc:  # noqa: BLE001 - e.g. an object lost with its node

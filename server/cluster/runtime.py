@@ -15,6 +15,8 @@ class RuntimeSpec:
     low_vram: bool = False
     cache_ram_gb: float = 8.0
     cache_device_gb: float = 4.0
+    output_dir: str | None = None
+    allow_paths: bool = False  # `chisel run` accepts model files given by path; the server does not
     # Without the node library (no torch): the registry is the plug-in folders (and entry point group) only and the
     # services are bare (paths and extras). The server tests' toy nodes run this way.
     plain: bool = False
@@ -22,10 +24,13 @@ class RuntimeSpec:
     entry_point_group: str | None = None
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, root: str | Path | None = None) -> "RuntimeSpec":
-        """The worker's runtime from ``chisel serve``'s flags; ``root``: the server's resolved root folder."""
+    def from_args(cls, args: argparse.Namespace, root: str | Path | None = None,
+                  allow_paths: bool = False) -> "RuntimeSpec":
+        """The worker's runtime from the command's flags; ``root``: the command's resolved root folder."""
         root = root or getattr(args, "root", None)
+        output = getattr(args, "output_dir", None)
         return cls(root=str(Path(root).resolve()) if root else None, device=getattr(args, "device", "auto") or "auto",
+                   output_dir=str(Path(output).resolve()) if output else None, allow_paths=allow_paths,
                    dtype=getattr(args, "dtype", None), low_vram=bool(getattr(args, "low_vram", False)),
                    cache_ram_gb=float(getattr(args, "cache_ram_gb", 8.0)),
                    cache_device_gb=float(getattr(args, "cache_device_gb", 4.0)))
@@ -38,7 +43,7 @@ class RuntimeSpec:
         if not self.plain:
             from ..cli import build_runtime
 
-            return build_runtime(argparse.Namespace(**self.to_dict()), allow_paths=False)
+            return build_runtime(argparse.Namespace(**self.to_dict()), allow_paths=self.allow_paths)
         from types import SimpleNamespace
 
         from graph.cache import ResultCache
@@ -46,7 +51,8 @@ class RuntimeSpec:
         from graph.paths import ModelPaths
         from graph.registry import NodeRegistry
 
-        paths = ModelPaths.from_mapping(self.root, allow_paths=False)
+        folders = {"output": [self.output_dir]} if self.output_dir else {}
+        paths = ModelPaths.from_mapping(self.root, folders, allow_paths=self.allow_paths)
         kw = {"entry_point_group": self.entry_point_group} if self.entry_point_group else {}
         registry = NodeRegistry.discover(plugin_folders=[Path(p) for p in self.plugin_folders], **kw)
         services = SimpleNamespace(paths=paths, extras={})
