@@ -16,7 +16,7 @@ import pytest
 from test_server_support import (REPO, ServeProcess, build_app, chain, client, finished, make_root, run, submit, until,
                                  wait_history, wf)
 
-ray = pytest.importorskip("ray")
+import ray  # noqa: E402  (a declared test extra: its absence is a failure)
 
 pytestmark = pytest.mark.slow
 
@@ -408,3 +408,22 @@ def test_server_killed_with_prompts_on_workers_recovers_them(root):
     for v, e in zip((1, 2), entries):
         [name] = [i["filename"] for i in e["outputs"]["3"]["images"]]
         assert (root / "output" / name).read_text() == str(v)
+
+
+def test_name_book_and_worker_choice():
+    from types import SimpleNamespace
+
+    from server.cluster.affinity import choose
+    from server.cluster.names import NameBook
+
+    book = NameBook({"output": {"": ["img_00001_.png"]}})
+    assert book.reserve("output", "", "img_00001_.png") == ["img_00001_.png"]
+    assert book.reserve("output", "", "img_00002_.png") is None
+    assert book.reserve("output", "", "img_00002_.png") == ["img_00001_.png", "img_00002_.png"]
+    assert book.reserve("output", "sub", "img_00001_.png") is None and book.reserve("temp", "", "img_00001_.png") is None
+
+    w0, w1, w2 = (SimpleNamespace(index=i, models=m) for i, m in enumerate([{"checkpoints/a"}, set(), {"checkpoints/b"}]))
+    assert choose([w0, w1, w2], frozenset({"checkpoints/b"})) is w2        # affinity
+    assert choose([w0, w1, w2], frozenset({"checkpoints/c"})) is w1        # else the one holding fewest models
+    assert choose([w0, w1, w2], frozenset({"checkpoints/a"}), avoid={0}) is w0  # affinity beats avoiding
+    assert choose([w1, w2], frozenset(), avoid={1}) is w2                  # the worker that died under it comes last
