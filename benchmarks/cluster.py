@@ -152,7 +152,7 @@ def main() -> int:
     (root / "models" / "checkpoints").mkdir(parents=True)
     shutil.copy(REPO / "models" / "checkpoints" / "chisel-demo-v1.safetensors", root / "models" / "checkpoints")
     results = []
-    ray.init(num_cpus=max(counts + [os.cpu_count() or 1]), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=max(counts + [os.cpu_count() or 1]), include_dashboard=False, log_to_driver=False)
     try:
         for label, extra, n in [("single", (), 1)] + [(f"cluster-{n}", ("--cluster", "auto", "--cluster-workers", str(n)), n)
                                                       for n in counts]:

@@ -129,9 +129,7 @@ class WorkerActor:
         self.spec = RuntimeSpec(**spec)
         self.registry, self.services, self.engine = self.spec.build()
         self.writer = ReservingWriter(self.engine.paths, names, shared_output)
-        extras = getattr(self.services, "extras", None)
-        if isinstance(extras, dict):
-            extras["file_writer"] = self.writer
+        self.services.file_writer = self.writer
         self.preview_max_size = preview_max_size
         self.models: set[str] = set()  # model files loaded by the prompts run since the last free
         self._run_lock = threading.Lock()  # one prompt at a time; `free` waits for the running one

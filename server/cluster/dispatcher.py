@@ -79,8 +79,8 @@ class ClusterWorker(Worker):
         opts = self.options
         if not ray.is_initialized():
             kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": opts.log_to_driver}
-            if opts.address is None:
-                kw["num_cpus"] = max(os.cpu_count() or 1, opts.workers or 1)
+            if opts.address is None:  # a new instance even where a cluster runs already (that is `auto`)
+                kw.update(address="local", num_cpus=max(os.cpu_count() or 1, opts.workers or 1))
             else:
                 kw["address"] = opts.address
             try:

@@ -19,7 +19,7 @@ class RuntimeSpec:
     output_dir: str | None = None
     allow_paths: bool = False  # `chisel run` accepts model files given by path; the server does not
     # Without the node library (no torch): the registry is the plug-in folders (and entry point group) only and the
-    # services are bare (paths and extras). The server tests' toy nodes run this way.
+    # services are bare (paths and the file writer). The server tests' toy nodes run this way.
     plain: bool = False
     plugin_folders: list[str] = field(default_factory=list)
     entry_point_group: str | None = None
@@ -57,6 +57,6 @@ class RuntimeSpec:
         paths = ModelPaths.from_mapping(self.root, folders, allow_paths=self.allow_paths)
         kw = {"entry_point_group": self.entry_point_group} if self.entry_point_group else {}
         registry = NodeRegistry.discover(plugin_folders=[Path(p) for p in self.plugin_folders], **kw)
-        services = SimpleNamespace(paths=paths, extras={})
+        services = SimpleNamespace(paths=paths, file_writer=None)
         cache = ResultCache(ram_bytes=int(self.cache_ram_gb * 2**30), device_bytes=int(self.cache_device_gb * 2**30))
         return registry, services, Engine(registry, services=services, paths=paths, cache=cache)
