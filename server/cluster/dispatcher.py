@@ -265,6 +265,9 @@ class ClusterWorker(Worker):
                     slot.state = IDLE
                 slot.item = None
                 self._wake.set()
+        if slot.item is not None:  # given a prompt as the server stopped: it goes back, no attempt used
+            self.store.requeue(slot.item["prompt_id"])
+            slot.item = None
 
     def _run_on(self, slot: Slot, item: dict[str, Any]) -> None:
         import ray
