@@ -248,10 +248,18 @@ def test_file_names_stay_unique_across_workers(root, shared):
     run(go(), timeout=240)
 
 
-def test_system_routes_list_the_workers(root):
+def test_previews_reach_the_client_and_system_routes_list_the_workers(root):
     async def go():
         async with client(root, app=cluster_app(root)) as c:
             await workers(c)
+            ws = await c.ws_connect("/v1/ws?client_id=p")
+            pid = await submit(c, wf({"1": ("Number", {"value": 3}), "2": ("PreviewSteps", {"x": ("1", "INT"), "steps": 3}),
+                                      "3": ("Show", {"value": ("2", "INT")})}), client_id="p")
+            frames = await until(ws, finished(pid), timeout=60)
+            previews = [f["data"] for f in frames if f["type"] == "<binary>"]
+            assert len(previews) == 3 and all(p[:8] == bytes([0, 0, 0, 1, 0, 0, 0, 1]) and p[8:10] == b"\xff\xd8"
+                                              for p in previews)  # ComfyUI's frame: preview, JPEG
+            await ws.close()
             native = await (await c.get("/v1/system")).json()
             assert [w["index"] for w in native["workers"]] == [0, 1]
             for w in native["workers"]:
