@@ -202,10 +202,17 @@ def test_interrupt_and_cancel_across_the_cluster(root):
         async with client(root, app=cluster_app(root)) as c:
             await workers(c)
             ws = await c.ws_connect("/v1/ws?client_id=i")
-            a = await submit(c, slow(1, 1.5), client_id="i")
+            a = await submit(c, slow(1, 6.0), client_id="i")
             b = await submit(c, slow(2, 30.0), client_id="i")
             queued = await submit(c, slow(3, 1.0), client_id="i")
-            await until(ws, lambda f: f["type"] == "progress" and f["data"]["prompt_id"] == b, timeout=60)
+            seen: set[str] = set()
+
+            def both_running(f: dict) -> bool:
+                if f["type"] == "progress":
+                    seen.add(f["data"]["prompt_id"])
+                return {a, b} <= seen
+
+            await until(ws, both_running, timeout=60)  # both workers busy: `queued` waits in the queue
             r = await c.delete(f"/v1/prompts/{queued}")
             assert (await r.json())["status"] == "cancelled"
             r = await c.post("/v1/interrupt", json={"prompt_id": b})
