@@ -40,8 +40,9 @@ class ReservingWriter:
     (``FileExistsError`` when taken, as with the server's own writer); then the file is either encoded here and sent
     to the server as bytes (default) or written here into the shared output folder (``shared``)."""
 
-    def __init__(self, paths: Any, names: Any, shared: bool):
-        self.paths, self.names, self.shared = paths, names, shared
+    def __init__(self, paths: Any, names: str, shared: bool):
+        self.paths, self.names_actor, self.shared = paths, names, shared
+        self._names: Any = None
         self.local = FileWriter() if shared else None
         self._encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="chisel-encode")
         self._known: dict[tuple[str, str], set[str]] = {}  # names learnt to be taken, per (kind, subfolder)
@@ -77,7 +78,9 @@ class ReservingWriter:
         if name in known or os.path.lexists(path):
             known.add(name)
             raise FileExistsError(str(path))
-        taken = ray.get(self.names.reserve.remote(kind, sub, name))
+        if self._names is None:  # looked up by name: a handle among the constructor's arguments would pin them
+            self._names = ray.get_actor(self.names_actor)
+        taken = ray.get(self._names.reserve.remote(kind, sub, name))
         if taken is not None:
             known.update(taken)
             raise FileExistsError(str(path))
@@ -123,7 +126,7 @@ class ReservingWriter:
 
 
 class WorkerActor:
-    def __init__(self, spec: dict[str, Any], index: int, names: Any, shared_output: bool = False,
+    def __init__(self, spec: dict[str, Any], index: int, names: str, shared_output: bool = False,
                  preview_max_size: int = 512):
         self.index = index
         self.spec = RuntimeSpec(**spec)

@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +96,8 @@ class ClusterWorker(Worker):
         if gpus and count > gpus:
             log.warning("%d workers asked for, the cluster has %d GPUs: the rest wait for a GPU", count, gpus)
         seed = {kind: listing(self.paths.dir(kind)) for kind in FILE_KINDS}
-        self.names = ray.remote(num_cpus=0, max_restarts=-1)(NameBook).remote(seed)
+        self._names_actor = f"chisel-names-{uuid.uuid4().hex}"
+        self.names = ray.remote(num_cpus=0, max_restarts=-1)(NameBook).options(name=self._names_actor).remote(seed)
         placement = {"num_gpus": 1} if gpus else {"num_cpus": 1, "scheduling_strategy": "SPREAD"}
         self._actor_cls = ray.remote(max_concurrency=8, max_restarts=-1, max_task_retries=0, **placement)(WorkerActor)
         self.slots = [Slot(i, self._new_actor(i)) for i in range(count)]
@@ -103,7 +105,7 @@ class ClusterWorker(Worker):
                  opts.address or "(local instance)")
 
     def _new_actor(self, index: int) -> Any:
-        return self._actor_cls.remote(self.spec.to_dict(), index, self.names, self.options.shared_output,
+        return self._actor_cls.remote(self.spec.to_dict(), index, self._names_actor, self.options.shared_output,
                                       self.preview_max_size)
 
     def start(self) -> None:
