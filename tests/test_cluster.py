@@ -442,3 +442,19 @@ def test_name_book_and_worker_choice():
     assert choose([w0, w1, w2], frozenset({"checkpoints/c"})) is w1        # else the one holding fewest models
     assert choose([w0, w1, w2], frozenset({"checkpoints/a"}), avoid={0}) is w0  # affinity beats avoiding
     assert choose([w1, w2], frozenset(), avoid={1}) is w2                  # the worker that died under it comes last
+
+
+def test_workers_get_every_runtime_flag():
+    """Each runtime flag (those `chisel validate` takes besides its own) reaches the workers' RuntimeSpec."""
+    import dataclasses
+
+    from server.cli import build_parser
+    from server.cluster import RuntimeSpec
+
+    validate = build_parser()._subparsers._group_actions[0].choices["validate"]
+    flags = {a.dest for a in validate._actions} - {"help", "workflow", "json"}
+    assert flags and flags <= {f.name for f in dataclasses.fields(RuntimeSpec)}
+    args = build_parser().parse_args(["serve", "--root", "/r", "--device", "cpu", "--low-vram", "--cache-ram-gb", "2",
+                                      "--cluster", "ray"])
+    spec = RuntimeSpec.from_args(args)
+    assert (spec.root, spec.device, spec.low_vram, spec.cache_ram_gb) == (str(Path("/r").resolve()), "cpu", True, 2.0)

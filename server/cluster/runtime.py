@@ -16,6 +16,7 @@ class RuntimeSpec:
     cache_ram_gb: float = 8.0
     cache_device_gb: float = 4.0
     compile: str = "auto"
+    no_pickle: bool = False
     output_dir: str | None = None
     allow_paths: bool = False  # `chisel run` accepts model files given by path; the server does not
     # Without the node library (no torch): the registry is the plug-in folders (and entry point group) only and the
@@ -35,7 +36,8 @@ class RuntimeSpec:
                    dtype=getattr(args, "dtype", None), low_vram=bool(getattr(args, "low_vram", False)),
                    cache_ram_gb=float(getattr(args, "cache_ram_gb", 8.0)),
                    cache_device_gb=float(getattr(args, "cache_device_gb", 4.0)),
-                   compile=getattr(args, "compile", None) or "auto")
+                   compile=getattr(args, "compile", None) or "auto",
+                   no_pickle=bool(getattr(args, "no_pickle", False)))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
