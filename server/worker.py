@@ -42,6 +42,23 @@ from . import store as S
 log = logging.getLogger("chisel.server")
 
 
+def claim_next(store: Any, wake: threading.Event, stopping: threading.Event) -> dict | None:
+    """The head of the durable queue, claimed; None after a short wait when the queue is empty or unreadable, or
+    when stopping (a prompt claimed meanwhile goes back to the queue)."""
+    try:
+        item = store.claim_next()
+    except Exception:
+        log.exception("could not read the queue")
+        item = None
+    if item is None:
+        wake.wait(1.0)
+        return None
+    if stopping.is_set():
+        store.requeue(item["prompt_id"])
+        return None
+    return item
+
+
 @dataclass
 class PendingWrite:
     path: Path
@@ -158,6 +175,19 @@ def encode_preview(image: Any, max_size: int = 512) -> bytes | None:
         return None
 
 
+def event_payload(event: ev.Event, prompt_id: str, client_id: str | None, node_types: dict[str, Any],
+                  with_preview: bool = False, preview_max_size: int = 512) -> dict[str, Any]:
+    """An engine event as the hub's ``event`` notification (a progress preview JPEG-encoded when wanted)."""
+    data = {k: v for k, v in event.data.items() if k != "preview"}
+    preview = None
+    if event.type == ev.PROGRESS and with_preview and event.data.get("preview") is not None:
+        preview = encode_preview(event.data["preview"], preview_max_size)
+    elif event.type in (ev.INTERRUPTED, ev.ERROR) and event.node_id is not None:
+        data.setdefault("node_type", node_types.get(event.node_id))
+    return {"client_id": client_id, "prompt_id": prompt_id, "type": event.type, "node_id": event.node_id,
+            "time": event.time, "data": data, "preview": preview}
+
+
 @dataclass
 class _Current:
     prompt_id: str
@@ -231,18 +261,9 @@ class Worker:
         while not self._stopping.is_set():
             self._apply_free()
             self._wake.clear()
-            try:
-                item = self.store.claim_next()
-            except Exception:
-                log.exception("could not read the queue")
-                self._wake.wait(1.0)
-                continue
+            item = claim_next(self.store, self._wake, self._stopping)
             if item is None:
-                self._wake.wait(1.0)
                 continue
-            if self._stopping.is_set():
-                self.store.requeue(item["prompt_id"])
-                break
             try:
                 self._run(item)
             except Exception:  # the worker must survive anything
@@ -279,18 +300,10 @@ class Worker:
         def on_event(event: ev.Event) -> None:
             if event.type == ev.FINISHED:
                 return  # the finisher sends `finished` once the prompt's files and record are on disk
-            data = {k: v for k, v in event.data.items() if k != "preview"}
-            preview = None
             if event.type == ev.EXECUTING:
                 self.writer.node_id = event.node_id
-            elif event.type == ev.PROGRESS:
-                image = event.data.get("preview")
-                if image is not None and self.wants_preview(client):
-                    preview = encode_preview(image, self.preview_max_size)
-            elif event.type in (ev.INTERRUPTED, ev.ERROR) and event.node_id is not None:
-                data.setdefault("node_type", node_types.get(event.node_id))
-            self.notify("event", {"client_id": client, "prompt_id": pid, "type": event.type,
-                                  "node_id": event.node_id, "time": event.time, "data": data, "preview": preview})
+            wants = event.type == ev.PROGRESS and self.wants_preview(client)
+            self.notify("event", event_payload(event, pid, client, node_types, wants, self.preview_max_size))
 
         self.writer.begin()
         try:
@@ -349,6 +362,7 @@ class Worker:
         payload = {"outputs": result.outputs, "timings": result.timings, "errors": errors,
                    "resolved": result.resolved, "executed": result.executed, "cached": result.cached,
                    "skipped": result.skipped, "explain": result.explain}
+        self._annotate(pid, payload)
         try:
             self.store.finish(pid, status, payload)
         except Exception:
@@ -356,6 +370,9 @@ class Worker:
         self.notify("finished", {"client_id": item.get("client_id"), "prompt_id": pid, "status": status,
                                  "result": payload, "time": time.time()})
         self.notify("queue", None)
+
+    def _annotate(self, prompt_id: str, payload: dict[str, Any]) -> None:
+        """Add to a prompt's recorded result (the cluster records which worker ran it and any retry)."""
 
 
 def _wait(future: Future) -> BaseException | None:
