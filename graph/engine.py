@@ -61,6 +61,7 @@ class _Context:
     def __init__(self, engine: "Engine", run: "_Run", node_id: str, files: dict[str, Path]):
         self._engine, self._run, self.node_id, self._files = engine, run, node_id, files
         self.services = engine.services
+        self.registry = engine.registry
         self.run_id = run.run_id
 
     def check_interrupted(self) -> None:
@@ -77,10 +78,6 @@ class _Context:
     @property
     def workflow(self) -> dict[str, Any]:
         return self._run.workflow_dict
-
-    @property
-    def prompt_api(self) -> dict[str, Any]:
-        return self._run.prompt_api
 
     @property
     def extra(self) -> dict[str, Any]:
@@ -103,11 +100,6 @@ class _Run:
         for nid, values in self.plan.resolved.items():
             data["nodes"][nid]["inputs"].update(values)
         return data
-
-    @cached_property
-    def prompt_api(self) -> dict[str, Any]:
-        from .comfy_format import to_comfy_api
-        return to_comfy_api(Workflow.model_validate(self.workflow_dict), self.engine.registry)
 
 
 class Engine:
@@ -243,7 +235,8 @@ class Engine:
             reason = self._explain(plan, nid, key, components)
             result.explain[nid] = reason
             run.emit(ev.EXECUTING, nid, node_type=pn.cls.type, reason=reason)
-            kwargs = dict(pn.literals)
+            kwargs = {i.name: None for i in pn.cls.inputs}  # an optional input left out arrives as None
+            kwargs.update(pn.literals)
             for name, (src, idx) in pn.links.items():
                 kwargs[name] = values[src][idx]
             ctx = _Context(self, run, nid, pn.files)

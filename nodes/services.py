@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
@@ -23,13 +25,22 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0", "false", "no")
 
 
+class FileWriter(Protocol):
+    """Writes output files off the sampling thread (the server offers one; without it nodes write in place)."""
+
+    def submit(self, path: Path, write: Callable[[Path], None]) -> Any:
+        """Reserve ``path`` at once (``FileExistsError`` when taken) and have ``write(tmp)`` fill it later."""
+
+
 @dataclass
 class Services:
+    """What every node gets as ``ctx.services``; each member is declared here."""
+
     paths: ModelPaths
     device: torch.device
     dtype: torch.dtype | None = None  # compute dtype override; None picks per device
     low_vram: bool = False
-    extras: dict[str, Any] = field(default_factory=dict)
+    file_writer: FileWriter | None = None  # saving nodes hand their files to it when set
     allow_pickle: bool = field(default_factory=lambda: _env_flag("CHISEL_ALLOW_PICKLE"))  # .ckpt files
     device_budget: int | None = None  # bytes of model weights allowed on the device; None: total minus a reserve
     _models: Any = field(default=None, repr=False)
@@ -43,6 +54,11 @@ class Services:
 
             self._models = ModelManager(self.device, dtype=self.dtype, low_vram=self.low_vram,
                                         device_budget=self.device_budget, allow_pickle=self.allow_pickle)
+        return self._models
+
+    @property
+    def loaded_models(self):
+        """The model manager if it exists already, else None (never creates it)."""
         return self._models
 
     def memory_stats(self) -> dict[str, Any]:

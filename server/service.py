@@ -53,9 +53,8 @@ class ChiselServer:
         self.config = config or ServerConfig()
         self.paths = engine.paths
         self.writer = FileWriter(self.config.writer_threads)
-        extras = getattr(services, "extras", None)
-        if isinstance(extras, dict):
-            extras["file_writer"] = self.writer
+        if services is not None:
+            services.file_writer = self.writer
         self.hub = Hub(self.queue_snapshot, debug=self.config.debug, throttle=self.config.queue_throttle)
         self.thumbs = ThumbCache()
         self.store: S.Store | None = None
