@@ -8,6 +8,8 @@ device tensor.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from nodes.patches.lora import patched
@@ -40,6 +42,27 @@ def prepare_noise(latent: dict, seed: int) -> torch.Tensor:
         if i in idx:
             draws[i] = n
     return torch.cat([draws[i] for i in idx], 0)
+
+
+@dataclass(frozen=True)
+class SeededNoise:
+    """A NOISE value (RandomNoise): the starting noise of :func:`prepare_noise` for ``seed``; the seed also seeds
+    the per-step noise."""
+
+    seed: int
+
+    def generate(self, latent: dict) -> torch.Tensor:
+        return prepare_noise(latent, self.seed)
+
+
+@dataclass(frozen=True)
+class NoNoise:
+    """A NOISE value (DisableNoise): zeros (the latent already holds its noise); per-step noise uses seed 0."""
+
+    seed: int = 0
+
+    def generate(self, latent: dict) -> torch.Tensor:
+        return torch.zeros(latent["samples"].shape, dtype=torch.float32)
 
 
 def ksampler_sigmas(model, sampler: SamplerSpec, scheduler: str, steps: int, denoise: float,

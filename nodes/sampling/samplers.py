@@ -515,6 +515,7 @@ def sample_uni_pc(
     variant: str = "bh1",
     lower_order_final: bool = True,
     use_corrector: bool = True,
+    final_sigma: float = UNIPC_FINAL_SIGMA,
 ):
     """UniPC (Zhao et al. 2023), multistep, data prediction, in t = -log sigma.
 
@@ -527,13 +528,14 @@ def sample_uni_pc(
     Corrector UniC-p, applied once the model has been evaluated at the predicted x_t (no extra evaluation): the
     same update recomputed with the new D_t as an extra point at r = 1.
 
-    A schedule ending in sigma = 0 ends at sigma = 0.001 instead (a last first-order predictor step, as ComfyUI's
-    UniPC integrates in log-SNR, which sigma = 0 would put at infinity); the result is x at that sigma.
+    A schedule ending in sigma = 0 ends at ``final_sigma`` = 0.001 instead (a last first-order predictor step, as
+    ComfyUI's UniPC does); the result is x at that sigma. With ``final_sigma = 0`` the last step returns the
+    denoised prediction (diffusers' ending).
     """
     extra_args = extra_args or {}
     s = _schedule(sigmas)
     if len(s) > 1 and s[-1] == 0.0:
-        s[-1] = UNIPC_FINAL_SIGMA
+        s[-1] = float(final_sigma)
     total = len(s) - 1
     lams: list[float] = []  # t of the evaluated points
     hist: list[torch.Tensor] = []  # their denoised predictions

@@ -37,6 +37,8 @@ __all__ = [
     "beta_scheduler",
     "get_sigmas_karras",
     "get_sigmas_exponential",
+    "get_sigmas_polyexponential",
+    "sd_turbo_sigmas",
     "beta_ppf",
 ]
 
@@ -70,6 +72,25 @@ def get_sigmas_exponential(n: int, sigma_min: float, sigma_max: float) -> torch.
     if n <= 0:
         return torch.zeros(1)
     return _finish(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp().tolist())
+
+
+def get_sigmas_polyexponential(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0) -> torch.Tensor:
+    """n sigmas with log sigma a polynomial of degree rho in the step: log sigma_i = log smin + r_i^rho (log smax -
+    log smin), r_i running evenly from 1 to 0; plus the final 0 (float32). rho = 1 is ``exponential``."""
+    if n <= 0:
+        return torch.zeros(1)
+    ramp = torch.linspace(1.0, 0.0, n, dtype=torch.float64) ** rho
+    lo, hi = math.log(sigma_min), math.log(sigma_max)
+    return _finish((ramp * (hi - lo) + lo).exp().tolist())
+
+
+def sd_turbo_sigmas(ms: ModelSampling, steps: int, denoise: float = 1.0) -> torch.Tensor:
+    """SD-Turbo's schedule: the training sigmas at timesteps 999, 899, ..., 99, starting at index
+    10 - int(10 * denoise) and taking ``steps`` of them, plus the final 0 (float32)."""
+    start = 10 - int(10 * denoise)
+    ts = [999 - 100 * i for i in range(10)][start:start + int(steps)]
+    table = ms.sigmas.tolist()
+    return _finish([table[t] for t in ts])
 
 
 def _sigmas_at(ms: ModelSampling, timesteps: torch.Tensor) -> list[float]:
