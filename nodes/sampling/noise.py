@@ -12,6 +12,7 @@ contract, ComfyUI's):
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Callable
 
 import torch
@@ -106,7 +107,11 @@ class BrownianTreeNoiseSampler:
         a = torch.as_tensor(sigma, dtype=torch.float32).to(self.where)
         b = torch.as_tensor(sigma_next, dtype=torch.float32).to(self.where)
         lo, hi = (a, b) if a < b else (b, a)
-        w = self.tree(lo, hi)  # W(hi) - W(lo)
+        with warnings.catch_warnings():
+            # torchsde rounds the tree's ends to its tolerance and warns when the schedule's own end sigmas fall a
+            # rounding error outside them; it clamps them, which is what is wanted
+            warnings.filterwarnings("ignore", message="Should have t", category=UserWarning)
+            w = self.tree(lo, hi)  # W(hi) - W(lo)
         if a > b:  # a step down in sigma: W(sigma_next) - W(sigma)
             w = -w
         w = w.to(self.dtype).to(self.device)
