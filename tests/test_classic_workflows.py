@@ -7,6 +7,7 @@ own noise. Bad input gets a clear error."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -108,7 +109,7 @@ def test_img2img_starts_from_the_encoded_image_at_the_right_sigma(root, monkeypa
         seen["x"], seen["sigmas"] = x.clone(), sigmas.clone()
         return euler(model, x, sigmas, **kw)
 
-    monkeypatch.setitem(SAMPLERS, "euler", spy)
+    monkeypatch.setitem(SAMPLERS, "euler", dataclasses.replace(euler, function=spy))
     res = run(eng, wf, "11", "3", "4")
     model = res.values["4"][0]
     encoded = res.values["11"][0]["samples"]

@@ -81,7 +81,7 @@ _ENTRIES = (
     _spec("uni_pc_bh2", fn.sample_uni_pc, options={"variant": "bh2"}, discard_penultimate_sigma=True),
 )
 
-SAMPLERS: Mapping[str, SamplerSpec] = MappingProxyType({s.name: s for s in _ENTRIES})
+SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in _ENTRIES}
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
 STOCHASTIC_SAMPLERS = frozenset(name for name, s in SAMPLERS.items() if s.stochastic)
 
