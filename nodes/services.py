@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import torch
 
 from graph.paths import ModelPaths
+from nodes.memory.compile import use_persistent_cache
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -41,6 +42,7 @@ class Services:
     dtype: torch.dtype | None = None  # compute dtype override; None picks per device
     low_vram: bool = False
     file_writer: FileWriter | None = None  # saving nodes hand their files to it when set
+    compile: str = "auto"  # the UNet through torch.compile: auto | off | on | max (nodes.memory.compile)
     allow_pickle: bool = field(default_factory=lambda: _env_flag("CHISEL_ALLOW_PICKLE"))  # .ckpt files
     device_budget: int | None = None  # bytes of model weights allowed on the device; None: total minus a reserve
     _models: Any = field(default=None, repr=False)
@@ -53,7 +55,10 @@ class Services:
             from nodes.memory.manager import ModelManager
 
             self._models = ModelManager(self.device, dtype=self.dtype, low_vram=self.low_vram,
-                                        device_budget=self.device_budget, allow_pickle=self.allow_pickle)
+                                        device_budget=self.device_budget, allow_pickle=self.allow_pickle,
+                                        compile=self.compile)
+            if self._models.compile_mode != "off":
+                use_persistent_cache(self.paths.root / ".cache" / "torch-compile")
         return self._models
 
     @property
@@ -67,9 +72,10 @@ class Services:
 
 
 def create_services(paths: ModelPaths | None = None, device: str = "auto", dtype: str | None = None,
-                    low_vram: bool = False, allow_pickle: bool | None = None) -> Services:
+                    low_vram: bool = False, allow_pickle: bool | None = None, compile: str = "auto") -> Services:
     dt = {None: None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     kw: dict[str, Any] = {}
     if allow_pickle is not None:
         kw["allow_pickle"] = allow_pickle
-    return Services(paths=paths or ModelPaths(), device=pick_device(device), dtype=dt, low_vram=low_vram, **kw)
+    return Services(paths=paths or ModelPaths(), device=pick_device(device), dtype=dt, low_vram=low_vram,
+                    compile=compile, **kw)

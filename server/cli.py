@@ -54,7 +54,8 @@ def build_runtime(args: argparse.Namespace, allow_paths: bool = True):
     paths = ModelPaths.from_mapping(getattr(args, "root", None), folders, allow_paths=allow_paths)
     registry = NodeRegistry.discover(plugin_folders=paths.dirs("custom_nodes"))
     services = create_services(paths, device=getattr(args, "device", "auto") or "auto",
-                               dtype=getattr(args, "dtype", None), low_vram=getattr(args, "low_vram", False))
+                               dtype=getattr(args, "dtype", None), low_vram=getattr(args, "low_vram", False),
+                               compile=getattr(args, "compile", None) or "auto")
     cache = ResultCache(ram_bytes=int(getattr(args, "cache_ram_gb", 8.0) * 2**30),
                         device_bytes=int(getattr(args, "cache_device_gb", 4.0) * 2**30))
     return registry, services, Engine(registry, services=services, paths=paths, cache=cache)
@@ -197,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="compute dtype (default: per device)")
         p.add_argument("--low-vram", action="store_true", help="offload models while sampling")
+        p.add_argument("--compile", default="auto", choices=["auto", "off", "on", "max"],
+                       help="the UNet through torch.compile: on (CUDA's default), max (also CUDA graphs), off "
+                            "(the CPU's default); artifacts are kept in <root>/.cache/torch-compile")
         p.add_argument("--cache-ram-gb", type=float, default=8.0, help="result cache budget in RAM (GiB)")
         p.add_argument("--cache-device-gb", type=float, default=4.0,
                        help="result cache budget in device memory (GiB)")

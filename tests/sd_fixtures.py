@@ -5,6 +5,7 @@ Test modules use ``from sd_fixtures import *``; the files are cached per process
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -18,6 +19,7 @@ import torch
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 _ROOT = Path(tempfile.mkdtemp(prefix="chisel-sd-tests-"))
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)  # tiny checkpoints are rebuilt by the next process
 
 
 @lru_cache(maxsize=None)
