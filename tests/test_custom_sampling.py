@@ -13,7 +13,7 @@ import torch
 from graph.registry import NodeRegistry
 from graph.types import COMBO
 
-REFERENCE = Path(__file__).resolve().parent / "reference" / "comfyui-more-nodes.json"
+REFERENCE = Path(__file__).resolve().parent / "data" / "comfyui" / "comfyui-more-nodes.json"
 CUSTOM = ("SamplerCustom SamplerCustomAdvanced KSamplerSelect BasicScheduler KarrasScheduler ExponentialScheduler "
           "PolyexponentialScheduler SDTurboScheduler BetaSamplingScheduler SplitSigmas SplitSigmasDenoise FlipSigmas "
           "RandomNoise DisableNoise BasicGuider CFGGuider DualCFGGuider SamplerEulerAncestral SamplerDPMPP_SDE "

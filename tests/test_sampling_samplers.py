@@ -24,7 +24,7 @@ MS = ModelSampling()
 ALL = list(SAMPLERS)
 
 
-REFERENCE = Path(__file__).resolve().parent / "reference"
+REFERENCE = Path(__file__).resolve().parent / "data" / "comfyui"
 
 
 def _comfy_choices(node: str, name: str, file: str = "comfyui-core-nodes.json") -> list[str]:

@@ -101,8 +101,8 @@ def normal_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
     steps = _check_steps(steps)
     if steps == 0:
         return torch.zeros(1)
-    t_max = float(ms.timestep(torch.tensor(ms.sigma_max, dtype=torch.float64)))
-    t_min = float(ms.timestep(torch.tensor(ms.sigma_min, dtype=torch.float64)))
+    t_max = float(ms.nearest_timestep(torch.tensor(ms.sigma_max, dtype=torch.float64)))
+    t_min = float(ms.nearest_timestep(torch.tensor(ms.sigma_min, dtype=torch.float64)))
     return _finish(_sigmas_at(ms, torch.linspace(t_max, t_min, steps, dtype=torch.float64)))
 
 
@@ -110,8 +110,8 @@ def sgm_uniform_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
     steps = _check_steps(steps)
     if steps == 0:
         return torch.zeros(1)
-    t_max = float(ms.timestep(torch.tensor(ms.sigma_max, dtype=torch.float64)))
-    t_min = float(ms.timestep(torch.tensor(ms.sigma_min, dtype=torch.float64)))
+    t_max = float(ms.nearest_timestep(torch.tensor(ms.sigma_max, dtype=torch.float64)))
+    t_min = float(ms.nearest_timestep(torch.tensor(ms.sigma_min, dtype=torch.float64)))
     return _finish(_sigmas_at(ms, torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64)[:-1]))
 
 
