@@ -92,6 +92,11 @@ def ref_beta(n):
     return [SIG[t] for t in ts] + [0.0]
 
 
+def ref_kl_optimal(n):
+    a, b = math.atan(SIG[-1]), math.atan(SIG[0])
+    return [math.tan(a + i / (n - 1) * (b - a)) for i in range(n)] + [0.0]
+
+
 REFERENCES = {
     "normal": ref_normal,
     "karras": ref_karras,
@@ -100,12 +105,13 @@ REFERENCES = {
     "simple": ref_simple,
     "ddim_uniform": ref_ddim_uniform,
     "beta": ref_beta,
+    "kl_optimal": ref_kl_optimal,
 }
 
 
 def test_every_scheduler_has_a_reference():
     assert set(REFERENCES) == set(SCHEDULERS) == {
-        "normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta"}
+        "normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta", "kl_optimal"}
 
 
 @pytest.mark.parametrize("steps", [2, 7, 20, 33])
@@ -132,7 +138,7 @@ def test_single_step_and_zero_steps(name):
 
 
 def test_schedules_start_at_sigma_max():
-    for name in ("normal", "karras", "exponential", "sgm_uniform", "simple", "beta"):
+    for name in ("normal", "karras", "exponential", "sgm_uniform", "simple", "beta", "kl_optimal"):
         assert SCHEDULERS[name](MS, 10)[0].item() == pytest.approx(MS.sigma_max, rel=1e-6), name
     # ddim_uniform starts at timestep 1 + (steps-1) * (1000 // steps): 951 for 20 steps
     assert SCHEDULERS["ddim_uniform"](MS, 20)[0].item() == pytest.approx(SIG[951], rel=1e-6)

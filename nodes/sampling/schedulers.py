@@ -11,6 +11,7 @@ steps + 1 of them except where ComfyUI's rule gives another count (``ddim_unifor
 - ``simple``: every (N/steps)-th training sigma, from the top.
 - ``ddim_uniform``: DDIM's "uniform" discretisation: timesteps 1, 1+c, 1+2c, ... below N with c = N // steps
   (more than ``steps`` of them for some step counts, as in ComfyUI).
+- ``kl_optimal``: Sabour et al. 2024: sigmas evenly spaced in atan(sigma).
 - ``beta``: Lee et al. 2024, "Beta Sampling is All You Need": timesteps at the quantiles of a Beta(0.6, 0.6)
   distribution, rounded to integer training timesteps, repeats dropped.
 """
@@ -91,6 +92,18 @@ def sd_turbo_sigmas(ms: ModelSampling, steps: int, denoise: float = 1.0) -> torc
     ts = [999 - 100 * i for i in range(10)][start:start + int(steps)]
     table = ms.sigmas.tolist()
     return _finish([table[t] for t in ts])
+
+
+def kl_optimal_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
+    """Sabour et al. 2024 ("Align Your Steps"), the KL-optimal schedule: sigma_i = tan((1 - i/(n-1)) atan(smax) +
+    i/(n-1) atan(smin)), evenly spaced in atan(sigma); plus the final 0."""
+    n = _check_steps(steps)
+    if n == 0:
+        return torch.zeros(1)
+    if n == 1:
+        return _finish([ms.sigma_max])
+    hi, lo = math.atan(ms.sigma_max), math.atan(ms.sigma_min)
+    return _finish([math.tan((1 - i / (n - 1)) * hi + i / (n - 1) * lo) for i in range(n)])
 
 
 def _sigmas_at(ms: ModelSampling, timesteps: torch.Tensor) -> list[float]:
@@ -236,6 +249,7 @@ SCHEDULERS: dict[str, Callable[[ModelSampling, int], torch.Tensor]] = {
     "simple": simple_scheduler,
     "ddim_uniform": ddim_uniform_scheduler,
     "beta": beta_scheduler,
+    "kl_optimal": kl_optimal_scheduler,
 }
 SCHEDULER_NAMES = list(SCHEDULERS)
 
