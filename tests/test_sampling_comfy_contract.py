@@ -285,3 +285,26 @@ def test_the_unet_receives_integer_timesteps(sd1):
     want = (sig.log()[None, :] - log_table[:, None]).abs().argmin(dim=0).double()
     got = torch.stack([t.flatten()[0] for t in seen]).double()
     assert len(seen) == 4 and torch.equal(got, want) and not torch.equal(got, got.floor() + 0.5)
+
+
+@pytest.mark.parametrize("sampler,offset", [("ddim", 1), ("euler", 0)])
+def test_inpainting_re_noises_the_kept_area_with_the_starting_noise_or_for_ddim_seed_plus_one(sd1, sampler, offset):
+    """Where the noise mask is 0 the latent is re-noised each step to the current sigma: latent + n sigma, with n the
+    starting noise — except for ddim, which (as ComfyUI's) uses noise of seed + 1. Seen at the UNet's first input,
+    x / sqrt(sigma^2 + 1)."""
+    from nodes.library.sampling import KSampler
+
+    bundle, pos, neg = sd1
+    mask = torch.zeros(1, 4, 4)
+    mask[:, :, :2] = 1.0  # repaint the left half, keep the right half
+    latent = {"samples": torch.zeros(1, 4, 4, 4), "noise_mask": mask}
+    seen = []
+    hook = bundle.model.unet.module.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    try:
+        KSampler().run(None, bundle.model, 5, 2, 3.0, sampler, "normal", pos, neg, latent, 1.0)
+    finally:
+        hook.remove()
+    s0 = SIG[999]
+    n = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(5 + offset))
+    want = n[..., 2:] * s0 / math.sqrt(s0 * s0 + 1)
+    assert_close_to_scale(seen[0][:1, :, :, 2:].float(), want, rel=1e-5)
