@@ -76,7 +76,8 @@ _ENTRIES = (
     _spec("dpmpp_3m_sde", fn.sample_dpmpp_3m_sde, "brownian"),
     _spec("dpmpp_3m_sde_gpu", fn.sample_dpmpp_3m_sde, "brownian_device"),
     _spec("lcm", fn.sample_lcm, "seeded"),
-    _spec("ddim", fn.sample_ddim, inpaint_noise_seed_offset=1),
+    # DDIM (eta = 0) in sigma space is exactly Euler's step, which is what ComfyUI runs for it
+    _spec("ddim", fn.sample_euler, inpaint_noise_seed_offset=1),
     _spec("uni_pc", fn.sample_uni_pc, discard_penultimate_sigma=True),
     _spec("uni_pc_bh2", fn.sample_uni_pc, options={"variant": "bh2"}, discard_penultimate_sigma=True),
 )

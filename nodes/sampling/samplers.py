@@ -424,31 +424,7 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, noise_sampler=N
     return x
 
 
-# -- DDIM and LCM ---------------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def sample_ddim(
-    model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta: float = 0.0, s_noise: float = 1.0
-):
-    """DDIM (Song et al. 2021) in sigma space: x_next = D + sigma_down (x - D) / sigma + sigma_up z.
-
-    Rewriting DDIM's sigma_t(eta) in the variance-exploding view gives exactly the ancestral split of
-    :func:`get_ancestral_step`; with the default eta = 0 DDIM is deterministic (and coincides with Euler).
-    """
-    extra_args = extra_args or {}
-    s = _schedule(sigmas)
-    total = len(s) - 1
-    if eta and noise_sampler is None:
-        noise_sampler = default_noise_sampler(x)
-    for i in range(total):
-        denoised = _denoise(model, x, s[i], extra_args)
-        down, up = get_ancestral_step(s[i], s[i + 1], eta)
-        _report(callback, i, x, denoised, s[i], s[i + 1], total)
-        x = denoised + (x - denoised) * (down / s[i])
-        if s[i + 1] > 0.0 and eta:
-            x = x + noise_sampler(s[i], s[i + 1]) * (s_noise * up)
-    return x
+# -- LCM ---------------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
