@@ -19,7 +19,7 @@ from nodes.memory.handles import ModelHandle
 
 @dataclass
 class _Entry:
-    group: int  # 0 = positive, 1 = negative
+    group: int  # index of its conditioning in the guider's plan (0 = positive)
     emb: torch.Tensor  # [1, T, D] on device, unet dtype
     area: tuple[int, int, int, int] | None  # (h, w, y, x) latent cells, None = full frame
     mult: torch.Tensor | float  # [1 or B, 1, h, w] or a scalar

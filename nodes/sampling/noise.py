@@ -39,7 +39,7 @@ def _to_like(noise: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def make_noise_sampler(x: torch.Tensor, seed: int) -> NoiseSampler:
-    """A deterministic noise source for stochastic samplers.
+    """A dtype-independent noise stream (tests and scripts; sampling runs use :func:`step_noise_sampler`).
 
     Returns ``noise_sampler(sigma=None, sigma_next=None) -> Tensor`` shaped like ``x``, on x's device and dtype.
     Successive calls return successive draws of one CPU float32 generator seeded with ``seed``.
