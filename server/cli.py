@@ -1,4 +1,4 @@
-"""The ``chisel`` command line: run, validate, nodes, schema, serve."""
+"""The ``chisel`` command line: run, validate, export, nodes, schema, serve."""
 from __future__ import annotations
 
 import argparse
@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from graph.cache import ResultCache
+from graph.comfy_format import export
 from graph.engine import Engine, RunResult
-from graph.errors import ChiselError, WorkflowError
+from graph.errors import WorkflowError
 from graph.events import EXECUTED, EXECUTING, PROGRESS, Event
+from graph.overrides import apply_overrides, split_target
 from graph.paths import ModelPaths
 from graph.registry import NodeRegistry
 from graph.validate import all_errors
@@ -26,22 +28,17 @@ def _parse_value(text: str) -> Any:
 
 
 def _parse_assignment(text: str, flag: str) -> tuple[str, str, str]:
+    """NODE.INPUT=VALUE, split at the first "=" and then, like the HTTP ``set``, at the last dot."""
     target, sep, value = text.partition("=")
-    node, dot, name = target.partition(".")
-    if not sep or not dot or not node or not name:
+    parts = split_target(target)
+    if not sep or parts is None:
         raise SystemExit(f"chisel: {flag} expects NODE.INPUT=VALUE, got {text!r}")
-    return node, name, value
+    return parts[0], parts[1], value
 
 
 def with_inputs(workflow: Workflow, values: dict[tuple[str, str], Any]) -> Workflow:
     """A copy of the workflow with literal inputs set (``--set`` / ``--sweep``)."""
-    data = workflow.to_dict()
-    for (node, name), value in values.items():
-        if node not in data["nodes"]:
-            raise WorkflowError([ChiselError("unknown_node", f"--set/--sweep names node {node!r}, which is not in "
-                                             f"the workflow (nodes: {', '.join(data['nodes'])})", node_id=node)])
-        data["nodes"][node].setdefault("inputs", {})[name] = value
-    return Workflow.model_validate(data)
+    return apply_overrides(workflow, {f"{node}.{name}": value for (node, name), value in values.items()})
 
 
 def build_runtime(args: argparse.Namespace, allow_paths: bool = True):
@@ -55,7 +52,8 @@ def build_runtime(args: argparse.Namespace, allow_paths: bool = True):
     registry = NodeRegistry.discover(plugin_folders=paths.dirs("custom_nodes"))
     services = create_services(paths, device=getattr(args, "device", "auto") or "auto",
                                dtype=getattr(args, "dtype", None), low_vram=getattr(args, "low_vram", False),
-                               compile=getattr(args, "compile", None) or "auto")
+                               compile=getattr(args, "compile", None) or "auto",
+                               allow_pickle=False if getattr(args, "no_pickle", False) else None)
     cache = ResultCache(ram_bytes=int(getattr(args, "cache_ram_gb", 8.0) * 2**30),
                         device_bytes=int(getattr(args, "cache_device_gb", 4.0) * 2**30))
     return registry, services, Engine(registry, services=services, paths=paths, cache=cache)
@@ -165,6 +163,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    paths = ModelPaths.from_mapping(getattr(args, "root", None))
+    registry = NodeRegistry.discover(plugin_folders=paths.dirs("custom_nodes"))
+    try:
+        text = json.dumps(export(load_file(args.workflow, registry), args.format, registry), indent=1)
+    except WorkflowError as exc:
+        print(f"{args.workflow}: cannot export", file=sys.stderr)
+        for err in exc.errors:
+            print(f"  {err}", file=sys.stderr)
+        return 1
+    if args.output is not None:
+        args.output.write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    return 0
+
+
 def cmd_nodes(args: argparse.Namespace) -> int:
     registry, services, _ = build_runtime(args)
     schemas = registry.schemas(services.paths)
@@ -198,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="compute dtype (default: per device)")
         p.add_argument("--low-vram", action="store_true", help="offload models while sampling")
+        p.add_argument("--no-pickle", action="store_true",
+                       help="refuse pickle-based weight files (.ckpt/.pt/.pth/.bin) altogether; by default they load "
+                            "weights-only (plain tensors, no code). Also: CHISEL_NO_PICKLE=1")
         p.add_argument("--compile", default="auto", choices=["auto", "off", "on", "max"],
                        help="the UNet through torch.compile: on (CUDA's default), max (also CUDA graphs), off "
                             "(the CPU's default); artifacts are kept in <root>/.cache/torch-compile")
@@ -220,6 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     runtime_flags(p)
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("export", help="write a workflow (any format) in ComfyUI's UI or API format")
+    p.add_argument("workflow", type=Path)
+    fmt = p.add_mutually_exclusive_group(required=True)
+    fmt.add_argument("--comfy-ui", dest="format", action="store_const", const="comfy_ui",
+                     help="ComfyUI's UI format (opens in ComfyUI's frontend: positions, groups, notes kept)")
+    fmt.add_argument("--comfy-api", dest="format", action="store_const", const="comfy_api",
+                     help="ComfyUI's API format (what /prompt takes)")
+    p.add_argument("-o", "--output", type=Path, help="write to this file instead of standard output")
+    p.add_argument("--root", help="folder holding custom_nodes/ (default: $CHISEL_HOME or .)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("nodes", help="list node types")
     p.add_argument("--json", action="store_true", help="every node's schema as JSON")

@@ -177,6 +177,14 @@ def openapi_document(version: str) -> dict[str, Any]:
             "200": _json({"type": "object", "properties": {"workflow": _ref("Workflow")}}), "400": ERR},
             body=_body({"type": "object", "required": ["workflow"], "properties": {
                 "workflow": _ref("AnyWorkflow")}}))},
+        "/v1/workflow/export": {"post": _op("A workflow in any format Chisel imports, in ComfyUI's UI or API format "
+                                            "(or the native one)", {
+            "200": _json({"type": "object", "required": ["workflow", "format"], "properties": {
+                "workflow": {"type": "object"}, "format": {"enum": ["native", "comfy_ui", "comfy_api"]}}}),
+            "400": ERR},
+            body=_body({"type": "object", "required": ["workflow", "format"], "additionalProperties": False,
+                        "properties": {"workflow": _ref("AnyWorkflow"),
+                                       "format": {"enum": ["native", "comfy_ui", "comfy_api"]}}}))},
         "/v1/models/{kind}": {"get": _op("File names in a models folder", {"200": _json(
             {"type": "array", "items": {"type": "string"}}), "404": ERR}, params=[
             {"name": "kind", "in": "path", "required": True, "schema": {"type": "string"},

@@ -74,7 +74,8 @@ def comfy_validation_error(exc: WorkflowError, prompt: Any, registry: Any) -> Ap
 def _output_nodes(prompt: dict[str, Any], registry: Any) -> list[str]:
     out = []
     for nid, spec in prompt.items():
-        cls = registry.get(spec.get("class_type")) if isinstance(spec, dict) else None
+        type_name = spec.get("class_type") if isinstance(spec, dict) else None
+        cls = registry.get(type_name) if isinstance(type_name, str) else None
         if cls is not None and cls.output_node:
             out.append(str(nid))
     return out

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from graph.comfy_format import EXPORT_FORMATS, export
 from graph.errors import WorkflowError
 from graph.validate import all_errors
 from graph.workflow import json_schema, parse_workflow
@@ -132,6 +133,10 @@ async def post_validate(request: web.Request) -> web.Response:
 
         try:
             wf = parse_workflow(body["workflow"], server.registry)
+        except WorkflowError as exc:  # not a workflow that can be read: a bad request, as on the other routes
+            raise ApiError(400, "invalid_workflow", "the workflow cannot be read",
+                           errors=[server.clean_error(e.to_dict()) for e in exc.errors]) from None
+        try:
             if overrides:
                 wf = apply_overrides(wf, overrides)
         except WorkflowError as exc:
@@ -281,6 +286,22 @@ async def post_workflow_convert(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_workflow", "the workflow cannot be converted",
                        errors=[server.clean_error(e.to_dict()) for e in exc.errors]) from None
     return json_response({"workflow": wf.to_dict()})
+
+
+async def post_workflow_export(request: web.Request) -> web.Response:
+    """A workflow in any format Chisel imports -> "comfy_ui", "comfy_api" or "native"."""
+    server = srv(request)
+    body = await read_json_object(request, server.config.max_json_bytes)
+    _check_keys(body, {"workflow", "format"}, "the request")
+    if "workflow" not in body or body.get("format") not in EXPORT_FORMATS:
+        raise ApiError(400, "invalid_request", "the body needs a 'workflow' and a 'format': "
+                       + ", ".join(EXPORT_FORMATS))
+    try:
+        wf = await asyncio.to_thread(parse_workflow, body["workflow"], server.registry)
+    except WorkflowError as exc:
+        raise ApiError(400, "invalid_workflow", "the workflow cannot be read",
+                       errors=[server.clean_error(e.to_dict()) for e in exc.errors]) from None
+    return json_response({"workflow": export(wf, body["format"], server.registry), "format": body["format"]})
 
 
 def _workflow_files(server: ChiselServer) -> list[dict[str, Any]]:
@@ -446,6 +467,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/workflows/{name}", get_workflow)
     r.add_post("/v1/workflow/from-png", post_workflow_from_png)
     r.add_post("/v1/workflow/convert", post_workflow_convert)
+    r.add_post("/v1/workflow/export", post_workflow_export)
     r.add_get("/v1/models/{kind}", get_models)
     r.add_get("/v1/system", get_system)
     r.add_post("/v1/free", post_free)

@@ -179,6 +179,10 @@ async def read_json(request: web.Request, limit: int, *, allow_empty: bool = Fal
     except json.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
                        extra={"line": exc.lineno, "column": exc.colno}) from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "invalid JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise ApiError(400, "invalid_json", f"invalid JSON: {str(exc)[:200]}") from None
 
 
 async def read_json_object(request: web.Request, limit: int, *, allow_empty: bool = False) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from graph.errors import ChiselError, WorkflowError
+from graph import overrides as graph_overrides
+from graph.errors import WorkflowError
 from graph.workflow import Workflow, parse_workflow
 
 from . import store as S
@@ -192,23 +193,8 @@ def queue_item(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_overrides(wf: Workflow, overrides: dict[str, Any]) -> Workflow:
-    """``{"NODE.INPUT": value}`` written into the workflow's literal inputs."""
-    data = wf.to_dict()
-    errors = []
-    for target, value in overrides.items():
-        node, dot, name = str(target).rpartition(".")
-        if not dot or not node or not name:
-            errors.append(ChiselError("invalid_override", f"override {target!r} must be named NODE.INPUT",
-                                      value=target))
-            continue
-        if node not in data["nodes"]:
-            errors.append(ChiselError("unknown_node", f"override {target!r} names node {node!r}, which is not in the "
-                                      "workflow", node_id=node, input=name))
-            continue
-        data["nodes"][node].setdefault("inputs", {})[name] = value
-    if errors:
-        raise WorkflowError(errors)
-    return parse_workflow(data)
+    """``{"NODE.INPUT": value}`` written into the workflow's literal inputs (graph.overrides: split at the last dot)."""
+    return graph_overrides.apply_overrides(wf, overrides)
 
 
 def env_config(**kw: Any) -> ServerConfig:

@@ -4,6 +4,12 @@ Every conditioning entry that covers the same latent area goes through the UNet 
 the conditional and unconditional passes are one call of batch 2B); with ``cfg == 1`` the unconditional pass is
 skipped. Regional conditioning (areas, masks with strengths), inpainting channels and SDXL's size conditioning are
 applied here. Nothing in the per-step path reads a device tensor on the host.
+
+Extension point: a conditioning entry's ``"unet_inputs"`` option may hold an object with
+``bind(model, (batch, h, w), input_name) -> fn``, bound once per run (its checks fail before the first step);
+``fn(x, sigma, t, context, added_cond_kwargs)`` is then called on that entry's rows of each UNet call and returns extra
+UNet keyword arguments (batch-first tensors or tuples of them; rows of entries without one get zeros). ControlNets
+use it (:mod:`nodes.controlnet.apply`).
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ class _Entry:
     pooled: torch.Tensor | None  # [1, P]
     adm: torch.Tensor | None  # [1, n] time ids
     concat: torch.Tensor | None  # [B, k, H, W] inpainting channels over the full frame
+    extra: Any = None  # the bound "unet_inputs" option (see the module docstring), shared by entries that share it
 
 
 def _lcm(values) -> int:
@@ -130,10 +137,18 @@ class Guider:
             return [c1, c2], lambda d: d[1] + (d[0] - d[1]) * cfg1
         return [c1, c2, neg], lambda d: d[2] + (d[1] - d[2]) * cfg2 + (d[0] - d[1]) * cfg1
 
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The conditionings' input names (ComfyUI's), in the order of :attr:`conds` (for messages)."""
+        if self.style == "basic":
+            return ("conditioning",)
+        return ("positive", "negative") if self.style == "cfg" else ("cond1", "cond2", "negative")
+
     def denoiser(self, latent_in: torch.Tensor, noise: torch.Tensor | None, noise_mask: torch.Tensor | None,
                  image_size: tuple[int, int]) -> "CFGDenoiser":
         groups, combine = self.plan()
-        return CFGDenoiser(self.model, groups, combine, latent_in, noise, noise_mask, image_size)
+        return CFGDenoiser(self.model, groups, combine, latent_in, noise, noise_mask, image_size,
+                           self.input_names[:len(groups)])
 
 
 class CFGDenoiser:
@@ -141,7 +156,8 @@ class CFGDenoiser:
     under each conditioning group, combined by ``combine`` (see :class:`Guider`)."""
 
     def __init__(self, model: ModelHandle, groups: list, combine, latent_in: torch.Tensor,
-                 noise: torch.Tensor | None, noise_mask: torch.Tensor | None, image_size: tuple[int, int]):
+                 noise: torch.Tensor | None, noise_mask: torch.Tensor | None, image_size: tuple[int, int],
+                 group_names: tuple[str, ...] = ("positive", "negative")):
         self.model = model
         self.ms = model.model_sampling
         self.unet = model.unet.runner()  # the module, or its compiled form (nodes.memory.compile)
@@ -160,6 +176,9 @@ class CFGDenoiser:
                 raise ValueError(f"the noise mask has a batch of {m.shape[0]}; the latent batch is {b}")
             self.mask = m.expand(b, -1, -1, -1)
         self.image_size = image_size
+        self._bound: dict[int, Any] = {}
+        extra_names = (f"conditioning {i}" for i in range(len(group_names), len(groups)))
+        self.group_names = tuple(group_names) + tuple(extra_names)
         self.entries: list[_Entry] = []
         for g, conds in enumerate(groups):
             if not conds:
@@ -246,7 +265,15 @@ class CFGDenoiser:
             else:
                 m = torch.ones(1, 1, h, w, device=self.device)
             concat = torch.cat([m.expand(b, -1, -1, -1), lat.expand(b, -1, -1, -1)], 1)
-        return _Entry(group, emb, area, mult, pooled, adm, concat)
+        extra = opts.get("unet_inputs")
+        if extra is not None and area is not None:
+            raise ValueError(f"the {('positive', 'negative')[group]} conditioning is limited to an area and carries "
+                             "a ControlNet: ControlNets on area conditioning are not supported yet")
+        if extra is not None:
+            if id(extra) not in self._bound:
+                self._bound[id(extra)] = extra.bind(self.model, self.shape, self.group_names[group])
+            extra = self._bound[id(extra)]
+        return _Entry(group, emb, area, mult, pooled, adm, concat, extra)
 
     # -- the per-step call ------------------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
@@ -292,6 +319,9 @@ class CFGDenoiser:
         if pooled:
             kwargs["added_cond_kwargs"] = {"text_embeds": torch.cat(pooled), "time_ids": torch.cat(adm)}
         t = self.ms.nearest_timestep(s_in.float())  # the UNet gets integer timesteps (as ComfyUI)
+        if any(e.extra is not None for e in entries):
+            kwargs.update(_extra_inputs(entries, b, net_in[:, :x_in.shape[1]], s_in, t, torch.cat(ctx),
+                                        kwargs.get("added_cond_kwargs")))
         out = self.unet(net_in.to(self.dtype), t, encoder_hidden_states=torch.cat(ctx), return_dict=False,
                         **kwargs)[0]
         self.calls += 1
@@ -305,3 +335,36 @@ class CFGDenoiser:
                 h, w, y, x0 = e.area
                 sums[e.group][:, :, y:y + h, x0:x0 + w] += d * e.mult
                 counts[e.group][:, :, y:y + h, x0:x0 + w] += e.mult
+
+
+def _extra_inputs(entries: list[_Entry], b: int, x, sigma, t, context, added: dict | None) -> dict:
+    """Each distinct bound ``unet_inputs`` called on the rows of its entries; results merged into full-batch UNet
+    keyword arguments (zeros for the rows of entries without one)."""
+    rows: dict[int, list[int]] = {}
+    fns: dict[int, Any] = {}
+    for i, e in enumerate(entries):
+        if e.extra is not None:
+            rows.setdefault(id(e.extra), []).extend(range(i * b, (i + 1) * b))
+            fns[id(e.extra)] = e.extra
+    n = len(entries) * b
+    merged: dict[str, list] = {}
+    for key, idx in rows.items():
+        whole = idx == list(range(n))
+        sel = slice(None) if whole else torch.tensor(idx, device=x.device)
+        part_added = None if added is None else {k: v[sel] for k, v in added.items()}
+        got = fns[key](x[sel], sigma[sel], t[sel], context[sel], part_added)
+        for name, value in got.items():
+            merged.setdefault(name, []).append((whole, sel, value))
+    out = {}
+    for name, parts in merged.items():
+        if len(parts) == 1 and parts[0][0]:
+            out[name] = parts[0][2]
+            continue
+        seq = isinstance(parts[0][2], (tuple, list))
+        first = parts[0][2] if seq else [parts[0][2]]
+        full = [v.new_zeros((n,) + tuple(v.shape[1:])) for v in first]
+        for _, sel, value in parts:
+            for f, v in zip(full, value if seq else [value]):
+                f[sel] = v
+        out[name] = tuple(full) if seq else full[0]
+    return out
