@@ -108,26 +108,35 @@ def cmd_run(args: argparse.Namespace) -> int:
               for n, i, v in (_parse_assignment(s, "--sweep") for s in args.sweep or [])]
     combos = list(itertools.product(*[[((n, i), x) for x in values] for n, i, values in sweeps])) or [()]
     progress = _Progress(args.json)
-    failures = 0
+    jobs: list[tuple[Path, dict, Workflow | None, RunResult | None]] = []
     for path in args.workflows:
         for combo in combos:
             values = dict(sets)
             values.update(dict(combo))
             try:
                 workflow = with_inputs(load_file(path, registry), values) if values else load_file(path, registry)
-                result = engine.run(workflow, on_event=progress)
+                jobs.append((path, values, workflow, None))
             except WorkflowError as exc:
-                result = RunResult("-", "error", errors=exc.errors)
-            report = {"workflow": str(path), "set": {f"{n}.{i}": v for (n, i), v in values.items()},
-                      **result.to_dict(), "outputs": _files_written(result, services.paths)}
-            if not args.explain:
-                report.pop("explain")
-            if result.status != "success":
-                failures += 1
-            if args.json:
-                print(json.dumps(report), flush=True)
-            else:
-                _print_human(report, result)
+                jobs.append((path, values, None, RunResult("-", "error", errors=exc.errors)))
+    if getattr(args, "cluster", None):  # every run fanned out over the cluster's workers first
+        from .cluster.batch import run_on_cluster
+
+        results = iter(run_on_cluster(args, registry, engine.paths, [w for _, _, w, r in jobs if r is None]))
+        jobs = [(p, v, w, r if r is not None else next(results)) for p, v, w, r in jobs]
+    failures = 0
+    for path, values, workflow, result in jobs:
+        if result is None:
+            result = engine.run(workflow, on_event=progress)
+        report = {"workflow": str(path), "set": {f"{n}.{i}": v for (n, i), v in values.items()},
+                  **result.to_dict(), "outputs": _files_written(result, services.paths)}
+        if not args.explain:
+            report.pop("explain")
+        if result.status != "success":
+            failures += 1
+        if args.json:
+            print(json.dumps(report), flush=True)
+        else:
+            _print_human(report, result)
     return 1 if failures else 0
 
 
@@ -223,6 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cache-device-gb", type=float, default=4.0,
                        help="result cache budget in device memory (GiB)")
 
+    def cluster_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--cluster", metavar="ray|auto|ray://HOST:PORT",
+                       help="run prompts on Ray workers: ray starts a local Ray instance, auto or ray://HOST:PORT "
+                            "joins a running cluster (needs chisel[ray])")
+        p.add_argument("--cluster-workers", type=int, metavar="N",
+                       help="number of workers (default: one per GPU in the cluster, else one CPU worker)")
+        p.add_argument("--cluster-shared-output", action="store_true",
+                       help="workers write images into the output folder themselves (shared storage at the same path "
+                            "on every machine); default: images come back through Ray's object store")
+
     p = sub.add_parser("run", help="run workflows")
     p.add_argument("workflows", nargs="+", type=Path)
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="set a literal input (JSON or text)")
@@ -230,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path)
     p.add_argument("--json", action="store_true", help="print one JSON report per run")
     p.add_argument("--explain", action="store_true", help="say why each node ran")
+    cluster_flags(p)
     runtime_flags(p)
     p.set_defaults(func=cmd_run)
 
@@ -268,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "latent2rgb, which auto and taesd also give")
     p.add_argument("--frontend", default="chisel", choices=["chisel", "comfyui"],
                    help="the page at /: Chisel's canvas, or ComfyUI's frontend (needs comfyui-frontend-package)")
+    cluster_flags(p)
     runtime_flags(p)
     p.set_defaults(func=cmd_serve)
     return ap

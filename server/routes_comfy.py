@@ -249,7 +249,8 @@ async def post_free(request: web.Request) -> web.Response:
 
 
 async def get_system_stats(request: web.Request) -> web.Response:
-    return json_response(await asyncio.to_thread(comfy_system_stats, srv(request).services))
+    server = srv(request)
+    return json_response(await asyncio.to_thread(lambda: comfy_system_stats(server.services, server.cluster_workers())))
 
 
 async def get_embeddings(request: web.Request) -> web.Response:

@@ -359,7 +359,7 @@ async def get_system(request: web.Request) -> web.Response:
     server = srv(request)
     counts = await server.db(server.store.counts)
     queue = {"running": counts.get(S.RUNNING, 0), "pending": counts.get(S.QUEUED, 0)}
-    info = await asyncio.to_thread(system_info, server.engine, server.services, queue)
+    info = await asyncio.to_thread(lambda: system_info(server.engine, server.services, queue, server.cluster_workers()))
     return json_response(info)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodes.controlnet.load import FAMILY_NAMES, LoadedControlNet, load_controlnet
-from nodes.memory.manager import ManagedModule, ModelManager, file_key
+from nodes.memory.manager import ManagedModule, ModelManager
 
 MODEL_FAMILY = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sdxl_refiner": "SDXL refiner"}
 FIT_FIELDS = ("block_out_channels", "layers_per_block", "down_block_types", "cross_attention_dim")
@@ -45,8 +45,7 @@ def load(manager: ModelManager, path: str | Path, model=None) -> ControlNetHandl
     """The ControlNet in a file or diffusers folder, loaded once per file identity (and base model, for difference
     files, which the loader adds to that model's UNet weights)."""
     path = Path(path)
-    key = ("controlnet", file_key(path), str(manager.compute_dtype("unet")),
-           model.source if model is not None else None)
+    kind = ("controlnet", str(manager.compute_dtype("unet")), model.source if model is not None else None)
 
     def factory() -> ControlNetHandle:
         unet = model.unet.module if model is not None else None
@@ -55,7 +54,7 @@ def load(manager: ModelManager, path: str | Path, model=None) -> ControlNetHandl
         mm = manager.register("controlnet", loaded.module, str(path), manager.compute_dtype("unet"))
         return ControlNetHandle(manager, mm, loaded.config, loaded.family, str(path), loaded.layout)
 
-    return manager._once(key, factory)
+    return manager.load_once(kind, path, factory)
 
 
 def _norm(value):

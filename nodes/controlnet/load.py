@@ -17,7 +17,6 @@ metadata says otherwise. Every parameter must come from the file and every file 
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from nodes.loading.checkpoint import PICKLE_SUFFIXES, _file_kind, _load_pickle, read_header
+from nodes.loading.weights import read_tensors
 from nodes.loading.errors import CorruptCheckpoint, IncompleteCheckpoint, UnrecognisedArchitecture, WrongFileKind
 
 LDM_PREFIX = "control_model."
@@ -60,23 +59,8 @@ def family_of(config: Mapping) -> str:
 
 
 def read_state(path: Path, allow_pickle: bool | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors of a weights file and its safetensors metadata."""
-    if allow_pickle is None:
-        allow_pickle = os.environ.get("CHISEL_ALLOW_PICKLE", "") not in ("", "0", "false", "no")
-    kind = _file_kind(path)
-    if kind == "pickle":
-        return _load_pickle(path, allow_pickle), {}
-    if kind != "safetensors":
-        what = "neither a safetensors file nor a torch pickle" if path.suffix.lower() in PICKLE_SUFFIXES else \
-            "not a safetensors file (no valid header)"
-        raise CorruptCheckpoint(f"{path} is {what}; it may be truncated or another format.", path)
-    _, _, metadata = read_header(path)
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path)), metadata
-    except Exception as exc:  # safetensors raises its own error types
-        raise CorruptCheckpoint(f"{path} could not be read as safetensors: {exc}", path)
+    """All tensors of a weights file and its safetensors metadata (through the one weight-file reader)."""
+    return read_tensors(path, allow_pickle)
 
 
 def _metadata_config(metadata: Mapping[str, str]) -> dict:

@@ -11,16 +11,15 @@ gets the whole image.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from nodes.loading.checkpoint import _file_kind, _load_pickle, read_header
-from nodes.loading.errors import CorruptCheckpoint, WrongFileKind
-from nodes.memory.manager import ManagedModule, ModelManager, file_key
+from nodes.loading.weights import read_tensors
+from nodes.loading.errors import WrongFileKind
+from nodes.memory.manager import ManagedModule, ModelManager
 from nodes.upscaling.tiles import upscale_tiled
 
 TILE = 512
@@ -90,17 +89,8 @@ def _spandrel():
 
 
 def read_state(path: Path, allow_pickle: bool | None) -> dict[str, torch.Tensor]:
-    if allow_pickle is None:
-        allow_pickle = os.environ.get("CHISEL_ALLOW_PICKLE", "") not in ("", "0", "false", "no")
-    kind = _file_kind(path)
-    if kind == "pickle":
-        return _load_pickle(path, allow_pickle)
-    if kind != "safetensors":
-        raise CorruptCheckpoint(f"{path} is neither a safetensors file nor a torch pickle; it may be truncated.", path)
-    read_header(path)  # a clear error for truncated files
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
+    """All tensors of an upscale-model file (through the one weight-file reader)."""
+    return read_tensors(path, allow_pickle)[0]
 
 
 def _what_else(keys: list[str]) -> str | None:
@@ -118,7 +108,6 @@ def _what_else(keys: list[str]) -> str | None:
 def load(manager: ModelManager, path: str | Path) -> UpscaleModel:
     """The upscale model in a file, loaded once per file identity."""
     path = Path(path)
-    key = ("upscale", file_key(path), str(manager.compute_dtype("upscale")))
 
     def factory() -> UpscaleModel:
         spandrel = _spandrel()
@@ -144,4 +133,4 @@ def load(manager: ModelManager, path: str | Path) -> UpscaleModel:
         return UpscaleModel(manager, mm, int(desc.scale), str(path), desc.architecture.name, desc,
                             int(desc.input_channels), tiles)
 
-    return manager._once(key, factory)
+    return manager.load_once("upscale", path, factory)
