@@ -15,7 +15,9 @@ from aiohttp import web
 from . import routes_comfy, routes_native
 from .errors import error_middleware
 from .routes_native import SERVER
-from .security import AccessLogger, is_loopback_host, security_middleware
+from .runtime import build_runtime
+from .logs import AccessLogger, ProtocolLogger
+from .security import is_loopback_host, security_middleware
 from .service import ChiselServer, ServerConfig, env_config
 from .store import StoreLocked
 
@@ -48,8 +50,6 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .cli import build_runtime
-
     registry, services, engine = build_runtime(args, allow_paths=False)
     config = env_config(token=token, debug=bool(args.debug), host=host, port=port)
     app = create_app(registry, engine, services, config)
@@ -67,7 +67,7 @@ def serve(args: argparse.Namespace) -> int:
 async def _run(app: web.Application, host: str, port: int, config: ServerConfig) -> None:
     runner = web.AppRunner(app, handle_signals=False, access_log_class=AccessLogger,
                            access_log=logging.getLogger("chisel.access") if config.debug else None,
-                           shutdown_timeout=5.0)
+                           shutdown_timeout=5.0, logger=ProtocolLogger())
     await runner.setup()  # runs on_startup: opens the store, recovers, starts the worker
     try:
         site = web.TCPSite(runner, host, port)
@@ -80,7 +80,7 @@ async def _run(app: web.Application, host: str, port: int, config: ServerConfig)
             except (NotImplementedError, RuntimeError):
                 pass
         server = app[SERVER]
-        addresses = [s.getsockname() for s in (site._server.sockets if site._server else [])]
+        addresses = runner.addresses
         bound = addresses[0][1] if addresses else port
         shown = f"[{host}]" if ":" in host else host
         rec = server.recovered

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from graph.cache import ResultCache
 from graph.engine import Engine, RunResult
 from graph.errors import ChiselError, WorkflowError
 from graph.events import EXECUTED, EXECUTING, PROGRESS, Event
 from graph.paths import ModelPaths
-from graph.registry import NodeRegistry
 from graph.validate import all_errors
 from graph.workflow import Workflow, json_schema, load_file
+
+from .runtime import build_runtime
 
 
 def _parse_value(text: str) -> Any:
@@ -42,22 +42,6 @@ def with_inputs(workflow: Workflow, values: dict[tuple[str, str], Any]) -> Workf
                                              f"the workflow (nodes: {', '.join(data['nodes'])})", node_id=node)])
         data["nodes"][node].setdefault("inputs", {})[name] = value
     return Workflow.model_validate(data)
-
-
-def build_runtime(args: argparse.Namespace, allow_paths: bool = True):
-    """Registry, services and engine for this process (one engine: every run shares its cache)."""
-    from nodes.services import create_services
-
-    folders = {}
-    if getattr(args, "output_dir", None):
-        folders["output"] = [str(Path(args.output_dir).resolve())]
-    paths = ModelPaths.from_mapping(getattr(args, "root", None), folders, allow_paths=allow_paths)
-    registry = NodeRegistry.discover(plugin_folders=paths.dirs("custom_nodes"))
-    services = create_services(paths, device=getattr(args, "device", "auto") or "auto",
-                               dtype=getattr(args, "dtype", None), low_vram=getattr(args, "low_vram", False))
-    cache = ResultCache(ram_bytes=int(getattr(args, "cache_ram_gb", 8.0) * 2**30),
-                        device_bytes=int(getattr(args, "cache_device_gb", 4.0) * 2**30))
-    return registry, services, Engine(registry, services=services, paths=paths, cache=cache)
 
 
 class _Progress:

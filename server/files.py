@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from .errors import ApiError
+from .schemas import UploadForm, parse_form
 from .security import clean_name, read_body, safe_join, upload_name
 
 FOLDER_TYPES = ("output", "input", "temp")
@@ -184,15 +185,16 @@ async def upload(request: web.Request, paths: Any, max_bytes: int, mask: bool = 
             fields[part.name] = (await _read_part(part, 65536)).decode("utf-8", "replace")
     if data is None:
         raise ApiError(400, "missing_file", "no 'image' file in the upload")
-    kind = fields.get("type") or "input"
-    subfolder = clean_name(fields.get("subfolder", ""), "subfolder")
-    overwrite = fields.get("overwrite", "").lower() in ("true", "1", "yes")
+    form = parse_form({**fields, "image": data}, UploadForm)
+    kind = form.type
+    subfolder = clean_name(form.subfolder, "subfolder")
+    overwrite = form.overwrite.lower() in ("true", "1")
     name = upload_name(given_name or "upload.png")
-    mask = mask or fields.get("kind") == "mask"
+    mask = mask or form.kind == "mask"
     original_ref = None
-    if mask and fields.get("original_ref"):
+    if mask and form.original_ref:
         try:
-            original_ref = json.loads(fields["original_ref"])
+            original_ref = json.loads(form.original_ref)
             if not isinstance(original_ref, dict) or "filename" not in original_ref:
                 raise ValueError
         except ValueError:

@@ -21,7 +21,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 
 from .errors import ApiError
 
@@ -172,13 +171,27 @@ async def read_json(request: web.Request, limit: int, *, allow_empty: bool = Fal
         if allow_empty:
             return {}
         raise ApiError(400, "invalid_json", "a JSON body is required")
+    return parse_json(body)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(body: bytes | str) -> Any:
+    """Strict JSON: NaN and ±Infinity refused, integers bounded by Python's digit limit, nesting bounded by the
+    recursion limit; every failure is a 400 ``invalid_json``."""
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_no_constant)
     except UnicodeDecodeError:
         raise ApiError(400, "invalid_json", "the body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
                        extra={"line": exc.lineno, "column": exc.colno}) from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the JSON is nested too deeply") from None
+    except ValueError as exc:  # NaN/Infinity, or an integer with more digits than Python converts
+        raise ApiError(400, "invalid_json", f"invalid JSON: {str(exc).split(';')[0]}") from None
 
 
 async def read_json_object(request: web.Request, limit: int, *, allow_empty: bool = False) -> dict[str, Any]:
@@ -186,15 +199,6 @@ async def read_json_object(request: web.Request, limit: int, *, allow_empty: boo
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_request", f"the body must be a JSON object, not {type(data).__name__}")
     return data
-
-
-# -- logging ----------------------------------------------------------------------------------------------------------
-class AccessLogger(AbstractAccessLogger):
-    """One line per request, without the query string (it may hold a token)."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info("%s %s %s %d %.1fms", request.remote, request.method, request.path, response.status,
-                         time * 1000)
 
 
 def env_int(name: str, default: int) -> int:
