@@ -35,6 +35,7 @@ class Operation:
     ok: Any = None  # a model or type (JSON), a media type string (a file), or None (an empty 200)
     ok_status: int = 200
     errors: tuple[int, ...] = ()
+    bare_errors: tuple[int, ...] = ()  # statuses answered with an empty body
     error_model: type[BaseModel] = m.ErrorResponse
     tag: str = "native"
     public: bool = False  # answered without a token
@@ -55,7 +56,8 @@ def comfy(method: str, path: str, summary: str, **kw: Any) -> None:
 
 # -- the native API ----------------------------------------------------------------------------------------------------
 op("GET", "/", "The canvas (web/index.html)", ok="text/html", public=True)
-op("GET", "/web/{path}", "The canvas' static files", ok="*/*", errors=(404,), public=True)
+op("GET", "/web/{path}", "The canvas' static files (aiohttp's static route: a missing file is an empty 404)",
+   ok="*/*", errors=(404,), bare_errors=(404,), public=True)
 op("GET", "/openapi.json", "This document", ok=dict[str, Any])
 op("GET", "/v1/auth", "Whether a token is required (answered without one)", ok=m.AuthInfo, public=True)
 op("GET", "/v1/nodes", "Every node type's schema", ok=dict[str, m.NodeSchema])
@@ -179,6 +181,8 @@ def _operation(o: Operation, schemas: _Schemas) -> dict[str, Any]:
     for status in sorted(statuses):
         schema = error if status == 400 else plain
         responses[str(status)] = {"description": "Error", "content": {JSON: {"schema": schema}}}
+        if status in o.bare_errors:
+            responses[str(status)] = {"description": "Error (JSON, or an empty body)"}
     out["responses"] = responses
     if o.public:
         out["security"] = [{}]

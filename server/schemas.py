@@ -78,7 +78,7 @@ class ConvertRequest(WorkflowBody):
 
 class QueueMoveRequest(Request):
     prompt_id: str
-    position: int = Field(ge=0, description="0 runs next; past the end means last")
+    position: int = Field(ge=0, le=10**9, description="0 runs next; past the end means last")
 
 
 class InterruptRequest(Request):

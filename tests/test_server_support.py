@@ -240,6 +240,11 @@ class ServeProcess:
             self.proc.kill()
             raise
 
+    def log_text(self) -> str:
+        """What the server has logged so far (its stderr)."""
+        self.log.flush()
+        return (self.root / Path(self.log.name).name).read_text()
+
     def output(self) -> str:
         rest = self.proc.stdout.read() if self.proc.poll() is not None else ""
         self.log.seek(0)
