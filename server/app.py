@@ -17,8 +17,9 @@ from .errors import error_middleware
 from .routes_native import SERVER
 from .runtime import build_runtime
 from .logs import AccessLogger, ProtocolLogger
-from .security import is_loopback_host, security_middleware
-from .service import ChiselServer, ServerConfig, env_config
+from .security import AuthThrottle, cors_middleware, is_loopback_host, security_middleware
+from . import settings as S
+from .service import ChiselServer, ServerConfig, config_from_settings
 from .store import StoreLocked
 
 log = logging.getLogger("chisel.server")
@@ -28,8 +29,9 @@ def create_app(registry: Any, engine: Any, services: Any = None, config: ServerC
     config = config or ServerConfig()
     server = ChiselServer(registry, engine, services, config)
     # Bodies are read by the handlers with their own limits (JSON vs. uploads); this is the outer bound.
-    app = web.Application(middlewares=[error_middleware(config.debug),
-                                       security_middleware(config.token, config.allowed_origins)],
+    throttle = AuthThrottle(config.auth_max_failures, config.auth_lockout)
+    app = web.Application(middlewares=[cors_middleware(config.allowed_origins), error_middleware(config.debug),
+                                       security_middleware(config.token, config.allowed_origins, throttle)],
                           client_max_size=max(config.max_upload_bytes, config.max_json_bytes) + (1 << 20))
     app[SERVER] = server
     routes_native.add_routes(app)
@@ -48,10 +50,15 @@ def serve(args: argparse.Namespace) -> int:
               "run workflows and read your images. Pass --token TOKEN (or set CHISEL_TOKEN), or listen on 127.0.0.1.",
               file=sys.stderr)
         return 2
+    try:
+        settings = S.load(args)
+    except S.SettingsError as exc:
+        print(f"chisel serve: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry, services, engine = build_runtime(args, allow_paths=False)
-    config = env_config(token=token, debug=bool(args.debug), host=host, port=port)
+    config = config_from_settings(settings, token=token, debug=bool(args.debug), host=host, port=port)
     app = create_app(registry, engine, services, config)
     try:
         asyncio.run(_run(app, host, port, config))

@@ -16,6 +16,7 @@ from graph.validate import all_errors
 from graph.workflow import Workflow, json_schema, load_file
 
 from .runtime import build_runtime
+from .settings import add_flags as add_settings_flags
 
 
 def _parse_value(text: str) -> Any:
@@ -215,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="require this bearer token (or set CHISEL_TOKEN)")
     p.add_argument("--debug", action="store_true", help="include tracebacks in error replies")
     runtime_flags(p)
+    add_settings_flags(p)
     p.set_defaults(func=cmd_serve)
     return ap
 

@@ -175,11 +175,8 @@ def _operation(o: Operation, schemas: _Schemas) -> dict[str, Any]:
     if not o.public:
         statuses |= {401}
     statuses |= {403}  # a cross-origin request, or a Host that is not this server's
-    error = {"$ref": REF.format(model=o.error_model.__name__)}
-    schemas.of(o.error_model)
-    plain = {"$ref": REF.format(model="ErrorResponse")}
+    schema = schemas.of(o.error_model)
     for status in sorted(statuses):
-        schema = error if status == 400 else plain
         responses[str(status)] = {"description": "Error", "content": {JSON: {"schema": schema}}}
         if status in o.bare_errors:
             responses[str(status)] = {"description": "Error (JSON, or an empty body)"}

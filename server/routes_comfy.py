@@ -270,7 +270,8 @@ async def get_object_info_class(request: web.Request) -> web.Response:
 # -- files, system, WebSocket ----------------------------------------------------------------------------------------------
 async def post_upload_mask(request: web.Request) -> web.Response:
     server = srv(request)
-    return json_response(await files.upload(request, server.paths, server.config.max_upload_bytes, mask=True))
+    return json_response(await files.upload(request, server.paths, server.config.max_upload_bytes, mask=True,
+                                            max_pixels=server.config.max_upload_pixels))
 
 
 async def post_free(request: web.Request) -> web.Response:

@@ -205,7 +205,8 @@ async def get_view(request: web.Request) -> web.StreamResponse:
 
 async def post_upload(request: web.Request) -> web.Response:
     server = srv(request)
-    return json_response(await files.upload(request, server.paths, server.config.max_upload_bytes))
+    return json_response(await files.upload(request, server.paths, server.config.max_upload_bytes,
+                                            max_pixels=server.config.max_upload_pixels))
 
 
 async def post_workflow_from_png(request: web.Request) -> web.Response:

@@ -166,7 +166,7 @@ def test_table_of_bad_requests(root):
 
 def test_token_required_everywhere_but_the_page(root):
     async def main():
-        async with client(root, token="s3cret") as c:
+        async with client(root, token="s3cret", auth_max_failures=1000) as c:  # (many failures on purpose)
             auth = {"Authorization": "Bearer s3cret"}
             for method, path in [("GET", "/v1/queue"), ("POST", "/v1/prompts"), ("GET", "/v1/nodes"),
                                  ("GET", "/openapi.json"), ("GET", "/v1/view?filename=ok.png"), ("POST", "/prompt"),
