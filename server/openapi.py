@@ -32,6 +32,7 @@ class Operation:
     body_type: str = JSON  # or "multipart/form-data", "image/png" (raw bytes)
     body_required: bool = True
     query: type[BaseModel] | None = None
+    path_params: tuple[tuple[str, dict[str, Any]], ...] = ()  # (name, JSON Schema) where not any string
     ok: Any = None  # a model or type (JSON), a media type string (a file), or None (an empty 200)
     ok_status: int = 200
     errors: tuple[int, ...] = ()
@@ -80,7 +81,8 @@ op("GET", "/v1/view", "An image (or a thumbnail) from output, input or temp", qu
 op("POST", "/v1/upload", "Upload an image or a mask", body=m.UploadForm, body_type="multipart/form-data",
    ok=m.FileRef, errors=(403, 404, 415))
 op("GET", "/v1/workflows", "Bundled workflows", ok=list[m.BundledWorkflow])
-op("GET", "/v1/workflows/{name}", "A bundled workflow", ok=dict[str, Any], errors=(400, 404))
+op("GET", "/v1/workflows/{name}", "A bundled workflow", ok=dict[str, Any], errors=(400, 404),
+   path_params=(("name", {"type": "string", "pattern": m.WORKFLOW_NAME_PATTERN}),))
 op("POST", "/v1/workflow/from-png", "The workflow stored in a PNG's text chunks", body=bytes, body_type="image/png",
    ok=m.WorkflowFromPng, errors=(404, 415, 422))
 op("POST", "/v1/workflow/convert", "A workflow in any format Chisel imports, in the native format",
@@ -154,7 +156,8 @@ def _content(media: str) -> dict[str, Any]:
 
 def _operation(o: Operation, schemas: _Schemas) -> dict[str, Any]:
     out: dict[str, Any] = {"summary": o.summary, "tags": [o.tag], "operationId": _op_id(o)}
-    params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+    special = dict(o.path_params)
+    params = [{"name": n, "in": "path", "required": True, "schema": special.get(n, {"type": "string"})}
               for n in re.findall(r"{(\w+)}", o.path)]
     if o.query is not None:
         params += _query_params(schemas, o.query)

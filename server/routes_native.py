@@ -24,7 +24,7 @@ from .service import ID_RE, ChiselServer, apply_overrides
 from .system import CHISEL_VERSION, system_info
 
 SERVER: web.AppKey[ChiselServer] = web.AppKey("chisel_server", ChiselServer)
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+NAME_RE = re.compile(m.WORKFLOW_NAME_PATTERN)
 
 
 def srv(request: web.Request) -> ChiselServer:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from .errors import ApiError
 from .security import read_json_object
@@ -26,8 +26,18 @@ MAX_NUMBER = 2.0 ** 53
 Id = Annotated[str, Field(pattern=ID_PATTERN, description="1-128 letters, digits or ._:- (starting with a letter "
                                                             "or digit)")]
 OptionalId = Annotated[str, Field(pattern=r"^([A-Za-z0-9][A-Za-z0-9._:-]{0,127})?$", description="an id, or empty")]
-NodeId = Annotated[str | int, Field(description="a node id")]
 Folder = Literal["output", "input", "temp"]
+WORKFLOW_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 3.0 as an integer: accept it as 3 (a strict int refuses every float)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+NodeId = Annotated[str | JsonInt, Field(description="a node id")]
+
 
 
 class Request(BaseModel):
@@ -78,7 +88,7 @@ class ConvertRequest(WorkflowBody):
 
 class QueueMoveRequest(Request):
     prompt_id: str
-    position: int = Field(ge=0, le=10**9, description="0 runs next; past the end means last")
+    position: JsonInt = Field(ge=0, le=10**9, description="0 runs next; past the end means last")
 
 
 class InterruptRequest(Request):
