@@ -61,6 +61,7 @@ class _Context:
     def __init__(self, engine: "Engine", run: "_Run", node_id: str, files: dict[str, Path]):
         self._engine, self._run, self.node_id, self._files = engine, run, node_id, files
         self.services = engine.services
+        self.registry = engine.registry
         self.run_id = run.run_id
 
     def check_interrupted(self) -> None:
@@ -77,10 +78,6 @@ class _Context:
     @property
     def workflow(self) -> dict[str, Any]:
         return self._run.workflow_dict
-
-    @property
-    def prompt_api(self) -> dict[str, Any]:
-        return self._run.prompt_api
 
     @property
     def extra(self) -> dict[str, Any]:
@@ -104,10 +101,17 @@ class _Run:
             data["nodes"][nid]["inputs"].update(values)
         return data
 
-    @cached_property
-    def prompt_api(self) -> dict[str, Any]:
-        from .comfy_format import to_comfy_api
-        return to_comfy_api(Workflow.model_validate(self.workflow_dict), self.engine.registry)
+
+def _nodes_to_run(plan: Plan, hits: dict[str, Any]) -> list[str]:
+    """The nodes to execute, in order: a node missing from the cache runs only if its value is wanted (it is
+    requested, or a node that runs needs it)."""
+    runs: set[str] = set()
+    wanted = set(plan.outputs)
+    for nid in reversed(plan.order):
+        if hits[nid] is None and nid in wanted:
+            runs.add(nid)
+            wanted.update(src for src, _ in plan.nodes[nid].links.values())
+    return [nid for nid in plan.order if nid in runs]
 
 
 class Engine:
@@ -201,69 +205,29 @@ class Engine:
         result = RunResult(run.run_id, "success", resolved=plan.resolved)
         keys = self._keys(plan)
         run.emit(ev.STARTED, nodes=list(plan.order), outputs=list(plan.outputs), resolved=plan.resolved)
-
-        values: dict[str, tuple] = {}
         hits = {nid: self.cache.get(keys[nid][0]) for nid in plan.order}
-        # A missing node runs only if its value is wanted: it is requested, or a node that runs needs it.
-        runs: set[str] = set()
-        wanted = set(plan.outputs)
-        for nid in reversed(plan.order):
-            if hits[nid] is None and nid in wanted:
-                runs.add(nid)
-                wanted.update(src for src, _ in plan.nodes[nid].links.values())
-        todo = [nid for nid in plan.order if nid in runs]
-        for nid in plan.order:
-            entry = hits[nid]
-            if entry is not None:
-                values[nid] = entry.outputs
-                result.cached.append(nid)
-                if entry.ui:
-                    result.outputs[nid] = entry.ui
-        if result.cached:
-            run.emit(ev.CACHED, nodes=list(result.cached))
-            for nid in result.cached:
-                if nid in result.outputs:
-                    run.emit(ev.EXECUTED, nid, ui=result.outputs[nid], cached=True, seconds=0.0)
+        values = self._serve_cached(run, result, hits)
 
-        failed: set[str] = set()
-        blocked: set[str] = set()
-        for nid in todo:
+        failed: set[str] = set()  # nodes that raised, and (below) the nodes downstream of them
+        for nid in _nodes_to_run(plan, hits):
             pn = plan.nodes[nid]
-            if any(src in failed or src in blocked for src, _ in pn.links.values()):
-                blocked.add(nid)
+            if any(src in failed for src, _ in pn.links.values()):
+                failed.add(nid)
                 result.skipped.append(nid)
                 continue
             if run.interrupt.is_set():
-                result.status = "interrupted"
-                result.errors.append(ChiselError(E.INTERRUPTED, "interrupted before this node ran", node_id=nid,
-                                                 node_type=pn.cls.type))
-                run.emit(ev.INTERRUPTED, nid)
+                self._record_interrupt(run, result, nid, "interrupted before this node ran")
                 break
             key, components = keys[nid]
             reason = self._explain(plan, nid, key, components)
             result.explain[nid] = reason
             run.emit(ev.EXECUTING, nid, node_type=pn.cls.type, reason=reason)
-            kwargs = dict(pn.literals)
-            for name, (src, idx) in pn.links.items():
-                kwargs[name] = values[src][idx]
-            ctx = _Context(self, run, nid, pn.files)
             started = time.perf_counter()
             try:
-                out = pn.cls().run(ctx, **kwargs)
-                outputs, ui = (out.outputs, out.ui) if isinstance(out, NodeResult) else (out, {})
-                if outputs is None:
-                    outputs = ()
-                if not isinstance(outputs, tuple):
-                    outputs = tuple(outputs) if isinstance(outputs, list) else (outputs,)
-                if len(outputs) != len(pn.cls.outputs):
-                    raise RuntimeError(f"{pn.cls.type}.run returned {len(outputs)} values for "
-                                       f"{len(pn.cls.outputs)} outputs")
+                outputs, ui = self._call_node(run, nid, values)
             except Interrupted:
                 result.timings[nid] = time.perf_counter() - started
-                result.status = "interrupted"
-                result.errors.append(ChiselError(E.INTERRUPTED, "interrupted while running", node_id=nid,
-                                                 node_type=pn.cls.type))
-                run.emit(ev.INTERRUPTED, nid)
+                self._record_interrupt(run, result, nid, "interrupted while running")
                 break
             except Exception as exc:  # a node's failure fails its branch only
                 result.timings[nid] = time.perf_counter() - started
@@ -274,8 +238,7 @@ class Engine:
                 result.errors.append(err)
                 run.emit(ev.ERROR, nid, error=err.to_dict())
                 continue
-            elapsed = time.perf_counter() - started
-            result.timings[nid] = elapsed
+            elapsed = result.timings[nid] = time.perf_counter() - started
             values[nid] = outputs
             self.cache.put(key, outputs, ui)
             self._last_components[nid] = (pn.cls.type, components)
@@ -283,10 +246,52 @@ class Engine:
             if ui:
                 result.outputs[nid] = ui
             run.emit(ev.EXECUTED, nid, ui=ui, cached=False, seconds=elapsed)
+        return self._finish(run, result, keys, values, failed_any=len(failed) > len(result.skipped))
 
+    def _serve_cached(self, run: _Run, result: RunResult, hits: dict[str, Any]) -> dict[str, tuple]:
+        """Take every cache hit's outputs; announce them. Returns node id -> output values so far."""
+        values: dict[str, tuple] = {}
+        for nid, entry in hits.items():
+            if entry is not None:
+                values[nid] = entry.outputs
+                result.cached.append(nid)
+                if entry.ui:
+                    result.outputs[nid] = entry.ui
+        if result.cached:
+            run.emit(ev.CACHED, nodes=list(result.cached))
+            for nid in result.cached:
+                if nid in result.outputs:
+                    run.emit(ev.EXECUTED, nid, ui=result.outputs[nid], cached=True, seconds=0.0)
+        return values
+
+    def _call_node(self, run: _Run, nid: str, values: dict[str, tuple]) -> tuple[tuple, dict[str, Any]]:
+        """Run one node on its literals and upstream values; its outputs as a tuple of the declared length."""
+        pn = run.plan.nodes[nid]
+        kwargs: dict[str, Any] = {i.name: None for i in pn.cls.inputs}  # an optional input left out is None
+        kwargs.update(pn.literals)
+        for name, (src, idx) in pn.links.items():
+            kwargs[name] = values[src][idx]
+        out = pn.cls().run(_Context(self, run, nid, pn.files), **kwargs)
+        outputs, ui = (out.outputs, out.ui) if isinstance(out, NodeResult) else (out, {})
+        if outputs is None:
+            outputs = ()
+        if not isinstance(outputs, tuple):
+            outputs = tuple(outputs) if isinstance(outputs, list) else (outputs,)
+        if len(outputs) != len(pn.cls.outputs):
+            raise RuntimeError(f"{pn.cls.type}.run returned {len(outputs)} values for {len(pn.cls.outputs)} outputs")
+        return outputs, ui
+
+    @staticmethod
+    def _record_interrupt(run: _Run, result: RunResult, nid: str, message: str) -> None:
+        result.status = "interrupted"
+        result.errors.append(ChiselError(E.INTERRUPTED, message, node_id=nid, node_type=run.plan.nodes[nid].cls.type))
+        run.emit(ev.INTERRUPTED, nid)
+
+    def _finish(self, run: _Run, result: RunResult, keys: dict, values: dict[str, tuple], failed_any: bool) -> RunResult:
+        plan = run.plan
         for nid in result.cached:
             self._last_components[nid] = (plan.nodes[nid].cls.type, keys[nid][1])
-        if failed and result.status == "success":
+        if failed_any and result.status == "success":
             result.status = "error"
         for nid in plan.outputs:
             if nid in values:

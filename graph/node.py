@@ -124,10 +124,21 @@ class Interrupted(Exception):
 
 
 class RunContext(Protocol):
-    """What a running node may use. Provided by the executor."""
+    """What a running node may use. Provided by the executor; nothing else is promised."""
 
     node_id: str
+    run_id: str
     services: Any  # runtime services the caller gave the executor (device, model manager, folders, ...)
+    registry: Any  # the node types this run resolves against (a graph.registry.NodeRegistry)
+
+    @property
+    def workflow(self) -> dict[str, Any]:
+        """The workflow as run, in the native format, with the values the engine chose (random seeds) written in."""
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """What the caller passed along with the run (the server: ``prompt_id``, ``client_id``, ComfyUI's
+        ``extra_data``)."""
 
     def progress(self, value: float, total: float, preview: Any = None) -> None:
         """Report progress (step ``value`` of ``total``); raises :class:`Interrupted` if interrupted."""

@@ -36,6 +36,27 @@ def _origin(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def check_run_signature(cls: type[Node]) -> None:
+    """A node declares each input once: ``run(self, ctx, <declared inputs>)`` takes exactly the declared names
+    (or ``**inputs``) and states no defaults of its own (they come from ``Input(default=...)``)."""
+    params = list(inspect.signature(cls.run).parameters.values())[2:]  # self, ctx
+    declared = [i.name for i in cls.inputs]
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    catch_all = any(p.kind is p.VAR_KEYWORD for p in params)
+    problems = []
+    extra = [n for n in named if n not in declared]
+    if extra:
+        problems.append(f"run() takes {', '.join(extra)}, which {'is' if len(extra) == 1 else 'are'} not declared")
+    missing = [n for n in declared if n not in named]
+    if missing and not catch_all:
+        problems.append(f"run() lacks declared input{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    defaults = [p.name for p in params if p.default is not p.empty]
+    if defaults:
+        problems.append(f"run() gives {', '.join(defaults)} a default; declare it once, in Input(default=...)")
+    if problems:
+        raise TypeError(f"node {cls.type!r} ({_origin(cls)}): " + "; ".join(problems))
+
+
 class NodeRegistry:
     def __init__(self, nodes: Iterable[type[Node]] = ()):
         self._nodes: dict[str, type[Node]] = {}
@@ -52,6 +73,7 @@ class NodeRegistry:
         names = [i.name for i in cls.inputs]
         if len(names) != len(set(names)):
             raise TypeError(f"node {cls.type!r} ({_origin(cls)}) declares an input twice")
+        check_run_signature(cls)
         self._nodes[cls.type] = cls
         return cls
 

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
 from graph.paths import ModelPaths
+from nodes.memory.compile import use_persistent_cache
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -23,13 +26,23 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0", "false", "no")
 
 
+class FileWriter(Protocol):
+    """Writes output files off the sampling thread (the server offers one; without it nodes write in place)."""
+
+    def submit(self, path: Path, write: Callable[[Path], None]) -> Any:
+        """Reserve ``path`` at once (``FileExistsError`` when taken) and have ``write(tmp)`` fill it later."""
+
+
 @dataclass
 class Services:
+    """What every node gets as ``ctx.services``; each member is declared here."""
+
     paths: ModelPaths
     device: torch.device
     dtype: torch.dtype | None = None  # compute dtype override; None picks per device
     low_vram: bool = False
-    extras: dict[str, Any] = field(default_factory=dict)
+    file_writer: FileWriter | None = None  # saving nodes hand their files to it when set
+    compile: str = "auto"  # the UNet through torch.compile: auto | off | on | max (nodes.memory.compile)
     allow_pickle: bool = field(default_factory=lambda: _env_flag("CHISEL_ALLOW_PICKLE"))  # .ckpt files
     device_budget: int | None = None  # bytes of model weights allowed on the device; None: total minus a reserve
     _models: Any = field(default=None, repr=False)
@@ -42,7 +55,15 @@ class Services:
             from nodes.memory.manager import ModelManager
 
             self._models = ModelManager(self.device, dtype=self.dtype, low_vram=self.low_vram,
-                                        device_budget=self.device_budget, allow_pickle=self.allow_pickle)
+                                        device_budget=self.device_budget, allow_pickle=self.allow_pickle,
+                                        compile=self.compile)
+            if self._models.compile_mode != "off":
+                use_persistent_cache(self.paths.root / ".cache" / "torch-compile")
+        return self._models
+
+    @property
+    def loaded_models(self):
+        """The model manager if it exists already, else None (never creates it)."""
         return self._models
 
     def memory_stats(self) -> dict[str, Any]:
@@ -51,9 +72,10 @@ class Services:
 
 
 def create_services(paths: ModelPaths | None = None, device: str = "auto", dtype: str | None = None,
-                    low_vram: bool = False, allow_pickle: bool | None = None) -> Services:
+                    low_vram: bool = False, allow_pickle: bool | None = None, compile: str = "auto") -> Services:
     dt = {None: None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     kw: dict[str, Any] = {}
     if allow_pickle is not None:
         kw["allow_pickle"] = allow_pickle
-    return Services(paths=paths or ModelPaths(), device=pick_device(device), dtype=dt, low_vram=low_vram, **kw)
+    return Services(paths=paths or ModelPaths(), device=pick_device(device), dtype=dt, low_vram=low_vram,
+                    compile=compile, **kw)

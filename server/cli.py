@@ -45,7 +45,7 @@ def with_inputs(workflow: Workflow, values: dict[tuple[str, str], Any]) -> Workf
     return Workflow.model_validate(data)
 
 
-class _Progress:
+ass _Progress:
     """Progress on stderr: a bar per sampling node on a terminal, a line per node otherwise."""
 
     def __init__(self, quiet: bool):
@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="compute dtype (default: per device)")
         p.add_argument("--low-vram", action="store_true", help="offload models while sampling")
+        p.add_argument("--compile", default="auto", choices=["auto", "off", "on", "max"],
+                       help="the UNet through torch.compile: on (CUDA's default), max (also CUDA graphs), off "
+                            "(the CPU's default); artifacts are kept in <root>/.cache/torch-compile")
         p.add_argument("--cache-ram-gb", type=float, default=8.0, help="result cache budget in RAM (GiB)")
         p.add_argument("--cache-device-gb", type=float, default=4.0,
                        help="result cache budget in device memory (GiB)")

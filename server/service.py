@@ -64,9 +64,8 @@ class ChiselServer:
         self.config = config or ServerConfig()
         self.paths = engine.paths
         self.writer = FileWriter(self.config.writer_threads, max_per_prompt=self.config.max_images_per_prompt)
-        extras = getattr(services, "extras", None)
-        if isinstance(extras, dict):
-            extras["file_writer"] = self.writer
+        if services is not None:
+            services.file_writer = self.writer
         self.hub = Hub(self.queue_snapshot, debug=self.config.debug, throttle=self.config.queue_throttle)
         self.thumbs = ThumbCache()
         self.store: S.Store | None = None

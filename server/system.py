@@ -45,14 +45,7 @@ def _meminfo() -> tuple[int, int]:
 
 def model_manager(services: Any) -> Any:
     """The model manager if one exists already (``Services.models`` creates it on first access: never from here)."""
-    if services is None or getattr(services, "_models", True) is None:
-        return None
-    for name in ("models", "model_manager"):
-        found = getattr(services, name, None)
-        if found is not None:
-            return found
-    extras = getattr(services, "extras", None)
-    return extras.get("models") if isinstance(extras, dict) else None
+    return getattr(services, "loaded_models", None)
 
 
 def devices(services: Any) -> list[dict[str, Any]]:

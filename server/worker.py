@@ -7,10 +7,10 @@ threads, then the record on a third thread, the *finisher*, as soon as that prom
 neither PNG encoding nor fsync holds up the next prompt's sampling, and a prompt with nothing to write is not
 kept waiting behind an earlier one's files.
 
-Saving nodes take part through :class:`FileWriter`, offered to every node as ``ctx.services.extras["file_writer"]``
-(absent outside the server: write inline then)::
+Saving nodes take part through :class:`FileWriter`, offered to every node as ``ctx.services.file_writer``
+(None outside the server: write inline then)::
 
-    writer = (getattr(ctx.services, "extras", None) or {}).get("file_writer")
+    writer = ctx.services.file_writer
     writer.submit(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 ``submit`` reserves ``path`` at once (``FileExistsError`` if it exists or another write is pending for it: take

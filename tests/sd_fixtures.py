@@ -5,6 +5,7 @@ Test modules use ``from sd_fixtures import *``; the files are cached per process
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -18,6 +19,7 @@ import torch
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 _ROOT = Path(tempfile.mkdtemp(prefix="chisel-sd-tests-"))
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)  # tiny checkpoints are rebuilt by the next process
 
 
 @lru_cache(maxsize=None)
@@ -81,16 +83,26 @@ def _registry():
     return NodeRegistry.discover()
 
 
+@lru_cache(maxsize=None)
+def cpu_services():
+    """One CPU Services per test process (its model manager loads each tiny file once)."""
+    from graph.paths import ModelPaths
+    from nodes.services import create_services
+
+    return create_services(ModelPaths(root=_ROOT), device="cpu")
+
+
 class FakeContext:
     """What a node's ``run`` gets, without the engine: services, file paths, progress records."""
 
-    def __init__(self, services=None, files: dict | None = None, workflow=None, prompt_api=None):
-        self.services = services
-        self.node_id = "test"
+    def __init__(self, services=None, files: dict | None = None, workflow=None):
+        self.services = services if services is not None else cpu_services()
+        self.node_id = self.run_id = "test"
+        self.registry = None
         self._files = files or {}
         self.events: list[tuple] = []
         self.workflow = workflow
-        self.prompt_api = prompt_api
+        self.extra: dict = {}
 
     def progress(self, value, total, preview=None):
         self.events.append((value, total, preview))

@@ -1,5 +1,5 @@
 """Every node Chisel shares with ComfyUI (same type name) has ComfyUI's inputs: names in order, types,
-defaults, ranges and combo values (from the interface facts in ../shared/reference)."""
+defaults, ranges and combo values (ComfyUI's interface facts, kept in tests/data/comfyui: core nodes and more)."""
 from __future__ import annotations
 
 import json
@@ -10,16 +10,18 @@ import pytest
 from graph.registry import NodeRegistry
 from graph.types import COMBO
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "comfyui-core-nodes.json"
+REFERENCES = [Path(__file__).resolve().parent / "data" / "comfyui" / name
+              for name in ("comfyui-core-nodes.json", "comfyui-more-nodes.json")]
 # Combos whose ComfyUI list includes variants Chisel does not offer (yet): Chisel's must be a subset.
 SUBSET_COMBOS = {"sampler_name", "scheduler"}
 
 
 @pytest.fixture(scope="module")
 def reference():
-    if not REFERENCE.is_file():
-        pytest.skip(f"{REFERENCE} not present")
-    return json.loads(REFERENCE.read_text())
+    merged = {}
+    for path in REFERENCES:  # part of the repository: a missing file is a failure, not a skip
+        merged.update(json.loads(path.read_text()))
+    return merged
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import torch
 from nodes.sampling import SAMPLERS, SCHEDULERS, ModelSampling
 from nodes.testing.analytic import GaussianDenoiser
 
-diffusers = pytest.importorskip("diffusers")
+import diffusers  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

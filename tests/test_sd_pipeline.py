@@ -17,7 +17,7 @@ from nodes.library.latent import EmptyLatentImage, VAEDecode, VAEEncode
 from nodes.library.sampling import KSampler
 from nodes.memory.manager import ModelManager
 
-REFERENCE = Path("/work/shared/reference/comfyui-core-nodes.json")
+REFERENCE = Path(__file__).resolve().parent / "data" / "comfyui" / "comfyui-core-nodes.json"
 
 
 def _bundle(family: str, dtype: str = "fp16"):
@@ -321,8 +321,8 @@ def test_load_image_mask_from_alpha_and_save_image_counters(tmp_path):
     (tmp_path / "input").mkdir()
     Image.fromarray(rgba, "RGBA").save(tmp_path / "input" / "a.png")
     services = Services(paths=ModelPaths(root=tmp_path), device=torch.device("cpu"))
-    ctx = FakeContext(services, files={"image": tmp_path / "input" / "a.png"}, workflow={"w": 1},
-                      prompt_api={"p": 2})
+    workflow = {"nodes": {"1": {"type": "LoadImage", "inputs": {"image": "a.png"}}}}
+    ctx = FakeContext(services, files={"image": tmp_path / "input" / "a.png"}, workflow=workflow)
     image, mask = LoadImage().run(ctx, image="a.png")
     assert image.shape == (1, 8, 12, 3) and mask.shape == (1, 8, 12)
     assert torch.all(mask[:, :4] == 1) and torch.all(mask[:, 4:] == 0) and torch.all(image[..., 0] == 1)
@@ -331,7 +331,9 @@ def test_load_image_mask_from_alpha_and_save_image_counters(tmp_path):
     assert [r["filename"] for r in r1 + r2] == ["pic_00001_.png", "pic_00002_.png", "pic_00003_.png"]
     assert r1[0]["subfolder"] == "run" and r1[0]["type"] == "output"
     png = Image.open(tmp_path / "output" / "run" / "pic_00003_.png")
-    assert json.loads(png.text["workflow"]) == {"w": 1} and json.loads(png.text["prompt"]) == {"p": 2}
+    assert json.loads(png.text["workflow"])["nodes"]["1"]["type"] == "LoadImage"
+    assert json.loads(png.text["prompt"]) == {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"},
+                                                    "_meta": {"title": "LoadImage"}}}
     with pytest.raises(ValueError, match="outside"):
         SaveImage().run(ctx, images=image, filename_prefix="../escape")
     p = PreviewImage().run(ctx, images=image).ui["images"][0]
@@ -353,7 +355,6 @@ NODE_TYPES = ["CheckpointLoaderSimple", "CLIPTextEncode", "CLIPSetLastLayer", "E
               "VAEDecode", "VAEEncode", "VAELoader", "LoadImage", "SaveImage", "PreviewImage"]
 
 
-@pytest.mark.skipif(not REFERENCE.is_file(), reason="ComfyUI reference data not present")
 @pytest.mark.parametrize("type_name", NODE_TYPES)
 def test_node_schema_matches_comfyui(type_name):
     from sd_fixtures import _registry

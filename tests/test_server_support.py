@@ -25,18 +25,20 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 SERVER_TOYS = '''
-"""Server test nodes: files written through ctx.services.extras["file_writer"] when the server offers it."""
+"""Server test nodes: files written through ctx.services.file_writer when the server offers it."""
 import json
 import time
 
+from graph.comfy_format import to_comfy_api
 from graph.node import Input, Node, NodeResult, Output
 from graph.types import FLOAT, INT, STRING
+from graph.workflow import Workflow
 
 
 def _save(ctx, prefix, suffix, write):
     """Write a new output file named prefix_NNNNN_.suffix; through the server's writer when there is one."""
     folder = ctx.services.paths.dir("output")
-    writer = (getattr(ctx.services, "extras", None) or {}).get("file_writer")
+    writer = ctx.services.file_writer
     i = 1
     while True:
         name = f"{prefix}_{i:05}_.{suffix}"
@@ -85,7 +87,7 @@ class MakeImage(Node):
 
         img = Image.new("RGB", (size, size), (value, 255 - value, 128))
         info = PngInfo()
-        info.add_text("prompt", json.dumps(ctx.prompt_api))
+        info.add_text("prompt", json.dumps(to_comfy_api(Workflow.model_validate(ctx.workflow), ctx.registry)))
         info.add_text("workflow", json.dumps(ctx.workflow))
 
         def write(path):
@@ -181,7 +183,7 @@ def chain(value: int = 2, steps: int = 3, delay: float = 0.0, save: str = "Show"
 
 # -- in-process server --------------------------------------------------------------------------------------------------
 def build_app(root: Path, **config: Any):
-    """The app over the toy nodes only (no torch): services are a plain object with paths and extras."""
+    """The app over the toy nodes only (no torch): services are a plain object with paths and a file writer."""
     from types import SimpleNamespace
 
     from graph.engine import Engine
@@ -192,7 +194,7 @@ def build_app(root: Path, **config: Any):
 
     paths = ModelPaths(root=root, allow_paths=False)
     registry = NodeRegistry.discover(plugin_folders=[root / "custom_nodes"], entry_point_group="chisel.tests-none")
-    services = SimpleNamespace(paths=paths, extras={})
+    services = SimpleNamespace(paths=paths, file_writer=None)
     engine = Engine(registry, services=services, paths=paths)
     config.setdefault("workflows_dir", root / "workflows")
     config.setdefault("web_dir", root / "web")

@@ -11,6 +11,9 @@ import torch
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
+from graph.comfy_format import to_comfy_api
+from graph.workflow import Workflow
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -47,15 +50,13 @@ def load_image_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(frames), torch.stack(masks)
 
 
-def _png_info(ctx) -> PngInfo:
+def png_metadata(ctx) -> PngInfo:
+    """ComfyUI's two PNG text chunks: ``prompt`` (the run in ComfyUI's API format) and ``workflow``."""
     info = PngInfo()
-    for key, attr in (("prompt", "prompt_api"), ("workflow", "workflow")):
-        try:
-            value = getattr(ctx, attr, None)
-        except Exception:  # noqa: BLE001 - metadata is best effort; the image is what matters
-            value = None
-        if value is not None:
-            info.add_text(key, json.dumps(value))
+    workflow = ctx.workflow if ctx is not None else None
+    if workflow is not None:
+        info.add_text("prompt", json.dumps(to_comfy_api(Workflow.model_validate(workflow), ctx.registry)))
+        info.add_text("workflow", json.dumps(workflow))
     return info
 
 
@@ -80,10 +81,10 @@ def save_images(images: torch.Tensor, folder: Path, prefix: str, kind: str, ctx,
     target.mkdir(parents=True, exist_ok=True)
     pattern = re.compile(re.escape(name) + r"_(\d+)_?\.png$")
     counter = 1 + max((int(m.group(1)) for f in os.listdir(target) if (m := pattern.match(f))), default=0)
-    info = _png_info(ctx)
+    info = png_metadata(ctx)
     # The server offers a background writer (PNG encoding and fsync off the sampling thread); it reserves a name at
     # once and raises FileExistsError when it is taken, like opening with "x". Without it, write here.
-    writer = (getattr(getattr(ctx, "services", None), "extras", None) or {}).get("file_writer")
+    writer = ctx.services.file_writer if ctx is not None and ctx.services is not None else None
     results = []
     subfolder = str(target.relative_to(base).as_posix()) if target != base else ""
     for image in images:

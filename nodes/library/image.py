@@ -43,7 +43,7 @@ class SaveImage(Node):
     )
     outputs = ()
 
-    def run(self, ctx, images, filename_prefix="ComfyUI"):
+    def run(self, ctx, images, filename_prefix):
         folder = ctx.services.paths.dir("output")
         return NodeResult(ui={"images": save_images(images, folder, filename_prefix, "output", ctx, 4)})
 

@@ -199,6 +199,6 @@ class VAEEncodeForInpaint(Node):
     )
     outputs = (Output("LATENT", LATENT),)
 
-    def run(self, ctx, pixels, vae, mask, grow_mask_by=6):
+    def run(self, ctx, pixels, vae, mask, grow_mask_by):
         gray, noise_mask = inpaint_inputs(pixels, mask, vae.downscale, grow_mask_by)
         return ({"samples": vae.encode(gray), "noise_mask": noise_mask},)

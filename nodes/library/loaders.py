@@ -34,16 +34,7 @@ def checkpoint_choices(paths) -> list[str]:
 
 
 def manager(ctx) -> ModelManager:
-    services = getattr(ctx, "services", None)
-    if services is not None and hasattr(services, "models"):
-        return services.models
-    # No services (a bare test context): one CPU manager per process.
-    global _FALLBACK
-    try:
-        return _FALLBACK
-    except NameError:
-        _FALLBACK = ModelManager("cpu")
-        return _FALLBACK
+    return ctx.services.models
 
 
 class CheckpointLoaderSimple(Node):

@@ -44,7 +44,7 @@ class KSampler(Node):
     outputs = (Output("LATENT", LATENT),)
 
     def run(self, ctx, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-            denoise=1.0):
+            denoise):
         return (sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
                        denoise, ctx),)
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from nodes.loading import latent_formats
-from nodes.memory.manager import LoadedBundle, ManagedModule, ModelManager
+
+if TYPE_CHECKING:
+    from nodes.memory.manager import ManagedModule, ModelManager
 from nodes.patches.lora import AppliedLora, patched_many
 from nodes.text.tokens import TokenChunks, empty_chunk, tokenize
 
@@ -264,6 +266,16 @@ def make_model_sampling(scheduler_cfg: dict):
                          linear_end=float(scheduler_cfg.get("beta_end", 0.012)),
                          timesteps=int(scheduler_cfg.get("num_train_timesteps", 1000)),
                          prediction_type=scheduler_cfg.get("prediction_type") or "epsilon")
+
+
+@dataclass
+class LoadedBundle:
+    """What one checkpoint file gives: the node-facing handles, plus the load report."""
+
+    model: Any
+    clip: Any
+    vae: Any
+    report: Any
 
 
 def make_vae_handle(manager: ModelManager, vae_module, cfg: dict, source: str, family_hint: str | None) -> VaeHandle:

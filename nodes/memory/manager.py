@@ -19,11 +19,13 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from nodes.memory.compile import CompiledModule, prepare_for_compile, resolve_mode
+from nodes.memory.handles import LoadedBundle, make_bundle, make_vae_handle
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,19 @@ class ManagedModule:
         self.sequential = False
         self.pins = 0
         self.last_used = 0.0
+        self._compiled: CompiledModule | None = None
+
+    def runner(self):
+        """What to call for a forward pass: the module, or its compiled form (on the device, compile on, weights
+        not streamed)."""
+        mode = self.manager.compile_mode
+        if mode == "off" or self.sequential or not self.on_device:
+            return self.module
+        if self._compiled is None or self._compiled.mode != mode:
+            if self.manager.device.type == "cuda":
+                prepare_for_compile(self.module)
+            self._compiled = CompiledModule(self.module, mode, backend=self.manager.compile_backend)
+        return self._compiled
 
     @property
     def device(self) -> torch.device:
@@ -66,20 +81,14 @@ class ManagedModule:
         return f"ManagedModule({self.name}, {self.nbytes / 2**20:.1f} MiB, {self.device}, {self.dtype})"
 
 
-@dataclass
-class LoadedBundle:
-    """What one checkpoint file gives: the node-facing handles, plus the load report."""
-
-    model: Any
-    clip: Any
-    vae: Any
-    report: Any
-
-
 class ModelManager:
     def __init__(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, low_vram: bool = False,
-                 device_budget: int | None = None, reserve: int | None = None, allow_pickle: bool | None = None):
+                 device_budget: int | None = None, reserve: int | None = None, allow_pickle: bool | None = None,
+                 compile: str = "auto", compile_backend: str = "inductor"):
         self.device = torch.device(device)
+        # "off" | "on" | "max" (nodes.memory.compile); another backend than inductor is for tests on the CPU
+        self.compile_mode = resolve_mode(compile, self.device) if compile_backend == "inductor" else compile
+        self.compile_backend = compile_backend
         self.dtype_override = dtype
         self.low_vram = low_vram
         self.allow_pickle = allow_pickle
@@ -230,8 +239,7 @@ class ModelManager:
 
     def load_checkpoint(self, path: str | Path) -> LoadedBundle:
         """MODEL, CLIP and VAE handles of a checkpoint file or diffusers folder (loaded once per file identity)."""
-        from nodes.loading.checkpoint import load_checkpoint
-        from nodes.memory.handles import make_bundle
+        from nodes.loading.checkpoint import load_checkpoint  # diffusers and transformers: imported when used
 
         path = Path(path)
         key = ("checkpoint", file_key(path), str(self.compute_dtype()))
@@ -246,7 +254,6 @@ class ModelManager:
     def load_vae(self, path: str | Path):
         """A VAE handle from a standalone VAE file (LDM or diffusers key layout)."""
         from nodes.loading.vae_file import load_vae_file
-        from nodes.memory.handles import make_vae_handle
 
         path = Path(path)
         key = ("vae", file_key(path), str(self.compute_dtype("vae")))

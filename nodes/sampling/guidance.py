@@ -80,7 +80,7 @@ class CFGDenoiser:
                  noise: torch.Tensor | None, noise_mask: torch.Tensor | None, image_size: tuple[int, int]):
         self.model = model
         self.ms = model.model_sampling
-        self.unet = model.unet.module
+        self.unet = model.unet.runner()  # the module, or its compiled form (nodes.memory.compile)
         self.device = model.unet.device
         self.dtype = model.unet.dtype
         self.cfg = float(cfg)
