@@ -45,7 +45,7 @@ def with_inputs(workflow: Workflow, values: dict[tuple[str, str], Any]) -> Workf
     return Workflow.model_validate(data)
 
 
-ass _Progress:
+class _Progress:
     """Progress on stderr: a bar per sampling node on a terminal, a line per node otherwise."""
 
     def __init__(self, quiet: bool):
