@@ -175,6 +175,8 @@ def _operation(o: Operation, schemas: _Schemas) -> dict[str, Any]:
     statuses = set(o.errors)
     if o.body is not None:
         statuses |= {400, 413}
+    if o.query is not None or o.path_params:
+        statuses |= {400}
     if not o.public:
         statuses |= {401}
     statuses |= {403}  # a cross-origin request, or a Host that is not this server's

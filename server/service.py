@@ -235,7 +235,7 @@ class ChiselServer:
                 "remaining": len(running) + len(pending)}
 
     def clean_error(self, err: dict[str, Any]) -> dict[str, Any]:
-        return self.hub._clean_error(err)
+        return self.hub.clean_error(err)
 
     def history_entry(self, row: dict[str, Any]) -> dict[str, Any]:
         result = row.get("result") or {}
