@@ -122,6 +122,14 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 _PALETTE = np.array([COLOURS[c] for c in COLOUR_NAMES], dtype=np.float32)
 FG_THRESHOLD = 70.0  # RGB distance from the background colour above which a pixel is foreground
 MIN_AREA = 25
+# Rejects (the judge says "neither" rather than guess). Measured on 2,000 ground-truth renders: at least 80 % of a
+# shape's pixels lie within PALETTE_RADIUS of a palette colour and at least 84 % share the majority colour; the
+# shape features lie within 0.027 of a prototype; no shape touches the frame. Uniform noise: at most 31 % / 34 %,
+# and it touches the frame; smooth (bicubic-upscaled) noise: at most 35 % pure. The thresholds sit between.
+PALETTE_RADIUS = 80.0
+MIN_PURITY = 0.6
+MIN_MAJORITY = 0.6
+MAX_SHAPE_DISTANCE = 0.05
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -182,10 +190,15 @@ def judge(image) -> Verdict:
     area = int(mask.sum())
     if area < MIN_AREA:
         return Verdict(None, None, area=area)
-    # Colour: majority vote of the nearest palette colour over the foreground pixels.
+    # Colour: majority vote of the nearest palette colour over the foreground pixels; none when the pixels are not
+    # palette colours or do not agree.
     fgpx = px[mask]
-    nearest = np.argmin(((fgpx[:, None, :] - _PALETTE[None]) ** 2).sum(-1), axis=1)
-    colour = COLOUR_NAMES[int(np.bincount(nearest, minlength=len(COLOUR_NAMES)).argmax())]
+    dist2 = ((fgpx[:, None, :] - _PALETTE[None]) ** 2).sum(-1)
+    nearest = np.argmin(dist2, axis=1)
+    votes = np.bincount(nearest, minlength=len(COLOUR_NAMES))
+    purity = float((np.sqrt(dist2.min(axis=1)) < PALETTE_RADIUS).mean())
+    colour = COLOUR_NAMES[int(votes.argmax())] if purity >= MIN_PURITY and votes.max() >= MIN_MAJORITY * area \
+        else None
     # Shape: fill ratio in the bounding box and the share of the area in the box's top half.
     ys, xs = np.nonzero(mask)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
@@ -201,8 +214,12 @@ def judge(image) -> Verdict:
     ch, cw = max(1, round(bh * 0.25)), max(1, round(bw * 0.25))
     corners = float(np.mean([box[:ch, :cw].mean(), box[:ch, -cw:].mean(), box[-ch:, :cw].mean(),
                              box[-ch:, -cw:].mean()]))
-    shape = min(SHAPE_PROTOTYPES, key=lambda k: sum((f - p) ** 2 for f, p in zip((fill, top_share, corners),
-                                                                                  SHAPE_PROTOTYPES[k])))
+    distances = {k: sum((f - p) ** 2 for f, p in zip((fill, top_share, corners), proto))
+                 for k, proto in SHAPE_PROTOTYPES.items()}
+    shape = min(distances, key=distances.get)
+    h, w = mask.shape
+    if distances[shape] > MAX_SHAPE_DISTANCE or y0 == 0 or x0 == 0 or y1 == h or x1 == w:
+        shape = None  # nothing like a prototype, or not a whole shape inside the frame
     fill_only = min(("square", 1.0), ("circle", math.pi / 4), ("triangle", 0.5), key=lambda kv: abs(fill - kv[1]))[0]
     return Verdict(colour, shape, fill=float(fill), top_share=top_share, area=area, corners=corners,
                    shape_fill_only=fill_only)

@@ -111,6 +111,28 @@ def generate(engine, t2i: Txt2Img, prompt: str, seed: int, batch: int, **setting
     return images_to_uint8(result.values[t2i.decode][0])
 
 
+def randomized_checkpoint(src: Path, dst: Path, seed: int = 0) -> Path:
+    """A negative control: ``src`` with every floating tensor replaced by Gaussian noise of that tensor's own mean
+    and spread (same architecture, same scales, nothing learned). The judge should score it near chance or lower."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    with safe_open(str(src), "pt") as f:
+        meta = f.metadata()
+        for key in f.keys():
+            t = f.get_tensor(key)
+            if t.is_floating_point() and t.numel() > 1:
+                x = t.float()
+                t = (torch.randn(x.shape, generator=g) * x.std() + x.mean()).to(t.dtype)
+            out[key] = t
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(dst), metadata=meta)
+    return dst
+
+
 def evaluate(engine=None, t2i: Txt2Img | None = None, seeds: int = 8, base_seed: int = 0,
              combos: list[tuple[str, str]] | None = None, **settings) -> dict[str, Any]:
     """Generate every (colour, shape) combo with ``seeds`` batch entries and judge them."""
@@ -146,6 +168,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sampler", default=None, help="default: the workflow's")
     ap.add_argument("--scheduler", default=None, help="default: the workflow's")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--control", choices=["random-weights"], help="score a negative control instead: the checkpoint "
+                    "with its weights replaced by noise of the same scale (expect chance or lower)")
     ap.add_argument("--sheet", default=str(REPO / "runs" / "demo" / "eval_sheet.png"))
     ap.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
     args = ap.parse_args(argv)
@@ -153,7 +177,15 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    engine = make_engine(device=args.device)
+    root = REPO
+    if args.control == "random-weights":
+        import tempfile
+
+        root = Path(tempfile.mkdtemp(prefix="chisel-control-"))
+        src = Path(args.ckpt) if Path(args.ckpt).is_file() else REPO / "models" / "checkpoints" / args.ckpt
+        randomized_checkpoint(src, root / "models" / "checkpoints" / src.name)
+        args.ckpt = src.name
+    engine = make_engine(root, device=args.device)
     t2i = Txt2Img(Path(args.workflow), args.ckpt)
     res = evaluate(engine, t2i, seeds=args.seeds, base_seed=args.base_seed, steps=args.steps, cfg=args.cfg,
                    sampler_name=args.sampler, scheduler=args.scheduler)

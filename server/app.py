@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import routes_comfy, routes_native
+from . import comfy_frontend, routes_comfy, routes_native
 from .errors import error_middleware
 from .routes_native import SERVER
 from .runtime import build_runtime
@@ -34,8 +34,13 @@ def create_app(registry: Any, engine: Any, services: Any = None, config: ServerC
                                        security_middleware(config.token, config.allowed_origins, throttle)],
                           client_max_size=max(config.max_upload_bytes, config.max_json_bytes) + (1 << 20))
     app[SERVER] = server
+    static = comfy_frontend.frontend_dir() if config.frontend == "comfyui" else None
+    if static is not None:
+        comfy_frontend.add_index(app, static)
     routes_native.add_routes(app)
     routes_comfy.add_routes(app)
+    if static is not None:
+        comfy_frontend.add_static(app, static)
     app.on_startup.append(server.start)
     app.on_shutdown.append(server.shutdown)
     app.on_cleanup.append(server.cleanup)
@@ -57,9 +62,18 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if token and getattr(args, "frontend", "chisel") == "comfyui":
+        print("chisel serve: warning: ComfyUI's frontend sends no token; with --token its requests are refused",
+              file=sys.stderr)
     registry, services, engine = build_runtime(args, allow_paths=False)
-    config = config_from_settings(settings, token=token, debug=bool(args.debug), host=host, port=port)
-    app = create_app(registry, engine, services, config)
+    config = config_from_settings(settings, token=token, debug=bool(args.debug), host=host, port=port,
+                                  preview_method=getattr(args, "preview_method", "none"),
+                                  frontend=getattr(args, "frontend", "chisel"))
+    try:
+        app = create_app(registry, engine, services, config)
+    except comfy_frontend.FrontendMissing as exc:
+        print(f"chisel serve: {exc}", file=sys.stderr)
+        return 2
     try:
         asyncio.run(_run(app, host, port, config))
     except StoreLocked as exc:

@@ -218,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8188)
     p.add_argument("--token", help="require this bearer token (or set CHISEL_TOKEN)")
     p.add_argument("--debug", action="store_true", help="include tracebacks in error replies")
+    p.add_argument("--preview-method", default="none", choices=["none", "auto", "latent2rgb", "taesd"],
+                   help="binary previews on ComfyUI's /ws (default none, as ComfyUI); Chisel's previews are "
+                        "latent2rgb, which auto and taesd also give")
+    p.add_argument("--frontend", default="chisel", choices=["chisel", "comfyui"],
+                   help="the page at /: Chisel's canvas, or ComfyUI's frontend (needs comfyui-frontend-package)")
     runtime_flags(p)
     add_settings_flags(p)
     p.set_defaults(func=cmd_serve)

@@ -62,8 +62,10 @@ def _render(path: Path, thumb: int | None, fmt: str | None, quality: int, channe
 
     with Image.open(path) as img:
         img.load()
-        if channel == "a":
-            img = img.getchannel("A") if "A" in img.getbands() else Image.new("L", img.size, 255)
+        if channel == "a":  # as ComfyUI: the alpha on black, as an RGBA image (its mask editor reads the alpha)
+            alpha = img.getchannel("A") if "A" in img.getbands() else Image.new("L", img.size, 255)
+            img = Image.new("RGBA", img.size, (0, 0, 0, 0))
+            img.putalpha(alpha)
         elif channel == "rgb":
             img = img.convert("RGB")
         if thumb:
@@ -117,8 +119,11 @@ async def view(request: web.Request, paths: Any, writer: Any, thumbs: ThumbCache
             if not 16 <= size <= 2048:
                 raise ApiError(400, "invalid_parameter", "thumb must be between 16 and 2048")
         fmt, quality = (q.get("format") or ("webp" if thumb is not None else "png")), 85
-        if preview:
+        if preview:  # ComfyUI's rule: webp or jpeg (jpeg drops the alpha), webp for anything else or for channel=a
             fmt, _, qtext = preview.partition(";")
+            fmt = fmt.lower() if fmt.lower() in ("webp", "jpeg") and channel != "a" else "webp"
+            if fmt == "jpeg" and channel != "a":
+                channel = "rgb"
             try:
                 quality = max(1, min(100, int(qtext))) if qtext else 90
             except ValueError:

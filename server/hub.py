@@ -4,7 +4,8 @@ Two dialects share the stream. Native clients (``/v1/ws``) get ``{type, data}`` 
 events (``started``, ``cached``, ``executing``, ``progress``, ``executed``, ``error``, ``interrupted``,
 ``finished``) plus ``queue`` broadcasts. ComfyUI clients (``/ws``) get ComfyUI's message types (``status``,
 ``execution_start``, ``execution_cached``, ``executing``, ``progress``, ``executed``, ``execution_success``,
-``execution_error``, ``execution_interrupted``). Both get binary preview frames. Every connection has its own
+``execution_error``, ``execution_interrupted``). Binary preview frames go to the connections that asked for them
+(native ones always; ComfyUI's only when the server runs with a preview method, as ComfyUI). Every connection has its own
 outgoing queue and sender task, so frames keep their order and one slow client never holds up the others.
 """
 from __future__ import annotations
@@ -24,8 +25,9 @@ MAX_BACKLOG = 5000  # frames waiting for one client before it is dropped as too 
 
 
 class Connection:
-    def __init__(self, ws: web.WebSocketResponse, client_id: str, dialect: str):
+    def __init__(self, ws: web.WebSocketResponse, client_id: str, dialect: str, previews: bool = True):
         self.ws, self.client_id, self.dialect = ws, client_id, dialect
+        self.previews = previews  # binary preview frames: asked for per connection (ComfyUI's /ws: --preview-method)
         self.queue: asyncio.Queue = asyncio.Queue()
         self.task: asyncio.Task | None = None
         self.closed = False
@@ -81,7 +83,7 @@ class Hub:
     def add(self, conn: Connection) -> None:
         self.connections.add(conn)
         self.by_client.setdefault(conn.client_id, set()).add(conn)
-        self.preview_clients = set(self.by_client)
+        self._update_preview_clients()
         conn.task = asyncio.ensure_future(conn.run_sender())
 
     def remove(self, conn: Connection) -> None:
@@ -92,8 +94,11 @@ class Hub:
             conns.discard(conn)
             if not conns:
                 del self.by_client[conn.client_id]
-        self.preview_clients = set(self.by_client)
+        self._update_preview_clients()
         conn.queue.put_nowait(None)
+
+    def _update_preview_clients(self) -> None:
+        self.preview_clients = {c.client_id for c in self.connections if c.previews}
 
     def wants_preview(self, client_id: str | None) -> bool:
         return client_id is not None and client_id in self.preview_clients
@@ -151,7 +156,7 @@ class Hub:
             else:
                 for frame in comfy:
                     conn.put(frame)
-            if msg.get("preview") is not None:
+            if msg.get("preview") is not None and conn.previews:
                 conn.put(msg["preview"], droppable=True)
 
     def finished(self, msg: dict[str, Any]) -> None:

@@ -2,7 +2,9 @@
 
 Shapes follow the documented interface (``shared/reference/comfyui-api.md``): ``/prompt``, ``/queue``,
 ``/history``, ``/object_info``, ``/view``, ``/upload/image``, ``/upload/mask``, ``/interrupt``, ``/free``,
-``/system_stats`` and ``/ws?clientId=``.
+``/system_stats``, ``/embeddings``, ``/models``; with the routes of the ``comfy_*`` modules: ``/ws`` and
+``/features`` (comfy_ws), ``/jobs`` (comfy_jobs), ``/users``, ``/settings``, ``/userdata`` (comfy_userdata),
+``/extensions`` and ``/i18n`` (comfy_frontend).
 """
 from __future__ import annotations
 
@@ -13,12 +15,12 @@ from aiohttp import web
 
 from graph.errors import WorkflowError
 
-from . import files
-from . import store as S
+from . import comfy_frontend, comfy_jobs, comfy_userdata, comfy_ws, files
+from .comfy_history import DONE, comfy_queue, history_item, queue_entry
 from .errors import ApiError, json_response
-from .hub import COMFY
-from .routes_native import clear_or_delete, do_free, get_view, post_upload, srv, websocket
+from .routes_native import clear_or_delete, do_free, get_view, int_param, post_upload, srv
 from .schemas import ComfyFree, ComfyHistoryQuery, ComfyInterrupt, ComfyPromptRequest, parse_body, parse_query
+from .security import read_json_object
 from .service import ChiselServer
 from .system import comfy_system_stats
 
@@ -124,18 +126,11 @@ async def get_prompt(request: web.Request) -> web.Response:
     return json_response({"exec_info": {"queue_remaining": snap["remaining"]}})
 
 
-def _queue_entry(server: ChiselServer, row: dict[str, Any]) -> list[Any]:
-    extra = dict(row.get("extra_data") or {})
-    if row.get("client_id"):
-        extra.setdefault("client_id", row["client_id"])
-    return [row["number"], row["prompt_id"], server.prompt_api(row), extra, row.get("outputs") or []]
-
-
 async def get_queue(request: web.Request) -> web.Response:
     server = srv(request)
-    running, pending = await server.db(server.store.queue_full)
-    return json_response({"queue_running": [_queue_entry(server, r) for r in running],
-                          "queue_pending": [_queue_entry(server, r) for r in pending]})
+    running, pending = await comfy_queue(server)
+    return json_response({"queue_running": [queue_entry(server, r) for r in running],
+                          "queue_pending": [queue_entry(server, r) for r in pending]})
 
 
 async def post_queue(request: web.Request) -> web.Response:
@@ -154,45 +149,6 @@ async def post_interrupt(request: web.Request) -> web.Response:
 
 
 # -- history ------------------------------------------------------------------------------------------------------------
-def _messages(row: dict[str, Any], result: dict[str, Any]) -> list[list[Any]]:
-    pid = row["prompt_id"]
-    start = int((row.get("started") or row["created"]) * 1000)
-    end = int((row.get("finished") or row.get("started") or row["created"]) * 1000)
-    msgs: list[list[Any]] = [["execution_start", {"prompt_id": pid, "timestamp": start}],
-                             ["execution_cached", {"nodes": result.get("cached", []), "prompt_id": pid,
-                                                   "timestamp": start}]]
-    errors = result.get("errors") or []
-    if row["status"] == S.SUCCESS:
-        msgs.append(["execution_success", {"prompt_id": pid, "timestamp": end}])
-    elif row["status"] == S.INTERRUPTED:
-        err = next((e for e in errors if e.get("kind") == "interrupted"), errors[0] if errors else {})
-        msgs.append(["execution_interrupted", {"prompt_id": pid, "node_id": err.get("node_id"),
-                                               "node_type": err.get("node_type"),
-                                               "executed": result.get("executed", []), "timestamp": end}])
-    else:
-        err = errors[0] if errors else {}
-        msgs.append(["execution_error", {"prompt_id": pid, "node_id": err.get("node_id"),
-                                         "node_type": err.get("node_type"), "executed": result.get("executed", []),
-                                         "exception_message": err.get("message", ""),
-                                         "exception_type": (err.get("details") or {}).get("exception_type")
-                                         or err.get("kind", ""), "traceback": [], "current_inputs": {},
-                                         "current_outputs": {}, "timestamp": end}])
-    return msgs
-
-
-def history_item(server: ChiselServer, row: dict[str, Any]) -> dict[str, Any]:
-    result = row.get("result") or {}
-    outputs = result.get("outputs", {})
-    return {"prompt": _queue_entry(server, row), "outputs": outputs,
-            "status": {"status_str": "success" if row["status"] == S.SUCCESS else "error",
-                       "completed": row["status"] == S.SUCCESS, "messages": _messages(row, result)},
-            "meta": {nid: {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid}
-                     for nid in outputs}}
-
-
-DONE = (S.SUCCESS, S.ERROR, S.INTERRUPTED)
-
-
 async def get_history(request: web.Request) -> web.Response:
     server = srv(request)
     q = parse_query(request, ComfyHistoryQuery)
@@ -304,10 +260,6 @@ async def get_model_folder(request: web.Request) -> web.Response:
     return json_response(await asyncio.to_thread(server.paths.list, kind))
 
 
-async def ws_comfy(request: web.Request) -> web.WebSocketResponse:
-    return await websocket(request, COMFY, request.query.get("clientId") or request.query.get("client_id"))
-
-
 def add_routes(app: web.Application) -> None:
     for prefix in ("", "/api"):
         r = app.router
@@ -329,7 +281,8 @@ def add_routes(app: web.Application) -> None:
         r.add_get(prefix + "/embeddings", get_embeddings)
         r.add_get(prefix + "/models", get_model_folders)
         r.add_get(prefix + "/models/{folder}", get_model_folder)
-        r.add_get(prefix + "/ws", ws_comfy)
+        for module in (comfy_ws, comfy_jobs, comfy_userdata, comfy_frontend):
+            module.add_routes(app, prefix)
 
 
 __all__ = ["add_routes", "object_info_entry", "comfy_validation_error"]

@@ -49,6 +49,20 @@ async def clear_or_delete(request: web.Request, server: ChiselServer, remove) ->
         await server.db(remove, body.delete)
 
 
+def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    """An integer query parameter within [lo, hi] (400 ``invalid_parameter`` otherwise); ``default`` when absent."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_parameter", f"{name} must be an integer, not {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, "invalid_parameter", f"{name} must be between {lo} and {hi}")
+    return value
+
+
 def _client_id(value: Any) -> str | None:
     if value is None or value == "":
         return None

@@ -56,6 +56,8 @@ class ServerConfig:
     writer_threads: int = 2
     preview_max_size: int = 512
     queue_throttle: float = 0.05
+    preview_method: str = "none"  # ComfyUI's /ws: binary previews only when not "none" (the native WS always)
+    frontend: str = "chisel"  # the page at /: Chisel's canvas or ComfyUI's frontend ("comfyui")
 
 
 class ChiselServer:

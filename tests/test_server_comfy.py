@@ -11,7 +11,7 @@ import pytest
 from test_server_support import client, make_root, run, until
 
 pytestmark = pytest.mark.timeout(60)
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "comfyui-core-nodes.json"
+REFERENCE = Path(__file__).resolve().parent / "data" / "comfyui" / "comfyui-core-nodes.json"
 
 API = {"1": {"class_type": "Number", "inputs": {"value": 2}, "_meta": {"title": "Two"}},
        "2": {"class_type": "Slow", "inputs": {"x": ["1", 0], "steps": 3, "delay": 0.0}},
@@ -241,8 +241,12 @@ def test_upload_image_mask_view_and_system(root):
             assert r.status == 200 and r.content_type == "image/png"
             r = await c.get("/api/view", params={"filename": "photo.png", "type": "input", "preview": "webp;50"})
             assert r.content_type == "image/webp"
+            for preview, ctype in (("jpeg;80", "image/jpeg"), ("png", "image/webp"), ("webp", "image/webp")):
+                r = await c.get("/view", params={"filename": ref["name"], "type": "input", "preview": preview})
+                assert r.status == 200 and r.content_type == ctype  # as ComfyUI: jpeg (alpha dropped) or webp
             r = await c.get("/view", params={"filename": ref["name"], "type": "input", "channel": "a"})
-            assert Image.open(io.BytesIO(await r.read())).mode == "L"
+            alpha = Image.open(io.BytesIO(await r.read()))
+            assert alpha.mode == "RGBA" and alpha.getpixel((0, 0)) == (0, 0, 0, 255) and alpha.getpixel((5, 5))[3] == 0
 
             stats = await (await c.get("/system_stats")).json()
             assert set(stats["system"]) >= {"os", "ram_total", "ram_free", "python_version", "pytorch_version"}

@@ -30,7 +30,7 @@ def test_txt2img_through_comfyui_routes_and_native_api(tmp_path):
     native["nodes"]["3"]["inputs"]["steps"] = 3
     native["nodes"]["4"]["inputs"]["ckpt_name"] = "tiny-sd1.safetensors"
     prompt = to_comfy_api(Workflow.model_validate(native), NodeRegistry.discover())
-    server = ServeProcess(tmp_path)
+    server = ServeProcess(tmp_path, "--preview-method", "latent2rgb")  # ComfyUI's /ws sends previews only then
     try:
         async def main():
             from PIL import Image
