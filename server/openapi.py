@@ -124,6 +124,33 @@ comfy("GET", "/models/{folder}", "File names in a model folder", ok=list[str], e
 comfy("GET", "/ws", "WebSocket with ComfyUI's messages (status, executing, progress, executed, ...); a plain GET is "
       "refused (400)", query=m.WebSocketQuery, ok=None, ok_status=101, errors=(400,))
 
+comfy("GET", "/features", "What this server supports (ComfyUI's feature flags)", ok=dict[str, Any])
+comfy("GET", "/jobs", "Queued, running and finished prompts as ComfyUI's jobs", query=m.JobsQuery, ok=dict[str, Any])
+comfy("GET", "/jobs/{job_id}", "One job", ok=dict[str, Any], errors=(404,))
+comfy("GET", "/users", "The user mode (one user, 'default')", ok=dict[str, Any])
+comfy("POST", "/users", "Create a user: refused, Chisel has one user", errors=(400,))
+comfy("GET", "/settings", "The user's frontend settings", ok=dict[str, Any])
+comfy("POST", "/settings", "Merge frontend settings", body=dict[str, Any])
+comfy("GET", "/settings/{id}", "One frontend setting (null when unset)", ok=Any)
+comfy("POST", "/settings/{id}", "Set one frontend setting (the body is its JSON value)", body=Any, errors=(400,))
+comfy("GET", "/userdata", "Files in a folder of the user's data", query=m.UserDataListQuery, ok=list[Any],
+      errors=(403, 404))
+comfy("GET", "/v2/userdata", "A folder of the user's data, with sizes and dates", query=m.UserDataV2Query,
+      ok=list[dict[str, Any]], errors=(403, 404))
+comfy("GET", "/userdata/{file}", "A file of the user's data", ok="*/*", errors=(400, 403, 404))
+comfy("POST", "/userdata/{file}", "Write a file of the user's data (the body is its content)", body=bytes,
+      body_type="application/octet-stream", query=m.UserDataWriteQuery, ok=Any, errors=(403, 409))
+comfy("DELETE", "/userdata/{file}", "Delete a file of the user's data", ok=None, ok_status=204, errors=(400, 403, 404))
+comfy("POST", "/userdata/{file}/move/{dest}", "Move a file of the user's data", query=m.UserDataWriteQuery, ok=Any,
+      errors=(403, 404, 409))
+comfy("GET", "/extensions", "Frontend extensions (none)", ok=list[Any])
+comfy("GET", "/i18n", "Translations of custom nodes (none)", ok=dict[str, Any])
+comfy("GET", "/global_subgraphs", "Shared subgraphs (none)", ok=dict[str, Any])
+comfy("GET", "/workflow_templates", "Example workflows of node packs (none)", ok=dict[str, Any])
+comfy("GET", "/experiment/models", "Model folders", ok=list[dict[str, Any]])
+comfy("GET", "/experiment/models/{folder}", "Files in a model folder", ok=list[dict[str, Any]], errors=(404,))
+op("GET", "/internal/folder_paths", "Every folder kind and its directories", ok=dict[str, list[str]], tag="comfyui")
+
 
 # -- generation ------------------------------------------------------------------------------------------------------------
 class _Schemas:

@@ -163,6 +163,31 @@ class ViewQuery(Query):
     token: str | None = Field(None, description="the token, for <img> URLs")
 
 
+class UserDataListQuery(Query):
+    dir: str = Field(description="a folder in the user's data")
+    recurse: str | None = Field(None, description="'true' to list sub-folders too")
+    full_info: str | None = Field(None, description="'true' for {path, size, modified, created} items")
+    split: str | None = Field(None, description="'true' for path parts")
+
+
+class UserDataV2Query(Query):
+    path: str = Field("", description="a folder in the user's data ('' the top)")
+
+
+class UserDataWriteQuery(Query):
+    overwrite: str | None = Field(None, description="'false' refuses to replace an existing file (409)")
+    full_info: str | None = Field(None, description="'true' answers {path, size, modified, created}")
+
+
+class JobsQuery(Query):
+    status: str | None = Field(None, description="comma-separated job statuses")
+    sort_by: Literal["created_at", "execution_duration"] = "created_at"
+    sort_order: Literal["asc", "desc"] = "desc"
+    limit: int = Field(-1, ge=-1, le=10_000, description="-1: all")
+    offset: int = Field(0, ge=0, le=10**9)
+    workflow_id: str | None = None
+
+
 class WebSocketQuery(Query):
     client_id: str | None = None
     clientId: str | None = None
