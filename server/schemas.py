@@ -164,7 +164,7 @@ class ViewQuery(Query):
 
 
 class UserDataListQuery(Query):
-    dir: str = Field(description="a folder in the user's data")
+    dir: str = Field(min_length=1, description="a folder in the user's data")
     recurse: str | None = Field(None, description="'true' to list sub-folders too")
     full_info: str | None = Field(None, description="'true' for {path, size, modified, created} items")
     split: str | None = Field(None, description="'true' for path parts")
@@ -179,8 +179,12 @@ class UserDataWriteQuery(Query):
     full_info: str | None = Field(None, description="'true' answers {path, size, modified, created}")
 
 
+JOB_STATUS = r"\s*(pending|in_progress|completed|failed|cancelled)?\s*"
+
+
 class JobsQuery(Query):
-    status: str | None = Field(None, description="comma-separated job statuses")
+    status: str | None = Field(None, pattern=rf"^{JOB_STATUS}(,{JOB_STATUS})*$",
+                               description="comma-separated job statuses")
     sort_by: Literal["created_at", "execution_duration"] = "created_at"
     sort_order: Literal["asc", "desc"] = "desc"
     limit: int = Field(-1, ge=-1, le=10_000, description="-1: all")
