@@ -11,8 +11,8 @@ through. Prints
 - ``duplicate_files`` / ``corrupt_files`` / ``partial_files``: identical PNGs under two names, PNGs that do not decode,
   temporary ``.part`` files left in the output folder;
 - the count of each final status, and the prompts re-run after the kill (``attempts`` 2);
-- ``memory_growth_pct``: the server's resident memory (sampled as prompts finish) averaged over the last hundred
-  finished prompts against the first hundred, within the restarted process (the one that ran longest).
+- ``memory_growth_pct``: the server's resident memory (sampled every second) averaged over the last hundred finished
+  prompts against the first hundred (a quarter of the run each, when it is shorter), within the restarted process.
 """
 from __future__ import annotations
 
@@ -244,9 +244,10 @@ def report(args: argparse.Namespace, root: Path, run: Soak, entries: dict, elaps
     if samples:
         lo = min(n for n, _ in samples)
         hi = max(n for n, _ in samples)
-        first = [b for n, b in samples if n <= lo + 100]
-        last = [b for n, b in samples if n >= hi - 100]
-        if first and last and hi - lo >= 100:
+        window = min(100, (hi - lo) // 4)  # a hundred prompts; a quarter of a shorter (reduced) run
+        first = [b for n, b in samples if n <= lo + window]
+        last = [b for n, b in samples if n >= hi - window]
+        if first and last and window >= 5:
             growth = 100.0 * (statistics.mean(last) - statistics.mean(first)) / statistics.mean(first)
     return {"prompts": args.prompts, "clients": args.clients, "steps": args.steps or 20, "acknowledged": len(run.acked), "lost": len(lost),
             "completed_twice": sum(1 for v in per_prompt.values() if v > 1), "duplicate_files": duplicate,
