@@ -23,6 +23,19 @@ INVALID_JSON = "invalid_json"
 EXECUTION_FAILED = "execution_failed"
 UPSTREAM_FAILED = "upstream_failed"
 INTERRUPTED = "interrupted"
+UNKNOWN_NODE = "unknown_node"  # an override (--set, HTTP "set") names a node the workflow lacks
+INVALID_OVERRIDE = "invalid_override"  # an override that is not NODE.INPUT
+
+KINDS = frozenset({
+    UNKNOWN_NODE_TYPE, REQUIRED_INPUT_MISSING, UNKNOWN_INPUT, LINK_TO_MISSING_NODE, LINK_TO_MISSING_OUTPUT,
+    TYPE_MISMATCH, VALUE_OUT_OF_RANGE, INVALID_CHOICE, INVALID_TYPE, FILE_NOT_FOUND, CYCLE, NO_OUTPUTS,
+    UNKNOWN_OUTPUT_NODE, INVALID_WORKFLOW, INVALID_JSON, EXECUTION_FAILED, UPSTREAM_FAILED, INTERRUPTED, UNKNOWN_NODE,
+    INVALID_OVERRIDE})
+
+# Echoed values are cut to these sizes, so an error about a huge input stays small.
+MAX_ECHO_CHARS = 200
+MAX_ECHO_ITEMS = 20
+MAX_ECHO_DEPTH = 4
 
 
 @dataclass
@@ -37,7 +50,12 @@ class ChiselError:
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if v is not None or k == "value"}
+        for key in ("node_id", "input", "node_type"):
+            if isinstance(out.get(key), str):
+                out[key] = brief(out[key])
         out["value"] = _jsonable(self.value)
+        if self.details is not None:
+            out["details"] = _jsonable(self.details)
         return out
 
     def __str__(self) -> str:
@@ -50,14 +68,32 @@ class ChiselError:
         return f"{where}{self.message} [{self.kind}]"
 
 
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
+def _jsonable(value: Any, level: int = 0) -> Any:
+    """A JSON-able copy of an echoed value, cut to a bounded size."""
+    if value is None or isinstance(value, (bool, float)):
         return value
+    if isinstance(value, int):
+        return value if abs(value) < 2**64 else brief(value)
+    if isinstance(value, str):
+        return brief(value)
+    if level >= MAX_ECHO_DEPTH:
+        return "..."
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, level + 1) for v in list(value)[:MAX_ECHO_ITEMS]]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return repr(value)
+        return {brief(str(k)): _jsonable(v, level + 1) for k, v in list(value.items())[:MAX_ECHO_ITEMS]}
+    return brief(repr(value))
+
+
+def brief(value: Any, limit: int = MAX_ECHO_CHARS) -> str:
+    """``value`` as text for a message, cut to ``limit`` characters (a huge integer is never printed in full)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    try:
+        text = value if isinstance(value, str) else repr(value)
+    except (ValueError, RecursionError):  # e.g. a list holding an integer of more than 4,300 digits
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 class WorkflowError(Exception):

@@ -188,7 +188,7 @@ class Node:
         for i, out in enumerate(cls.outputs):
             if out.name == ref:
                 return i
-        if isinstance(ref, str) and ref.isdigit():
+        if isinstance(ref, str) and ref.isascii() and ref.isdigit() and len(ref) <= 6:  # not "²", not 5,000 digits
             return cls.output_index(int(ref))
         return None
 

@@ -16,6 +16,11 @@ DEFAULT_FOLDERS: dict[str, str] = {
     "loras": "models/loras",
     "vae": "models/vae",
     "embeddings": "models/embeddings",
+    "controlnet": "models/controlnet",
+    "upscale_models": "models/upscale_models",
+    "configs": "models/configs",
+    "unet": "models/unet",
+    "clip": "models/clip",
     "custom_nodes": "custom_nodes",
     "input": "input",
     "output": "output",
@@ -23,6 +28,7 @@ DEFAULT_FOLDERS: dict[str, str] = {
 }
 
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft")
+MODEL_KINDS = ("checkpoints", "loras", "vae", "embeddings", "controlnet", "upscale_models")
 
 
 class FileNotFoundInFolders(FileNotFoundError):
@@ -31,6 +37,35 @@ class FileNotFoundInFolders(FileNotFoundError):
         where = ", ".join(str(p) for p in looked_in) or "(no folder configured)"
         have = ", ".join(available[:20]) + (" ..." if len(available) > 20 else "") if available else "none"
         super().__init__(f"{kind} file {name!r} not found; looked in {where}; available: {have}")
+
+
+MAX_NAME_BYTES = 255  # per path component, as file systems allow
+MAX_PATH_BYTES = 4096
+
+
+class InvalidFileName(FileNotFoundInFolders):
+    """A name no file can have (a NUL byte, a component over 255 bytes): refused before the file system sees it."""
+
+    def __init__(self, kind: str, name: str, reason: str):
+        FileNotFoundError.__init__(self, f"{kind} file name is not valid: {reason}")
+        self.kind, self.name, self.looked_in, self.available = kind, name, [], []
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a file, or None."""
+    if "\x00" in name:
+        return "it contains a NUL byte"
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it is not valid Unicode text"
+    if not encoded:
+        return "it is empty"
+    if len(encoded) > MAX_PATH_BYTES:
+        return f"it is longer than {MAX_PATH_BYTES} bytes"
+    if any(len(part) > MAX_NAME_BYTES for part in encoded.replace(b"\\", b"/").split(b"/")):
+        return f"a part of it is longer than {MAX_NAME_BYTES} bytes"
+    return None
 
 
 @dataclass
@@ -66,7 +101,7 @@ class ModelPaths:
         return dirs[0]
 
     def list(self, kind: str, extensions: Iterable[str] = ()) -> list[str]:
-        exts = tuple(e.lower() for e in extensions) or (MODEL_EXTENSIONS if kind in ("checkpoints", "loras", "vae", "embeddings") else ())
+        exts = tuple(e.lower() for e in extensions) or (MODEL_EXTENSIONS if kind in MODEL_KINDS else ())
         names: set[str] = set()
         for base in self.dirs(kind):
             if not base.is_dir():
@@ -79,15 +114,28 @@ class ModelPaths:
     def resolve(self, kind: str, name: str) -> Path:
         """The file a name refers to. Names never escape their folder; paths are accepted only if allowed."""
         name = str(name)
+        problem = name_problem(name)
+        if problem is not None:
+            raise InvalidFileName(kind, name, problem)
         for base in self.dirs(kind):
             candidate = (base / name).resolve()
-            if candidate.is_file() and _inside(candidate, base.resolve()):
+            if _is_file(candidate) and _inside(candidate, base.resolve()):
                 return candidate
         if self.allow_paths:
-            path = Path(name).expanduser()
-            if path.is_file():
+            try:
+                path = Path(name).expanduser()
+            except RuntimeError:  # "~someone" with no such user
+                path = Path(name)
+            if _is_file(path):
                 return path.resolve()
         raise FileNotFoundInFolders(kind, name, self.dirs(kind), self.list(kind))
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _inside(path: Path, base: Path) -> bool:

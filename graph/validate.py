@@ -2,11 +2,11 @@
 order the nodes the requested outputs need.
 
 The result, a :class:`Plan`, holds each planned node with its literal inputs coerced and defaults filled in,
-its links resolved to (source node, output index), and its files resolved to paths.
+its links resolved to (source node, output index), and its files resolved to paths. Validation takes time linear
+in the workflow's size and reports a bounded amount per problem (one error per cycle, values cut short).
 """
 from __future__ import annotations
 
-import heapq
 import math
 import random
 from dataclasses import dataclass, field
@@ -16,13 +16,15 @@ from typing import Any
 import networkx as nx
 
 from . import errors as E
-from .errors import ChiselError
+from .errors import ChiselError, brief
+from .native import Link, NodeSpec, Workflow, natural_key
 from .node import Input, Node
 from .paths import FileNotFoundInFolders
 from .types import BOOLEAN, COMBO, FLOAT, INT, MAX_SEED, STRING, types_compatible
-from .workflow import Link, Workflow
 
 RANDOM_SEED_MAX = 2**53 - 1  # seeds picked by the engine stay exact in JSON and JavaScript
+MAX_INT = 2**64  # integer literals beyond ±this are refused whatever the input's range (no node needs them)
+CYCLE_MEMBERS_SHOWN = 20
 
 
 @dataclass
@@ -42,196 +44,257 @@ class Plan:
     resolved: dict[str, dict[str, Any]]  # values the engine chose (random seeds), per node
 
 
+# -- literals ------------------------------------------------------------------------------------------------------------
+Coerced = tuple[Any, "str | None", "str | None"]  # (value, error kind, message)
+
+
+def _as_int(value: Any) -> Coerced:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value, E.INVALID_TYPE, f"expects an integer, got {type(value).__name__}"
+    if isinstance(value, float):
+        if not value.is_integer():
+            return value, E.INVALID_TYPE, f"expects an integer, got {value}"
+        value = int(value)
+    if abs(value) > MAX_INT:
+        return value, E.VALUE_OUT_OF_RANGE, f"{brief(value)} is out of range"
+    return value, None, None
+
+
+def _as_float(value: Any) -> Coerced:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value, E.INVALID_TYPE, f"expects a number, got {type(value).__name__}"
+    try:
+        value = float(value)
+    except OverflowError:
+        return value, E.VALUE_OUT_OF_RANGE, f"{brief(value)} is too large for a number"
+    if not math.isfinite(value):
+        return value, E.INVALID_TYPE, "expects a finite number"
+    return value, None, None
+
+
+def _expecting(python_type: type, wanted: str):
+    def check(value: Any) -> Coerced:
+        if isinstance(value, python_type):
+            return value, None, None
+        return value, E.INVALID_TYPE, f"expects {wanted}, got {type(value).__name__}"
+    return check
+
+
+COERCE = {INT: _as_int, FLOAT: _as_float, STRING: _expecting(str, "a string"),
+          BOOLEAN: _expecting(bool, "true or false"), COMBO: _expecting(str, "one of the choices (a string)")}
+
+
+def _coerce(t: str, value: Any) -> Coerced:
+    """(value, error kind, message) for a literal given to an input of widget type ``t``."""
+    coerce = COERCE.get(t)
+    return coerce(value) if coerce is not None else (value, None, None)
+
+
 def _check_literal(spec: Input, value: Any, paths: Any) -> tuple[Any, ChiselError | None]:
     """Coerce a literal to the input's type; return (value, error)."""
     def err(kind: str, message: str) -> tuple[Any, ChiselError]:
         return value, ChiselError(kind, message, input=spec.name, value=value)
 
     t = spec.type
-    if t == INT:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return err(E.INVALID_TYPE, f"expects an integer, got {type(value).__name__}")
-        if isinstance(value, float):
-            if not value.is_integer():
-                return err(E.INVALID_TYPE, f"expects an integer, got {value}")
-            value = int(value)
-    elif t == FLOAT:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return err(E.INVALID_TYPE, f"expects a number, got {type(value).__name__}")
-        value = float(value)
-        if not math.isfinite(value):
-            return err(E.INVALID_TYPE, "expects a finite number")
-    elif t == STRING:
-        if not isinstance(value, str):
-            return err(E.INVALID_TYPE, f"expects a string, got {type(value).__name__}")
-    elif t == BOOLEAN:
-        if not isinstance(value, bool):
-            return err(E.INVALID_TYPE, f"expects true or false, got {type(value).__name__}")
-    elif t == COMBO:
-        if not isinstance(value, str):
-            return err(E.INVALID_TYPE, f"expects one of the choices (a string), got {type(value).__name__}")
-    elif t not in (INT, FLOAT, STRING, BOOLEAN, COMBO) and not spec.choices:
+    if t not in COERCE and not spec.choices:
         return err(E.INVALID_TYPE, f"expects a link from a {t} output, not a literal value")
-
+    value, kind, message = _coerce(t, value)
+    if kind is not None:
+        return err(kind, message)
     if t in (INT, FLOAT):
         if spec.min is not None and value < spec.min:
-            return err(E.VALUE_OUT_OF_RANGE, f"{value} is below the minimum {spec.min}")
+            return err(E.VALUE_OUT_OF_RANGE, f"{brief(value)} is below the minimum {spec.min}")
         if spec.max is not None and value > spec.max:
-            return err(E.VALUE_OUT_OF_RANGE, f"{value} is above the maximum {spec.max}")
-    if spec.files is None and (spec.choices is not None):
+            return err(E.VALUE_OUT_OF_RANGE, f"{brief(value)} is above the maximum {spec.max}")
+    if spec.files is None and spec.choices is not None:
         choices = spec.resolve_choices(paths)
         if choices is not None and value not in choices:
             shown = ", ".join(map(str, choices[:12])) + (" ..." if len(choices) > 12 else "")
-            return err(E.INVALID_CHOICE, f"{value!r} is not one of: {shown}")
+            return err(E.INVALID_CHOICE, f"{brief(value)!r} is not one of: {shown}")
     return value, None
 
 
-def validate(workflow: Workflow, registry: Any, paths: Any = None, outputs: list[str] | None = None,
-             rng: random.Random | None = None) -> tuple[Plan | None, list[ChiselError]]:
-    """Check everything; return (plan, errors). The plan is None when the requested outputs cannot run."""
-    errors: list[ChiselError] = []
-    node_errors: dict[str, list[ChiselError]] = {}
-    planned: dict[str, PlannedNode] = {}
-    resolved: dict[str, dict[str, Any]] = {}
-    graph = nx.DiGraph()
-    rng = rng or random.SystemRandom()
+def output_index(cls: type[Node], ref: Any) -> int | None:
+    """Index of an output given by name or index (a string of digits counts as an index); None if there is none."""
+    n = len(cls.outputs)
+    if isinstance(ref, bool):
+        return None
+    if isinstance(ref, int):
+        return ref if 0 <= ref < n else None
+    if not isinstance(ref, str):
+        return None
+    for i, out in enumerate(cls.outputs):
+        if out.name == ref:
+            return i
+    if ref.isascii() and ref.isdigit() and len(ref) < 10 and int(ref) < n:
+        return int(ref)
+    return None
 
-    def add(node_id: str, e: ChiselError, type_name: str | None = None) -> None:
+
+# -- one node --------------------------------------------------------------------------------------------------------------
+class _Checker:
+    """Checks each node's inputs, collecting errors per node and the dependency graph."""
+
+    def __init__(self, workflow: Workflow, registry: Any, paths: Any, rng: random.Random):
+        self.workflow, self.registry, self.paths, self.rng = workflow, registry, paths, rng
+        self.graph = nx.DiGraph()
+        self.node_errors: dict[str, list[ChiselError]] = {}
+        self.planned: dict[str, PlannedNode] = {}
+        self.resolved: dict[str, dict[str, Any]] = {}
+
+    def add(self, node_id: str, e: ChiselError, type_name: str | None = None) -> None:
         e.node_id, e.node_type = node_id, type_name
-        node_errors.setdefault(node_id, []).append(e)
+        self.node_errors.setdefault(node_id, []).append(e)
 
-    for node_id, spec in workflow.nodes.items():
-        graph.add_node(node_id)
-        cls = registry.get(spec.type)
+    def check_node(self, node_id: str, spec: NodeSpec) -> None:
+        self.graph.add_node(node_id)
+        cls = self.registry.get(spec.type)
         if cls is None:
-            add(node_id, ChiselError(E.UNKNOWN_NODE_TYPE, f"unknown node type {spec.type!r}", value=spec.type))
-            continue
-        pn = PlannedNode(node_id, cls)
-        planned[node_id] = pn
+            self.add(node_id, ChiselError(E.UNKNOWN_NODE_TYPE, f"unknown node type {spec.type!r}", value=spec.type))
+            return
+        pn = self.planned[node_id] = PlannedNode(node_id, cls)
         declared = {i.name for i in cls.inputs}
         for name in spec.inputs:
             if name not in declared:
-                add(node_id, ChiselError(E.UNKNOWN_INPUT, f"{cls.type} has no input {name!r}; it has: "
-                                         + ", ".join(i.name for i in cls.inputs), input=name), cls.type)
+                self.add(node_id, ChiselError(E.UNKNOWN_INPUT, f"{cls.type} has no input {name!r}; it has: "
+                                              + ", ".join(i.name for i in cls.inputs), input=name), cls.type)
         for inp in cls.inputs:
-            if inp.name not in spec.inputs:
-                if inp.has_default:
-                    value = inp.default
-                elif inp.optional:
-                    continue
-                else:
-                    add(node_id, ChiselError(E.REQUIRED_INPUT_MISSING,
-                                             f"required input {inp.name!r} ({inp.type}) is missing", input=inp.name), cls.type)
-                    continue
-            else:
-                value = spec.inputs[inp.name]
-            if isinstance(value, Link):
-                src = workflow.nodes.get(value.node)
-                if src is None:
-                    add(node_id, ChiselError(E.LINK_TO_MISSING_NODE, f"links to node {value.node!r}, which does "
-                                             "not exist", input=inp.name, value=value.model_dump()), cls.type)
-                    continue
-                graph.add_edge(value.node, node_id)
-                src_cls = registry.get(src.type)
-                if src_cls is None:
-                    continue  # reported on the source node
-                idx = src_cls.output_index(value.output)
-                if idx is None:
-                    add(node_id, ChiselError(E.LINK_TO_MISSING_OUTPUT, f"links to output {value.output!r} of node "
-                                             f"{value.node} ({src.type}), which has: "
-                                             + ", ".join(o.name for o in src_cls.outputs),
-                                             input=inp.name, value=value.model_dump()), cls.type)
-                    continue
-                out_type = src_cls.outputs[idx].type
-                if not types_compatible(out_type, inp.type):
-                    add(node_id, ChiselError(E.TYPE_MISMATCH, f"expects {inp.type} but is linked to "
-                                             f"{src.type}.{src_cls.outputs[idx].name} ({out_type})",
-                                             input=inp.name, value=value.model_dump()), cls.type)
-                    continue
-                pn.links[inp.name] = (value.node, idx)
-                continue
-            if inp.seed and value == -1 and not isinstance(value, bool):
-                value = rng.randint(0, RANDOM_SEED_MAX)
-                resolved.setdefault(node_id, {})[inp.name] = value
-            value, e = _check_literal(inp, value, paths)
-            if e is not None:
-                add(node_id, e, cls.type)
-                continue
-            if inp.files is not None:
-                try:
-                    if paths is None:
-                        raise FileNotFoundInFolders(inp.files, value, [], [])
-                    pn.files[inp.name] = paths.resolve(inp.files, value)
-                except FileNotFoundInFolders as exc:
-                    add(node_id, ChiselError(E.FILE_NOT_FOUND, str(exc), input=inp.name, value=value, details={
-                        "folder": exc.kind, "looked_in": [str(p) for p in exc.looked_in],
-                        "available": exc.available}), cls.type)
-                    continue
-            pn.literals[inp.name] = value
+            if inp.name in spec.inputs:
+                self.check_input(pn, inp, spec.inputs[inp.name])
+            elif inp.has_default:
+                self.check_input(pn, inp, inp.default)
+            elif not inp.optional:
+                self.add(node_id, ChiselError(E.REQUIRED_INPUT_MISSING, f"required input {inp.name!r} ({inp.type}) "
+                                              "is missing", input=inp.name), cls.type)
 
-    # Cycles: Kahn's algorithm orders the graph; what it cannot order lies on or behind a cycle.
-    order_all = _topological_order(graph)
+    def check_input(self, pn: PlannedNode, inp: Input, value: Any) -> None:
+        if isinstance(value, Link):
+            self.check_link(pn, inp, value)
+        else:
+            self.check_value(pn, inp, value)
+
+    def check_link(self, pn: PlannedNode, inp: Input, link: Link) -> None:
+        def fail(kind: str, message: str) -> None:
+            self.add(pn.id, ChiselError(kind, message, input=inp.name, value=link.model_dump()), pn.cls.type)
+
+        src = self.workflow.nodes.get(link.node)
+        if src is None:
+            return fail(E.LINK_TO_MISSING_NODE, f"links to node {link.node!r}, which does not exist")
+        self.graph.add_edge(link.node, pn.id)
+        src_cls = self.registry.get(src.type)
+        if src_cls is None:
+            return None  # reported on the source node
+        idx = output_index(src_cls, link.output)
+        if idx is None:
+            return fail(E.LINK_TO_MISSING_OUTPUT, f"links to output {brief(link.output, 60)!r} of node {link.node} "
+                        f"({src.type}), which has: " + ", ".join(o.name for o in src_cls.outputs))
+        out = src_cls.outputs[idx]
+        if not types_compatible(out.type, inp.type):
+            return fail(E.TYPE_MISMATCH, f"expects {inp.type} but is linked to {src.type}.{out.name} ({out.type})")
+        pn.links[inp.name] = (link.node, idx)
+        return None
+
+    def check_value(self, pn: PlannedNode, inp: Input, value: Any) -> None:
+        if inp.seed and value == -1 and not isinstance(value, bool):
+            value = self.rng.randint(0, RANDOM_SEED_MAX)
+            self.resolved.setdefault(pn.id, {})[inp.name] = value
+        value, e = _check_literal(inp, value, self.paths)
+        if e is not None:
+            return self.add(pn.id, e, pn.cls.type)
+        if inp.files is not None:
+            try:
+                if self.paths is None:
+                    raise FileNotFoundInFolders(inp.files, value, [], [])
+                pn.files[inp.name] = self.paths.resolve(inp.files, value)
+            except FileNotFoundInFolders as exc:
+                return self.add(pn.id, ChiselError(E.FILE_NOT_FOUND, str(exc), input=inp.name, value=value, details={
+                    "folder": exc.kind, "looked_in": [str(p) for p in exc.looked_in],
+                    "available": exc.available[:E.MAX_ECHO_ITEMS]}), pn.cls.type)
+        pn.literals[inp.name] = value
+        return None
+
+
+# -- the whole graph ---------------------------------------------------------------------------------------------------------
+def _cycles(graph: nx.DiGraph, workflow: Workflow) -> tuple[list[ChiselError], set[str]]:
+    """One error per cycle (a strongly connected part), naming at most a few of its members; and every member."""
+    errors: list[ChiselError] = []
     cyclic: set[str] = set()
-    if len(order_all) < graph.number_of_nodes():
-        for component in nx.strongly_connected_components(graph):
-            if len(component) > 1 or any(graph.has_edge(n, n) for n in component):
-                cyclic |= component
-                members = sorted(component, key=_natural_key)
-                for nid in members:
-                    add(nid, ChiselError(E.CYCLE, "part of a cycle: " + " -> ".join(members + members[:1]),
-                                         value=members), workflow.nodes[nid].type)
+    for component in nx.strongly_connected_components(graph):
+        first = next(iter(component))
+        if len(component) == 1 and not graph.has_edge(first, first):
+            continue
+        cyclic |= component
+        path = _cycle_path(graph, component, min(component, key=natural_key))
+        shown = path[:CYCLE_MEMBERS_SHOWN]
+        text = " -> ".join(shown + path[:1]) if len(path) <= CYCLE_MEMBERS_SHOWN else " -> ".join(shown) + " -> ..."
+        size = f" ({len(component)} nodes in all)" if len(component) > len(shown) else ""
+        errors.append(ChiselError(E.CYCLE, f"part of a cycle: {text}{size}", node_id=shown[0],
+                                  node_type=workflow.nodes[shown[0]].type, value=shown,
+                                  details={"size": len(component)}))
+    return errors, cyclic
 
-    # Requested outputs.
+
+def _cycle_path(graph: nx.DiGraph, component: set[str], start: str) -> list[str]:
+    """A cycle through a strongly connected part: follow successors inside it until one repeats (linear time)."""
+    at: dict[str, int] = {}
+    path: list[str] = []
+    node = start
+    while node not in at:
+        at[node] = len(path)
+        path.append(node)
+        node = next(s for s in graph.successors(node) if s in component)
+    return path[at[node]:]
+
+
+def _requested(workflow: Workflow, planned: dict[str, PlannedNode],
+               outputs: list[str] | None) -> tuple[list[str], list[ChiselError]]:
+    errors: list[ChiselError] = []
     wanted = outputs if outputs is not None else workflow.outputs
     if wanted is None:
         wanted = [nid for nid, pn in planned.items() if pn.cls.output_node]
     else:
         for nid in wanted:
             if nid not in workflow.nodes:
-                errors.append(ChiselError(E.UNKNOWN_OUTPUT_NODE, f"requested output node {nid!r} does not exist",
-                                          node_id=nid, value=nid))
+                errors.append(ChiselError(E.UNKNOWN_OUTPUT_NODE, f"requested output node {brief(nid, 60)!r} does "
+                                          "not exist", node_id=brief(nid, 60), value=nid))
         wanted = [nid for nid in wanted if nid in workflow.nodes]
     if not wanted:
         errors.append(ChiselError(E.NO_OUTPUTS, "nothing to output: the workflow has no output node (e.g. "
                                   "SaveImage) and none was requested"))
+    return wanted, errors
 
-    needed: set[str] = set()
+
+def _needed(graph: nx.DiGraph, wanted: list[str], cyclic: set[str]) -> set[str]:
+    """The wanted nodes and everything upstream of them (stopping at cycles)."""
+    needed = set(wanted)
     stack = [nid for nid in wanted if nid not in cyclic]
-    needed.update(wanted)
     while stack:
         for parent in graph.predecessors(stack.pop()):
             if parent not in needed:
                 needed.add(parent)
                 stack.append(parent)
-    # Every problem in the needed part of the graph stops the run; report them in workflow order.
+    return needed
+
+
+def validate(workflow: Workflow, registry: Any, paths: Any = None, outputs: list[str] | None = None,
+             rng: random.Random | None = None) -> tuple[Plan | None, list[ChiselError]]:
+    """Check everything; return (plan, errors). The plan is None when the requested outputs cannot run."""
+    checker = _Checker(workflow, registry, paths, rng or random.SystemRandom())
+    for node_id, spec in workflow.nodes.items():
+        checker.check_node(node_id, spec)
+    cycle_errors, cyclic = _cycles(checker.graph, workflow)
+    wanted, errors = _requested(workflow, checker.planned, outputs)
+    needed = _needed(checker.graph, wanted, cyclic)
+    # Every problem in the needed part of the graph stops the run; report them in workflow order, cycles first.
+    errors = cycle_errors + errors
     for nid in workflow.nodes:
         if nid in needed or nid in cyclic:
-            errors.extend(node_errors.get(nid, []))
+            errors.extend(checker.node_errors.get(nid, []))
     if errors:
         return None, errors
-    order = [nid for nid in order_all if nid in needed]
-    plan = Plan(order=order, nodes={nid: planned[nid] for nid in order}, outputs=wanted, resolved=resolved)
-    return plan, []
-
-
-def _topological_order(graph: nx.DiGraph) -> list[str]:
-    """Dependency order, ties broken by natural node-id order (so runs are reproducible)."""
-    indegree = {n: d for n, d in graph.in_degree()}
-    ready = [(_natural_key(n), n) for n, d in indegree.items() if d == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        _, node = heapq.heappop(ready)
-        order.append(node)
-        for child in graph.successors(node):
-            indegree[child] -= 1
-            if indegree[child] == 0:
-                heapq.heappush(ready, (_natural_key(child), child))
-    return order
-
-
-def _natural_key(node_id: str) -> tuple:
-    return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
+    order = [nid for nid in nx.lexicographical_topological_sort(checker.graph, key=natural_key) if nid in needed]
+    return Plan(order=order, nodes={nid: checker.planned[nid] for nid in order}, outputs=wanted,
+                resolved=checker.resolved), []
 
 
 def all_errors(workflow: Workflow, registry: Any, paths: Any = None) -> list[ChiselError]:
@@ -244,4 +307,4 @@ def all_errors(workflow: Workflow, registry: Any, paths: Any = None) -> list[Chi
     return errs + [e for e in out_errs if e.kind in (E.NO_OUTPUTS, E.UNKNOWN_OUTPUT_NODE)]
 
 
-__all__ = ["Plan", "PlannedNode", "validate", "all_errors", "MAX_SEED"]
+__all__ = ["Plan", "PlannedNode", "validate", "all_errors", "output_index", "MAX_SEED"]

@@ -1,7 +1,6 @@
 """Runtime services the executor hands to every node as ``ctx.services``: device, folders, model memory."""
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any, Protocol
 import torch
 
 from graph.paths import ModelPaths
+from nodes.loading.weights import pickles_allowed_by_default
 from nodes.memory.compile import use_persistent_cache
 
 
@@ -20,10 +20,6 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but no CUDA device is available")
     return device
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0", "false", "no")
 
 
 class FileWriter(Protocol):
@@ -43,7 +39,8 @@ class Services:
     low_vram: bool = False
     file_writer: FileWriter | None = None  # saving nodes hand their files to it when set
     compile: str = "auto"  # the UNet through torch.compile: auto | off | on | max (nodes.memory.compile)
-    allow_pickle: bool = field(default_factory=lambda: _env_flag("CHISEL_ALLOW_PICKLE"))  # .ckpt files
+    # .ckpt/.pt/.bin files load weights-only unless refused (--no-pickle, CHISEL_NO_PICKLE): nodes.loading.weights
+    allow_pickle: bool = field(default_factory=pickles_allowed_by_default)
     device_budget: int | None = None  # bytes of model weights allowed on the device; None: total minus a reserve
     _models: Any = field(default=None, repr=False)
 

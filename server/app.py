@@ -20,6 +20,7 @@ from .logs import AccessLogger, ProtocolLogger
 from .security import AuthThrottle, cors_middleware, is_loopback_host, security_middleware
 from . import settings as S
 from .service import ChiselServer, ServerConfig, config_from_settings
+from .cluster.options import ClusterUnavailable
 from .store import StoreLocked
 
 log = logging.getLogger("chisel.server")
@@ -65,10 +66,26 @@ def serve(args: argparse.Namespace) -> int:
     if token and getattr(args, "frontend", "chisel") == "comfyui":
         print("chisel serve: warning: ComfyUI's frontend sends no token; with --token its requests are refused",
               file=sys.stderr)
+    cluster = None
+    if getattr(args, "cluster", None):
+        from .cluster import ClusterOptions, RuntimeSpec, ray_available
+
+        try:
+            cluster = ClusterOptions.from_flag(args.cluster, args.cluster_workers, args.cluster_shared_output,
+                                               args.device)
+        except ValueError as exc:
+            print(f"chisel serve: {exc}", file=sys.stderr)
+            return 2
+        if not ray_available():
+            print("chisel serve: --cluster needs Ray: pip install 'chisel[ray]'", file=sys.stderr)
+            return 2
     registry, services, engine = build_runtime(args, allow_paths=False)
     config = config_from_settings(settings, token=token, debug=bool(args.debug), host=host, port=port,
                                   preview_method=getattr(args, "preview_method", "none"),
                                   frontend=getattr(args, "frontend", "chisel"))
+    if cluster is not None:
+        config.cluster = cluster
+        config.cluster_runtime = RuntimeSpec.from_args(args, engine.paths.root)
     try:
         app = create_app(registry, engine, services, config)
     except comfy_frontend.FrontendMissing as exc:
@@ -76,7 +93,7 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     try:
         asyncio.run(_run(app, host, port, config))
-    except StoreLocked as exc:
+    except (StoreLocked, ClusterUnavailable) as exc:
         print(f"chisel serve: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -1,4 +1,4 @@
-"""The ``chisel`` command line: run, validate, nodes, schema, serve."""
+"""The ``chisel`` command line: run, validate, export, nodes, schema, serve."""
 from __future__ import annotations
 
 import argparse
@@ -8,9 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from graph.comfy_format import export
+from graph.registry import NodeRegistry
 from graph.engine import Engine, RunResult
-from graph.errors import ChiselError, WorkflowError
+from graph.errors import WorkflowError
 from graph.events import EXECUTED, EXECUTING, PROGRESS, Event
+from graph.overrides import apply_overrides, split_target
 from graph.paths import ModelPaths
 from graph.validate import all_errors
 from graph.workflow import Workflow, json_schema, load_file
@@ -27,22 +30,17 @@ def _parse_value(text: str) -> Any:
 
 
 def _parse_assignment(text: str, flag: str) -> tuple[str, str, str]:
+    """NODE.INPUT=VALUE, split at the first "=" and then, like the HTTP ``set``, at the last dot."""
     target, sep, value = text.partition("=")
-    node, dot, name = target.partition(".")
-    if not sep or not dot or not node or not name:
+    parts = split_target(target)
+    if not sep or parts is None:
         raise SystemExit(f"chisel: {flag} expects NODE.INPUT=VALUE, got {text!r}")
-    return node, name, value
+    return parts[0], parts[1], value
 
 
 def with_inputs(workflow: Workflow, values: dict[tuple[str, str], Any]) -> Workflow:
     """A copy of the workflow with literal inputs set (``--set`` / ``--sweep``)."""
-    data = workflow.to_dict()
-    for (node, name), value in values.items():
-        if node not in data["nodes"]:
-            raise WorkflowError([ChiselError("unknown_node", f"--set/--sweep names node {node!r}, which is not in "
-                                             f"the workflow (nodes: {', '.join(data['nodes'])})", node_id=node)])
-        data["nodes"][node].setdefault("inputs", {})[name] = value
-    return Workflow.model_validate(data)
+    return apply_overrides(workflow, {f"{node}.{name}": value for (node, name), value in values.items()})
 
 
 class _Progress:
@@ -94,26 +92,35 @@ def cmd_run(args: argparse.Namespace) -> int:
               for n, i, v in (_parse_assignment(s, "--sweep") for s in args.sweep or [])]
     combos = list(itertools.product(*[[((n, i), x) for x in values] for n, i, values in sweeps])) or [()]
     progress = _Progress(args.json)
-    failures = 0
+    jobs: list[tuple[Path, dict, Workflow | None, RunResult | None]] = []
     for path in args.workflows:
         for combo in combos:
             values = dict(sets)
             values.update(dict(combo))
             try:
                 workflow = with_inputs(load_file(path, registry), values) if values else load_file(path, registry)
-                result = engine.run(workflow, on_event=progress)
+                jobs.append((path, values, workflow, None))
             except WorkflowError as exc:
-                result = RunResult("-", "error", errors=exc.errors)
-            report = {"workflow": str(path), "set": {f"{n}.{i}": v for (n, i), v in values.items()},
-                      **result.to_dict(), "outputs": _files_written(result, services.paths)}
-            if not args.explain:
-                report.pop("explain")
-            if result.status != "success":
-                failures += 1
-            if args.json:
-                print(json.dumps(report), flush=True)
-            else:
-                _print_human(report, result)
+                jobs.append((path, values, None, RunResult("-", "error", errors=exc.errors)))
+    if getattr(args, "cluster", None):  # every run fanned out over the cluster's workers first
+        from .cluster.batch import run_on_cluster
+
+        results = iter(run_on_cluster(args, registry, engine.paths, [w for _, _, w, r in jobs if r is None]))
+        jobs = [(p, v, w, r if r is not None else next(results)) for p, v, w, r in jobs]
+    failures = 0
+    for path, values, workflow, result in jobs:
+        if result is None:
+            result = engine.run(workflow, on_event=progress)
+        report = {"workflow": str(path), "set": {f"{n}.{i}": v for (n, i), v in values.items()},
+                  **result.to_dict(), "outputs": _files_written(result, services.paths)}
+        if not args.explain:
+            report.pop("explain")
+        if result.status != "success":
+            failures += 1
+        if args.json:
+            print(json.dumps(report), flush=True)
+        else:
+            _print_human(report, result)
     return 1 if failures else 0
 
 
@@ -149,6 +156,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    paths = ModelPaths.from_mapping(getattr(args, "root", None))
+    registry = NodeRegistry.discover(plugin_folders=paths.dirs("custom_nodes"))
+    try:
+        text = json.dumps(export(load_file(args.workflow, registry), args.format, registry), indent=1)
+    except WorkflowError as exc:
+        print(f"{args.workflow}: cannot export", file=sys.stderr)
+        for err in exc.errors:
+            print(f"  {err}", file=sys.stderr)
+        return 1
+    if args.output is not None:
+        args.output.write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    return 0
+
+
 def cmd_nodes(args: argparse.Namespace) -> int:
     registry, services, _ = build_runtime(args)
     schemas = registry.schemas(services.paths)
@@ -182,12 +206,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="compute dtype (default: per device)")
         p.add_argument("--low-vram", action="store_true", help="offload models while sampling")
+        p.add_argument("--no-pickle", action="store_true",
+                       help="refuse pickle-based weight files (.ckpt/.pt/.pth/.bin) altogether; by default they load "
+                            "weights-only (plain tensors, no code). Also: CHISEL_NO_PICKLE=1")
         p.add_argument("--compile", default="auto", choices=["auto", "off", "on", "max"],
                        help="the UNet through torch.compile: on (CUDA's default), max (also CUDA graphs), off "
                             "(the CPU's default); artifacts are kept in <root>/.cache/torch-compile")
         p.add_argument("--cache-ram-gb", type=float, default=8.0, help="result cache budget in RAM (GiB)")
         p.add_argument("--cache-device-gb", type=float, default=4.0,
                        help="result cache budget in device memory (GiB)")
+
+    def cluster_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--cluster", metavar="ray|auto|ray://HOST:PORT",
+                       help="run prompts on Ray workers: ray starts a local Ray instance, auto or ray://HOST:PORT "
+                            "joins a running cluster (needs chisel[ray])")
+        p.add_argument("--cluster-workers", type=int, metavar="N",
+                       help="number of workers (default: one per GPU in the cluster, else one CPU worker)")
+        p.add_argument("--cluster-shared-output", action="store_true",
+                       help="workers write images into the output folder themselves (shared storage at the same path "
+                            "on every machine); default: images come back through Ray's object store")
 
     p = sub.add_parser("run", help="run workflows")
     p.add_argument("workflows", nargs="+", type=Path)
@@ -196,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path)
     p.add_argument("--json", action="store_true", help="print one JSON report per run")
     p.add_argument("--explain", action="store_true", help="say why each node ran")
+    cluster_flags(p)
     runtime_flags(p)
     p.set_defaults(func=cmd_run)
 
@@ -204,6 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     runtime_flags(p)
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("export", help="write a workflow (any format) in ComfyUI's UI or API format")
+    p.add_argument("workflow", type=Path)
+    fmt = p.add_mutually_exclusive_group(required=True)
+    fmt.add_argument("--comfy-ui", dest="format", action="store_const", const="comfy_ui",
+                     help="ComfyUI's UI format (opens in ComfyUI's frontend: positions, groups, notes kept)")
+    fmt.add_argument("--comfy-api", dest="format", action="store_const", const="comfy_api",
+                     help="ComfyUI's API format (what /prompt takes)")
+    p.add_argument("-o", "--output", type=Path, help="write to this file instead of standard output")
+    p.add_argument("--root", help="folder holding custom_nodes/ (default: $CHISEL_HOME or .)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("nodes", help="list node types")
     p.add_argument("--json", action="store_true", help="every node's schema as JSON")
@@ -223,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "latent2rgb, which auto and taesd also give")
     p.add_argument("--frontend", default="chisel", choices=["chisel", "comfyui"],
                    help="the page at /: Chisel's canvas, or ComfyUI's frontend (needs comfyui-frontend-package)")
+    cluster_flags(p)
     runtime_flags(p)
     add_settings_flags(p)
     p.set_defaults(func=cmd_serve)

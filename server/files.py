@@ -297,7 +297,7 @@ def _store_upload(base: Path, subfolder: str, name: str, data: bytes, overwrite:
 # -- workflows inside PNGs -----------------------------------------------------------------------------------------------
 async def workflow_from_png(request: web.Request, registry: Any, max_bytes: int) -> dict[str, Any]:
     from graph.errors import WorkflowError
-    from graph.workflow import parse_workflow
+    from graph.png_metadata import workflow_from_texts
 
     if (request.content_type or "").startswith("multipart/"):
         reader = await request.multipart()
@@ -325,15 +325,11 @@ async def workflow_from_png(request: web.Request, registry: Any, max_bytes: int)
         chunks = await asyncio.to_thread(texts)
     except Exception:
         raise ApiError(415, "not_an_image", "the body is not an image Chisel can read") from None
-    errors = []
-    for key in ("workflow", "chisel_workflow", "prompt"):
-        if key not in chunks:
-            continue
-        try:
-            wf = parse_workflow(json.loads(chunks[key]), registry)
-            return {"workflow": wf.to_dict(), "source": key}
-        except (ValueError, WorkflowError) as exc:
-            errors.extend(e.to_dict() for e in getattr(exc, "errors", []))
-    if errors:
-        raise ApiError(422, "invalid_workflow", "the PNG holds a workflow Chisel cannot load", errors=errors)
+    try:
+        found = workflow_from_texts(chunks, registry)
+    except WorkflowError as exc:
+        raise ApiError(422, "invalid_workflow", "the PNG holds a workflow Chisel cannot load",
+                       errors=[e.to_dict() for e in exc.errors]) from None
+    if found is not None:
+        return {"workflow": found[0].to_dict(), "source": found[1]}
     raise ApiError(404, "no_workflow", "the PNG has no 'workflow' or 'prompt' text chunk")

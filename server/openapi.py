@@ -87,6 +87,8 @@ op("POST", "/v1/workflow/from-png", "The workflow stored in a PNG's text chunks"
    ok=m.WorkflowFromPng, errors=(404, 415, 422))
 op("POST", "/v1/workflow/convert", "A workflow in any format Chisel imports, in the native format",
    body=m.ConvertRequest, ok=m.ConvertResponse)
+op("POST", "/v1/workflow/export", "A workflow in any format Chisel imports, in ComfyUI's UI or API format (or the "
+   "native one)", body=m.ExportRequest, ok=m.ExportResponse)
 op("GET", "/v1/models/{kind}", "File names in a models folder (checkpoints, loras, vae, embeddings, input, ...)",
    ok=list[str], errors=(404,))
 op("GET", "/v1/system", "Devices, memory, cache statistics, versions", ok=m.SystemInfo)

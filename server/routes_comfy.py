@@ -75,7 +75,8 @@ def comfy_validation_error(exc: WorkflowError, prompt: Any, registry: Any) -> Ap
 def _output_nodes(prompt: dict[str, Any], registry: Any) -> list[str]:
     out = []
     for nid, spec in prompt.items():
-        cls = registry.get(spec.get("class_type")) if isinstance(spec, dict) else None
+        type_name = spec.get("class_type") if isinstance(spec, dict) else None
+        cls = registry.get(type_name) if isinstance(type_name, str) else None
         if cls is not None and cls.output_node:
             out.append(str(nid))
     return out
@@ -238,7 +239,8 @@ async def post_free(request: web.Request) -> web.Response:
 
 
 async def get_system_stats(request: web.Request) -> web.Response:
-    return json_response(await asyncio.to_thread(comfy_system_stats, srv(request).services))
+    server = srv(request)
+    return json_response(await asyncio.to_thread(lambda: comfy_system_stats(server.services, server.cluster_workers())))
 
 
 async def get_embeddings(request: web.Request) -> web.Response:

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from graph.comfy_format import export
 from graph.errors import WorkflowError
 from graph.validate import all_errors
 from graph.workflow import json_schema, parse_workflow
@@ -111,6 +112,10 @@ async def post_validate(request: web.Request) -> web.Response:
     def check() -> list[dict[str, Any]]:
         try:
             wf = parse_workflow(body.workflow, server.registry)
+        except WorkflowError as exc:  # not a workflow that can be read: a bad request, as on the other routes
+            raise ApiError(400, "invalid_workflow", "the workflow cannot be read",
+                           errors=[server.clean_error(e.to_dict()) for e in exc.errors]) from None
+        try:
             if overrides:
                 wf = apply_overrides(wf, overrides)
         except WorkflowError as exc:
@@ -240,6 +245,18 @@ async def post_workflow_convert(request: web.Request) -> web.Response:
     return json_response({"workflow": wf.to_dict()})
 
 
+async def post_workflow_export(request: web.Request) -> web.Response:
+    """A workflow in any format Chisel imports -> "comfy_ui", "comfy_api" or "native"."""
+    server = srv(request)
+    body = await parse_body(request, m.ExportRequest, server.config.max_json_bytes)
+    try:
+        wf = await asyncio.to_thread(parse_workflow, body.workflow, server.registry)
+    except WorkflowError as exc:
+        raise ApiError(400, "invalid_workflow", "the workflow cannot be read",
+                       errors=[server.clean_error(e.to_dict()) for e in exc.errors]) from None
+    return json_response({"workflow": export(wf, body.format, server.registry), "format": body.format})
+
+
 def _workflow_files(server: ChiselServer) -> list[dict[str, Any]]:
     folder = server.config.workflows_dir
     out = []
@@ -295,7 +312,7 @@ async def get_system(request: web.Request) -> web.Response:
     server = srv(request)
     counts = await server.db(server.store.counts)
     queue = {"running": counts.get(S.RUNNING, 0), "pending": counts.get(S.QUEUED, 0)}
-    info = await asyncio.to_thread(system_info, server.engine, server.services, queue)
+    info = await asyncio.to_thread(lambda: system_info(server.engine, server.services, queue, server.cluster_workers()))
     return json_response(info)
 
 
@@ -405,6 +422,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/workflows/{name}", get_workflow)
     r.add_post("/v1/workflow/from-png", post_workflow_from_png)
     r.add_post("/v1/workflow/convert", post_workflow_convert)
+    r.add_post("/v1/workflow/export", post_workflow_export)
     r.add_get("/v1/models/{kind}", get_models)
     r.add_get("/v1/system", get_system)
     r.add_post("/v1/free", post_free)

@@ -22,7 +22,8 @@ def build_runtime(args: argparse.Namespace, allow_paths: bool = True):
     registry = NodeRegistry.discover(plugin_folders=paths.dirs("custom_nodes"))
     services = create_services(paths, device=getattr(args, "device", "auto") or "auto",
                                dtype=getattr(args, "dtype", None), low_vram=getattr(args, "low_vram", False),
-                               compile=getattr(args, "compile", None) or "auto")
+                               compile=getattr(args, "compile", None) or "auto",
+                               allow_pickle=False if getattr(args, "no_pickle", False) else None)
     cache = ResultCache(ram_bytes=int(getattr(args, "cache_ram_gb", 8.0) * 2**30),
                         device_bytes=int(getattr(args, "cache_device_gb", 4.0) * 2**30))
     return registry, services, Engine(registry, services=services, paths=paths, cache=cache)

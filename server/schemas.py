@@ -86,6 +86,18 @@ class ConvertRequest(WorkflowBody):
     pass
 
 
+ExportFormat = Literal["native", "comfy_ui", "comfy_api"]
+
+
+class ExportRequest(WorkflowBody):
+    format: ExportFormat
+
+
+class ExportResponse(Response):
+    workflow: dict[str, Any]
+    format: ExportFormat
+
+
 class QueueMoveRequest(Request):
     prompt_id: str
     position: JsonInt = Field(ge=0, le=10**9, description="0 runs next; past the end means last")

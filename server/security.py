@@ -261,9 +261,9 @@ def parse_json(body: bytes | str) -> Any:
         raise ApiError(400, "invalid_json", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
                        extra={"line": exc.lineno, "column": exc.colno}) from None
     except RecursionError:
-        raise ApiError(400, "invalid_json", "the JSON is nested too deeply") from None
+        raise ApiError(400, "invalid_json", "invalid JSON: nested too deeply") from None
     except ValueError as exc:  # NaN/Infinity, or an integer with more digits than Python converts
-        raise ApiError(400, "invalid_json", f"invalid JSON: {str(exc).split(';')[0]}") from None
+        raise ApiError(400, "invalid_json", f"invalid JSON: {str(exc).split(';')[0][:200]}") from None
 
 
 async def read_json_object(request: web.Request, limit: int, *, allow_empty: bool = False) -> dict[str, Any]:

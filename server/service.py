@@ -14,7 +14,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from graph.errors import ChiselError, WorkflowError
+from graph import overrides as graph_overrides
+from graph.errors import WorkflowError
 from graph.workflow import Workflow, parse_workflow
 
 from . import store as S
@@ -58,6 +59,8 @@ class ServerConfig:
     queue_throttle: float = 0.05
     preview_method: str = "none"  # ComfyUI's /ws: binary previews only when not "none" (the native WS always)
     frontend: str = "chisel"  # the page at /: Chisel's canvas or ComfyUI's frontend ("comfyui")
+    cluster: Any = None          # cluster.ClusterOptions: run prompts on Ray workers (chisel serve --cluster)
+    cluster_runtime: Any = None  # cluster.RuntimeSpec: how each worker builds its engine
 
 
 class ChiselServer:
@@ -96,6 +99,15 @@ class ChiselServer:
                         self.recovered["failed"])
         from .system import free as do_free
 
+        if self.config.cluster is not None:  # Ray is imported only here
+            from .cluster.dispatcher import ClusterWorker
+
+            self.worker = ClusterWorker(self.config.cluster, self.config.cluster_runtime, self.registry, self.paths,
+                                        self.store, self.writer, self.notify, wants_preview=self.hub.wants_preview,
+                                        preview_max_size=self.config.preview_max_size)
+            await asyncio.to_thread(self.worker.connect)
+            self.worker.start()
+            return
         self.worker = Worker(self.engine, self.store, self.writer, self.notify, wants_preview=self.hub.wants_preview,
                              preview_max_size=self.config.preview_max_size,
                              on_free=partial(do_free, self.engine, self.services))
@@ -229,6 +241,11 @@ class ChiselServer:
             self.worker.wake()
         return prompt_id, number, wf
 
+    def cluster_workers(self) -> list[dict[str, Any]] | None:
+        """The cluster's workers (host, devices, memory, models, current prompt); None without a cluster."""
+        describe = getattr(self.worker, "describe", None)
+        return describe() if callable(describe) else None
+
     # -- shapes ---------------------------------------------------------------------------------------------------
     async def queue_snapshot(self, with_lists: bool = True) -> dict[str, Any]:
         running, pending = await self.db(self.store.queue)
@@ -248,7 +265,7 @@ class ChiselServer:
                 "resolved": result.get("resolved", {}), "executed": result.get("executed", []),
                 "cached": result.get("cached", []), "skipped": result.get("skipped", []),
                 "created": row.get("created"), "started": row.get("started"), "finished": row.get("finished"),
-                "attempts": row.get("attempts", 0)}
+                "attempts": row.get("attempts", 0), **({"cluster": result["cluster"]} if "cluster" in result else {})}
 
     def prompt_api(self, row: dict[str, Any]) -> dict[str, Any]:
         if row.get("prompt_api") is not None:
@@ -270,23 +287,8 @@ def queue_item(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_overrides(wf: Workflow, overrides: dict[str, Any]) -> Workflow:
-    """``{"NODE.INPUT": value}`` written into the workflow's literal inputs."""
-    data = wf.to_dict()
-    errors = []
-    for target, value in overrides.items():
-        node, dot, name = str(target).rpartition(".")
-        if not dot or not node or not name:
-            errors.append(ChiselError("invalid_override", f"override {target!r} must be named NODE.INPUT",
-                                      value=target))
-            continue
-        if node not in data["nodes"]:
-            errors.append(ChiselError("unknown_node", f"override {target!r} names node {node!r}, which is not in the "
-                                      "workflow", node_id=node, input=name))
-            continue
-        data["nodes"][node].setdefault("inputs", {})[name] = value
-    if errors:
-        raise WorkflowError(errors)
-    return parse_workflow(data)
+    """``{"NODE.INPUT": value}`` written into the workflow's literal inputs (graph.overrides: split at the last dot)."""
+    return graph_overrides.apply_overrides(wf, overrides)
 
 
 def config_from_settings(settings: Any, **kw: Any) -> ServerConfig:

@@ -203,10 +203,12 @@ class Store:
                        (RUNNING, row["started"], row["attempts"], row["number"]))
             return row
 
-    def requeue(self, prompt_id: str) -> None:
-        """Put a running prompt back at its place in the queue (a graceful stop interrupted it): no attempt used."""
+    def requeue(self, prompt_id: str, count_attempt: bool = False) -> None:
+        """Put a running prompt back at its place in the queue. A graceful stop interrupted it: no attempt used;
+        ``count_attempt``: the worker running it died (a cluster re-runs it), the attempt counts."""
+        used = "attempts" if count_attempt else "MAX(attempts-1, 0)"
         with self._tx() as db:
-            db.execute("UPDATE prompts SET status=?, started=NULL, attempts=MAX(attempts-1, 0) "
+            db.execute(f"UPDATE prompts SET status=?, started=NULL, attempts={used} "
                        "WHERE prompt_id=? AND status=?", (QUEUED, prompt_id, RUNNING))
 
     def finish(self, prompt_id: str, status: str, result: dict[str, Any]) -> None:

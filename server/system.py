@@ -68,7 +68,9 @@ def devices(services: Any) -> list[dict[str, Any]]:
     return out
 
 
-def system_info(engine: Any, services: Any, queue_counts: dict[str, int]) -> dict[str, Any]:
+def system_info(engine: Any, services: Any, queue_counts: dict[str, int],
+                workers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The native system route; ``workers``: a cluster's workers (``chisel serve --cluster``)."""
     import aiohttp
 
     ram_total, ram_free = _meminfo()
@@ -94,17 +96,23 @@ def system_info(engine: Any, services: Any, queue_counts: dict[str, int]) -> dic
         "cache": engine.cache.stats().to_dict() if isinstance(getattr(engine, "cache", None), ResultCache) else None,
         "models": models,
         "queue": queue_counts,
+        **({"workers": workers} if workers is not None else {}),
     }
 
 
-def comfy_system_stats(services: Any) -> dict[str, Any]:
+def comfy_system_stats(services: Any, workers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """ComfyUI's shape; with a cluster, ``devices`` are the workers' (named after host and worker) and ``workers``
+    lists them."""
     ram_total, ram_free = _meminfo()
     torch = sys.modules.get("torch")
     return {"system": {"os": os.name, "ram_total": ram_total, "ram_free": ram_free,
                        "comfyui_version": f"chisel-{CHISEL_VERSION}", "python_version": sys.version,
                        "pytorch_version": getattr(torch, "__version__", ""), "embedded_python": False,
                        "argv": ["chisel", "serve"]},
-            "devices": devices(services)}
+            "devices": devices(services) if workers is None else [
+                {**d, "name": f"{w.get('host')} worker {w['index']}: {d['name']}"}
+                for w in workers for d in w.get("devices") or ()],
+            **({"workers": workers} if workers is not None else {})}
 
 
 def free(engine: Any, services: Any, unload_models: bool, free_memory: bool) -> None:

@@ -167,6 +167,19 @@ def encode_preview(image: Any, max_size: int = 512) -> bytes | None:
         return None
 
 
+def event_payload(event: ev.Event, prompt_id: str, client_id: str | None, node_types: dict[str, Any],
+                  with_preview: bool = False, preview_max_size: int = 512) -> dict[str, Any]:
+    """An engine event as the hub's ``event`` notification (a progress preview JPEG-encoded when wanted)."""
+    data = {k: v for k, v in event.data.items() if k != "preview"}
+    preview = None
+    if event.type == ev.PROGRESS and with_preview and event.data.get("preview") is not None:
+        preview = encode_preview(event.data["preview"], preview_max_size)
+    elif event.type in (ev.INTERRUPTED, ev.ERROR) and event.node_id is not None:
+        data.setdefault("node_type", node_types.get(event.node_id))
+    return {"client_id": client_id, "prompt_id": prompt_id, "type": event.type, "node_id": event.node_id,
+            "time": event.time, "data": data, "preview": preview}
+
+
 @dataclass
 class _Current:
     prompt_id: str
@@ -288,18 +301,10 @@ class Worker:
         def on_event(event: ev.Event) -> None:
             if event.type == ev.FINISHED:
                 return  # the finisher sends `finished` once the prompt's files and record are on disk
-            data = {k: v for k, v in event.data.items() if k != "preview"}
-            preview = None
             if event.type == ev.EXECUTING:
                 self.writer.node_id = event.node_id
-            elif event.type == ev.PROGRESS:
-                image = event.data.get("preview")
-                if image is not None and self.wants_preview(client):
-                    preview = encode_preview(image, self.preview_max_size)
-            elif event.type in (ev.INTERRUPTED, ev.ERROR) and event.node_id is not None:
-                data.setdefault("node_type", node_types.get(event.node_id))
-            self.notify("event", {"client_id": client, "prompt_id": pid, "type": event.type,
-                                  "node_id": event.node_id, "time": event.time, "data": data, "preview": preview})
+            wants = event.type == ev.PROGRESS and self.wants_preview(client)
+            self.notify("event", event_payload(event, pid, client, node_types, wants, self.preview_max_size))
 
         self.writer.begin()
         try:
@@ -358,6 +363,7 @@ class Worker:
         payload = {"outputs": result.outputs, "timings": result.timings, "errors": errors,
                    "resolved": result.resolved, "executed": result.executed, "cached": result.cached,
                    "skipped": result.skipped, "explain": result.explain}
+        self._annotate(pid, payload)
         try:
             self.store.finish(pid, status, payload)
         except Exception:
@@ -365,6 +371,9 @@ class Worker:
         self.notify("finished", {"client_id": item.get("client_id"), "prompt_id": pid, "status": status,
                                  "result": payload, "time": time.time()})
         self.notify("queue", None)
+
+    def _annotate(self, prompt_id: str, payload: dict[str, Any]) -> None:
+        """Add to a prompt's recorded result (the cluster records which worker ran it and any retry)."""
 
 
 def _wait(future: Future) -> BaseException | None:

@@ -80,8 +80,8 @@ def test_ui_format_import(toy_engine, version, links):
     workflow = parse_workflow(data, toy_engine.registry)
     assert set(workflow.nodes) == {"1", "2", "3"}  # note, reroute and muted node dropped
     assert workflow.nodes["1"].inputs == {"seed": 7}  # control_after_generate value skipped
-    assert workflow.nodes["2"].inputs == {"x": Link(node="1", output=0), "factor": 2.5, "mode": "floor"}
-    assert workflow.nodes["3"].inputs == {"value": Link(node="2", output=0)}  # through the reroute
+    assert workflow.nodes["2"].inputs == {"x": Link(node="1", output="INT"), "factor": 2.5, "mode": "floor"}
+    assert workflow.nodes["3"].inputs == {"value": Link(node="2", output="FLOAT")}  # through the reroute
     assert workflow.layout.nodes["1"].pos == (10, 20)
     assert toy_engine.run(workflow).outputs["3"] == {"text": [repr(7 * 2.5)]}
 

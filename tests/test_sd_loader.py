@@ -174,20 +174,6 @@ def test_lora_vae_and_controlnet_given_as_checkpoints(tmp_path):
     assert exc2.value.kind == "vae" and "VAELoader" in str(exc2.value)
 
 
-def test_pickles_are_refused_unless_allowed(tmp_path, monkeypatch):
-    monkeypatch.delenv("CHISEL_ALLOW_PICKLE", raising=False)
-    path = tmp_path / "model.ckpt"
-    # a pickle carries no metadata: use the tiny model whose non-shape hyperparameters are SD1.5's
-    torch.save({"state_dict": load_file(str(tiny_file("sd1_plain", "fp32"))), "global_step": 1}, str(path))
-    with pytest.raises(E.UnsafeCheckpoint) as exc:
-        load_checkpoint(path)
-    assert "arbitrary code" in str(exc.value) and ".safetensors" in str(exc.value)
-    lc = load_checkpoint(path, allow_pickle=True)  # weights-only unpickling
-    assert lc.family == "sd1" and not lc.report.metadata_used
-    assert_same_weights(tiny_model("sd1_plain").unet, lc.unet, torch.float32)
-    assert_same_weights(tiny_model("sd1_plain").text_encoder, lc.text_encoders["text_encoder"], torch.float32)
-
-
 def test_a_file_without_metadata_loads_by_its_layout_alone(tmp_path):
     sd = load_file(str(tiny_file("sd1_plain")))
     path = tmp_path / "plain.safetensors"

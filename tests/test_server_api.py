@@ -116,7 +116,7 @@ def test_comfy_formats_accepted_on_native_route(root):
             r = await c.post("/v1/workflow/convert", json={"workflow": ui})
             native = (await r.json())["workflow"]
             assert native["nodes"]["1"] == {"type": "Number", "inputs": {"value": 6}}
-            assert native["nodes"]["2"]["inputs"]["value"] == {"node": "1", "output": 0}
+            assert native["nodes"]["2"]["inputs"]["value"] == {"node": "1", "output": "INT"}
             r = await c.post("/v1/workflow/convert", json={"workflow": {"nodes": [{"id": 1, "type": "Nope"}],
                                                                         "links": []}})
             body = await r.json()

@@ -104,6 +104,18 @@ class Show(Node):
         return NodeResult((), {"text": [repr(value)]})
 
 
+class TextFile(Node):
+    type = "TextFile"
+    category = "text"
+    description = "The text of a file in the input folder."
+    inputs = (Input("name", COMBO, files="input", extensions=(".txt",)),)
+    outputs = (Output("STRING", STRING),)
+
+    def run(self, ctx, name):
+        CALLS.append(self.type)
+        return (ctx.file_path("name").read_text(encoding="utf-8"),)
+
+
 def wf(nodes: dict, **extra) -> dict:
     """A native workflow from {id: (type, inputs)}; links as ("id", "output")."""
     out = {}
@@ -113,4 +125,4 @@ def wf(nodes: dict, **extra) -> dict:
     return {"format": "chisel-workflow", "version": 1, "nodes": out, **extra}
 
 
-NODES = [Number, Add, Scale, Text, RandomPick, Slow, Fail, Show]
+NODES = [Number, Add, Scale, Text, RandomPick, Slow, Fail, Show, TextFile]

@@ -50,13 +50,21 @@ def load_image_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(frames), torch.stack(masks)
 
 
-def png_metadata(ctx) -> PngInfo:
-    """ComfyUI's two PNG text chunks: ``prompt`` (the run in ComfyUI's API format) and ``workflow``."""
-    info = PngInfo()
+def run_metadata(ctx) -> dict[str, str]:
+    """ComfyUI's two metadata texts of an output file: ``prompt`` (the run in ComfyUI's API format) and
+    ``workflow``; empty without a workflow."""
     workflow = ctx.workflow if ctx is not None else None
-    if workflow is not None:
-        info.add_text("prompt", json.dumps(to_comfy_api(Workflow.model_validate(workflow), ctx.registry)))
-        info.add_text("workflow", json.dumps(workflow))
+    if workflow is None:
+        return {}
+    return {"prompt": json.dumps(to_comfy_api(Workflow.model_validate(workflow), ctx.registry)),
+            "workflow": json.dumps(workflow)}
+
+
+def png_metadata(ctx) -> PngInfo:
+    """:func:`run_metadata` as PNG text chunks."""
+    info = PngInfo()
+    for key, text in run_metadata(ctx).items():
+        info.add_text(key, text)
     return info
 
 

@@ -11,7 +11,9 @@ import torch
 
 from graph.node import Input, Node, Output
 from graph.types import CLIP, CONDITIONING, FLOAT, INT, MASK, STRING
+from nodes.loading.weights import policy_of
 from nodes.text import embeddings
+from nodes.text.sdxl import encode_pair
 from nodes.text.tokens import embedding_names
 
 
@@ -40,7 +42,7 @@ class CLIPTextEncode(Node):
         return embeddings.fingerprint(embedding_names(text), getattr(ctx, "paths", None) or _paths(ctx))
 
     def run(self, ctx, text, clip):
-        cond, pooled = clip.encode(text, embeddings=embeddings.EmbeddingLookup(_paths(ctx)))
+        cond, pooled = clip.encode(text, embeddings=embeddings.EmbeddingLookup(_paths(ctx), policy_of(ctx)))
         opts = {}
         if pooled is not None:
             opts["pooled_output"] = pooled
@@ -201,3 +203,59 @@ class ConditioningZeroOut(Node):
                 new_opts["pooled_output"] = torch.zeros_like(opts["pooled_output"])
             out.append([torch.zeros_like(emb), new_opts])
         return (out,)
+
+
+class CLIPTextEncodeSDXL(Node):
+    type = "CLIPTextEncodeSDXL"
+    display_name = "CLIPTextEncodeSDXL"
+    category = "advanced/conditioning"
+    description = ("SDXL's two prompts: text_g for OpenCLIP-bigG, text_l for CLIP-L, plus the size conditioning: the "
+                   "original image size, the crop's top-left corner and the target size the model is told about.")
+    inputs = (
+        Input("clip", CLIP),
+        Input("width", INT, default=1024, min=0, max=16384),
+        Input("height", INT, default=1024, min=0, max=16384),
+        Input("crop_w", INT, default=0, min=0, max=16384),
+        Input("crop_h", INT, default=0, min=0, max=16384),
+        Input("target_width", INT, default=1024, min=0, max=16384),
+        Input("target_height", INT, default=1024, min=0, max=16384),
+        Input("text_g", STRING, multiline=True),
+        Input("text_l", STRING, multiline=True),
+    )
+    outputs = (Output("CONDITIONING", CONDITIONING),)
+
+    @classmethod
+    def fingerprint(cls, ctx, text_g=None, text_l=None, **_):
+        names = [n for t in (text_g, text_l) if isinstance(t, str) for n in embedding_names(t)]
+        return embeddings.fingerprint(names, getattr(ctx, "paths", None) or _paths(ctx))
+
+    def run(self, ctx, clip, width, height, crop_w, crop_h, target_width, target_height, text_g, text_l):
+        cond, pooled = encode_pair(clip, text_g, text_l, embeddings.EmbeddingLookup(_paths(ctx), policy_of(ctx)))
+        return ([[cond, {"pooled_output": pooled, "width": width, "height": height, "crop_w": crop_w,
+                         "crop_h": crop_h, "target_width": target_width, "target_height": target_height}]],)
+
+
+class CLIPTextEncodeSDXLRefiner(Node):
+    type = "CLIPTextEncodeSDXLRefiner"
+    display_name = "CLIPTextEncodeSDXLRefiner"
+    category = "advanced/conditioning"
+    description = ("A prompt for the SDXL refiner with its conditioning on an aesthetic score (about 6 for a "
+                   "positive prompt, 2.5 for a negative one) and the original image size.")
+    inputs = (
+        Input("ascore", FLOAT, default=6.0, min=0.0, max=1000.0, step=0.01),
+        Input("width", INT, default=1024, min=0, max=16384),
+        Input("height", INT, default=1024, min=0, max=16384),
+        Input("text", STRING, multiline=True),
+        Input("clip", CLIP),
+    )
+    outputs = (Output("CONDITIONING", CONDITIONING),)
+
+    @classmethod
+    def fingerprint(cls, ctx, text=None, **_):
+        if not isinstance(text, str):
+            return None
+        return embeddings.fingerprint(embedding_names(text), getattr(ctx, "paths", None) or _paths(ctx))
+
+    def run(self, ctx, ascore, width, height, text, clip):
+        cond, pooled = clip.encode(text, embeddings=embeddings.EmbeddingLookup(_paths(ctx), policy_of(ctx)))
+        return ([[cond, {"pooled_output": pooled, "aesthetic_score": ascore, "width": width, "height": height}]],)

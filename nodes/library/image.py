@@ -1,5 +1,7 @@
-"""Image nodes (ComfyUI category "image"): LoadImage (IMAGE + MASK from alpha), SaveImage (PNG with the workflow and
-the ComfyUI API prompt in text chunks), PreviewImage (to the temp folder), scaling and padding for outpainting.
+"""Image nodes (ComfyUI category "image"): LoadImage and LoadImageOutput (IMAGE + MASK from alpha), SaveImage (PNG
+with the workflow and the ComfyUI API prompt in text chunks), PreviewImage (to the temp folder), scaling, padding for
+outpainting, cropping, batching, inverting, masked compositing and blank images. Blend/blur/sharpen live in
+:mod:`nodes.library.image_postprocessing`.
 
 IMAGE is float32 [B, H, W, C] in 0..1; MASK is float32 [B, H, W] in 0..1 (1 = the area to paint).
 """
@@ -11,7 +13,8 @@ import string
 import torch
 
 from graph.node import Input, Node, NodeResult, Output
-from graph.types import COMBO, FLOAT, IMAGE, INT, MASK, STRING
+from graph.types import BOOLEAN, COMBO, FLOAT, IMAGE, INT, MASK, STRING
+from nodes.imaging.compose import composite, match_size
 from nodes.imaging.files import IMAGE_EXTENSIONS, load_image_file, save_images
 from nodes.imaging.resize import CROP_MODES, IMAGE_METHODS, resize
 
@@ -146,3 +149,103 @@ class ImagePadForOutpaint(Node):
             inner = torch.where(d < feathering, ((feathering - d) / feathering) ** 2, inner)
         mask[top:top + h, left:left + w] = inner
         return (out, mask.unsqueeze(0).expand(b, -1, -1).clone())
+
+
+class LoadImageOutput(Node):
+    type = "LoadImageOutput"
+    display_name = "Load Image (from Outputs)"
+    category = "image"
+    description = "Load an image from the output folder (e.g. one a previous run saved): IMAGE, and MASK from alpha."
+    inputs = (Input("image", COMBO, files="output", extensions=IMAGE_EXTENSIONS,
+                    tooltip="A file in the output folder."),)
+    outputs = (Output("IMAGE", IMAGE), Output("MASK", MASK))
+
+    def run(self, ctx, image):
+        return load_image_file(ctx.file_path("image"))
+
+
+class ImageCrop(Node):
+    type = "ImageCrop"
+    display_name = "Image Crop"
+    category = "image/transform"
+    description = ("Crop a width x height area with its top-left corner at (x, y); a corner outside the image moves "
+                   "to its last pixel, and the crop ends at the image's edge.")
+    inputs = (
+        Input("image", IMAGE),
+        Input("width", INT, default=512, min=1, max=16384, step=1),
+        Input("height", INT, default=512, min=1, max=16384, step=1),
+        Input("x", INT, default=0, min=0, max=16384, step=1),
+        Input("y", INT, default=0, min=0, max=16384, step=1),
+    )
+    outputs = (Output("IMAGE", IMAGE),)
+
+    def run(self, ctx, image, width, height, x, y):
+        H, W = image.shape[1:3]
+        x, y = min(x, W - 1), min(y, H - 1)
+        return (image[:, y:y + height, x:x + width, :].clone(),)
+
+
+class ImageBatch(Node):
+    type = "ImageBatch"
+    display_name = "Batch Images"
+    category = "image"
+    description = "One batch of image1 followed by image2 (resized to image1's size, centre crop, when it differs)."
+    inputs = (Input("image1", IMAGE), Input("image2", IMAGE))
+    outputs = (Output("IMAGE", IMAGE),)
+
+    def run(self, ctx, image1, image2):
+        b = match_size(image2.movedim(-1, 1), image1.movedim(-1, 1)).movedim(1, -1).clamp(0, 1)
+        c = min(image1.shape[-1], b.shape[-1])
+        return (torch.cat([image1[..., :c], b[..., :c].to(image1)]),)
+
+
+class ImageInvert(Node):
+    type = "ImageInvert"
+    display_name = "Invert Image"
+    category = "image"
+    description = "1 − image, per channel."
+    inputs = (Input("image", IMAGE),)
+    outputs = (Output("IMAGE", IMAGE),)
+
+    def run(self, ctx, image):
+        return (1.0 - image,)
+
+
+class ImageCompositeMasked(Node):
+    type = "ImageCompositeMasked"
+    display_name = "ImageCompositeMasked"
+    category = "image"
+    description = ("Lay `source` over `destination` with its top-left corner at (x, y), blended by `mask` "
+                   "(stretched to the source; none: opaque). `resize_source` first stretches the source to the "
+                   "destination's size.")
+    inputs = (
+        Input("destination", IMAGE),
+        Input("source", IMAGE),
+        Input("x", INT, default=0, min=0, max=16384, step=1),
+        Input("y", INT, default=0, min=0, max=16384, step=1),
+        Input("resize_source", BOOLEAN, default=False),
+        Input("mask", MASK, optional=True),
+    )
+    outputs = (Output("IMAGE", IMAGE),)
+
+    def run(self, ctx, destination, source, x, y, resize_source, mask):
+        out = composite(destination.movedim(-1, 1), source.movedim(-1, 1), x, y, mask, bool(resize_source))
+        return (out.movedim(1, -1),)
+
+
+class EmptyImage(Node):
+    type = "EmptyImage"
+    display_name = "EmptyImage"
+    category = "image"
+    description = "A batch of images of one colour, given as 0xRRGGBB (0: black)."
+    inputs = (
+        Input("width", INT, default=512, min=1, max=16384, step=1),
+        Input("height", INT, default=512, min=1, max=16384, step=1),
+        Input("batch_size", INT, default=1, min=1, max=4096),
+        Input("color", INT, default=0, min=0, max=16777215, step=1),
+    )
+    outputs = (Output("IMAGE", IMAGE),)
+
+    def run(self, ctx, width, height, batch_size, color):
+        rgb = torch.tensor([(color >> 16) & 0xFF, (color >> 8) & 0xFF, color & 0xFF], dtype=torch.float32) / 255.0
+        return (rgb.expand(batch_size, height, width, 3).clone(),)

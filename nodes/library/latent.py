@@ -12,6 +12,7 @@ from graph.node import Input, Node, Output
 from graph.types import FLOAT, IMAGE, INT, LATENT, MASK, VAE
 from nodes.imaging.masks import inpaint_inputs
 from nodes.imaging.resize import CROP_MODES, LATENT_METHODS, resize
+from nodes.imaging.tiled_vae import decode_with_fallback, encode_with_fallback
 
 
 class EmptyLatentImage(Node):
@@ -163,12 +164,12 @@ class VAEDecode(Node):
     type = "VAEDecode"
     display_name = "VAE Decode"
     category = "latent"
-    description = "Decode latents into images."
+    description = "Decode latents into images (in tiles, if the whole image does not fit in memory)."
     inputs = (Input("samples", LATENT), Input("vae", VAE))
     outputs = (Output("IMAGE", IMAGE),)
 
     def run(self, ctx, samples, vae):
-        return (vae.decode(samples["samples"]),)
+        return (decode_with_fallback(vae, samples["samples"]),)
 
 
 class VAEEncode(Node):
@@ -180,7 +181,7 @@ class VAEEncode(Node):
     outputs = (Output("LATENT", LATENT),)
 
     def run(self, ctx, pixels, vae):
-        return ({"samples": vae.encode(pixels)},)
+        return ({"samples": encode_with_fallback(vae, pixels)},)
 
 
 class VAEEncodeForInpaint(Node):
@@ -201,4 +202,4 @@ class VAEEncodeForInpaint(Node):
 
     def run(self, ctx, pixels, vae, mask, grow_mask_by):
         gray, noise_mask = inpaint_inputs(pixels, mask, vae.downscale, grow_mask_by)
-        return ({"samples": vae.encode(gray), "noise_mask": noise_mask},)
+        return ({"samples": encode_with_fallback(vae, gray), "noise_mask": noise_mask},)

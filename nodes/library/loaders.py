@@ -11,7 +11,11 @@ from pathlib import Path
 
 from graph.node import Input, Node, Output
 from graph.types import CLIP, COMBO, FLOAT, MODEL, VAE
-from nodes.memory.manager import ModelManager
+from nodes.loading.components import load_text_encoder_file, load_unet_file
+from nodes.loading.ldm_config import CONFIG_EXTENSIONS, read_ldm_config
+from nodes.loading.weights import policy_of
+from nodes.memory.handles import make_clip_handle, make_unet_handle
+from nodes.memory.manager import ModelManager, file_key
 from nodes.patches.lora import (
     AppliedLora,
     load_lora,
@@ -61,6 +65,55 @@ class CheckpointLoaderSimple(Node):
             path = path.parent  # a diffusers pipeline folder
         bundle = manager(ctx).load_checkpoint(path)
         return (bundle.model, bundle.clip, bundle.vae)
+
+
+class CheckpointLoader(Node):
+    type = "CheckpointLoader"
+    display_name = "Load Checkpoint With Config (DEPRECATED)"
+    category = "advanced/loaders"
+    description = ("Load a checkpoint with an original LDM YAML config (models/configs). The architecture comes from "
+                   "the file's tensors as with Load Checkpoint; the config sets what tensors cannot say: the "
+                   "prediction type (parameterization: v), the training noise schedule and the latent scale.")
+    inputs = (
+        Input("config_name", COMBO, files="configs", extensions=CONFIG_EXTENSIONS),
+        Input("ckpt_name", COMBO, files="checkpoints", extensions=CHECKPOINT_EXTENSIONS, choices=checkpoint_choices),
+    )
+    outputs = (Output("MODEL", MODEL), Output("CLIP", CLIP), Output("VAE", VAE))
+
+    def run(self, ctx, config_name, ckpt_name):
+        overrides = read_ldm_config(ctx.file_path("config_name"))
+        path = ctx.file_path("ckpt_name")
+        if path.name == DIFFUSERS_INDEX:
+            path = path.parent
+        bundle = manager(ctx).load_checkpoint(path)
+        return (with_ldm_config(bundle.model, overrides), bundle.clip, bundle.vae)
+
+
+def with_ldm_config(model, overrides: dict):
+    """A clone of ``model`` whose noise schedule, prediction type and latent scale follow a config's overrides."""
+    import copy
+    from dataclasses import replace
+
+    from nodes.sampling import ModelSampling
+
+    if not overrides:
+        return model
+    ms = model.model_sampling
+    if any(k in overrides for k in ("beta_start", "beta_end", "num_train_timesteps")):
+        sampling = ModelSampling(beta_schedule=ms.beta_schedule,
+                                 linear_start=overrides.get("beta_start", 0.00085),
+                                 linear_end=overrides.get("beta_end", 0.012),
+                                 timesteps=overrides.get("num_train_timesteps", ms.num_timesteps),
+                                 prediction_type=overrides.get("prediction_type", ms.prediction_type),
+                                 zero_terminal_snr=ms.zero_terminal_snr)
+    else:
+        sampling = copy.copy(ms)
+        sampling.prediction_type = overrides.get("prediction_type", ms.prediction_type)
+    other = model.clone()
+    other.model_sampling = sampling
+    if "scale_factor" in overrides:
+        other.latent_format = replace(model.latent_format, scale_factor=overrides["scale_factor"])
+    return other
 
 
 class VAELoader(Node):
@@ -123,7 +176,7 @@ class LoraLoader(Node):
                Output("CLIP", CLIP, tooltip="The text encoder with the LoRA."))
 
     def run(self, ctx, model, clip, lora_name, strength_model, strength_clip):
-        lora = load_lora(ctx.file_path("lora_name"))
+        lora = load_lora(ctx.file_path("lora_name"), policy_of(ctx))
         name = Path(str(lora_name)).name
         model_pairs = apply_to_model(model, lora, name, strength_model)
         clip_pairs = apply_to_clip(clip, lora, name, strength_clip)
@@ -145,6 +198,92 @@ class LoraLoaderModelOnly(Node):
     outputs = (Output("MODEL", MODEL),)
 
     def run(self, ctx, model, lora_name, strength_model):
-        lora = load_lora(ctx.file_path("lora_name"))
+        lora = load_lora(ctx.file_path("lora_name"), policy_of(ctx))
         pairs = apply_to_model(model, lora, Path(str(lora_name)).name, strength_model)
         return (model.with_lora(pairs) if strength_model != 0 else model,)
+
+
+UNET_DTYPES = ["default"]
+
+
+class UNETLoader(Node):
+    type = "UNETLoader"
+    display_name = "Load Diffusion Model"
+    category = "advanced/loaders"
+    description = ("Load a diffusion model (UNet) saved on its own (models/unet), in the original layout; its family "
+                   "(SD1.x, SD2.x, SDXL base/refiner) comes from its tensors. Pair it with a CLIP and a VAE loader. "
+                   "ComfyUI's fp8 weight types are not offered.")
+    inputs = (
+        Input("unet_name", COMBO, files="unet", extensions=CHECKPOINT_EXTENSIONS),
+        Input("weight_dtype", COMBO, choices=UNET_DTYPES, default="default"),
+    )
+    outputs = (Output("MODEL", MODEL),)
+
+    def run(self, ctx, unet_name, weight_dtype):
+        path = ctx.file_path("unet_name")
+        mgr = manager(ctx)
+        return (mgr.load_once("unet", path, lambda: make_unet_handle(
+            mgr, load_unet_file(path, policy_of(ctx)), str(path))),)
+
+
+CLIP_TYPES = ["stable_diffusion"]
+DUAL_CLIP_TYPES = ["sdxl"]
+CLIP_DEVICES = ["default", "cpu"]  # ComfyUI's; placement is the model manager's (see CLIPLoader)
+
+
+class CLIPLoader(Node):
+    type = "CLIPLoader"
+    display_name = "Load CLIP"
+    category = "advanced/loaders"
+    description = ("Load a text encoder saved on its own (models/clip; transformers layout): CLIP-L gives an SD1.x "
+                   "CLIP, OpenCLIP-H an SD2.x one. `device` is accepted for ComfyUI's workflows; Chisel's model "
+                   "manager places text encoders (on the GPU only while they encode).")
+    inputs = (
+        Input("clip_name", COMBO, files="clip", extensions=CHECKPOINT_EXTENSIONS),
+        Input("type", COMBO, choices=CLIP_TYPES, default="stable_diffusion"),
+        Input("device", COMBO, choices=CLIP_DEVICES, default="default", optional=True),
+    )
+    outputs = (Output("CLIP", CLIP),)
+
+    def run(self, ctx, clip_name, type, device):
+        path, mgr = ctx.file_path("clip_name"), manager(ctx)
+
+        def factory():
+            enc = load_text_encoder_file(path, policy_of(ctx))
+            if enc.with_projection:
+                raise ValueError(f"{path.name} is SDXL's OpenCLIP-bigG text encoder: load it with its CLIP-L in a "
+                                 "DualCLIPLoader (type sdxl)")
+            family = "sd1" if enc.kind == "clip_l" else "sd2"
+            return make_clip_handle(mgr, family, [("text_encoder", enc)], str(path))
+
+        return (mgr.load_once("clip", path, factory),)
+
+
+class DualCLIPLoader(Node):
+    type = "DualCLIPLoader"
+    display_name = "DualCLIPLoader"
+    category = "advanced/loaders"
+    description = "SDXL's two text encoders saved on their own (models/clip): CLIP-L and OpenCLIP-bigG, in either order."
+    inputs = (
+        Input("clip_name1", COMBO, files="clip", extensions=CHECKPOINT_EXTENSIONS),
+        Input("clip_name2", COMBO, files="clip", extensions=CHECKPOINT_EXTENSIONS),
+        Input("type", COMBO, choices=DUAL_CLIP_TYPES, default="sdxl"),
+        Input("device", COMBO, choices=CLIP_DEVICES, default="default", optional=True),
+    )
+    outputs = (Output("CLIP", CLIP),)
+
+    def run(self, ctx, clip_name1, clip_name2, type, device):
+        paths, mgr = [ctx.file_path("clip_name1"), ctx.file_path("clip_name2")], manager(ctx)
+
+        def factory():
+            found = [(p, load_text_encoder_file(p, policy_of(ctx))) for p in paths]
+            l_enc = [e for _, e in found if e.kind == "clip_l"]
+            g_enc = [e for _, e in found if e.kind == "open_clip" and e.with_projection]
+            if len(l_enc) != 1 or len(g_enc) != 1:
+                kinds = ", ".join(f"{p.name}: {e.kind}{' with projection' if e.with_projection else ''}"
+                                  for p, e in found)
+                raise ValueError(f"SDXL needs one CLIP-L and one OpenCLIP-bigG (with projection); got {kinds}")
+            return make_clip_handle(mgr, "sdxl", [("text_encoder", l_enc[0]), ("text_encoder_2", g_enc[0])],
+                                    " + ".join(str(p) for p in paths))
+
+        return (mgr.load_once(("sdxl_clip", file_key(paths[1])), paths[0], factory),)

@@ -2,7 +2,8 @@
 
 Steps for a single file, each of which can fail with an error a user can act on (:mod:`nodes.loading.errors`):
 
-1. Read the header only (safetensors): key names, shapes, dtypes, metadata. Pickles are refused unless allowed.
+1. Read the header only (safetensors) or the weights-only pickle (:mod:`nodes.loading.weights`): names, shapes, dtypes,
+   metadata.
 2. Detect the family from names and shapes (:mod:`nodes.loading.detect`); infer each component's config
    (:mod:`nodes.loading.configs`).
 3. Build the diffusers/transformers modules on the meta device (no memory, no random init) and work out, with the
@@ -18,9 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import struct
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -38,12 +37,10 @@ from nodes.loading.errors import (
     CorruptCheckpoint,
     IncompleteCheckpoint,
     UnrecognisedArchitecture,
-    UnsafeCheckpoint,
 )
+from nodes.loading.weights import PICKLE_SUFFIXES, WeightFile, read_header  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
-
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 IGNORED_PATTERNS = [re.compile(p) for p in (
     r"^(betas|alphas_cumprod|alphas_cumprod_prev|sqrt_alphas_cumprod|sqrt_one_minus_alphas_cumprod|"
@@ -103,110 +100,6 @@ class LoadedCheckpoint:
         return self.detection.family
 
 
-# ---------------------------------------------------------------------------------------------------- file access
-
-
-def _file_kind(path: Path) -> str:
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if len(head) >= 9 and head[8:9] == b"{":
-        return "safetensors"
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        return "pickle"
-    return "unknown"
-
-
-def read_header(path: str | Path) -> tuple[dict[str, tuple], dict[str, str], dict[str, str]]:
-    """``(shapes, dtypes, metadata)`` of a safetensors file, validated against the file size."""
-    path = Path(path)
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise CorruptCheckpoint(f"{path} is empty or truncated ({size} bytes): not a safetensors file.", path)
-            (n,) = struct.unpack("<Q", raw)
-            if n > size - 8 or n > 200_000_000:
-                raise CorruptCheckpoint(
-                    f"{path} is truncated or not a safetensors file: its header claims {n} bytes but the file has "
-                    f"{size}. Download it again.", path)
-            header = json.loads(f.read(n))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptCheckpoint(f"{path} has an unreadable safetensors header ({exc}); the file is corrupt.", path)
-    if not isinstance(header, dict):
-        raise CorruptCheckpoint(f"{path}: the safetensors header is not an object; the file is corrupt.", path)
-    metadata = header.pop("__metadata__", None) or {}
-    shapes, dtypes = {}, {}
-    end = 0
-    for k, info in header.items():
-        try:
-            shapes[k] = tuple(int(d) for d in info["shape"])
-            dtypes[k] = str(info["dtype"])
-            end = max(end, int(info["data_offsets"][1]))
-        except (KeyError, TypeError, ValueError, IndexError):
-            raise CorruptCheckpoint(f"{path}: tensor entry {k!r} in the header is malformed; the file is corrupt.",
-                                    path)
-    if 8 + n + end > size:
-        raise CorruptCheckpoint(
-            f"{path} is truncated: its tensors need {8 + n + end} bytes but the file has {size} "
-            f"({100 * size / (8 + n + end):.1f}% of it). Download it again.", path)
-    return shapes, dtypes, {str(k): str(v) for k, v in metadata.items()}
-
-
-class _TensorSource:
-    """Reads named tensors from a safetensors file (mmap-backed) or from an in-memory state dict."""
-
-    def __init__(self, path: Path, state: Mapping[str, torch.Tensor] | None = None):
-        self.path = path
-        self._state = state
-        self._handle = None
-
-    def __enter__(self):
-        if self._state is None:
-            from safetensors import safe_open
-
-            try:
-                self._handle = safe_open(str(self.path), framework="pt", device="cpu")
-            except Exception as exc:  # safetensors raises its own error types
-                raise CorruptCheckpoint(f"{self.path} could not be opened as safetensors: {exc}", self.path)
-        return self
-
-    def __exit__(self, *exc):
-        self._handle = None
-
-    def get(self, key: str) -> torch.Tensor:
-        if self._state is not None:
-            return self._state[key]
-        try:
-            return self._handle.get_tensor(key)
-        except Exception as exc:
-            raise CorruptCheckpoint(f"{self.path}: tensor {key!r} could not be read ({exc}); the file is corrupt.",
-                                    self.path)
-
-    def many(self, keys) -> dict[str, torch.Tensor]:
-        return {k: self.get(k) for k in keys}
-
-
-def _load_pickle(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    if not allow_pickle:
-        raise UnsafeCheckpoint(
-            f"{path} is a pickle-based checkpoint ({path.suffix or 'pickle'}). Loading a pickle can run arbitrary "
-            "code hidden in the file, so Chisel refuses it by default. Prefer a .safetensors version of the model; "
-            "if you trust this file, allow pickles explicitly (CHISEL_ALLOW_PICKLE=1 or "
-            "Services(allow_pickle=True)); even then only plain tensors are unpickled (torch weights_only).", path)
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        raise CorruptCheckpoint(
-            f"{path} could not be read as a weights-only pickle ({type(exc).__name__}: {exc}). It may be "
-            "truncated or contain objects other than tensors; convert it to .safetensors with a tool you trust.", path)
-    while isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CorruptCheckpoint(f"{path} does not contain a state dict.", path)
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-
-
 # ----------------------------------------------------------------------------------------------- module building
 
 
@@ -215,6 +108,23 @@ def _empty(factory):
 
     with init_empty_weights(include_buffers=False):
         return factory()
+
+
+def build_checked(component: str, build, cfg: dict, path: Path, metadata: Mapping[str, str], *args):
+    """``build(cfg, *args)``, with a loader error naming the file when the configuration inferred from the tensors'
+    shapes cannot be built — typically a small or unusual model whose hyperparameters that shapes cannot tell
+    (norm groups, attention heads) differ from the published ones and are not recorded in its metadata."""
+    try:
+        return build(cfg, *args)
+    except (ValueError, RuntimeError, AssertionError, TypeError) as exc:
+        recorded = sorted(k for k in metadata if k.startswith(f"chisel.{component}"))
+        why = (f"its metadata records {', '.join(recorded)}" if recorded else
+               f"the file has no metadata for them (no chisel.{component} entry), so the published defaults were "
+               f"assumed (e.g. norm_num_groups={cfg.get('norm_num_groups', '?')})")
+        raise UnrecognisedArchitecture(
+            f"{path}: its {component} cannot be built from what the file says ({exc}). The tensor shapes fix the "
+            f"widths, but not the hyperparameters that shapes cannot tell; {why}. The file is not a standard "
+            "SD1.x/SD2.x/SDXL model: load the original file, or one saved with its configuration.", path) from None
 
 
 def build_unet(cfg: dict):
@@ -282,7 +192,7 @@ def _assign(module, state: dict[str, torch.Tensor], component: str, path: Path) 
     return len(given)
 
 
-def _sd2_is_v_prediction(src: _TensorSource, shapes: Mapping[str, tuple]) -> bool:
+def _sd2_is_v_prediction(src: WeightFile, shapes: Mapping[str, tuple]) -> bool:
     """SD2 512 (epsilon) and 768 (v) share a layout. The v models' last output transformer has markedly larger
     norm1 biases (std above ~0.09, the threshold the community uses); a file with metadata never gets here."""
     cands = sorted((k for k in shapes if k.startswith(km.UNET_PREFIX + "output_blocks.")
@@ -299,8 +209,8 @@ def _sd2_is_v_prediction(src: _TensorSource, shapes: Mapping[str, tuple]) -> boo
 
 def load_checkpoint(path: str | Path, *, allow_pickle: bool | None = None, dtype: torch.dtype | None = None,
                     state: Mapping[str, torch.Tensor] | None = None) -> LoadedCheckpoint:
-    """Load a single-file checkpoint. ``dtype`` casts the weights (None keeps the file's); ``allow_pickle`` permits
-    ``.ckpt``-style files (default: the ``CHISEL_ALLOW_PICKLE`` environment variable)."""
+    """Load a single-file checkpoint. ``dtype`` casts the weights (None keeps the file's); ``allow_pickle`` governs
+    ``.ckpt``-style files (:mod:`nodes.loading.weights`; default: allowed, weights only, unless ``CHISEL_NO_PICKLE``)."""
     t0 = time.perf_counter()
     path = Path(path)
     if not path.exists():
@@ -310,39 +220,26 @@ def load_checkpoint(path: str | Path, *, allow_pickle: bool | None = None, dtype
                                  f"{parent} {'has: ' + ', '.join(have) if have else 'is empty or missing'}.", path)
     if path.is_dir():
         return load_diffusers_folder(path, dtype=dtype)
-    if allow_pickle is None:
-        allow_pickle = os.environ.get("CHISEL_ALLOW_PICKLE", "") not in ("", "0", "false", "no")
     timings: dict[str, float] = {}
-    kind = "state" if state is not None else _file_kind(path)
-    if kind == "pickle":
-        state = _load_pickle(path, allow_pickle)
-        kind = "state"
-    if kind == "state":
-        shapes = {k: tuple(v.shape) for k, v in state.items()}
-        dtypes = {k: str(v.dtype).replace("torch.", "") for k, v in state.items()}
-        metadata: dict[str, str] = {}
-    elif kind == "safetensors":
-        shapes, dtypes, metadata = read_header(path)
-    else:
-        if path.suffix.lower() in PICKLE_SUFFIXES:
-            raise CorruptCheckpoint(f"{path} is neither a safetensors file nor a torch pickle; it is corrupt.", path)
-        raise CorruptCheckpoint(f"{path} is not a safetensors file (no valid header); it may be truncated, an HTML "
-                                "error page saved by a failed download, or another format.", path)
+    source = WeightFile.from_state(path, state) if state is not None else WeightFile(path, allow_pickle)
+    shapes, dtypes, metadata = source.shapes, source.dtypes, source.metadata
     timings["header"] = time.perf_counter() - t0
     if not shapes:
         raise CorruptCheckpoint(f"{path} contains no tensors.", path)
 
-    with _TensorSource(path, state) as src:
+    with source as src:
         t1 = time.perf_counter()
         det = detect(shapes, metadata, path)
         if det.family == "sd2" and det.prediction_type is None:
             det.prediction_type = "v_prediction" if _sd2_is_v_prediction(src, shapes) else "epsilon"
         configs = infer_configs(det, shapes, metadata, where=str(path))
-        modules: dict[str, Any] = {"unet": build_unet(configs["unet"]), "vae": build_vae(configs["vae"])}
+        modules: dict[str, Any] = {"unet": build_checked("unet", build_unet, configs["unet"], path, metadata),
+                                   "vae": build_checked("vae", build_vae, configs["vae"], path, metadata)}
         specs: dict[str, TextEncoderSpec | None] = {"unet": None, "vae": None}
         prefixes = {"unet": km.UNET_PREFIX, "vae": km.VAE_PREFIX}
         for te in det.text_encoders:
-            modules[te.name] = build_text_encoder(configs[te.name], te.with_projection)
+            modules[te.name] = build_checked(te.name, build_text_encoder, configs[te.name], path, metadata,
+                                             te.with_projection)
             specs[te.name] = te
             prefixes[te.name] = te.prefix if te.kind == "open_clip" or te.prefix.endswith("text_model.") else \
                 te.prefix

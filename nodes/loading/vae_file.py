@@ -5,14 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nodes.loading import keymaps as km
-from nodes.loading.checkpoint import (
-    _assign,
-    _file_kind,
-    _load_pickle,
-    _TensorSource,
-    build_vae,
-    read_header,
-)
+from nodes.loading.checkpoint import _assign, build_checked, build_vae
 from nodes.loading.configs import VAE_META, _meta, infer_vae, template
 from nodes.loading.detect import _is_lora
 from nodes.loading.errors import (
@@ -21,27 +14,18 @@ from nodes.loading.errors import (
     UnrecognisedArchitecture,
     WrongFileKind,
 )
+from nodes.loading.weights import WeightFile
 
 
 def load_vae_file(path: str | Path, allow_pickle: bool | None = None):
     """``(AutoencoderKL, config)`` from a VAE file; every parameter must come from the file."""
-    import os
-
     from diffusers.loaders import single_file_utils as sfu
 
     path = Path(path)
-    if allow_pickle is None:
-        allow_pickle = os.environ.get("CHISEL_ALLOW_PICKLE", "") not in ("", "0", "false", "no")
-    kind = _file_kind(path)
-    state = None
-    if kind == "pickle":
-        state = _load_pickle(path, allow_pickle)
-        shapes = {k: tuple(v.shape) for k, v in state.items()}
-        metadata: dict[str, str] = {}
-    elif kind == "safetensors":
-        shapes, _, metadata = read_header(path)
-    else:
-        raise CorruptCheckpoint(f"{path} is not a safetensors file (no valid header); it may be truncated.", path)
+    source = WeightFile(path, allow_pickle)
+    shapes, metadata = source.shapes, source.metadata
+    if not shapes:
+        raise CorruptCheckpoint(f"{path} contains no tensors.", path)
     if _is_lora(shapes):
         raise WrongFileKind(f"{path} is a LoRA, not a VAE: put it in models/loras and use a LoraLoader node.",
                             path, kind="lora")
@@ -59,11 +43,11 @@ def load_vae_file(path: str | Path, allow_pickle: bool | None = None):
     if not (ldm or diff):
         raise UnrecognisedArchitecture(f"{path} is not a VAE Chisel recognises (no encoder.down.0.block.0 or "
                                        f"encoder.down_blocks.0.resnets.0 tensors; {len(shapes)} tensors).", path)
-    with _TensorSource(path, state) as src:
+    with source as src:
         if ldm:
             full = {km.VAE_PREFIX + k: s for k, s in rel.items()}
             cfg = infer_vae(full, template("sd15", "vae"), _meta(metadata, "chisel.vae", VAE_META), str(path))
-            vae = build_vae(cfg)
+            vae = build_checked("vae", build_vae, cfg, path, metadata)
             own = [k for k in vae.state_dict()]
             expected = {v: k for k, v in km.vae_key_map(cfg, own).items()}
             missing = sorted(k for k in expected if k not in rel)
@@ -83,7 +67,7 @@ def load_vae_file(path: str | Path, allow_pickle: bool | None = None):
                                            if k.startswith("encoder.down_blocks.0.resnets.")})
             cfg["latent_channels"] = int(rel["decoder.conv_in.weight"][1])
             cfg.update(_meta(metadata, "chisel.vae", VAE_META))
-            vae = build_vae(cfg)
+            vae = build_checked("vae", build_vae, cfg, path, metadata)
             converted = {k: src.get(prefix + k) for k in rel}
             for k, v in list(converted.items()):
                 if k.endswith(("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight")) and v.ndim == 4:

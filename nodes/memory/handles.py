@@ -309,3 +309,20 @@ def make_bundle(manager: ModelManager, loaded) -> LoadedBundle:
     vae = make_vae_handle(manager, loaded.vae, dict(cfgs["vae"]), src, fam)
     return LoadedBundle(model, clip, vae, loaded.report)
 
+
+
+def make_unet_handle(manager: ModelManager, loaded, source: str) -> ModelHandle:
+    """A MODEL from a UNet loaded on its own (:class:`nodes.loading.components.LoadedUnet`)."""
+    unet = manager.register("unet", loaded.module, source, manager.compute_dtype("unet"))
+    return ModelHandle(manager, unet, loaded.family, make_model_sampling(loaded.scheduler),
+                       latent_formats.for_family(loaded.family), dict(loaded.config), source)
+
+
+def make_clip_handle(manager: ModelManager, family: str, encoders: list, source: str) -> ClipHandle:
+    """A CLIP from text encoders loaded on their own: ``[(component name, LoadedTextEncoder)]``."""
+    slots = []
+    for name, enc in encoders:
+        mm = manager.register(name, enc.module, source, manager.compute_dtype("text"))
+        slots.append(EncoderSlot(name, mm, enc.kind, 49407 if enc.kind == "clip_l" else 0,
+                                 int(enc.module.config.num_hidden_layers), enc.with_projection))
+    return ClipHandle(manager, family, slots, source)

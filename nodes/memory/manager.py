@@ -58,14 +58,15 @@ class ManagedModule:
         self.on_device = False
         self.sequential = False
         self.pins = 0
+        self.hooked = 0  # module patches attached now (nodes.patches): compiled graphs would not see their hooks
         self.last_used = 0.0
         self._compiled: CompiledModule | None = None
 
     def runner(self):
         """What to call for a forward pass: the module, or its compiled form (on the device, compile on, weights
-        not streamed)."""
+        not streamed, no forward hooks attached by a module patch: torch.compile does not guard on hooks)."""
         mode = self.manager.compile_mode
-        if mode == "off" or self.sequential or not self.on_device:
+        if mode == "off" or self.sequential or not self.on_device or self.hooked:
             return self.module
         if self._compiled is None or self._compiled.mode != mode:
             if self.manager.device.type == "cuda":
@@ -236,6 +237,11 @@ class ModelManager:
                 self._files[key] = value
                 self.loads += 1
             return value
+
+    def load_once(self, kind: Any, path: str | Path, factory):
+        """``factory()``, run once per (kind, file identity, compute dtype): for loaders of single components
+        (``kind`` may carry the identity of further files the value depends on)."""
+        return self._once((kind, file_key(Path(path)), str(self.compute_dtype())), factory)
 
     def load_checkpoint(self, path: str | Path) -> LoadedBundle:
         """MODEL, CLIP and VAE handles of a checkpoint file or diffusers folder (loaded once per file identity)."""

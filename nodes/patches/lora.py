@@ -10,6 +10,9 @@ Formats read (``.safetensors``; ``.pt``/``.bin`` through torch's safe ``weights_
   the alpha comes from diffusers' ``lora_adapter_metadata`` (``<prefix>.lora_alpha``) when the file has it, else
   alpha = rank (scale 1), as diffusers loads such files.
 
+LyCORIS files with LoHa, LoKr or (IA)³ layers (kohya key names; :mod:`nodes.patches.lycoris` has their math) are
+read the same way and may mix with plain LoRA layers.
+
 A LoRA layer adds ``strength * alpha / rank * up @ down`` to one weight (linear, or convolution with any kernel: the
 down projection carries the kernel, the up projection is 1x1).
 
@@ -38,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from nodes.patches import lycoris
 
 # -- reading files ---------------------------------------------------------------------------------------------
 
@@ -74,7 +79,15 @@ class LoraLayer:
         kernel = "x".join(str(d) for d in self.down.shape[2:])
         return f"{self.in_features}->{self.out_features}" + (f" (kernel {kernel})" if kernel else "")
 
-    def delta(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
+    def fits(self, shape: torch.Size) -> bool:
+        """Same out/in features and kernel size (a 1x1 convolution and a linear layer are interchangeable)."""
+        return (len(shape) >= 2 and self.out_features == int(shape[0]) and self.in_features == int(shape[1])
+                and _prod(self.down.shape[2:]) == _prod(shape[2:]))
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.down, self.up]
+
+    def delta(self, shape: torch.Size, device: torch.device, weight: torch.Tensor | None = None) -> torch.Tensor:
         """The full-size float32 delta for a weight of ``shape`` on ``device`` (scale included, strength not)."""
         up = self.up.to(device, torch.float32).flatten(1)
         down = self.down.to(device, torch.float32).flatten(1)
@@ -90,7 +103,7 @@ class LoraFile:
     metadata: dict[str, str] = field(default_factory=dict)
 
     def __chisel_nbytes__(self) -> dict[str, int]:
-        n = sum(t.numel() * t.element_size() for layer in self.layers.values() for t in (layer.down, layer.up))
+        n = sum(t.numel() * t.element_size() for layer in self.layers.values() for t in layer.tensors())
         return {"ram": n}
 
 
@@ -102,33 +115,18 @@ _PAIRS = (
     (".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight"),
     ("_lora.down.weight", "_lora.up.weight"),  # diffusers attention processors: to_q_lora.down.weight
 )
-_UNSUPPORTED = {".hada_w1_a": "LoHa", ".lokr_w1": "LoKr", ".lora_mid.weight": "LoCon with a Tucker mid weight",
-                ".oft_blocks": "OFT"}
+_UNSUPPORTED = {".lora_mid.weight": "LoCon with a Tucker mid weight", ".oft_blocks": "OFT"}
 _UNSUPPORTED_SUFFIXES = {".diff": "full weight difference", ".diff_b": "full weight difference"}
 
 
-def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if len(head) >= 9 and head[8:9] == b"{":
-        from safetensors import safe_open
+def _read_tensors(path: Path, allow_pickle: bool | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from nodes.loading.errors import CheckpointError
+    from nodes.loading.weights import read_tensors
 
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as fh:
-                meta = dict(fh.metadata() or {})
-                return {k: fh.get_tensor(k) for k in fh.keys()}, meta
-        except Exception as exc:  # safetensors raises its own error types
-            raise LoraError(f"{path.name} could not be read as safetensors: {exc}") from None
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise LoraError(f"{path.name} is neither safetensors nor a plain tensor pickle ({type(exc).__name__}: "
-                        f"{exc})") from None
-    if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
-        data = data["state_dict"]
-    if not isinstance(data, Mapping):
-        raise LoraError(f"{path.name} does not hold a state dict of tensors")
-    return {str(k): v for k, v in data.items() if isinstance(v, torch.Tensor)}, {}
+        return read_tensors(path, allow_pickle)
+    except CheckpointError as exc:
+        raise LoraError(str(exc)) from None
 
 
 def _peft_alpha(metadata: Mapping[str, str]) -> dict[str, Any]:
@@ -160,18 +158,18 @@ _cache_lock = threading.Lock()
 _CACHE_FILES = 8
 
 
-def load_lora(path: str | Path) -> LoraFile:
+def load_lora(path: str | Path, allow_pickle: bool | None = None) -> LoraFile:
     """:func:`read_lora`, remembered per file identity (path, size, mtime) for the last few files, so changing a
     strength does not read the file again."""
     p = Path(path).resolve()
     st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
+    key = (str(p), st.st_size, st.st_mtime_ns, allow_pickle)
     with _cache_lock:
         hit = _cache.pop(key, None)
         if hit is not None:
             _cache[key] = hit
             return hit
-    lora = read_lora(p)
+    lora = read_lora(p, allow_pickle)
     with _cache_lock:
         _cache[key] = lora
         while len(_cache) > _CACHE_FILES:
@@ -179,18 +177,22 @@ def load_lora(path: str | Path) -> LoraFile:
     return lora
 
 
-def read_lora(path: str | Path) -> LoraFile:
-    """Parse a LoRA file into layers (see the module docstring for the formats)."""
+def read_lora(path: str | Path, allow_pickle: bool | None = None) -> LoraFile:
+    """Parse a LoRA file into layers (see the module docstring for the formats); pickles per
+    :mod:`nodes.loading.weights`."""
     path = Path(path)
-    tensors, metadata = _read_tensors(path)
+    tensors, metadata = _read_tensors(path, allow_pickle)
     for key in tensors:
         for marker, kind in list(_UNSUPPORTED.items()) + list(_UNSUPPORTED_SUFFIXES.items()):
             if (key.endswith(marker) if marker in _UNSUPPORTED_SUFFIXES else marker in key):
                 raise LoraError(f"{path.name} is a {kind} file (key {key!r}); Chisel applies LoRA "
-                                "(down/up pairs) only")
+                                "(down/up pairs), LoHa, LoKr and (IA)3 only")
     peft_meta = _peft_alpha(metadata)
-    layers: dict[str, LoraLayer] = {}
     used: set[str] = set()
+    try:
+        layers: dict[str, Any] = dict(lycoris.read_layers(tensors, used))
+    except ValueError as exc:
+        raise LoraError(f"{path.name}: {exc}") from None
     for key in sorted(tensors):
         for down_sfx, up_sfx in _PAIRS:
             if not key.endswith(down_sfx):
@@ -219,7 +221,7 @@ def read_lora(path: str | Path) -> LoraFile:
     if not layers:
         sample = ", ".join(sorted(tensors)[:4]) or "(no tensors)"
         raise LoraError(f"{path.name} is not a LoRA file Chisel can read: no down/up (lora_down/lora_up or "
-                        f"lora_A/lora_B) pairs; its keys look like {sample}")
+                        f"lora_A/lora_B) pairs and no LoHa, LoKr or (IA)3 layers; its keys look like {sample}")
     if leftovers:
         raise LoraError(f"{path.name}: tensors that belong to no LoRA layer, e.g. {', '.join(leftovers[:4])}")
     return LoraFile(str(path), layers, metadata)
@@ -284,7 +286,7 @@ def text_encoder_lookup(module: torch.nn.Module, slot: str, index: int, count: i
 
 def _family_hint(lora: LoraFile) -> str:
     """A guess at the family a LoRA was made for, from its cross-attention key/value input width."""
-    widths = {layer.in_features for k, layer in lora.layers.items()
+    widths = {getattr(layer, "in_features", None) for k, layer in lora.layers.items()
               if re.search(r"attn2[._]to_[kv]$", k)}
     guess = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL", 1280: "the SDXL refiner"}
     found = [guess[w] for w in sorted(widths) if w in guess]
@@ -298,14 +300,6 @@ def _prod(dims) -> int:
     for d in dims:
         n *= int(d)
     return n
-
-
-def _fits(layer: LoraLayer, weight_shape: torch.Size) -> bool:
-    """Same out/in features and kernel size (a 1x1 convolution and a linear layer are interchangeable)."""
-    if len(weight_shape) < 2:
-        return False
-    return (layer.out_features == int(weight_shape[0]) and layer.in_features == int(weight_shape[1])
-            and _prod(layer.down.shape[2:]) == _prod(weight_shape[2:]))
 
 
 def match(lora: LoraFile, name: str, targets: list[tuple[str, torch.nn.Module, dict[str, str]]],
@@ -329,7 +323,7 @@ def match(lora: LoraFile, name: str, targets: list[tuple[str, torch.nn.Module, d
             if mod_name is None:
                 continue
             weight = module.get_parameter(mod_name + ".weight")
-            if not _fits(layer, weight.shape):
+            if not layer.fits(weight.shape):
                 wrong.append(f"{key} ({layer.describe()}, the model's {mod_name} is "
                              f"{'x'.join(str(d) for d in weight.shape)})")
             else:
@@ -381,35 +375,60 @@ def _backup(t: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def patched(mm, applied: Iterable[AppliedLora] = ()):
+def patched(mm, applied: Iterable[Any] = ()):
     """While the block runs, ``mm.module`` (a placed :class:`~nodes.memory.manager.ManagedModule`) computes with
-    ``applied`` LoRAs added; afterwards its weights are restored exactly. Serialised per module, so a concurrent
-    user never sees another's LoRA."""
+    ``applied`` LoRAs added and any module patches (objects with an ``attach(module)`` context manager, e.g.
+    :class:`nodes.patches.freeu.FreeUPatch`) attached; afterwards its weights and hooks are restored exactly.
+    Serialised per module, so a concurrent user never sees another's LoRA or patch."""
+    applied = list(applied)
+    hooks = [a for a in applied if hasattr(a, "attach")]
+    loras = [a for a in applied if not hasattr(a, "attach")]
+    with _lock_for(mm.module), ExitStack() as stack:
+        stack.enter_context(_with_loras(mm, loras))
+        if hooks:
+            stack.enter_context(_eager(mm))
+        for patch in hooks:
+            stack.enter_context(patch.attach(mm.module))
+        yield
+
+
+@contextmanager
+def _eager(mm):
+    """Have the module run eagerly while hooks are attached (a compiled graph would silently skip them)."""
+    mm.hooked = getattr(mm, "hooked", 0) + 1
+    try:
+        yield
+    finally:
+        mm.hooked -= 1
+
+
+@contextmanager
+def _with_loras(mm, applied: Iterable[AppliedLora]):
     module = mm.module
-    with _lock_for(module):
-        per_param = _combined(applied)
-        if not per_param:
+    per_param = _combined(applied)
+    if not per_param:
+        yield
+        return
+    if getattr(mm, "sequential", False):
+        with _hooked(module, per_param):
             yield
-            return
-        if getattr(mm, "sequential", False):
-            with _hooked(module, per_param):
-                yield
-            return
-        backups: dict[str, tuple[torch.nn.Parameter, torch.Tensor]] = {}
-        try:
-            with torch.no_grad():
-                for pname, items in per_param.items():
-                    p = module.get_parameter(pname)
-                    backups[pname] = (p, _backup(p.data))
-                    acc = p.data.float()
-                    for layer, strength in items:
-                        acc.add_(layer.delta(p.shape, p.device), alpha=strength)
-                    p.data.copy_(acc)
-            yield
-        finally:
-            with torch.no_grad():
-                for p, saved in backups.values():
-                    p.data.copy_(saved, non_blocking=saved.is_pinned())
+        return
+    backups: dict[str, tuple[torch.nn.Parameter, torch.Tensor]] = {}
+    try:
+        with torch.no_grad():
+            for pname, items in per_param.items():
+                p = module.get_parameter(pname)
+                backups[pname] = (p, _backup(p.data))
+                base = p.data.float()  # (IA)3 scales the unpatched weight
+                acc = base.clone()
+                for layer, strength in items:
+                    acc.add_(layer.delta(p.shape, p.device, base), alpha=strength)
+                p.data.copy_(acc)
+        yield
+    finally:
+        with torch.no_grad():
+            for p, saved in backups.values():
+                p.data.copy_(saved, non_blocking=saved.is_pinned())
 
 
 @contextmanager
@@ -424,6 +443,15 @@ def _hooked(module: torch.nn.Module, per_param: dict[str, list[tuple[LoraLayer, 
             x = args[0]
             extra = 0
             for layer, strength in items:
+                if not isinstance(layer, LoraLayer):  # LyCORIS: its whole delta, as a layer of its own
+                    d = layer.delta(mod.weight.shape, x.device, mod.weight).to(x.dtype)
+                    if isinstance(mod, torch.nn.Linear):
+                        h = F.linear(x, d)
+                    else:
+                        conv = F.conv2d if isinstance(mod, torch.nn.Conv2d) else F.conv1d
+                        h = conv(x, d, None, mod.stride, mod.padding, mod.dilation, mod.groups)
+                    extra = extra + h * strength
+                    continue
                 down = layer.down.to(x.device, x.dtype)
                 up = layer.up.to(x.device, x.dtype)
                 if isinstance(mod, torch.nn.Linear):

@@ -4,6 +4,12 @@ Every conditioning entry that covers the same latent area goes through the UNet 
 the conditional and unconditional passes are one call of batch 2B); with ``cfg == 1`` the unconditional pass is
 skipped. Regional conditioning (areas, masks with strengths), inpainting channels and SDXL's size conditioning are
 applied here. Nothing in the per-step path reads a device tensor on the host.
+
+Extension point: a conditioning entry's ``"unet_inputs"`` option may hold an object with
+``bind(model, (batch, h, w), input_name) -> fn``, bound once per run (its checks fail before the first step);
+``fn(x, sigma, t, context, added_cond_kwargs)`` is then called on that entry's rows of each UNet call and returns extra
+UNet keyword arguments (batch-first tensors or tuples of them; rows of entries without one get zeros). ControlNets
+use it (:mod:`nodes.controlnet.apply`).
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ class _Entry:
     pooled: torch.Tensor | None  # [1, P]
     adm: torch.Tensor | None  # [1, n] time ids
     concat: torch.Tensor | None  # [B, k, H, W] inpainting channels over the full frame
+    extra: Any = None  # the bound "unet_inputs" option (see the module docstring), shared by entries that share it
 
 
 def _lcm(values) -> int:
@@ -96,6 +103,7 @@ class CFGDenoiser:
                 raise ValueError(f"the noise mask has a batch of {m.shape[0]}; the latent batch is {b}")
             self.mask = m.expand(b, -1, -1, -1)
         self.image_size = image_size
+        self._bound: dict[int, Any] = {}
         groups = [positive] if self.cfg == 1.0 else [positive, negative]
         self.entries: list[_Entry] = []
         for g, conds in enumerate(groups):
@@ -183,7 +191,15 @@ class CFGDenoiser:
             else:
                 m = torch.ones(1, 1, h, w, device=self.device)
             concat = torch.cat([m.expand(b, -1, -1, -1), lat.expand(b, -1, -1, -1)], 1)
-        return _Entry(group, emb, area, mult, pooled, adm, concat)
+        extra = opts.get("unet_inputs")
+        if extra is not None and area is not None:
+            raise ValueError(f"the {('positive', 'negative')[group]} conditioning is limited to an area and carries "
+                             "a ControlNet: ControlNets on area conditioning are not supported yet")
+        if extra is not None:
+            if id(extra) not in self._bound:
+                self._bound[id(extra)] = extra.bind(self.model, self.shape, ("positive", "negative")[group])
+            extra = self._bound[id(extra)]
+        return _Entry(group, emb, area, mult, pooled, adm, concat, extra)
 
     # -- the per-step call ------------------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
@@ -233,6 +249,9 @@ class CFGDenoiser:
         if pooled:
             kwargs["added_cond_kwargs"] = {"text_embeds": torch.cat(pooled), "time_ids": torch.cat(adm)}
         t = self.ms.timestep(s_in.float())
+        if any(e.extra is not None for e in entries):
+            kwargs.update(_extra_inputs(entries, b, net_in[:, :x_in.shape[1]], s_in, t, torch.cat(ctx),
+                                        kwargs.get("added_cond_kwargs")))
         out = self.unet(net_in.to(self.dtype), t, encoder_hidden_states=torch.cat(ctx), return_dict=False,
                         **kwargs)[0]
         self.calls += 1
@@ -246,3 +265,36 @@ class CFGDenoiser:
                 h, w, y, x0 = e.area
                 sums[e.group][:, :, y:y + h, x0:x0 + w] += d * e.mult
                 counts[e.group][:, :, y:y + h, x0:x0 + w] += e.mult
+
+
+def _extra_inputs(entries: list[_Entry], b: int, x, sigma, t, context, added: dict | None) -> dict:
+    """Each distinct bound ``unet_inputs`` called on the rows of its entries; results merged into full-batch UNet
+    keyword arguments (zeros for the rows of entries without one)."""
+    rows: dict[int, list[int]] = {}
+    fns: dict[int, Any] = {}
+    for i, e in enumerate(entries):
+        if e.extra is not None:
+            rows.setdefault(id(e.extra), []).extend(range(i * b, (i + 1) * b))
+            fns[id(e.extra)] = e.extra
+    n = len(entries) * b
+    merged: dict[str, list] = {}
+    for key, idx in rows.items():
+        whole = idx == list(range(n))
+        sel = slice(None) if whole else torch.tensor(idx, device=x.device)
+        part_added = None if added is None else {k: v[sel] for k, v in added.items()}
+        got = fns[key](x[sel], sigma[sel], t[sel], context[sel], part_added)
+        for name, value in got.items():
+            merged.setdefault(name, []).append((whole, sel, value))
+    out = {}
+    for name, parts in merged.items():
+        if len(parts) == 1 and parts[0][0]:
+            out[name] = parts[0][2]
+            continue
+        seq = isinstance(parts[0][2], (tuple, list))
+        first = parts[0][2] if seq else [parts[0][2]]
+        full = [v.new_zeros((n,) + tuple(v.shape[1:])) for v in first]
+        for _, sel, value in parts:
+            for f, v in zip(full, value if seq else [value]):
+                f[sel] = v
+        out[name] = tuple(full) if seq else full[0]
+    return out

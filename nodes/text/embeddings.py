@@ -1,6 +1,6 @@
 """Textual-inversion embeddings: ``embedding:name`` in a prompt, files from ``models/embeddings``.
 
-Layouts read (``.safetensors``; ``.pt``/``.bin``/``.pth`` through torch's safe ``weights_only`` loader):
+Layouts read (``.safetensors``; ``.pt``/``.bin``/``.pth`` through :mod:`nodes.loading.weights`, weights only):
 
 - A1111 / ``.pt``: ``{"string_to_param": {"*": [n, D]}, ...}``;
 - ``{"emb_params": [n, D]}`` (safetensors from A1111-style trainers);
@@ -50,21 +50,15 @@ def _as_matrix(t: torch.Tensor, what: str) -> torch.Tensor:
     return t
 
 
-def _read(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if len(head) >= 9 and head[8:9] == b"{":
-        from safetensors.torch import load_file
+def _read(path: Path, allow_pickle: bool | None) -> dict[str, Any]:
+    from nodes.loading.errors import CheckpointError
+    from nodes.loading.weights import WeightFile
 
-        try:
-            return dict(load_file(str(path)))
-        except Exception as exc:  # safetensors raises its own error types
-            raise EmbeddingError(f"{path.name} could not be read as safetensors: {exc}") from None
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise EmbeddingError(f"{path.name} is neither safetensors nor a plain tensor pickle "
-                             f"({type(exc).__name__}: {exc})") from None
+        with WeightFile(path, allow_pickle) as wf:
+            data = wf.all() if wf.kind == "safetensors" else wf.raw
+    except CheckpointError as exc:
+        raise EmbeddingError(str(exc)) from None
     if isinstance(data, torch.Tensor):
         return {"": data}
     if not isinstance(data, Mapping):
@@ -72,9 +66,9 @@ def _read(path: Path) -> dict[str, Any]:
     return dict(data)
 
 
-def parse(name: str, path: Path) -> Embedding:
+def parse(name: str, path: Path, allow_pickle: bool | None = None) -> Embedding:
     """The vectors of an embedding file (see the module docstring for the layouts)."""
-    data = _read(path)
+    data = _read(path, allow_pickle)
     what = f"embedding {name!r} ({path.name})"
     if any(k in data for k in ("clip_l", "clip_g", "clip_h")):
         parts = {k: _as_matrix(v, what) for k, v in data.items() if k in ("clip_l", "clip_g", "clip_h")
@@ -104,13 +98,13 @@ def _identity(path: Path) -> tuple:
     return (str(path), st.st_size, st.st_mtime_ns)
 
 
-def load(name: str, path: Path) -> Embedding:
-    key = _identity(path)
+def load(name: str, path: Path, allow_pickle: bool | None = None) -> Embedding:
+    key = (*_identity(path), allow_pickle)
     with _cache_lock:
         hit = _cache.get(key)
     if hit is not None:
         return hit
-    emb = parse(name, path)
+    emb = parse(name, path, allow_pickle)
     with _cache_lock:
         if len(_cache) > 64:
             _cache.clear()
@@ -142,11 +136,12 @@ def resolve(paths: Any, name: str) -> Path:
 class EmbeddingLookup:
     """What :meth:`nodes.memory.handles.ClipHandle.encode` asks for ``embedding:name`` words."""
 
-    def __init__(self, paths: Any):
+    def __init__(self, paths: Any, allow_pickle: bool | None = None):
         self.paths = paths
+        self.allow_pickle = allow_pickle
 
     def get(self, name: str) -> Embedding:
-        return load(name, resolve(self.paths, name))
+        return load(name, resolve(self.paths, name), self.allow_pickle)
 
     def vectors(self, name: str, kind: str, width: int, family: str | None = None) -> torch.Tensor:
         """[n, width] vectors of ``name`` for a text encoder of ``kind`` (clip_l | open_clip) and ``width``."""

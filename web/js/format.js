@@ -1,11 +1,15 @@
 // The one place that converts between LiteGraph's graph and Chisel's native workflow JSON:
 //   {"format": "chisel-workflow", "version": 1, "nodes": {id: {type, inputs, title?}},
-//    "layout": {"nodes": {id: {pos, size, collapsed?, color?, controls?}}, "groups": [...], "notes": []}}
+//    "layout": {"nodes": {id: {pos, size, collapsed?, color?, bgcolor?, controls?, mode?, links?, reroutes?}},
+//               "groups": [...], "notes": [...], "reroutes": [{id, pos, parent?}]}}
 // Inputs are literals (widget values) or links {"node": id, "output": name}. Editor-only state (positions,
-// sizes, the seed controls) lives in "layout", so a workflow saved here runs unchanged from the CLI.
+// sizes, the seed controls, reroute dots, bypass/mute: see modes.js) lives in "layout", so a workflow saved here
+// runs unchanged, with the same meaning, from the CLI.
 
 import { LiteGraph, LGraphGroup } from "../vendor/litegraph/litegraph.es.js";
-import { MissingNode, WIDGET_TYPES, SEED_CONTROLS, preferredWidth } from "./nodes.js";
+import { MissingNode, WIDGET_TYPES, SEED_CONTROLS, preferredWidth, savedSize } from "./nodes.js";
+import { applyModes, editorInputs, MODE_BY_NAME, MODE_NAMES } from "./modes.js";
+import { isNote, noteToLayout, noteFromLayout } from "./notes.js";
 
 export const FORMAT = "chisel-workflow";
 
@@ -35,7 +39,7 @@ function linkValue(graph, node, slot) {
 export function graphToWorkflow(graph, { layout = true, meta } = {}) {
   const nodes = {};
   const layoutNodes = {};
-  const list = [...graph._nodes].sort((a, b) => sortIds(a.id, b.id));
+  const list = [...graph._nodes].filter((n) => !isNote(n)).sort((a, b) => sortIds(a.id, b.id));
   for (const node of list) {
     const id = String(node.id);
     const schema = node.chisel?.schema;
@@ -71,13 +75,20 @@ export function graphToWorkflow(graph, { layout = true, meta } = {}) {
     }
     nodes[id] = spec;
     if (layout) {
-      const lay = { pos: [round1(node.pos[0]), round1(node.pos[1])], size: [round1(node.size[0]), round1(node.size[1])] };
+      const size = savedSize(node);
+      const lay = { pos: [round1(node.pos[0]), round1(node.pos[1])], size: [round1(size[0]), round1(size[1])] };
       if (node.flags?.collapsed) lay.collapsed = true;
       if (node.color) lay.color = node.color;
       if (node.bgcolor) lay.bgcolor = node.bgcolor;
       const controls = {};
       for (const w of node.widgets || []) if (w.chiselControlFor) controls[w.chiselControlFor] = w.value;
       if (Object.keys(controls).length) lay.controls = controls;
+      const reroutes = {};
+      for (const slot of node.inputs || []) {
+        const link = slot.link != null ? graph.links.get(slot.link) : null;
+        if (link?.parentId != null && graph.reroutes.has(link.parentId)) reroutes[slot.name] = link.parentId;
+      }
+      if (Object.keys(reroutes).length) lay.reroutes = reroutes;
       layoutNodes[id] = lay;
     }
   }
@@ -87,10 +98,71 @@ export function graphToWorkflow(graph, { layout = true, meta } = {}) {
     wf.layout = {
       nodes: layoutNodes,
       groups: graph._groups.map((g) => ({ title: g.title, bounding: [...g._bounding].map(round1), color: g.color })),
-      notes: [],
+      notes: graph._nodes.filter(isNote).sort((a, b) => sortIds(a.id, b.id)).map((n) => noteToLayout(n, round1)),
     };
+    const reroutes = savedReroutes(graph);
+    if (reroutes.length) wf.layout.reroutes = reroutes;
   }
+  const modes = {};
+  for (const node of list) if (MODE_NAMES[node.mode]) modes[String(node.id)] = node.mode;
+  const byId = (id) => graph.getNodeById(lgId(id));
+  applyModes(wf, modes, (id) => {
+    const n = byId(id);
+    return { inputs: (n?.inputs || []).map((i) => ({ name: i.name, type: i.type })),
+      outputs: (n?.outputs || []).map((o) => ({ name: o.name, type: o.type })) };
+  }, (id) => !!byId(id)?.chisel?.schema?.output_node);
   return wf;
+}
+
+/** The reroute dots that links pass through (chains keep their parent); loose ones are not kept. */
+function savedReroutes(graph) {
+  const used = new Set();
+  for (const link of graph.links.values()) {
+    let r = link.parentId != null ? graph.reroutes.get(link.parentId) : null;
+    while (r && !used.has(r.id)) {
+      used.add(r.id);
+      r = r.parentId != null ? graph.reroutes.get(r.parentId) : null;
+    }
+  }
+  return [...graph.reroutes.values()].filter((r) => used.has(r.id)).sort((a, b) => a.id - b.id).map((r) => {
+    const out = { id: r.id, pos: [round1(r.pos[0]), round1(r.pos[1])] };
+    if (r.parentId != null && used.has(r.parentId)) out.parent = r.parentId;
+    return out;
+  });
+}
+
+/** Put the saved reroute dots back on the links that pass through them. */
+function restoreReroutes(graph, wf, created, problems) {
+  const saved = Array.isArray(wf.layout?.reroutes) ? wf.layout.reroutes : [];
+  if (!saved.length) return;
+  for (const r of saved) {
+    if (!Number.isInteger(r?.id) || r.id < 1 || !Array.isArray(r.pos)) continue;
+    graph.setReroute({ id: r.id, pos: [Number(r.pos[0]) || 0, Number(r.pos[1]) || 0], linkIds: [] });
+  }
+  for (const r of saved) {
+    const reroute = graph.reroutes.get(r?.id);
+    if (reroute && r.parent != null && graph.reroutes.has(r.parent)) reroute.parentId = r.parent;
+  }
+  for (const [id, lay] of Object.entries(wf.layout?.nodes || {})) {
+    const target = created[id];
+    for (const [name, rid] of Object.entries(lay?.reroutes || {})) {
+      const slot = target?.inputs?.[target.findInputSlot(name)];
+      const link = slot?.link != null ? graph.links.get(slot.link) : null;
+      let r = graph.reroutes.get(rid);
+      if (!link || !r) {
+        problems.push({ node_id: id, input: name, text: `a reroute dot on “${name}” could not be restored.` });
+        continue;
+      }
+      link.parentId = rid;
+      const seen = new Set();
+      while (r && !seen.has(r.id)) {
+        seen.add(r.id);
+        r.linkIds.add(link.id);
+        r = r.parentId != null ? graph.reroutes.get(r.parentId) : null;
+      }
+    }
+  }
+  for (const r of [...graph.reroutes.values()]) if (!r.linkIds.size) graph.removeReroute(r.id);
 }
 
 /** A tidy left-to-right arrangement for workflows that carry no layout: columns by depth. */
@@ -128,10 +200,14 @@ function isLink(v) {
  * Native workflow -> LiteGraph graph (cleared first). Returns a list of problems found while loading
  * (links the canvas refused, unknown node types), each {node_id, input, text}.
  */
-export function workflowToGraph(graph, wf, schemas) {
+export function workflowToGraph(graph, saved, schemas) {
   const problems = [];
   graph.clear();
-  const lay = wf.layout?.nodes || {};
+  const lay = saved.layout?.nodes || {};
+  // the editor's links (into bypassed nodes) come back from the layout
+  const nodes = {};
+  for (const [id, spec] of Object.entries(saved.nodes)) nodes[id] = { ...spec, inputs: editorInputs(spec, lay[id]) };
+  const wf = { ...saved, nodes };
   const auto = Object.keys(lay).length ? null : autoLayout(wf);
   const created = {};
   // make sure numeric ids never collide with the ones LiteGraph hands out next
@@ -185,6 +261,7 @@ export function workflowToGraph(graph, wf, schemas) {
       node.setSize([preferredWidth(node), node.computeSize()[1]]);
     }
     if (l?.collapsed) node.collapse(true);
+    if (MODE_BY_NAME[l?.mode]) node.mode = MODE_BY_NAME[l.mode];
     created[id] = node;
   }
   graph.state.lastNodeId = Math.max(graph.state.lastNodeId, maxId);
@@ -229,6 +306,13 @@ export function workflowToGraph(graph, wf, schemas) {
       }
     }
   }
+  restoreReroutes(graph, wf, created, problems);
+  for (const n of Array.isArray(wf.layout?.notes) ? wf.layout.notes : []) {
+    const note = noteFromLayout(n);
+    if (!note) continue;
+    graph.add(note, true);
+    if (n.collapsed) note.collapse(true);
+  }
   for (const g of wf.layout?.groups || []) {
     try {
       const group = new LGraphGroup(g.title || "Group");
@@ -252,4 +336,27 @@ export function detectFormat(data) {
   const vals = Object.values(data);
   if (vals.length && vals.every((v) => v && typeof v === "object" && "class_type" in v)) return "comfy_api";
   return null;
+}
+
+/** The given node ids and every node that (through links) takes their results, in a native workflow's nodes. */
+export function downstreamOf(nodes, ids) {
+  const consumers = {};
+  for (const [id, spec] of Object.entries(nodes)) {
+    for (const v of Object.values(spec.inputs || {})) if (isLink(v)) (consumers[String(v.node)] ||= []).push(id);
+  }
+  const out = new Set();
+  const stack = [...ids].map(String);
+  while (stack.length) {
+    const id = stack.pop();
+    if (out.has(id)) continue;
+    out.add(id);
+    stack.push(...(consumers[id] || []));
+  }
+  return out;
+}
+
+/** Ids of the nodes whose spec (type, inputs, title) differs between two native workflows, or that are new. */
+export function changedNodes(before, after) {
+  const a = before.nodes || {}, b = after.nodes || {};
+  return Object.keys(b).filter((id) => JSON.stringify(a[id]) !== JSON.stringify(b[id]));
 }

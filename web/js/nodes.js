@@ -3,6 +3,7 @@
 
 import { LiteGraph, LGraphNode, LGraphCanvas, LGraphBadge } from "../vendor/litegraph/litegraph.es.js";
 import { makeImageWidget, makeMultilineWidget } from "./widgets.js";
+import { MODE_BYPASS, MODE_MUTE } from "./modes.js";
 
 export const WIDGET_TYPES = new Set(["INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"]);
 export const SEED_CONTROLS = ["fixed", "increment", "randomize"];
@@ -157,6 +158,11 @@ export function registerSchemas(schemas, app) {
         this.badges = [() => statusBadge(this)];
       }
 
+      onResize() {
+        // resized by the user (a drag) while showing images: that size is the one to keep
+        if (this.chisel?.baseSize && app.lgcanvas?.pointer?.isDown && app.lgcanvas.resizing_node === this) this.chisel.baseSize = null;
+      }
+
       onNodeCreated() {
         const size = this.computeSize();
         this.setSize([preferredWidth(this), size[1]]);
@@ -173,6 +179,7 @@ export function registerSchemas(schemas, app) {
       }
 
       onDrawForeground(ctx) {
+        drawMode(this, ctx);
         drawErrors(this, ctx);
       }
     }
@@ -184,6 +191,23 @@ export function registerSchemas(schemas, app) {
   }
 }
 
+// bypassed: a purple veil; muted: a dark one (and the badge says which)
+const MODE_VEILS = { [MODE_BYPASS]: "rgba(150, 60, 190, 0.40)", [MODE_MUTE]: "rgba(8, 8, 12, 0.62)" };
+
+function drawMode(node, ctx) {
+  const veil = MODE_VEILS[node.mode];
+  if (!veil) return;
+  const th = LiteGraph.NODE_TITLE_HEIGHT;
+  const w = node.flags?.collapsed ? node._collapsed_width || node.size[0] : node.size[0];
+  const h = node.flags?.collapsed ? 0 : node.size[1];
+  ctx.save();
+  ctx.fillStyle = veil;
+  ctx.beginPath();
+  ctx.roundRect(0, -th, w, h + th, 8);
+  ctx.fill();
+  ctx.restore();
+}
+
 const BADGES = {
   cached: { text: "cached", bgColor: "#2a4d69" },
   done: { bgColor: "#1f5130" },
@@ -193,6 +217,8 @@ const BADGES = {
 };
 
 function statusBadge(node) {
+  if (node.mode === MODE_BYPASS) return new LGraphBadge({ text: "bypassed", bgColor: "#7d3c98", fgColor: "#fff" });
+  if (node.mode === MODE_MUTE) return new LGraphBadge({ text: "muted", bgColor: "#444", fgColor: "#bbb" });
   const st = node.chisel?.status;
   if (!st || !BADGES[st]) return new LGraphBadge({ text: "" });
   const spec = { ...BADGES[st] };
@@ -249,9 +275,14 @@ function wrap(ctx, text, width) {
   return lines.slice(0, 6);
 }
 
-/** Show images (result files or a preview blob URL) in the node's image area, growing the node to fit. */
+/**
+ * Show images (result files or a preview blob URL) in the node's image area, growing the node to fit. The size
+ * the node had before is kept (chisel.baseSize) and is the one saved: a run growing a node is not an edit. It
+ * comes back when the images go; a user who resizes the node meanwhile makes the new size the saved one.
+ */
 export function setNodeImages(node, urls, caption = "") {
   let w = node.chisel.imageWidget;
+  if (urls.length && !node.chisel.baseSize) node.chisel.baseSize = [...node.size];
   if (!w) {
     w = makeImageWidget();
     node.addCustomWidget(w);
@@ -267,10 +298,7 @@ export function setNodeImages(node, urls, caption = "") {
     im.onload = () => {
       if (!w.images.includes(im)) return; // replaced (or the preview ended) before it loaded
       const need = node.computeSize()[1] + 100;
-      if (node.size[1] < need) {
-        if (caption === "preview" && !node.chisel.sizeBeforePreview) node.chisel.sizeBeforePreview = [...node.size];
-        node.setSize([node.size[0], need]);
-      }
+      if (node.size[1] < need) node.setSize([node.size[0], need]);
       node.setDirtyCanvas(true, true);
     };
     im.onerror = () => {}; // a missing file just leaves the area empty
@@ -278,12 +306,18 @@ export function setNodeImages(node, urls, caption = "") {
     return im;
   });
   node.chisel.images = caption === "preview" ? [] : urls;
-  if (!urls.length && node.chisel.sizeBeforePreview) {
-    // the live preview is over: give the node back its size
-    node.setSize(node.chisel.sizeBeforePreview);
-    node.chisel.sizeBeforePreview = null;
+  if (!urls.length && node.chisel.baseSize) {
+    // the images are gone (a live preview is over): give the node back its size
+    const size = node.chisel.baseSize;
+    node.chisel.baseSize = null;
+    node.setSize(size);
   }
   node.setDirtyCanvas(true, true);
+}
+
+/** The size to save: the node's own, not what showing images made it (see setNodeImages). */
+export function savedSize(node) {
+  return node.chisel?.baseSize ?? node.size;
 }
 
 /** A width that shows each widget's label and value in full (within reason). */

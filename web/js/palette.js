@@ -1,7 +1,8 @@
 // The node palette: double-click the canvas (or drop a link on empty space) to search every node type,
-// grouped by category. Arrow keys move, Enter adds, Escape closes.
+// grouped by category, found by fuzzy search (typos, initials). Arrow keys move, Enter adds, Escape closes.
 
 import { LiteGraph } from "../vendor/litegraph/litegraph.es.js";
+import { fuzzyScore } from "./fuzzy.js";
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -35,10 +36,14 @@ export class Palette {
   open(clientX, clientY, graphPos, from = null) {
     this.close();
     const schemas = this.app.schemas;
+    const notes = from ? [] : [
+      { type: "Note", title: "Note", category: "utils", description: "A text note on the canvas (never runs)", schema: null },
+      { type: "MarkdownNote", title: "Markdown Note", category: "utils", description: "A Markdown note (shown as text)", schema: null },
+    ];
     const entries = Object.values(schemas).map((s) => ({
       type: s.type, title: s.display_name || s.type, category: s.category || "other",
       description: s.description || "", schema: s,
-    })).filter((e) => {
+    })).concat(notes).filter((e) => {
       if (!from) return true;
       const t = from.slotType;
       if (from.direction === "output") return e.schema.inputs.some((i) => compatible(t, i.type));
@@ -57,15 +62,15 @@ export class Palette {
     let active = 0;
     const render = () => {
       const q = input.value.trim().toLowerCase();
-      const words = q.split(/\s+/).filter(Boolean);
-      const match = (e) => words.every((wd) => `${e.title} ${e.type} ${e.category}`.toLowerCase().includes(wd));
-      const score = (e) => {
-        const t = e.title.toLowerCase(), ty = e.type.toLowerCase();
-        if (!q) return 0;
-        if (t === q || ty === q) return -3;
-        if (t.startsWith(q) || ty.startsWith(q)) return -2;
-        return t.includes(q) || ty.includes(q) ? -1 : 0;
-      };
+      const scores = new Map();
+      if (q) {
+        for (const e of entries) {
+          const sc = fuzzyScore(q, [e.title, e.type], e.category);
+          if (sc !== null) scores.set(e, sc);
+        }
+      }
+      const match = (e) => !q || scores.has(e);
+      const score = (e) => scores.get(e) ?? 0;
       const found = entries.filter(match);
       list.replaceChildren();
       items = [];

@@ -142,7 +142,14 @@ export class Sidebar {
         el("strong", {}, where), " ", el("span", {}, e.text));
       if (e.node_id != null) {
         li.tabIndex = 0;
+        li.setAttribute("role", "button");
         li.addEventListener("click", () => this.app.focusNode(e.node_id));
+        li.addEventListener("keydown", (ev) => {
+          if (ev.key === "Enter" || ev.key === " ") {
+            ev.preventDefault();
+            this.app.focusNode(e.node_id);
+          }
+        });
       }
       ul.append(li);
     }
@@ -174,6 +181,30 @@ export class Sidebar {
     $("#interrupt-btn").disabled = !running.length;
   }
 
+  // -- history --------------------------------------------------------------------------------------
+  /** entries: GET /v1/history items, newest first. Clicking one loads its workflow back. */
+  setHistory(entries) {
+    const ul = $("#history-list");
+    ul.replaceChildren();
+    for (const h of entries) {
+      const image = Object.values(h.outputs || {}).flatMap((o) => o?.images || []).find((im) => im.type !== "temp")
+        || Object.values(h.outputs || {}).flatMap((o) => o?.images || [])[0];
+      const thumb = image ? el("img", { src: this.app.api.viewUrl(image, 64), alt: "", loading: "lazy" })
+        : el("span", { class: "history-thumb-empty" });
+      if (image) thumb.addEventListener("error", () => thumb.replaceWith(el("span", { class: "history-thumb-empty" })), { once: true });
+      const when = h.finished ? new Date(h.finished * (h.finished < 1e12 ? 1000 : 1)).toLocaleTimeString() : "";
+      const label = `Run #${h.number ?? "?"}, ${h.status}${when ? `, ${when}` : ""}: load its workflow`;
+      const btn = el("button", { class: "history-item", type: "button", "aria-label": label, title: "Load this run's workflow",
+        dataset: { prompt: h.prompt_id, status: h.status } }, thumb,
+      el("span", { class: "history-text" }, el("span", {}, `#${h.number ?? "?"} `, el("span", { class: "history-status" }, h.status)),
+        el("span", { class: "history-when" }, when)));
+      btn.disabled = !h.workflow;
+      btn.addEventListener("click", () => this.app.loadWorkflow(h.workflow, { name: `run ${h.number ?? h.prompt_id.slice(0, 6)}` }));
+      ul.append(el("li", {}, btn));
+    }
+    $("#history-empty").hidden = entries.length > 0;
+  }
+
   // -- gallery --------------------------------------------------------------------------------------
   /** items: [{image, prompt_id, node_id}] newest first */
   addToGallery(items, { append = false } = {}) {
@@ -187,7 +218,8 @@ export class Sidebar {
       const thumb = this.app.api.viewUrl(it.image, 256);
       const img = el("img", { src: thumb, alt: it.image.filename, loading: "lazy", title: it.image.filename });
       img.addEventListener("error", () => { if (img.src !== full) img.src = full; }, { once: true });
-      const a = el("button", { class: "gallery-item", dataset: { filename: it.image.filename, prompt: it.prompt_id || "" } }, img);
+      const a = el("button", { class: "gallery-item", "aria-label": `Open ${it.image.filename}`,
+        dataset: { filename: it.image.filename, prompt: it.prompt_id || "" } }, img);
       a.addEventListener("click", () => this.app.openGallery(key));
       a._item = { ...it, key, full };
       nodes.push(a);

@@ -2,12 +2,13 @@
 // the last snapshot it becomes a new step. Restoring a step reloads the graph from it.
 
 export class History {
-  constructor({ capture, restore, limit = 100, onChange = () => {}, busy = () => false }) {
+  constructor({ capture, restore, limit = 100, onChange = () => {}, onStep = () => {}, busy = () => false }) {
     this.capture = capture; // () => string
     this.busy = busy; // () => true while a gesture is under way (a drag): its end is the step
     this.restore = restore; // (string) => void
     this.limit = limit;
     this.onChange = onChange;
+    this.onStep = onStep; // (before, after): a new step was recorded (a user's edit)
     this.undoStack = [];
     this.redoStack = [];
     this.current = null;
@@ -39,9 +40,29 @@ export class History {
     this.undoStack.push(this.current);
     if (this.undoStack.length > this.limit) this.undoStack.shift();
     this.redoStack = [];
+    const before = this.current;
     this.current = now;
+    this.onStep(before, now);
     this.onChange(this);
     return true;
+  }
+
+  /**
+   * Make a change that is not the user's (a run's image growing a node, a seed moving on after queueing): it
+   * becomes part of the current state instead of a step. An edit still pending is recorded first.
+   */
+  absorb(change) {
+    if (this.paused || this.current === null) return change();
+    if (!this.busy()) this.check({ force: true });
+    const result = change();
+    if (!this.busy()) {
+      const now = this.capture();
+      if (now !== this.current) {
+        this.current = now;
+        this.onChange(this); // kept (autosave), but not a step
+      }
+    }
+    return result;
   }
 
   /** check() soon, once, after a burst of events. */

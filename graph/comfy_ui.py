@@ -1,0 +1,164 @@
+"""Import ComfyUI's UI ("workflow") format into the native format, as ComfyUI's frontend turns a graph into a prompt.
+
+The file is read once into typed structures (:mod:`graph.comfy_ui_model`), flattened (:mod:`graph.comfy_ui_flatten`:
+subgraphs, group nodes, reroutes, bypass, mute), and each real node's widget values are read in ComfyUI's slot order
+(:mod:`graph.comfy_ui_widgets`). Unknown node types are all reported, each with its id, title and type. Editor data
+is kept in ``layout``: positions, sizes, collapsed state and colours of top-level nodes, groups, and notes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .comfy_ui_flatten import NODE, NOTE_TYPES, NO_VALUE, FlatGraph, FlatNode
+from .comfy_ui_model import UiNode, UiWorkflow
+from .comfy_ui_widgets import read_widgets
+from .errors import INVALID_WORKFLOW, UNKNOWN_NODE_TYPE, ChiselError, WorkflowError, brief
+from .native import FORMAT, VERSION
+from .schema_errors import validate_model
+
+CHISEL_ID = "chisel_id"  # node property holding a native id that is not a number (written by the exporter)
+
+
+def _locate(data: Any):
+    def locate(loc: tuple) -> tuple[str | None, str | None]:
+        if len(loc) >= 2 and loc[0] == "nodes" and isinstance(loc[1], int):
+            try:
+                node = data["nodes"][loc[1]]
+                node_id = node.get("id") if isinstance(node, dict) else None
+            except (IndexError, KeyError, TypeError):
+                node_id = None
+            return (brief(str(node_id), 60) if node_id is not None else f"#{loc[1]}"), None
+        return None, None
+    return locate
+
+
+def from_comfy_ui(data: Any, registry: Any, source: str | None = None) -> dict[str, Any]:
+    if registry is None:
+        raise WorkflowError([ChiselError(INVALID_WORKFLOW, "a ComfyUI UI-format workflow needs the node registry")])
+    doc = validate_model(UiWorkflow, data, source, _locate(data))
+    flat = FlatGraph(doc, registry)
+    nodes, layout_nodes = _nodes(flat, registry)
+    out: dict[str, Any] = {"format": FORMAT, "version": VERSION, "nodes": nodes,
+                           "layout": _layout(doc, layout_nodes)}
+    _restore_exported_extras(doc, out)
+    return out
+
+
+def _nodes(flat: FlatGraph, registry: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Native nodes and their layout from the flattened graph's real nodes; every unknown type is an error."""
+    ids = _native_ids(flat)
+    nodes: dict[str, Any] = {}
+    layout_nodes: dict[str, Any] = {}
+    errors: list[ChiselError] = []
+    for node in flat.nodes.values():
+        if node.kind != NODE:
+            continue
+        cls = registry.get(node.ui.type)
+        nid = ids[node.id]
+        if cls is None:
+            errors.append(_unknown_type(node.ui, nid))
+            continue
+        entry: dict[str, Any] = {"type": node.ui.type, "inputs": _inputs(flat, node, cls, ids)}
+        if node.ui.title:
+            entry["title"] = node.ui.title
+        nodes[nid] = entry
+        lay = _node_layout(node.ui) if node.top_level else None
+        if lay:
+            layout_nodes[nid] = lay
+    if errors:
+        raise WorkflowError(errors)
+    return nodes, layout_nodes
+
+
+def _unknown_type(ui: UiNode, nid: str) -> ChiselError:
+    title = ui.title or ui.type
+    return ChiselError(UNKNOWN_NODE_TYPE, f"unknown node type {ui.type!r} (node {nid}, titled {title!r})",
+                       node_id=nid, node_type=ui.type, value=ui.type, details={"title": title})
+
+
+def _layout(doc: UiWorkflow, layout_nodes: dict[str, Any]) -> dict[str, Any]:
+    layout: dict[str, Any] = {"nodes": layout_nodes}
+    if doc.groups:
+        layout["groups"] = doc.groups
+    notes = [_note(n) for n in doc.nodes if n.type in NOTE_TYPES]
+    if notes:
+        layout["notes"] = notes
+    return layout
+
+
+def _restore_exported_extras(doc: UiWorkflow, out: dict[str, Any]) -> None:
+    """What Chisel's exporter put in ``extra.chisel`` (the UI format has no place for it) back where it belongs."""
+    chisel = (doc.extra.model_extra or {}).get("chisel")
+    if not isinstance(chisel, dict):
+        return
+    for key in ("outputs", "meta"):
+        if chisel.get(key) is not None:
+            out[key] = chisel[key]
+    if isinstance(chisel.get("layout"), dict):
+        out["layout"].update({k: v for k, v in chisel["layout"].items() if k not in ("nodes", "groups", "notes")})
+
+
+def _native_ids(flat: FlatGraph) -> dict[str, str]:
+    """Flattened id -> native id: the exporter's original id where it left one (and it is unique)."""
+    ids = {fid: fid for fid in flat.nodes}
+    taken = set(ids)
+    for fid, node in flat.nodes.items():
+        wanted = node.ui.properties.get(CHISEL_ID)
+        if node.top_level and isinstance(wanted, str) and wanted and wanted not in taken:
+            ids[fid] = wanted
+            taken.add(wanted)
+    return ids
+
+
+def _inputs(flat: FlatGraph, node: FlatNode, cls: Any, ids: dict[str, str]) -> dict[str, Any]:
+    inputs = read_widgets(cls, node.ui.widgets_values)
+    inputs.update(read_widgets(cls, flat.widget_values.get(node.id, {})))
+    for inp in node.inputs:
+        name = inp.widget or inp.name
+        src = flat.resolve(inp.source, inp.type)
+        if src is None:
+            continue
+        if src.value is not NO_VALUE:
+            inputs[name] = src.value
+        else:
+            inputs[name] = {"node": ids.get(src.node, src.node), "output": _output_name(flat, src)}
+    return inputs
+
+
+def _output_name(flat: FlatGraph, src: Any) -> str | int:
+    """Links come back by output name, as native files write them (by index where the name is unknown)."""
+    cls = flat.registry.get(flat.nodes[src.node].ui.type)
+    if cls is not None and 0 <= src.slot < len(cls.outputs):
+        return cls.outputs[src.slot].name
+    return src.slot
+
+
+def _node_layout(ui: UiNode) -> dict[str, Any]:
+    lay: dict[str, Any] = {}
+    if ui.pos is not None:
+        lay["pos"] = ui.pos
+    if ui.size is not None:
+        lay["size"] = ui.size
+    if ui.flags.get("collapsed") is True:
+        lay["collapsed"] = True
+    if ui.color is not None:
+        lay["color"] = ui.color
+    extra = ui.properties.get("chisel_layout")
+    if isinstance(extra, dict):
+        lay.update({k: v for k, v in extra.items() if k not in lay})
+    return lay
+
+
+def _note(ui: UiNode) -> dict[str, Any]:
+    values = ui.widgets_values
+    text = values[0] if isinstance(values, list) and values and isinstance(values[0], str) else ""
+    note: dict[str, Any] = {"type": ui.type, "text": text}
+    if ui.pos is not None:
+        note["pos"] = ui.pos
+    if ui.size is not None:
+        note["size"] = ui.size
+    if ui.title:
+        note["title"] = ui.title
+    if ui.color is not None:
+        note["color"] = ui.color
+    return note

@@ -1,0 +1,183 @@
+"""Export a native workflow to ComfyUI's UI ("workflow") format, version 0.4, so ComfyUI's frontend opens it.
+
+Each node keeps its position, size, collapsed state, colour and title; ``widgets_values`` are written in ComfyUI's
+slot order (:mod:`graph.comfy_ui_widgets`: an input left out gets its default; control slots get "fixed"); a linked
+widget input appears among the node's inputs with its widget name, as a converted widget. Groups stay groups, notes
+become Note nodes. What the UI format has no place for travels in ``extra.chisel`` (the requested outputs, meta,
+other layout keys) and in node properties (a node id that is not a number, extra layout keys), so importing the
+export gives the workflow back.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .comfy_api import output_slot
+from .comfy_ui import CHISEL_ID
+from .comfy_ui_widgets import is_widget_input, write_widgets
+from .native import Link, NodeLayout, Workflow, natural_key
+
+UI_VERSION = 0.4
+NODE_WIDTH, ROW_HEIGHT, COLUMN_GAP = 320, 26, 80
+
+
+def to_comfy_ui(workflow: Workflow, registry: Any) -> dict[str, Any]:
+    ui_ids = _ui_ids(workflow)
+    layout = workflow.layout
+    positions = _auto_positions(workflow)
+    nodes: dict[str, dict[str, Any]] = {}
+    for order, (nid, spec) in enumerate(workflow.nodes.items()):
+        cls = registry.get(spec.type) if registry is not None else None
+        lay = layout.nodes.get(nid) if layout is not None else None
+        nodes[nid] = _node(nid, spec, cls, ui_ids[nid], order, lay, positions[nid])
+    links = _links(workflow, registry, nodes, ui_ids)
+    out_nodes = list(nodes.values())
+    next_id = max(ui_ids.values(), default=0) + 1
+    for note in (layout.notes if layout is not None else []):
+        out_nodes.append(_note_node(note, next_id, len(out_nodes)))
+        next_id += 1
+    extra: dict[str, Any] = {}
+    chisel: dict[str, Any] = {}
+    if workflow.outputs is not None:
+        chisel["outputs"] = workflow.outputs
+    if workflow.meta is not None:
+        chisel["meta"] = workflow.meta
+    if layout is not None and layout.model_extra:
+        chisel["layout"] = dict(layout.model_extra)
+    if chisel:
+        extra["chisel"] = chisel
+    return {"last_node_id": next_id - 1, "last_link_id": len(links), "nodes": out_nodes, "links": links,
+            "groups": list(layout.groups) if layout is not None else [], "config": {}, "extra": extra,
+            "version": UI_VERSION}
+
+
+def _ui_ids(workflow: Workflow) -> dict[str, int]:
+    """Native id -> UI id (an integer): the same number where the id is one, else the next free number."""
+    ids: dict[str, int] = {}
+    for nid in workflow.nodes:
+        if nid.isascii() and nid.isdigit() and len(nid) < 10 and str(int(nid)) == nid:
+            ids[nid] = int(nid)
+    next_id = max(ids.values(), default=0) + 1
+    for nid in workflow.nodes:
+        if nid not in ids:
+            ids[nid] = next_id
+            next_id += 1
+    return ids
+
+
+def _auto_positions(workflow: Workflow) -> dict[str, list[float]]:
+    """Where a node without a saved position goes: a column per dependency depth, a row per node in it."""
+    depth: dict[str, int] = {}
+    for nid in sorted(workflow.nodes, key=natural_key):
+        _depth(workflow, nid, depth)
+    rows: dict[int, int] = {}
+    out = {}
+    for nid in workflow.nodes:
+        col = depth[nid]
+        row = rows.get(col, 0)
+        rows[col] = row + 1
+        out[nid] = [40 + col * (NODE_WIDTH + COLUMN_GAP), 40 + row * 10 * ROW_HEIGHT]
+    return out
+
+
+def _depth(workflow: Workflow, start: str, depth: dict[str, int]) -> None:
+    """Longest chain of links above each node (iterative; a node on a cycle counts its cycle once)."""
+    stack = [(start, False)]
+    visiting: set[str] = set()
+    while stack:
+        nid, done = stack.pop()
+        if nid in depth:
+            continue
+        parents = [v.node for v in workflow.nodes[nid].inputs.values()
+                   if isinstance(v, Link) and v.node in workflow.nodes]
+        if done:
+            visiting.discard(nid)
+            depth[nid] = 1 + max((depth.get(p, 0) for p in parents), default=-1)
+            continue
+        visiting.add(nid)
+        stack.append((nid, True))
+        stack.extend((p, False) for p in parents if p not in depth and p not in visiting)
+
+
+def _node(nid: str, spec: Any, cls: Any, ui_id: int, order: int, lay: NodeLayout | None,
+          auto_pos: list[float]) -> dict[str, Any]:
+    literals = {k: v for k, v in spec.inputs.items() if not isinstance(v, Link)}
+    properties: dict[str, Any] = {"Node name for S&R": spec.type}
+    if str(ui_id) != nid:
+        properties[CHISEL_ID] = nid
+    node: dict[str, Any] = {
+        "id": ui_id, "type": spec.type, "pos": auto_pos, "size": _size(cls), "flags": {}, "order": order, "mode": 0,
+        "inputs": _sockets(spec, cls),
+        "outputs": [{"name": o.name, "type": o.type, "links": [], "slot_index": i}
+                    for i, o in enumerate(cls.outputs if cls else ())],
+        "properties": properties,
+        "widgets_values": write_widgets(cls, literals, set(spec.inputs) - set(literals)) if cls else literals}
+    if spec.title is not None:
+        node["title"] = spec.title
+    if lay is not None:
+        _apply_layout(node, lay)
+    return node
+
+
+def _sockets(spec: Any, cls: Any) -> list[dict[str, Any]]:
+    """The node's input sockets in ComfyUI's order (required, then optional): every input that is not a widget, and
+    each linked widget as a converted widget. A node of unknown type gets a socket per link."""
+    if cls is None:
+        return [{"name": k, "type": "*", "link": None} for k, v in spec.inputs.items() if isinstance(v, Link)]
+    sockets = []
+    for inp in [i for i in cls.inputs if not i.optional] + [i for i in cls.inputs if i.optional]:
+        if not is_widget_input(inp):
+            sockets.append({"name": inp.name, "type": inp.type, "link": None})
+        elif isinstance(spec.inputs.get(inp.name), Link):
+            sockets.append({"name": inp.name, "type": inp.type, "widget": {"name": inp.name}, "link": None})
+    return sockets
+
+
+def _apply_layout(node: dict[str, Any], lay: NodeLayout) -> None:
+    if lay.pos is not None:
+        node["pos"] = list(lay.pos)
+    if lay.size is not None:
+        node["size"] = list(lay.size)
+    if lay.collapsed:
+        node["flags"] = {"collapsed": True}
+    if lay.color is not None:
+        node["color"] = lay.color
+    if lay.model_extra:
+        node["properties"]["chisel_layout"] = dict(lay.model_extra)
+
+
+def _size(cls: Any) -> list[float]:
+    rows = 1 + (len(cls.inputs) + len(cls.outputs) if cls is not None else 0)
+    return [NODE_WIDTH - 5, 30 + rows * ROW_HEIGHT]
+
+
+def _links(workflow: Workflow, registry: Any, nodes: dict[str, dict[str, Any]],
+           ui_ids: dict[str, int]) -> list[list[Any]]:
+    links: list[list[Any]] = []
+    for nid, spec in workflow.nodes.items():
+        target = nodes[nid]
+        for slot, entry in enumerate(target["inputs"]):
+            value = spec.inputs.get(entry["name"])
+            if not isinstance(value, Link) or value.node not in nodes:
+                continue
+            origin = nodes[value.node]
+            origin_slot = output_slot(workflow, value, registry)
+            outs = origin["outputs"]
+            link_type = outs[origin_slot]["type"] if 0 <= origin_slot < len(outs) else entry["type"]
+            link_id = len(links) + 1
+            links.append([link_id, ui_ids[value.node], origin_slot, ui_ids[nid], slot, link_type])
+            entry["link"] = link_id
+            if 0 <= origin_slot < len(outs):
+                outs[origin_slot]["links"].append(link_id)
+    return links
+
+
+def _note_node(note: dict[str, Any], ui_id: int, order: int) -> dict[str, Any]:
+    node: dict[str, Any] = {"id": ui_id, "type": note.get("type") if note.get("type") in ("Note", "MarkdownNote")
+                            else "Note", "pos": note.get("pos", [40, 40]), "size": note.get("size", [300, 120]),
+                            "flags": {}, "order": order, "mode": 0, "inputs": [], "outputs": [], "properties": {},
+                            "widgets_values": [note.get("text", "")]}
+    if note.get("title"):
+        node["title"] = note["title"]
+    if note.get("color"):
+        node["color"] = note["color"]
+    return node

@@ -1,0 +1,116 @@
+"""Model patch nodes (ComfyUI categories "model_patches/unet" and "advanced/model"): FreeU, FreeU_V2,
+PatchModelAddDownscale (Kohya's Deep Shrink) and ModelSamplingDiscrete.
+
+Each returns a clone of its MODEL: the checkpoint's modules are shared and never changed. FreeU and Deep Shrink
+travel with the MODEL as module patches (:mod:`nodes.patches.freeu`, :mod:`nodes.patches.deep_shrink`) that are
+attached only while a sampler runs that MODEL, like a LoRA; ModelSamplingDiscrete gives the clone another noise-schedule object. Their inputs are literals of the node, so
+they enter the cache key of every node downstream.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from graph.node import Input, Node, Output
+from graph.types import BOOLEAN, COMBO, FLOAT, INT, MODEL
+from nodes.patches.deep_shrink import SCALE_METHODS, DeepShrinkPatch
+from nodes.patches.freeu import FreeUPatch
+
+SAMPLING_KINDS = {"eps": "epsilon", "v_prediction": "v_prediction"}
+
+
+class FreeU(Node):
+    type = "FreeU"
+    display_name = "FreeU"
+    category = "model_patches/unet"
+    description = ("FreeU: in the UNet's decoder, scale the backbone features (b1 at 4x, b2 at 2x the base channels) "
+                   "and damp the skip connections' low frequencies (s1, s2). Often sharper detail at no cost.")
+    inputs = (
+        Input("model", MODEL),
+        Input("b1", FLOAT, default=1.1, min=0.0, max=10.0, step=0.01),
+        Input("b2", FLOAT, default=1.2, min=0.0, max=10.0, step=0.01),
+        Input("s1", FLOAT, default=0.9, min=0.0, max=10.0, step=0.01),
+        Input("s2", FLOAT, default=0.2, min=0.0, max=10.0, step=0.01),
+    )
+    outputs = (Output("MODEL", MODEL),)
+    v2 = False
+
+    def run(self, ctx, model, b1, b2, s1, s2):
+        return (model.with_lora([("unet", FreeUPatch(b1, b2, s1, s2, v2=self.v2))]),)
+
+
+class FreeU_V2(FreeU):
+    type = "FreeU_V2"
+    display_name = "FreeU_V2"
+    description = ("FreeU v2: like FreeU, but the backbone scale follows each position's mean activation (rescaled to "
+                   "0..1), so strong features are boosted most.")
+    inputs = (
+        Input("model", MODEL),
+        Input("b1", FLOAT, default=1.3, min=0.0, max=10.0, step=0.01),
+        Input("b2", FLOAT, default=1.4, min=0.0, max=10.0, step=0.01),
+        Input("s1", FLOAT, default=0.9, min=0.0, max=10.0, step=0.01),
+        Input("s2", FLOAT, default=0.2, min=0.0, max=10.0, step=0.01),
+    )
+    v2 = True
+
+
+class PatchModelAddDownscale(Node):
+    type = "PatchModelAddDownscale"
+    display_name = "PatchModelAddDownscale (Kohya Deep Shrink)"
+    category = "model_patches/unet"
+    description = ("Deep Shrink: between start_percent and end_percent of sampling, downscale the UNet's features by "
+                   "`downscale_factor` after input block `block_number` and scale them back in the decoder, so large "
+                   "images keep a coherent composition.")
+    inputs = (
+        Input("model", MODEL),
+        Input("block_number", INT, default=3, min=1, max=32, step=1),
+        Input("downscale_factor", FLOAT, default=2.0, min=0.1, max=9.0, step=0.001),
+        Input("start_percent", FLOAT, default=0.0, min=0.0, max=1.0, step=0.001),
+        Input("end_percent", FLOAT, default=0.35, min=0.0, max=1.0, step=0.001),
+        Input("downscale_after_skip", BOOLEAN, default=True),
+        Input("downscale_method", COMBO, choices=SCALE_METHODS, default="bicubic"),
+        Input("upscale_method", COMBO, choices=SCALE_METHODS, default="bicubic"),
+    )
+    outputs = (Output("MODEL", MODEL),)
+
+    def run(self, ctx, model, block_number, downscale_factor, start_percent, end_percent, downscale_after_skip,
+            downscale_method, upscale_method):
+        ms = model.model_sampling
+        patch = DeepShrinkPatch(int(block_number), float(downscale_factor), ms.percent_to_sigma(start_percent),
+                                ms.percent_to_sigma(end_percent), bool(downscale_after_skip), downscale_method,
+                                upscale_method, ms)
+        return (model.with_lora([("unet", patch)]),)
+
+
+class ModelSamplingDiscrete(Node):
+    type = "ModelSamplingDiscrete"
+    display_name = "ModelSamplingDiscrete"
+    category = "advanced/model"
+    description = ("Treat the model as predicting noise (eps) or velocity (v_prediction), e.g. for a v-model saved "
+                   "without that information; zsnr rescales the schedule to zero terminal SNR (for models trained "
+                   "so). ComfyUI's lcm, x0 and img_to_img kinds are not offered.")
+    inputs = (
+        Input("model", MODEL),
+        Input("sampling", COMBO, choices=list(SAMPLING_KINDS), default="eps"),
+        Input("zsnr", BOOLEAN, default=False),
+    )
+    outputs = (Output("MODEL", MODEL),)
+
+    def run(self, ctx, model, sampling, zsnr):
+        from nodes.sampling import ModelSampling
+
+        ms = model.model_sampling
+        if bool(zsnr) == ms.zero_terminal_snr:
+            new = copy.copy(ms)
+            new.prediction_type = SAMPLING_KINDS[sampling]
+        else:
+            ac = ms.alphas_cumprod.double()
+            if ms.zero_terminal_snr:
+                raise ValueError("this model's schedule is already rescaled to zero terminal SNR; it cannot be undone")
+            betas = 1.0 - ac / torch.cat([torch.ones(1, dtype=ac.dtype), ac[:-1]])
+            new = ModelSampling(beta_schedule=ms.beta_schedule, prediction_type=SAMPLING_KINDS[sampling],
+                                zero_terminal_snr=True, betas=betas)
+        other = model.clone()
+        other.model_sampling = new
+        return (other,)

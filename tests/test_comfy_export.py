@@ -1,0 +1,160 @@
+"""Export to ComfyUI's formats: native -> UI -> native gives the workflow back (a property over generated
+workflows), and the same export from ``chisel export`` and ``POST /v1/workflow/export``."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import toy_nodes
+from graph.comfy_format import to_comfy_api, to_comfy_ui
+from graph.comfy_ui_widgets import is_widget_input, widget_slots
+from graph.registry import NodeRegistry
+from graph.types import types_compatible
+from graph.workflow import Workflow, parse_workflow
+from test_server_support import client, make_root, run
+from toy_nodes import wf
+
+HERE = Path(__file__).resolve().parent
+REGISTRY = NodeRegistry(toy_nodes.NODES)
+
+ids = st.one_of(st.integers(1, 500).map(str), st.text(min_size=1, max_size=6), st.sampled_from(["7:1", "07", "a.b"]))
+coords = st.tuples(st.integers(-5000, 5000), st.integers(-5000, 5000))
+looks = st.fixed_dictionaries({"pos": coords, "size": st.tuples(st.integers(50, 900), st.integers(30, 900))},
+                              optional={"collapsed": st.just(True), "color": st.sampled_from(["#322", "#353"]),
+                                        "controls": st.lists(st.text(max_size=4), max_size=2)})
+json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.text(max_size=6))
+
+
+def literal(inp):
+    if inp.files is not None:
+        return st.sampled_from(["a.txt", "sub/b.txt"])
+    if inp.choices is not None:
+        return st.sampled_from(list(inp.choices))
+    if inp.type == "INT":
+        return st.integers(int(max(inp.min if inp.min is not None else -10**6, -10**6)),
+                           int(min(inp.max if inp.max is not None else 10**6, 10**6)))
+    if inp.type == "FLOAT":
+        return st.floats(inp.min, inp.max, allow_nan=False, allow_infinity=False)
+    if inp.type == "BOOLEAN":
+        return st.booleans()
+    return st.text(max_size=10)
+
+
+@st.composite
+def workflows(draw):
+    node_ids = draw(st.lists(ids, min_size=1, max_size=6, unique=True))
+    kinds = {nid: draw(st.sampled_from(toy_nodes.NODES)) for nid in node_ids}
+    nodes, layout = {}, {}
+    for k, nid in enumerate(node_ids):
+        cls = kinds[nid]
+        inputs = {}
+        for inp in cls.inputs:
+            fits = [{"node": p, "output": o.name} for p in node_ids[:k] for o in kinds[p].outputs
+                    if types_compatible(o.type, inp.type)]
+            if fits and draw(st.booleans()):
+                inputs[inp.name] = draw(st.sampled_from(fits))
+            elif is_widget_input(inp) and draw(st.booleans()):
+                inputs[inp.name] = draw(literal(inp))
+        nodes[nid] = {"type": cls.type, "inputs": inputs}
+        if draw(st.booleans()):
+            nodes[nid]["title"] = draw(st.text(min_size=1, max_size=8))
+        layout[nid] = draw(looks)
+    doc = {"nodes": nodes, "layout": {
+        "nodes": layout,
+        "groups": draw(st.lists(st.fixed_dictionaries({"title": st.text(max_size=5), "bounding": st.lists(
+            st.integers(0, 999), min_size=4, max_size=4)}), max_size=2)),
+        "notes": draw(st.lists(st.fixed_dictionaries({
+            "type": st.sampled_from(["Note", "MarkdownNote"]), "text": st.text(max_size=20), "pos": coords,
+            "size": coords}, optional={"title": st.text(min_size=1, max_size=5)}), max_size=2))}}
+    if draw(st.booleans()):
+        doc["layout"]["view"] = {"zoom": draw(st.integers(1, 4))}
+    if draw(st.booleans()):
+        doc["outputs"] = draw(st.lists(st.sampled_from(node_ids), max_size=2))
+    if draw(st.booleans()):
+        doc["meta"] = draw(st.dictionaries(st.text(max_size=5), json_leaf, max_size=3))
+    return parse_workflow(doc)
+
+
+def with_defaults(workflow: Workflow) -> dict:
+    """The workflow as the UI format states it: every widget input with a default has a value."""
+    data = workflow.to_dict()
+    for spec in data["nodes"].values():
+        cls = REGISTRY.get(spec["type"])
+        for inp in cls.inputs:
+            if is_widget_input(inp) and inp.has_default and inp.name not in spec["inputs"]:
+                spec["inputs"][inp.name] = inp.default
+    return data
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workflows())
+def test_native_to_ui_to_native_is_lossless(workflow):
+    ui = json.loads(json.dumps(to_comfy_ui(workflow, REGISTRY)))
+    back = parse_workflow(ui, REGISTRY)
+    assert back.to_dict() == parse_workflow(with_defaults(workflow)).to_dict()
+    api = json.loads(json.dumps(to_comfy_api(workflow, REGISTRY)))
+    assert parse_workflow(api, REGISTRY).nodes.keys() == workflow.nodes.keys()
+
+
+def test_ui_export_shape_follows_comfyui(toy_registry):
+    workflow = parse_workflow(wf({"1": ("RandomPick", {"seed": 5}), "2": ("Scale", {"x": ("1", "INT")}),
+                                  "3": ("TextFile", {"name": "a.txt"}), "4": ("Show", {"value": ("2", "FLOAT")})}))
+    ui = to_comfy_ui(workflow, toy_registry)
+    by_id = {n["id"]: n for n in ui["nodes"]}
+    assert by_id[1]["widgets_values"] == [5, "fixed"]  # control_after_generate after the seed
+    assert by_id[2]["widgets_values"] == [0, 1.0, "round"] and by_id[2]["inputs"] == [
+        {"name": "x", "type": "INT", "widget": {"name": "x"}, "link": 1}]  # a linked widget keeps its slot
+    assert by_id[3]["widgets_values"] == ["a.txt", "image"]  # the upload button's slot
+    assert ui["links"] == [[1, 1, 0, 2, 0, "INT"], [2, 2, 0, 4, 0, "FLOAT"]]
+    assert by_id[1]["outputs"][0]["links"] == [1] and ui["version"] == 0.4
+    assert [s.kind for s in widget_slots(REGISTRY.get("TextFile"))] == ["widget", "upload"]
+
+
+def test_cli_export(tmp_path):
+    (tmp_path / "custom_nodes").mkdir()
+    shutil.copy(HERE / "toy_nodes.py", tmp_path / "custom_nodes" / "toy_nodes.py")
+    source = wf({"1": ("Number", {"value": 3}), "2": ("Show", {"value": ("1", "INT")})},
+                layout={"nodes": {"1": {"pos": [10, 20]}}})
+    (tmp_path / "w.json").write_text(json.dumps(source))
+
+    def chisel(*args):
+        return subprocess.run([sys.executable, "-m", "server.cli", "export", *args, "--root", str(tmp_path)],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=120)
+
+    proc = chisel(str(tmp_path / "w.json"), "--comfy-ui", "-o", str(tmp_path / "ui.json"))
+    assert proc.returncode == 0, proc.stderr
+    ui = json.loads((tmp_path / "ui.json").read_text())
+    assert {n["id"]: n["pos"] for n in ui["nodes"]}[1] == [10, 20]
+    proc = chisel(str(tmp_path / "ui.json"), "--comfy-api")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"1": {"class_type": "Number", "inputs": {"value": 3}, "_meta": {"title": "Number"}},
+                                       "2": {"class_type": "Show", "inputs": {"value": ["1", 0]},
+                                             "_meta": {"title": "Show"}}}
+    (tmp_path / "bad.json").write_text('{"nodes": [null], "links": []}')
+    proc = chisel(str(tmp_path / "bad.json"), "--comfy-ui")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "invalid_workflow" in proc.stderr
+
+
+def test_http_export(tmp_path):
+    async def main():
+        async with client(make_root(tmp_path)) as c:
+            native = wf({"1": ("Number", {"value": 3}), "2": ("Show", {"value": ("1", "INT")})})
+            r = await c.post("/v1/workflow/export", json={"workflow": native, "format": "comfy_ui"})
+            body = await r.json()
+            assert r.status == 200 and body["format"] == "comfy_ui"
+            r = await c.post("/v1/workflow/convert", json={"workflow": body["workflow"]})
+            assert (await r.json())["workflow"]["nodes"] == native["nodes"]
+            r = await c.post("/v1/workflow/export", json={"workflow": native, "format": "comfy_api"})
+            assert (await r.json())["workflow"]["2"]["inputs"] == {"value": ["1", 0]}
+            for bad in ({"workflow": native, "format": "png"}, {"workflow": native},
+                        {"workflow": {"nodes": [None], "links": []}, "format": "comfy_ui"},
+                        {"workflow": native, "format": ["comfy_ui"]}):
+                r = await c.post("/v1/workflow/export", json=bad)
+                assert r.status == 400, bad
+    run(main())
