@@ -419,7 +419,8 @@ def invalid_request(exc: ValidationError, where: str = "request body", kind: str
     fields = [{"field": _field(e["loc"]), "message": e["msg"]} for e in exc.errors(include_url=False)[:20]]
     summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:3])
     more = f" (and {len(fields) - 3} more)" if len(fields) > 3 else ""
-    return ApiError(400, kind, f"invalid {where}: {summary}{more}", extra={"fields": fields})
+    errors = [{"kind": kind, "message": f["message"], "input": f["field"]} for f in fields]
+    return ApiError(400, kind, f"invalid {where}: {summary}{more}", extra={"fields": fields}, errors=errors)
 
 
 def validate(model: type[M], data: Any, where: str = "request body", kind: str = "invalid_request") -> M:

@@ -250,20 +250,24 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _invalid_json(message: str, **extra: Any) -> ApiError:
+    return ApiError(400, "invalid_json", message, extra=extra, errors=[{"kind": "invalid_json", "message": message}])
+
+
 def parse_json(body: bytes | str) -> Any:
     """Strict JSON: NaN and ±Infinity refused, integers bounded by Python's digit limit, nesting bounded by the
     recursion limit; every failure is a 400 ``invalid_json``."""
     try:
         return json.loads(body, parse_constant=_no_constant)
     except UnicodeDecodeError:
-        raise ApiError(400, "invalid_json", "the body is not UTF-8 text") from None
+        raise _invalid_json("the body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
-                       extra={"line": exc.lineno, "column": exc.colno}) from None
+        raise _invalid_json(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
+                            line=exc.lineno, column=exc.colno) from None
     except RecursionError:
-        raise ApiError(400, "invalid_json", "invalid JSON: nested too deeply") from None
+        raise _invalid_json("invalid JSON: nested too deeply") from None
     except ValueError as exc:  # NaN/Infinity, or an integer with more digits than Python converts
-        raise ApiError(400, "invalid_json", f"invalid JSON: {str(exc).split(';')[0][:200]}") from None
+        raise _invalid_json(f"invalid JSON: {str(exc).split(';')[0][:200]}") from None
 
 
 async def read_json_object(request: web.Request, limit: int, *, allow_empty: bool = False) -> dict[str, Any]:
