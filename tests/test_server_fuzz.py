@@ -35,7 +35,8 @@ ONLY = re.compile(os.environ.get("CHISEL_FUZZ_ONLY", ""))  # a regex over paths,
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 # Where a request the schema allows may still be refused for what it holds (a workflow that does not validate, bytes
 # that are not an image, a file name that is unusable), schema-valid data is not expected to be accepted.
-CONTENT_CHECKED = {"/v1/prompts", "/prompt", "/v1/workflow/convert", "/v1/workflow/from-png", "/v1/upload",
+CONTENT_CHECKED = {"/v1/prompts", "/prompt", "/v1/validate", "/v1/workflow/convert", "/v1/workflow/export",
+                   "/v1/workflow/from-png", "/v1/upload",
                    "/upload/image", "/upload/mask", "/v1/view", "/view",
                    "/users"}  # (creating a user: always refused, Chisel has one)
 
