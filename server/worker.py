@@ -46,6 +46,23 @@ class TooManyFiles(RuntimeError):
     """A prompt tried to write more files than the server allows."""
 
 
+def claim_next(store: Any, wake: threading.Event, stopping: threading.Event) -> dict | None:
+    """The head of the durable queue, claimed; None after a short wait when the queue is empty or unreadable, or
+    when stopping (a prompt claimed meanwhile goes back to the queue)."""
+    try:
+        item = store.claim_next()
+    except Exception:
+        log.exception("could not read the queue")
+        item = None
+    if item is None:
+        wake.wait(1.0)
+        return None
+    if stopping.is_set():
+        store.requeue(item["prompt_id"])
+        return None
+    return item
+
+
 @dataclass
 class PendingWrite:
     path: Path
@@ -253,18 +270,9 @@ class Worker:
         while not self._stopping.is_set():
             self._apply_free()
             self._wake.clear()
-            try:
-                item = self.store.claim_next()
-            except Exception:
-                log.exception("could not read the queue")
-                self._wake.wait(1.0)
-                continue
+            item = claim_next(self.store, self._wake, self._stopping)
             if item is None:
-                self._wake.wait(1.0)
                 continue
-            if self._stopping.is_set():
-                self.store.requeue(item["prompt_id"])
-                break
             try:
                 self._run(item)
             except Exception:  # the worker must survive anything

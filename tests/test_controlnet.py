@@ -4,6 +4,7 @@ they say; the shipped workflow runs; a ControlNet of the wrong family, an image 
 no ControlNet fail with clear errors before any step; the nodes match ComfyUI's interface."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from functools import lru_cache
@@ -133,8 +134,9 @@ def test_parity_with_diffusers_controlnet_pipeline(files):
     """Same tiny SD1 weights and ControlNet (read back from an fp32 checkpoint and an LDM-layout control_v11-style
     file), same noise, Euler on the same sigmas, CFG 7.5, strength 0.8. Everything is float32 and both sides run the
     same diffusers modules, so they differ only by float32 rounding in another order (~1e-6 measured); without the
-    ControlNet the image moves by far more than the 1e-4 bound."""
-    steps, cfg, seed, prompt = 8, 7.5, 99, "a red circle"
+    ControlNet the image moves by far more than the 1e-4 bound. 10 steps: the 'normal' timesteps (999, 888, ...)
+    are integers, so Chisel's rounded UNet timesteps (ComfyUI's) and diffusers' interpolated ones agree."""
+    steps, cfg, seed, prompt = 10, 7.5, 99, "a red circle"
     mgr = ModelManager("cpu")
     bundle = mgr.load_checkpoint(tiny_file("sd1", "fp32"))
     cn = handle.load(mgr, files[("sd1", "ldm", "control_model.")])
@@ -318,7 +320,8 @@ def test_wrong_family_and_wrong_image_fail_before_the_first_step(root, monkeypat
     eng, _ = make_engine(root)
     steps = []
     euler = SAMPLERS["euler"]
-    monkeypatch.setitem(SAMPLERS, "euler", lambda *a, **k: steps.append(1) or euler(*a, **k))
+    monkeypatch.setitem(SAMPLERS, "euler",
+                        dataclasses.replace(euler, function=lambda *a, **k: steps.append(1) or euler(*a, **k)))
     wf = _workflow()
     loader = next(k for k, n in wf["nodes"].items() if n["type"] == "ControlNetLoader")
     wf["nodes"][loader]["inputs"]["control_net_name"] = "sdxl-canny.safetensors"

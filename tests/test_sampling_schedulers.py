@@ -63,8 +63,13 @@ def ref_simple(n):
 
 
 def ref_ddim_uniform(n):
+    """Every timestep 1 + i*c below N (c = N // n), descending (ComfyUI's count, which can exceed n)."""
     c = N // n
-    return [SIG[1 + i * c] for i in reversed(range(n))] + [0.0]
+    ts, t = [], 1
+    while t < N:
+        ts.append(t)
+        t += c
+    return [SIG[t] for t in reversed(ts)] + [0.0]
 
 
 def _mp_beta_ppf(q, a=0.6, b=0.6):
@@ -81,8 +86,15 @@ def _mp_beta_ppf(q, a=0.6, b=0.6):
 
 
 def ref_beta(n):
+    """Rounded (half to even) Beta quantile timesteps; a timestep equal to the previous one is dropped."""
     ts = [round(_mp_beta_ppf(1 - i / n) * (N - 1)) for i in range(n)]
+    ts = [t for k, t in enumerate(ts) if k == 0 or t != ts[k - 1]]
     return [SIG[t] for t in ts] + [0.0]
+
+
+def ref_kl_optimal(n):
+    a, b = math.atan(SIG[-1]), math.atan(SIG[0])
+    return [math.tan(a + i / (n - 1) * (b - a)) for i in range(n)] + [0.0]
 
 
 REFERENCES = {
@@ -93,22 +105,25 @@ REFERENCES = {
     "simple": ref_simple,
     "ddim_uniform": ref_ddim_uniform,
     "beta": ref_beta,
+    "kl_optimal": ref_kl_optimal,
 }
 
 
 def test_every_scheduler_has_a_reference():
     assert set(REFERENCES) == set(SCHEDULERS) == {
-        "normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta"}
+        "normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta", "kl_optimal"}
 
 
 @pytest.mark.parametrize("steps", [2, 7, 20, 33])
 @pytest.mark.parametrize("name", list(SCHEDULERS))
 def test_scheduler_matches_published_formula(name, steps):
     got = SCHEDULERS[name](MS, steps)
-    assert got.dtype == torch.float32 and got.device.type == "cpu" and got.shape == (steps + 1,)
+    ref = torch.tensor(REFERENCES[name](steps), dtype=torch.float64)
+    assert got.dtype == torch.float32 and got.device.type == "cpu" and got.shape == ref.shape
+    if name not in ("ddim_uniform", "beta"):
+        assert got.shape == (steps + 1,)
     assert got[-1].item() == 0.0
     assert torch.all(got[1:] < got[:-1]), "strictly descending"
-    ref = torch.tensor(REFERENCES[name](steps), dtype=torch.float64)
     torch.testing.assert_close(got.double(), ref, rtol=2e-6, atol=0)
 
 
@@ -123,16 +138,17 @@ def test_single_step_and_zero_steps(name):
 
 
 def test_schedules_start_at_sigma_max():
-    for name in ("normal", "karras", "exponential", "sgm_uniform", "simple", "beta"):
+    for name in ("normal", "karras", "exponential", "sgm_uniform", "simple", "beta", "kl_optimal"):
         assert SCHEDULERS[name](MS, 10)[0].item() == pytest.approx(MS.sigma_max, rel=1e-6), name
     # ddim_uniform starts at timestep 1 + (steps-1) * (1000 // steps): 951 for 20 steps
     assert SCHEDULERS["ddim_uniform"](MS, 20)[0].item() == pytest.approx(SIG[951], rel=1e-6)
 
 
-def test_ddim_uniform_count_is_steps_plus_one():
-    """The DDIM reference keeps every 1 + i*c below N (31 timesteps for 30 steps); we keep exactly 30."""
-    assert SCHEDULERS["ddim_uniform"](MS, 30).shape == (31,)
-    assert len(range(1, N, N // 30)) == 31  # what the reference would give
+def test_ddim_uniform_count_follows_comfyui():
+    """Every 1 + i*c below N: 31 timesteps (32 sigmas) for 30 steps, 20 for 20 steps."""
+    assert SCHEDULERS["ddim_uniform"](MS, 30).shape == (32,)
+    assert SCHEDULERS["ddim_uniform"](MS, 20).shape == (21,)
+    assert len(range(1, N, N // 30)) == 31
 
 
 def test_beta_cdf_and_ppf_against_mpmath():
@@ -145,14 +161,13 @@ def test_beta_cdf_and_ppf_against_mpmath():
         assert beta_ppf(q, 0.6, 0.6) == pytest.approx(_mp_beta_ppf(q), abs=1e-10)
 
 
-def test_beta_with_many_steps_stays_strictly_decreasing():
-    """Beyond ~138 steps rounded Beta quantiles repeat a timestep; the schedule then uses the unrounded
-    timesteps (ComfyUI would drop the repeats and run fewer steps)."""
+def test_beta_with_many_steps_drops_repeated_timesteps():
+    """Beyond ~138 steps rounded Beta quantiles repeat a timestep; each repeat is dropped (ComfyUI's rule), so the
+    schedule is shorter than steps + 1 and still strictly decreasing."""
     s = SCHEDULERS["beta"](MS, 300)
-    assert s.shape == (301,) and torch.all(s[1:] < s[:-1])
-    ts = [_mp_beta_ppf(1 - i / 300) * (N - 1) for i in range(0, 300, 37)]
-    torch.testing.assert_close(s[:-1:37].double(), torch.tensor([_sigma_at(t) for t in ts], dtype=torch.float64),
-                               rtol=1e-6, atol=0)
+    ref = torch.tensor(ref_beta(300), dtype=torch.float64)
+    assert len(ref) < 301 and s.shape == ref.shape and torch.all(s[1:] < s[:-1])
+    torch.testing.assert_close(s.double(), ref, rtol=2e-6, atol=0)
 
 
 @pytest.mark.parametrize("name", list(SCHEDULERS))

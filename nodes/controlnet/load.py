@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from nodes.loading.configs import metadata_fields
 from nodes.loading.weights import read_tensors
 from nodes.loading.errors import CorruptCheckpoint, IncompleteCheckpoint, UnrecognisedArchitecture, WrongFileKind
 
@@ -64,14 +65,7 @@ def read_state(path: Path, allow_pickle: bool | None = None) -> tuple[dict[str, 
 
 
 def _metadata_config(metadata: Mapping[str, str]) -> dict:
-    raw = metadata.get(META_KEY)
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return {}
-    return {k: v for k, v in data.items() if k in META_FIELDS} if isinstance(data, dict) else {}
+    return metadata_fields(metadata, META_KEY, META_FIELDS)
 
 
 def _not_a_controlnet(keys: list[str], path: Path) -> WrongFileKind:

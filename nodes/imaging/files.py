@@ -68,8 +68,14 @@ def png_metadata(ctx) -> PngInfo:
     return info
 
 
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """0..1 floats to 8-bit levels as ComfyUI's SaveImage quantises: x * 255 clipped to [0, 255], then truncated
+    (not rounded) by the uint8 cast, so the same image gives the same PNG bytes."""
+    return np.clip(image.detach().float().cpu().numpy() * 255.0, 0, 255).astype(np.uint8)
+
+
 def _to_pil(image: torch.Tensor) -> Image.Image:
-    arr = (image.detach().float().cpu().clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
+    arr = to_uint8(image)
     if arr.shape[-1] == 1:
         arr = arr[..., 0]
     elif arr.shape[-1] > 4:

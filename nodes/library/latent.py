@@ -149,17 +149,6 @@ class LatentFromBatch(Node):
         return (out,)
 
 
-def latent_noise(latent: dict, seed: int) -> torch.Tensor:
-    """Initial noise per the noise contract, honouring ``batch_index`` so a picked entry keeps its noise."""
-    x = latent["samples"]
-    idx = latent.get("batch_index")
-    gen = torch.Generator("cpu").manual_seed(seed)
-    if idx is None:
-        return torch.randn(x.shape, generator=gen, dtype=torch.float32, device="cpu")
-    full = torch.randn((max(idx) + 1, *x.shape[1:]), generator=gen, dtype=torch.float32, device="cpu")
-    return full[list(idx)]
-
-
 class VAEDecode(Node):
     type = "VAEDecode"
     display_name = "VAE Decode"

@@ -5,19 +5,14 @@ from __future__ import annotations
 
 from graph.node import Input, Node, Output
 from graph.types import COMBO, CONDITIONING, FLOAT, INT, LATENT, MAX_SEED, MODEL
-from nodes.sampling import SAMPLER_ALIASES, SAMPLER_NAMES, SCHEDULER_NAMES
+from nodes.sampling import SAMPLER_NAMES, SCHEDULER_NAMES
 from nodes.sampling.sample import sample
 
-# ComfyUI's names, in ComfyUI's order, limited to what Chisel implements (so an unknown sampler is a validation
-# error up front, not a failure after the model has loaded); ComfyUI's "_gpu" and "bh2" variants are aliases.
-_COMFY_SAMPLER_ORDER = (
-    "euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde",
-    "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "lcm",
-    "ddim", "uni_pc", "uni_pc_bh2",
-)
-SAMPLER_CHOICES = tuple(n for n in _COMFY_SAMPLER_ORDER if n in SAMPLER_NAMES or n in SAMPLER_ALIASES)
+# ComfyUI's scheduler order, limited to what Chisel implements; the sampler choices are the registry's names (in
+# ComfyUI's order), so an unknown sampler is a validation error up front, not a failure after the model has loaded.
+SAMPLER_CHOICES = SAMPLER_NAMES
 SCHEDULER_CHOICES = tuple(n for n in ("simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta",
-                                      "normal") if n in SCHEDULER_NAMES)
+                                      "normal", "linear_quadratic", "kl_optimal") if n in SCHEDULER_NAMES)
 
 
 class KSampler(Node):

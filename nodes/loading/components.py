@@ -23,7 +23,7 @@ from nodes.loading.configs import (
     SCHEDULER_FIELDS,
     TEXT_META,
     UNET_META,
-    _meta,
+    metadata_fields,
     infer_text,
     infer_unet,
     template,
@@ -82,7 +82,7 @@ def load_unet_file(path: str | Path, allow_pickle: bool | None = None) -> Loaded
                                            f"convolution ({len(keys)} tensors, e.g. {', '.join(keys[:3])}).", path)
         shapes = {km.UNET_PREFIX + k[len(prefix):]: s for k, s in wf.shapes.items() if k.startswith(prefix)}
         u = {k[len(km.UNET_PREFIX):]: s for k, s in shapes.items()}
-        meta = _meta(wf.metadata, "chisel.unet", UNET_META)
+        meta = metadata_fields(wf.metadata, "chisel.unet", UNET_META)
         family = _unet_family(u, meta)
         name = FAMILY_TEMPLATE[family]
         cfg = infer_unet(shapes, family, template(name, "unet"), meta, str(path))
@@ -96,13 +96,13 @@ def load_unet_file(path: str | Path, allow_pickle: bool | None = None) -> Loaded
         _assign(unet, sfu.convert_ldm_unet_checkpoint(sub, cfg), "unet", path)
         sched = template(name, "scheduler")
         sched = {k: sched[k] for k in SCHEDULER_FIELDS if k in sched}
-        sched.update(_meta(wf.metadata, "chisel.scheduler", SCHEDULER_FIELDS))
+        sched.update(metadata_fields(wf.metadata, "chisel.scheduler", SCHEDULER_FIELDS))
     return LoadedUnet(unet, family, dict(cfg), sched)
 
 
 def _text_meta(metadata: dict[str, str]) -> dict:
     for key in ("chisel.text_encoder", "chisel.text_encoder_2", "chisel.text"):
-        found = _meta(metadata, key, TEXT_META)
+        found = metadata_fields(metadata, key, TEXT_META)
         if found:
             return found
     return {}

@@ -47,7 +47,7 @@ def template(name: str, component: str) -> dict:
     raise FileNotFoundError(f"no shipped config {folder}")
 
 
-def _meta(metadata: Mapping[str, str], key: str, allowed) -> dict:
+def metadata_fields(metadata: Mapping[str, str], key: str, allowed) -> dict:
     raw = metadata.get(key)
     if not raw:
         return {}
@@ -259,15 +259,15 @@ def infer_configs(det: Detection, shapes: Mapping[str, tuple], metadata: Mapping
     if det.family == "sd2" and det.prediction_type == "v_prediction":
         name = "sd2_v"
     out: dict[str, dict] = {}
-    out["unet"] = infer_unet(shapes, det.family, template(name, "unet"), _meta(metadata, "chisel.unet", UNET_META),
+    out["unet"] = infer_unet(shapes, det.family, template(name, "unet"), metadata_fields(metadata, "chisel.unet", UNET_META),
                              where)
-    out["vae"] = infer_vae(shapes, template(name, "vae"), _meta(metadata, "chisel.vae", VAE_META), where)
+    out["vae"] = infer_vae(shapes, template(name, "vae"), metadata_fields(metadata, "chisel.vae", VAE_META), where)
     for te in det.text_encoders:
         out[te.name] = infer_text(shapes, te.kind, te.prefix, template(name, te.name),
-                                  _meta(metadata, f"chisel.{te.name}", TEXT_META), te.with_projection, where)
+                                  metadata_fields(metadata, f"chisel.{te.name}", TEXT_META), te.with_projection, where)
     sched = template(name, "scheduler")
     sched = {k: sched[k] for k in SCHEDULER_FIELDS if k in sched}
-    sched.update(_meta(metadata, "chisel.scheduler", SCHEDULER_FIELDS))
+    sched.update(metadata_fields(metadata, "chisel.scheduler", SCHEDULER_FIELDS))
     if det.prediction_type:
         sched["prediction_type"] = det.prediction_type
     out["scheduler"] = sched

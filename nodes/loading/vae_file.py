@@ -6,7 +6,7 @@ from pathlib import Path
 
 from nodes.loading import keymaps as km
 from nodes.loading.checkpoint import _assign, build_checked, build_vae
-from nodes.loading.configs import VAE_META, _meta, infer_vae, template
+from nodes.loading.configs import VAE_META, metadata_fields, infer_vae, template
 from nodes.loading.detect import _is_lora
 from nodes.loading.errors import (
     CorruptCheckpoint,
@@ -46,7 +46,7 @@ def load_vae_file(path: str | Path, allow_pickle: bool | None = None):
     with source as src:
         if ldm:
             full = {km.VAE_PREFIX + k: s for k, s in rel.items()}
-            cfg = infer_vae(full, template("sd15", "vae"), _meta(metadata, "chisel.vae", VAE_META), str(path))
+            cfg = infer_vae(full, template("sd15", "vae"), metadata_fields(metadata, "chisel.vae", VAE_META), str(path))
             vae = build_checked("vae", build_vae, cfg, path, metadata)
             own = [k for k in vae.state_dict()]
             expected = {v: k for k, v in km.vae_key_map(cfg, own).items()}
@@ -66,7 +66,7 @@ def load_vae_file(path: str | Path, allow_pickle: bool | None = None):
             cfg["layers_per_block"] = len({k.split(".")[4] for k in rel
                                            if k.startswith("encoder.down_blocks.0.resnets.")})
             cfg["latent_channels"] = int(rel["decoder.conv_in.weight"][1])
-            cfg.update(_meta(metadata, "chisel.vae", VAE_META))
+            cfg.update(metadata_fields(metadata, "chisel.vae", VAE_META))
             vae = build_checked("vae", build_vae, cfg, path, metadata)
             converted = {k: src.get(prefix + k) for k in rel}
             for k, v in list(converted.items()):

@@ -25,7 +25,7 @@ from nodes.memory.handles import ModelHandle
 
 @dataclass
 class _Entry:
-    group: int  # 0 = positive, 1 = negative
+    group: int  # index of its conditioning in the guider's plan (0 = positive)
     emb: torch.Tensor  # [1, T, D] on device, unet dtype
     area: tuple[int, int, int, int] | None  # (h, w, y, x) latent cells, None = full frame
     mult: torch.Tensor | float  # [1 or B, 1, h, w] or a scalar
@@ -80,17 +80,90 @@ def _feather(mult: torch.Tensor, area, full_h: int, full_w: int, rr: int = 8) ->
     return mult
 
 
-class CFGDenoiser:
-    """``denoiser(x, sigma_batch) -> denoised`` for the samplers in :mod:`nodes.sampling`."""
+GUIDER_STYLES = ("basic", "cfg", "dual_regular", "dual_nested")
 
-    def __init__(self, model: ModelHandle, positive: list, negative: list, cfg: float, latent_in: torch.Tensor,
-                 noise: torch.Tensor | None, noise_mask: torch.Tensor | None, image_size: tuple[int, int]):
+
+@dataclass(frozen=True)
+class Guider:
+    """How a MODEL's predictions under several conditionings combine into one denoised prediction (ComfyUI's
+    GUIDER; KSampler's guidance is ``Guider.cfg``). Combinations, on the x0 predictions D_c:
+
+    - ``basic``: D_positive;
+    - ``cfg``: D_neg + cfg (D_pos - D_neg); with cfg = 1 just D_pos (the negative pass is skipped);
+    - ``dual_regular`` (conds cond1, cond2, negative; scales cfg_conds, cfg_cond2_negative):
+      D_neg + cfg2 (D_2 - D_neg) + cfg1 (D_1 - D_2); with cfg2 = 1 the negative pass is skipped, and with both 1
+      only D_1 remains;
+    - ``dual_nested``: D_neg + cfg2 (D_2 + cfg1 (D_1 - D_2) - D_neg).
+    """
+
+    model: ModelHandle
+    conds: tuple
+    scales: tuple = ()
+    style: str = "cfg"
+
+    def __post_init__(self):
+        if self.style not in GUIDER_STYLES:
+            raise ValueError(f"unknown guidance style {self.style!r}; expected one of {GUIDER_STYLES}")
+
+    @classmethod
+    def basic(cls, model, conditioning) -> "Guider":
+        return cls(model, (conditioning,), (), "basic")
+
+    @classmethod
+    def cfg(cls, model, positive, negative, cfg: float) -> "Guider":
+        return cls(model, (positive, negative), (float(cfg),), "cfg")
+
+    @classmethod
+    def dual(cls, model, cond1, cond2, negative, cfg_conds: float, cfg_cond2_negative: float,
+             nested: bool = False) -> "Guider":
+        return cls(model, (cond1, cond2, negative), (float(cfg_conds), float(cfg_cond2_negative)),
+                   "dual_nested" if nested else "dual_regular")
+
+    def plan(self):
+        """(the conditionings that go through the UNet, combine(list of their predictions) -> denoised)."""
+        if self.style == "basic":
+            return [self.conds[0]], lambda d: d[0]
+        if self.style == "cfg":
+            (cfg,), (pos, neg) = self.scales, self.conds
+            if cfg == 1.0:
+                return [pos], lambda d: d[0]
+            return [pos, neg], lambda d: d[1] + (d[0] - d[1]) * cfg
+        (cfg1, cfg2), (c1, c2, neg) = self.scales, self.conds
+        if self.style == "dual_nested":
+            return [c1, c2, neg], lambda d: d[2] + ((d[1] + (d[0] - d[1]) * cfg1) - d[2]) * cfg2
+        if math.isclose(cfg2, 1.0):
+            if math.isclose(cfg1, 1.0):
+                return [c1], lambda d: d[0]
+            return [c1, c2], lambda d: d[1] + (d[0] - d[1]) * cfg1
+        return [c1, c2, neg], lambda d: d[2] + (d[1] - d[2]) * cfg2 + (d[0] - d[1]) * cfg1
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The conditionings' input names (ComfyUI's), in the order of :attr:`conds` (for messages)."""
+        if self.style == "basic":
+            return ("conditioning",)
+        return ("positive", "negative") if self.style == "cfg" else ("cond1", "cond2", "negative")
+
+    def denoiser(self, latent_in: torch.Tensor, noise: torch.Tensor | None, noise_mask: torch.Tensor | None,
+                 image_size: tuple[int, int]) -> "CFGDenoiser":
+        groups, combine = self.plan()
+        return CFGDenoiser(self.model, groups, combine, latent_in, noise, noise_mask, image_size,
+                           self.input_names[:len(groups)])
+
+
+class CFGDenoiser:
+    """``denoiser(x, sigma_batch) -> denoised`` for the samplers in :mod:`nodes.sampling`: the UNet's predictions
+    under each conditioning group, combined by ``combine`` (see :class:`Guider`)."""
+
+    def __init__(self, model: ModelHandle, groups: list, combine, latent_in: torch.Tensor,
+                 noise: torch.Tensor | None, noise_mask: torch.Tensor | None, image_size: tuple[int, int],
+                 group_names: tuple[str, ...] = ("positive", "negative")):
         self.model = model
         self.ms = model.model_sampling
         self.unet = model.unet.runner()  # the module, or its compiled form (nodes.memory.compile)
         self.device = model.unet.device
         self.dtype = model.unet.dtype
-        self.cfg = float(cfg)
+        self.combine = combine
         b, _, h, w = latent_in.shape
         self.shape = (b, h, w)
         self.latent = latent_in
@@ -104,7 +177,8 @@ class CFGDenoiser:
             self.mask = m.expand(b, -1, -1, -1)
         self.image_size = image_size
         self._bound: dict[int, Any] = {}
-        groups = [positive] if self.cfg == 1.0 else [positive, negative]
+        extra_names = (f"conditioning {i}" for i in range(len(group_names), len(groups)))
+        self.group_names = tuple(group_names) + tuple(extra_names)
         self.entries: list[_Entry] = []
         for g, conds in enumerate(groups):
             if not conds:
@@ -197,7 +271,7 @@ class CFGDenoiser:
                              "a ControlNet: ControlNets on area conditioning are not supported yet")
         if extra is not None:
             if id(extra) not in self._bound:
-                self._bound[id(extra)] = extra.bind(self.model, self.shape, ("positive", "negative")[group])
+                self._bound[id(extra)] = extra.bind(self.model, self.shape, self.group_names[group])
             extra = self._bound[id(extra)]
         return _Entry(group, emb, area, mult, pooled, adm, concat, extra)
 
@@ -211,11 +285,7 @@ class CFGDenoiser:
         counts = [torch.full_like(x, 1e-37) for _ in range(self.n_groups)]
         for (bh, bw), entries in self.buckets.items():
             self._run_bucket(x, sigma, entries, sums, counts)
-        outs = [s / c for s, c in zip(sums, counts)]
-        if self.n_groups == 1:
-            den = outs[0]
-        else:
-            den = outs[1] + (outs[0] - outs[1]) * self.cfg
+        den = self.combine([s / c for s, c in zip(sums, counts)])
         if m is not None:
             den = den * m + self.latent * (1.0 - m)
         return den
@@ -248,7 +318,7 @@ class CFGDenoiser:
         kwargs = {}
         if pooled:
             kwargs["added_cond_kwargs"] = {"text_embeds": torch.cat(pooled), "time_ids": torch.cat(adm)}
-        t = self.ms.timestep(s_in.float())
+        t = self.ms.nearest_timestep(s_in.float())  # the UNet gets integer timesteps (as ComfyUI)
         if any(e.extra is not None for e in entries):
             kwargs.update(_extra_inputs(entries, b, net_in[:, :x_in.shape[1]], s_in, t, torch.cat(ctx),
                                         kwargs.get("added_cond_kwargs")))

@@ -164,6 +164,19 @@ class ModelSampling:
         w = ((flat - table[low]) / (table[high] - table[low])).clamp(0.0, 1.0)
         return (low.to(dtype) + w).reshape(log_s.shape)
 
+    def nearest_timestep(self, sigma) -> torch.Tensor:
+        """The integer training timestep whose log sigma is nearest to log(sigma) (the lower one on a tie), as a
+        float tensor: the timestep the UNet gets (ComfyUI rounds where :meth:`timestep` interpolates)."""
+        s = _as_tensor(sigma)
+        dtype = _work_dtype(s)
+        table = self._log_sigmas(s.device, dtype)
+        log_s = s.to(dtype).log()
+        flat = log_s.reshape(-1)
+        low = (torch.searchsorted(table, flat) - 1).clamp(0, self.num_timesteps - 2)
+        high = low + 1
+        pick_high = (table[high] - flat).abs() < (flat - table[low]).abs()
+        return torch.where(pick_high, high, low).to(dtype).reshape(log_s.shape)
+
     def percent_to_sigma(self, percent: float) -> float:
         """Sigma at a fraction of the way through sampling (0.0 = start/most noise, 1.0 = end/no noise)."""
         if percent <= 0.0:

@@ -1,17 +1,26 @@
-"""Seeded noise: the initial latent noise and the per-step noise of stochastic samplers.
+"""Seeded noise: the initial latent noise and the per-step noise of stochastic samplers (the README's noise
+contract, ComfyUI's):
 
-Noise is always drawn on the CPU in float32 from ``torch.Generator("cpu").manual_seed(seed)`` and only then moved
-to the target device/dtype, so a seed gives the same numbers on any device (the noise contract of
-ARCHITECTURE.md).
+- the starting noise is drawn on the CPU in float32 from ``torch.Generator("cpu").manual_seed(seed)``, the whole
+  batch at once, so a seed gives the same starting noise on any device;
+- ancestral samplers draw each step's noise from a generator seeded with the *same* seed on the latent's device
+  (:func:`seeded_noise_sampler`); on the CPU its first draw is the starting noise again, as in ComfyUI;
+- SDE samplers take Brownian-motion increments from a Brownian tree (torchsde) seeded with the seed and spanning
+  the schedule's smallest positive and largest sigma (:class:`BrownianTreeNoiseSampler`).
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Callable
 
 import torch
 
-__all__ = ["initial_noise", "make_noise_sampler", "NoiseSampler", "default_noise_sampler"]
+__all__ = ["initial_noise", "make_noise_sampler", "NoiseSampler", "default_noise_sampler", "seeded_noise_sampler",
+           "BrownianTreeNoiseSampler", "step_noise_sampler"]
+
+log = logging.getLogger(__name__)
 
 NoiseSampler = Callable[..., torch.Tensor]
 
@@ -30,7 +39,7 @@ def _to_like(noise: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def make_noise_sampler(x: torch.Tensor, seed: int) -> NoiseSampler:
-    """A deterministic noise source for stochastic samplers.
+    """A dtype-independent noise stream (tests and scripts; sampling runs use :func:`step_noise_sampler`).
 
     Returns ``noise_sampler(sigma=None, sigma_next=None) -> Tensor`` shaped like ``x``, on x's device and dtype.
     Successive calls return successive draws of one CPU float32 generator seeded with ``seed``.
@@ -52,3 +61,87 @@ def default_noise_sampler(x: torch.Tensor) -> NoiseSampler:
         return torch.randn_like(x)
 
     return noise_sampler
+
+
+def seeded_noise_sampler(x: torch.Tensor, seed: int) -> NoiseSampler:
+    """Per-step noise of ancestral samplers: successive ``torch.randn`` draws shaped like x, in x's dtype, from one
+    generator on x's device seeded with ``seed`` (device-dependent numbers, as in ComfyUI)."""
+    generator = torch.Generator(device=x.device).manual_seed(int(seed))
+
+    def noise_sampler(sigma=None, sigma_next=None) -> torch.Tensor:
+        return torch.randn(x.shape, dtype=x.dtype, layout=x.layout, device=x.device, generator=generator)
+
+    return noise_sampler
+
+
+def _torchsde():
+    try:
+        import torchsde
+    except ImportError:
+        return None
+    return torchsde
+
+
+class BrownianTreeNoiseSampler:
+    """Standard-normal noise for a step sigma -> sigma_next taken from one Brownian path W over
+    [sigma_min, sigma_max]: (W(sigma_next) - W(sigma)) / sqrt(|sigma_next - sigma|).
+
+    The path is a ``torchsde.BrownianTree`` seeded with ``seed`` (its ``entropy``), starting at 0 with x's shape,
+    built on the CPU (``cpu=True``) or on x's device; its increments are returned in x's dtype on x's device.
+    Querying the same interval twice gives the same noise; sub-steps of a step get consistent noise.
+    """
+
+    def __init__(self, x: torch.Tensor, sigma_min: float, sigma_max: float, seed: int, cpu: bool = True):
+        torchsde = _torchsde()
+        if torchsde is None:
+            raise ImportError("the Brownian-tree noise of the SDE samplers needs torchsde (pip install torchsde)")
+        self.device, self.dtype = x.device, x.dtype
+        where = torch.device("cpu") if cpu else x.device
+        t0 = torch.tensor(float(sigma_min), dtype=torch.float32, device=where)
+        t1 = torch.tensor(float(sigma_max), dtype=torch.float32, device=where)
+        w0 = torch.zeros(x.shape, dtype=torch.float32 if cpu else x.dtype, device=where)
+        self.where = where
+        self.tree = torchsde.BrownianTree(t0, w0, t1, entropy=int(seed))
+
+    def __call__(self, sigma, sigma_next) -> torch.Tensor:
+        a = torch.as_tensor(sigma, dtype=torch.float32).to(self.where)
+        b = torch.as_tensor(sigma_next, dtype=torch.float32).to(self.where)
+        lo, hi = (a, b) if a < b else (b, a)
+        with warnings.catch_warnings():
+            # torchsde rounds the tree's ends to its tolerance and warns when the schedule's own end sigmas fall a
+            # rounding error outside them; it clamps them, which is what is wanted
+            warnings.filterwarnings("ignore", message="Should have t", category=UserWarning)
+            w = self.tree(lo, hi)  # W(hi) - W(lo)
+        if a > b:  # a step down in sigma: W(sigma_next) - W(sigma)
+            w = -w
+        w = w.to(self.dtype).to(self.device)
+        return w / (b - a).abs().sqrt().to(self.device)
+
+
+_warned_no_torchsde = False
+
+
+def step_noise_sampler(kind: str, x: torch.Tensor, sigmas, seed: int) -> NoiseSampler | None:
+    """The per-step noise a registered sampler's ``noise`` kind asks for (None for deterministic samplers).
+
+    Without torchsde the Brownian kinds fall back to :func:`seeded_noise_sampler` (same distribution, other
+    numbers than ComfyUI's) and say so once in the log.
+    """
+    global _warned_no_torchsde
+    if kind == "none":
+        return None
+    if kind == "seeded":
+        return seeded_noise_sampler(x, seed)
+    if kind in ("brownian", "brownian_device"):
+        if _torchsde() is None:
+            if not _warned_no_torchsde:
+                log.warning("torchsde is not installed: the SDE samplers draw independent seeded noise instead of "
+                            "a Brownian tree, so their images differ from ComfyUI's (pip install torchsde)")
+                _warned_no_torchsde = True
+            return seeded_noise_sampler(x, seed)
+        s = torch.as_tensor(sigmas, dtype=torch.float32).flatten().cpu()
+        positive = s[s > 0]
+        if positive.numel() == 0:
+            return None
+        return BrownianTreeNoiseSampler(x, float(positive.min()), float(s.max()), seed, cpu=kind == "brownian")
+    raise ValueError(f"unknown noise kind {kind!r}")

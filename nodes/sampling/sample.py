@@ -1,33 +1,35 @@
-"""KSampler's core: sample a LATENT with a MODEL — schedule, starting noise (the noise contract), LoRA patches for the
-run, the guided denoiser (:mod:`nodes.sampling.guidance`), the sampler, progress (:mod:`nodes.sampling.preview`).
+"""Sampling a LATENT with a MODEL: the schedule, the starting noise and the per-step noise (the README's noise and
+schedule contract, ComfyUI's), LoRA patches for the run, the guided denoiser (:mod:`nodes.sampling.guidance`), the
+sampler (:mod:`nodes.sampling.registry`), progress (:mod:`nodes.sampling.preview`).
 
-Sigmas stay Python floats on the host: samplers read them once, so the per-step path never reads a device tensor.
+:func:`sample` is KSampler's path; :func:`sample_custom` the custom-sampling nodes' (given sigmas, sampler, guider
+and noise). Sigmas stay Python floats on the host: samplers read them once, so the per-step path never reads a
+device tensor.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from nodes.memory.handles import ModelHandle
 from nodes.patches.lora import patched
-from nodes.sampling.guidance import CFGDenoiser
+from nodes.sampling.guidance import Guider
+from nodes.sampling.noise import initial_noise, step_noise_sampler
 from nodes.sampling.preview import Previewer
+from nodes.sampling.registry import SamplerSpec, get_sampler
+from nodes.sampling.schedulers import calculate_sigmas
 
-# The stochastic samplers' noise stream is seeded with seed + this odd constant (mod 2^64), never with the seed of
-# the starting noise: with the same seed its first draw would *be* the starting noise, so the first ancestral step
-# would re-add the very noise it is removing. The golden-ratio offset keeps it away from nearby seeds (seed + 1 would
-# replay the starting noise of the next seed in a sweep).
-NOISE_STREAM_OFFSET = 0x9E3779B97F4A7C15
-
-
-def noise_stream_seed(seed: int) -> int:
-    """The seed of a stochastic sampler's per-step noise for a run whose starting noise uses ``seed``."""
-    return (int(seed) + NOISE_STREAM_OFFSET) % (1 << 64)
+_SEED_MOD = 1 << 64
 
 
 def prepare_noise(latent: dict, seed: int) -> torch.Tensor:
-    """Initial noise per the noise contract; with ``batch_index`` each latent gets the noise of its batch position."""
-    from nodes.sampling import initial_noise
+    """The starting noise of a LATENT (ComfyUI's rule): float32 on the CPU from a generator seeded with ``seed``.
 
+    Without ``batch_index`` the whole batch is one draw. With it (an entry picked by LatentFromBatch), one draw of
+    one entry's shape is made per index 0 .. max(batch_index) and each entry gets the draw of its index. One draw
+    per entry equals the whole batch's draw only when an entry has a multiple of 16 values (4·h·w for SD latents):
+    torch fills larger tensors in blocks of 16, so elsewhere a picked entry's noise is not its slice of the batch's.
+    """
     samples = latent["samples"]
     idx = latent.get("batch_index")
     if idx is None:
@@ -42,26 +44,35 @@ def prepare_noise(latent: dict, seed: int) -> torch.Tensor:
     return torch.cat([draws[i] for i in idx], 0)
 
 
-def sample(model: ModelHandle, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
-           positive: list, negative: list, latent: dict, denoise: float = 1.0, ctx=None, *, add_noise: bool = True,
-           start_step: int | None = None, last_step: int | None = None, force_full_denoise: bool = False,
-           sigmas: torch.Tensor | None = None) -> dict:
-    """Sample a LATENT with a MODEL. Returns a new LATENT dict (VAE latent space, float32, CPU)."""
-    from nodes.sampling import (
-        SAMPLER_ALIASES,
-        SAMPLERS,
-        STOCHASTIC_SAMPLERS,
-        calculate_sigmas,
-        make_noise_sampler,
-    )
+@dataclass(frozen=True)
+class SeededNoise:
+    """A NOISE value (RandomNoise): the starting noise of :func:`prepare_noise` for ``seed``; the seed also seeds
+    the per-step noise."""
 
-    sampler_name, sampler_options = SAMPLER_ALIASES.get(sampler_name, (sampler_name, {}))
-    if sampler_name not in SAMPLERS:
-        raise ValueError(f"sampler {sampler_name!r} is not available in Chisel; available: "
-                         f"{', '.join(list(SAMPLERS) + list(SAMPLER_ALIASES))}")
-    ms = model.model_sampling
-    if sigmas is None:
-        sigmas = calculate_sigmas(ms, scheduler, steps, denoise)
+    seed: int
+
+    def generate(self, latent: dict) -> torch.Tensor:
+        return prepare_noise(latent, self.seed)
+
+
+@dataclass(frozen=True)
+class NoNoise:
+    """A NOISE value (DisableNoise): zeros (the latent already holds its noise); per-step noise uses seed 0."""
+
+    seed: int = 0
+
+    def generate(self, latent: dict) -> torch.Tensor:
+        return torch.zeros(latent["samples"].shape, dtype=torch.float32)
+
+
+def ksampler_sigmas(model, sampler: SamplerSpec, scheduler: str, steps: int, denoise: float,
+                    start_step: int | None = None, last_step: int | None = None,
+                    force_full_denoise: bool = False) -> torch.Tensor:
+    """KSampler's schedule: ``scheduler`` with ``denoise``, one step longer with the penultimate sigma dropped for
+    the samplers that ask for it, then the step window of KSamplerAdvanced (a window starting at or past the end is
+    empty)."""
+    sigmas = calculate_sigmas(model.model_sampling, scheduler, steps, denoise,
+                              discard_penultimate_sigma=sampler.discard_penultimate_sigma)
     if start_step is not None and last_step is not None and start_step > last_step:
         raise ValueError(f"start_at_step {start_step} is after end_at_step {last_step}: nothing to sample "
                          "(the start must not come after the end)")
@@ -72,35 +83,66 @@ def sample(model: ModelHandle, seed: int, steps: int, cfg: float, sampler_name: 
             sigmas[-1] = 0.0
     if start_step is not None:
         if start_step >= len(sigmas) - 1:
-            return dict(latent)
+            return sigmas[:0]
         sigmas = sigmas[start_step:]
+    return sigmas
+
+
+def sample(model, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, positive: list,
+           negative: list, latent: dict, denoise: float = 1.0, ctx=None, *, add_noise: bool = True,
+           start_step: int | None = None, last_step: int | None = None, force_full_denoise: bool = False) -> dict:
+    """KSampler / KSamplerAdvanced: sample a LATENT with a MODEL. Returns a new LATENT dict (float32, CPU)."""
+    sampler = get_sampler(sampler_name)
+    sigmas = ksampler_sigmas(model, sampler, scheduler, steps, denoise, start_step, last_step, force_full_denoise)
+    noise = prepare_noise(latent, seed) if add_noise else torch.zeros(latent["samples"].shape, dtype=torch.float32)
+    return sample_custom(Guider.cfg(model, positive, negative, cfg), sampler, sigmas, latent, noise, seed, ctx)[0]
+
+
+def sample_custom(guider: Guider, sampler: SamplerSpec, sigmas: torch.Tensor, latent: dict, noise: torch.Tensor,
+                  seed: int, ctx=None) -> tuple[dict, dict]:
+    """Run ``sampler`` over ``sigmas`` from ``latent`` plus ``noise`` (scaled to the first sigma), guided by
+    ``guider``; ``seed`` seeds the per-step noise. Returns (the sampled LATENT, the LATENT of the last step's
+    denoised prediction); with fewer than two sigmas nothing runs and both are the input."""
     out = dict(latent)
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float32).flatten().cpu()
     if len(sigmas) < 2:
-        return out
+        return out, out
+    model = guider.model
     samples = latent["samples"]
     if samples.shape[1] != model.latent_format.channels:
         raise ValueError(f"the latent has {samples.shape[1]} channels; this model works on "
                          f"{model.latent_format.channels}")
-    noise = prepare_noise(latent, seed) if add_noise else torch.zeros(samples.shape, dtype=torch.float32)
-    manager = model.manager
+    if tuple(noise.shape) != tuple(samples.shape):
+        raise ValueError(f"the noise has shape {tuple(noise.shape)}; the latent has {tuple(samples.shape)}")
+    ms = model.model_sampling
+    seed = int(seed) % _SEED_MOD
     # LoRAs are added to the shared weights for this run only (restored on exit, also on errors and interrupts)
-    with manager.use(model.unet), patched(model.unet, model.lora_for("unet")), torch.inference_mode():
+    with model.manager.use(model.unet), patched(model.unet, model.lora_for("unet")), torch.inference_mode():
         dev = model.unet.device
         lat = model.latent_format.process_in(samples.to(dev, torch.float32))
-        noise_d = noise.to(dev)
+        noise_d = noise.to(dev, torch.float32)
         s0 = float(sigmas[0])
         x = ms.noise_scaling(torch.tensor(s0), noise_d, lat, max_denoise=s0 >= ms.sigma_max * (1 - 1e-5))
         mask = latent.get("noise_mask")
+        kept_area_noise = noise_d
+        if mask is not None and sampler.inpaint_noise_seed_offset is not None:
+            kept_area_noise = initial_noise(samples.shape, (seed + sampler.inpaint_noise_seed_offset) % _SEED_MOD)
+            kept_area_noise = kept_area_noise.to(dev)
         image_size = (samples.shape[-2] * 8, samples.shape[-1] * 8)
-        den = CFGDenoiser(model, positive, negative, cfg, lat, noise_d, mask, image_size)
-        total = len(sigmas) - 1
-        callback = Previewer(ctx, model, total)
-        noise_sampler = (make_noise_sampler(x, noise_stream_seed(seed)) if sampler_name in STOCHASTIC_SAMPLERS
-                         else None)
+        den = guider.denoiser(lat, kept_area_noise, mask, image_size)
+        previewer = Previewer(ctx, model, len(sigmas) - 1)
+        last = {}
+
+        def callback(info):
+            last["denoised"] = info["denoised"]
+            previewer(info)
+
+        noise_sampler = step_noise_sampler(sampler.noise, x, sigmas, seed)
         # sigmas stay on the host: samplers read them once as Python floats (no per-step device reads)
-        result = SAMPLERS[sampler_name](den, x, sigmas, extra_args={}, callback=callback,
-                                        noise_sampler=noise_sampler, **sampler_options)
+        result = sampler(den, x, sigmas, extra_args={}, callback=callback, noise_sampler=noise_sampler)
         result = ms.inverse_noise_scaling(sigmas[-1], result)
-        result = model.latent_format.process_out(result).float().cpu()
-    out["samples"] = result
-    return out
+        out["samples"] = model.latent_format.process_out(result).float().cpu()
+        denoised = dict(out)
+        if "denoised" in last:
+            denoised["samples"] = model.latent_format.process_out(last["denoised"]).float().cpu()
+    return out, denoised

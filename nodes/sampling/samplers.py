@@ -21,13 +21,11 @@ Notation: ``t = -log(sigma)`` (the half-log-SNR lambda of DPM-Solver), ``h = t_n
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import torch
 
 from nodes.sampling.noise import default_noise_sampler
 
-__all__ = ["SAMPLERS", "SAMPLER_NAMES", "STOCHASTIC_SAMPLERS", "get_ancestral_step", "lms_coefficient"]
+__all__ = ["get_ancestral_step", "lms_coefficient"]  # and the sample_* functions (registered in registry.py)
 
 
 # -- shared helpers ---------------------------------------------------------------------------------------------
@@ -101,7 +99,7 @@ def sample_euler_ancestral(
         down, up = get_ancestral_step(s[i], s[i + 1], eta)
         _report(callback, i, x, denoised, s[i], s[i + 1], total)
         x = x + _d(x, denoised, s[i]) * (down - s[i])
-        if s[i + 1] > 0.0 and up > 0.0:
+        if s[i + 1] > 0.0:
             x = x + noise_sampler(s[i], s[i + 1]) * (s_noise * up)
     return x
 
@@ -257,7 +255,7 @@ def sample_dpmpp_2s_ancestral(
             x_2 = x * (s_mid / s[i]) - denoised * math.expm1(-0.5 * h)
             denoised_2 = _denoise(model, x_2, s_mid, extra_args)
             x = x * (down / s[i]) - denoised_2 * math.expm1(-h)
-        if s[i + 1] > 0.0 and up > 0.0:
+        if s[i + 1] > 0.0:
             x = x + noise_sampler(s[i], s[i + 1]) * (s_noise * up)
     return x
 
@@ -276,8 +274,8 @@ def sample_dpmpp_sde(
 ):
     """DPM-Solver++ SDE, single-step second order: an ancestral DPM-Solver++(1) step to the intermediate
     t + r h, a model evaluation there, then the full step (ancestral split over sigma -> sigma_next) with
-    D = (1 - 1/(2r)) D_i + 1/(2r) D_mid. Noise comes from ``noise_sampler`` (independent Gaussian draws per call;
-    ComfyUI uses a Brownian tree here, which gives the same distribution but different numbers)."""
+    D = (1 - 1/(2r)) D_i + 1/(2r) D_mid. Noise comes from ``noise_sampler`` (KSampler passes a Brownian tree, as
+    ComfyUI)."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x)
     s = _schedule(sigmas)
@@ -294,15 +292,13 @@ def sample_dpmpp_sde(
         # step 1: sigma -> s_mid
         down, up = get_ancestral_step(s[i], s_mid, eta)
         x_2 = denoised + (x - denoised) * (down / s[i])
-        if up > 0.0:
-            x_2 = x_2 + noise_sampler(s[i], s_mid) * (s_noise * up)
+        x_2 = x_2 + noise_sampler(s[i], s_mid) * (s_noise * up)
         denoised_2 = _denoise(model, x_2, s_mid, extra_args)
         # step 2: sigma -> sigma_next
         down, up = get_ancestral_step(s[i], s[i + 1], eta)
         mixed = denoised * (1.0 - fac) + denoised_2 * fac
         x = mixed + (x - mixed) * (down / s[i])
-        if up > 0.0:
-            x = x + noise_sampler(s[i], s[i + 1]) * (s_noise * up)
+        x = x + noise_sampler(s[i], s[i + 1]) * (s_noise * up)
     return x
 
 
@@ -372,7 +368,7 @@ def sample_dpm_2_ancestral(
             x_2 = x + d * (s_mid - s[i])
             d_2 = _d(x_2, _denoise(model, x_2, s_mid, extra_args), s_mid)
             x = x + d_2 * (down - s[i])
-        if s[i + 1] > 0.0 and up > 0.0:
+        if s[i + 1] > 0.0:
             x = x + noise_sampler(s[i], s[i + 1]) * (s_noise * up)
     return x
 
@@ -407,7 +403,8 @@ def lms_coefficient(order: int, s: list[float], i: int, j: int) -> float:
 @torch.no_grad()
 def sample_lms(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, order: int = 4):
     """Linear multistep (Adams-Bashforth in sigma) over the last ``order`` ODE derivatives (warming up from
-    order 1); the weights integrate the Lagrange interpolant of dx/dsigma over each step."""
+    order 1); the weights integrate the Lagrange interpolant of dx/dsigma over each step. A step to sigma = 0
+    returns the denoised prediction."""
     extra_args = extra_args or {}
     s = _schedule(sigmas)
     total = len(s) - 1
@@ -418,37 +415,16 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, noise_sampler=N
         ds.append(_d(x, denoised, s[i]))
         if len(ds) > order:
             ds.pop(0)
+        if s[i + 1] == 0.0:  # the last step returns the denoised prediction (as ComfyUI)
+            x = denoised
+            continue
         cur = min(i + 1, order)
         for j, d in enumerate(reversed(ds)):
             x = x + d * lms_coefficient(cur, s, i, j)
     return x
 
 
-# -- DDIM and LCM ---------------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def sample_ddim(
-    model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta: float = 0.0, s_noise: float = 1.0
-):
-    """DDIM (Song et al. 2021) in sigma space: x_next = D + sigma_down (x - D) / sigma + sigma_up z.
-
-    Rewriting DDIM's sigma_t(eta) in the variance-exploding view gives exactly the ancestral split of
-    :func:`get_ancestral_step`; with the default eta = 0 DDIM is deterministic (and coincides with Euler).
-    """
-    extra_args = extra_args or {}
-    s = _schedule(sigmas)
-    total = len(s) - 1
-    if eta and noise_sampler is None:
-        noise_sampler = default_noise_sampler(x)
-    for i in range(total):
-        denoised = _denoise(model, x, s[i], extra_args)
-        down, up = get_ancestral_step(s[i], s[i + 1], eta)
-        _report(callback, i, x, denoised, s[i], s[i + 1], total)
-        x = denoised + (x - denoised) * (down / s[i])
-        if s[i + 1] > 0.0 and up > 0.0:
-            x = x + noise_sampler(s[i], s[i + 1]) * (s_noise * up)
-    return x
+# -- LCM ---------------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -469,6 +445,8 @@ def sample_lcm(model, x, sigmas, extra_args=None, callback=None, noise_sampler=N
 
 
 # -- UniPC ------------------------------------------------------------------------------------------------------
+
+UNIPC_FINAL_SIGMA = 0.001
 
 
 def _solve(matrix: list[list[float]], rhs: list[float]) -> list[float]:
@@ -513,6 +491,7 @@ def sample_uni_pc(
     variant: str = "bh1",
     lower_order_final: bool = True,
     use_corrector: bool = True,
+    final_sigma: float = UNIPC_FINAL_SIGMA,
 ):
     """UniPC (Zhao et al. 2023), multistep, data prediction, in t = -log sigma.
 
@@ -524,9 +503,15 @@ def sample_uni_pc(
     with B(h) = -h ("bh1") or expm1(-h) ("bh2") and rho solving the order conditions (rho = 1/2 for p = 2).
     Corrector UniC-p, applied once the model has been evaluated at the predicted x_t (no extra evaluation): the
     same update recomputed with the new D_t as an extra point at r = 1.
+
+    A schedule ending in sigma = 0 ends at ``final_sigma`` = 0.001 instead (a last first-order predictor step, as
+    ComfyUI's UniPC does); the result is x at that sigma. With ``final_sigma = 0`` the last step returns the
+    denoised prediction (diffusers' ending).
     """
     extra_args = extra_args or {}
     s = _schedule(sigmas)
+    if len(s) > 1 and s[-1] == 0.0:
+        s[-1] = float(final_sigma)
     total = len(s) - 1
     lams: list[float] = []  # t of the evaluated points
     hist: list[torch.Tensor] = []  # their denoised predictions
@@ -566,35 +551,3 @@ def sample_uni_pc(
         x = x_next
     return x
 
-
-SAMPLERS: dict[str, Callable] = {
-    "euler": sample_euler,
-    "euler_ancestral": sample_euler_ancestral,
-    "heun": sample_heun,
-    "dpm_2": sample_dpm_2,
-    "dpm_2_ancestral": sample_dpm_2_ancestral,
-    "lms": sample_lms,
-    "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
-    "dpmpp_sde": sample_dpmpp_sde,
-    "dpmpp_2m": sample_dpmpp_2m,
-    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
-    "dpmpp_3m_sde": sample_dpmpp_3m_sde,
-    "ddim": sample_ddim,
-    "uni_pc": sample_uni_pc,
-    "lcm": sample_lcm,
-}
-SAMPLER_NAMES = list(SAMPLERS)
-
-# ComfyUI's variant names: (sampler, options). Its "_gpu" SDE samplers differ only in where their Brownian noise is
-# drawn; Chisel always draws noise on the CPU from the seed, so they are the same sampler here.
-SAMPLER_ALIASES = {
-    "dpmpp_sde_gpu": ("dpmpp_sde", {}),
-    "dpmpp_2m_sde_gpu": ("dpmpp_2m_sde", {}),
-    "dpmpp_3m_sde_gpu": ("dpmpp_3m_sde", {}),
-    "uni_pc_bh2": ("uni_pc", {"variant": "bh2"}),
-}
-
-# Samplers that draw fresh noise (they take a noise_sampler; seed it for reproducible images).
-STOCHASTIC_SAMPLERS = frozenset(
-    {"euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "lcm"}
-)

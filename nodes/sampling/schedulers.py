@@ -1,5 +1,5 @@
-"""Sigma schedules: ``scheduler(model_sampling, steps) -> steps + 1`` float32 sigmas on the CPU, descending, ending
-in 0. ComfyUI's scheduler names, each from its published formula:
+"""Sigma schedules: ``scheduler(model_sampling, steps) ->`` float32 sigmas on the CPU, descending, ending in 0;
+steps + 1 of them except where ComfyUI's rule gives another count (``ddim_uniform``, ``beta`` with many steps). ComfyUI's scheduler names, each from its published formula:
 
 - ``normal``: timesteps evenly spaced from the last training timestep to the first (both included), mapped to
   sigma by log-sigma interpolation.
@@ -9,9 +9,11 @@ in 0. ComfyUI's scheduler names, each from its published formula:
 - ``sgm_uniform``: like ``normal`` but with steps+1 evenly spaced timesteps, the last (t=0) dropped (the
   "trailing"-style spacing of Stability's sgm code).
 - ``simple``: every (N/steps)-th training sigma, from the top.
-- ``ddim_uniform``: DDIM's "uniform" discretisation: timesteps 1, 1+c, 1+2c, ... with c = N // steps.
+- ``ddim_uniform``: DDIM's "uniform" discretisation: timesteps 1, 1+c, 1+2c, ... below N with c = N // steps
+  (more than ``steps`` of them for some step counts, as in ComfyUI).
+- ``kl_optimal``: Sabour et al. 2024: sigmas evenly spaced in atan(sigma).
 - ``beta``: Lee et al. 2024, "Beta Sampling is All You Need": timesteps at the quantiles of a Beta(0.6, 0.6)
-  distribution, rounded to integer training timesteps.
+  distribution, rounded to integer training timesteps, repeats dropped.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ __all__ = [
     "beta_scheduler",
     "get_sigmas_karras",
     "get_sigmas_exponential",
+    "get_sigmas_polyexponential",
+    "sd_turbo_sigmas",
     "beta_ppf",
 ]
 
@@ -71,6 +75,37 @@ def get_sigmas_exponential(n: int, sigma_min: float, sigma_max: float) -> torch.
     return _finish(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp().tolist())
 
 
+def get_sigmas_polyexponential(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0) -> torch.Tensor:
+    """n sigmas with log sigma a polynomial of degree rho in the step: log sigma_i = log smin + r_i^rho (log smax -
+    log smin), r_i running evenly from 1 to 0; plus the final 0 (float32). rho = 1 is ``exponential``."""
+    if n <= 0:
+        return torch.zeros(1)
+    ramp = torch.linspace(1.0, 0.0, n, dtype=torch.float64) ** rho
+    lo, hi = math.log(sigma_min), math.log(sigma_max)
+    return _finish((ramp * (hi - lo) + lo).exp().tolist())
+
+
+def sd_turbo_sigmas(ms: ModelSampling, steps: int, denoise: float = 1.0) -> torch.Tensor:
+    """SD-Turbo's schedule: the training sigmas at timesteps 999, 899, ..., 99, starting at index
+    10 - int(10 * denoise) and taking ``steps`` of them, plus the final 0 (float32)."""
+    start = 10 - int(10 * denoise)
+    ts = [999 - 100 * i for i in range(10)][start:start + int(steps)]
+    table = ms.sigmas.tolist()
+    return _finish([table[t] for t in ts])
+
+
+def kl_optimal_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
+    """Sabour et al. 2024 ("Align Your Steps"), the KL-optimal schedule: sigma_i = tan((1 - i/(n-1)) atan(smax) +
+    i/(n-1) atan(smin)), evenly spaced in atan(sigma); plus the final 0."""
+    n = _check_steps(steps)
+    if n == 0:
+        return torch.zeros(1)
+    if n == 1:
+        return _finish([ms.sigma_max])
+    hi, lo = math.atan(ms.sigma_max), math.atan(ms.sigma_min)
+    return _finish([math.tan((1 - i / (n - 1)) * hi + i / (n - 1) * lo) for i in range(n)])
+
+
 def _sigmas_at(ms: ModelSampling, timesteps: torch.Tensor) -> list[float]:
     return ms.sigma(timesteps.to(torch.float64)).tolist()
 
@@ -79,8 +114,8 @@ def normal_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
     steps = _check_steps(steps)
     if steps == 0:
         return torch.zeros(1)
-    t_max = float(ms.timestep(torch.tensor(ms.sigma_max, dtype=torch.float64)))
-    t_min = float(ms.timestep(torch.tensor(ms.sigma_min, dtype=torch.float64)))
+    t_max = float(ms.nearest_timestep(torch.tensor(ms.sigma_max, dtype=torch.float64)))
+    t_min = float(ms.nearest_timestep(torch.tensor(ms.sigma_min, dtype=torch.float64)))
     return _finish(_sigmas_at(ms, torch.linspace(t_max, t_min, steps, dtype=torch.float64)))
 
 
@@ -88,8 +123,8 @@ def sgm_uniform_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
     steps = _check_steps(steps)
     if steps == 0:
         return torch.zeros(1)
-    t_max = float(ms.timestep(torch.tensor(ms.sigma_max, dtype=torch.float64)))
-    t_min = float(ms.timestep(torch.tensor(ms.sigma_min, dtype=torch.float64)))
+    t_max = float(ms.nearest_timestep(torch.tensor(ms.sigma_max, dtype=torch.float64)))
+    t_min = float(ms.nearest_timestep(torch.tensor(ms.sigma_min, dtype=torch.float64)))
     return _finish(_sigmas_at(ms, torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64)[:-1]))
 
 
@@ -112,12 +147,11 @@ def simple_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
 
 
 def ddim_uniform_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
-    """Timesteps 1 + i*c (c = N // steps), i = steps-1 .. 0, then 0.
+    """DDIM's "uniform" discretisation, as ComfyUI: every training timestep 1, 1 + c, 1 + 2c, ... below N
+    (c = N // steps), descending, then 0.
 
-    Note: the DDIM reference (and ComfyUI) keep *every* such timestep below N, which gives more than ``steps``
-    steps when ceil((N-1) / c) > steps (e.g. 31 for 30 steps); here exactly ``steps`` are kept so that every
-    scheduler returns steps + 1 sigmas. Both agree whenever ceil((N-1) / c) == steps (with N = 1000: 10, 20, 25,
-    40, 50, 100 steps, among others).
+    That is ceil((N - 1) / c) timesteps, which is more than ``steps`` for some step counts (31 for 30 steps with
+    N = 1000): the schedule then has more than steps + 1 sigmas, exactly like ComfyUI's.
     """
     steps = _check_steps(steps)
     if steps == 0:
@@ -125,8 +159,7 @@ def ddim_uniform_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
     n = ms.num_timesteps
     stride = max(n // steps, 1)
     table = ms.sigmas.tolist()
-    ts = [min(1 + i * stride, n - 1) for i in range(steps)]
-    return _finish([table[t] for t in reversed(ts)])
+    return _finish([table[t] for t in reversed(range(1, n, stride))])
 
 
 # -- Beta(a, b) quantiles, for the beta scheduler (no scipy here) ------------------------------------------------
@@ -190,23 +223,22 @@ def beta_ppf(q: float, a: float, b: float) -> float:
 
 
 def beta_scheduler(ms: ModelSampling, steps: int, alpha: float = 0.6, beta: float = 0.6) -> torch.Tensor:
-    """Timesteps t_i = round(ppf(1 - i/steps) * (N-1)), i = 0 .. steps-1, then sigma 0.
-
-    ComfyUI drops repeated timesteps (returning fewer sigmas); that only happens for large step counts
-    (> ~138 steps with N = 1000). Here, if rounding would repeat a timestep, the unrounded (fractional)
-    timesteps are used instead, so the schedule stays strictly decreasing with exactly steps + 1 sigmas.
-    """
+    """Timesteps t_i = round(ppf(1 - i/steps) * (N-1)), i = 0 .. steps-1 (half to even), each repeat of the
+    previous timestep dropped, then sigma 0 (ComfyUI's rule: with many steps (> ~138 for N = 1000) rounding repeats
+    timesteps near the ends, so the schedule has fewer than steps + 1 sigmas)."""
     steps = _check_steps(steps)
     if steps == 0:
         return torch.zeros(1)
     last = ms.num_timesteps - 1
-    ts = [beta_ppf(1.0 - i / steps, alpha, beta) * last for i in range(steps)]
-    # round half to even like numpy; the 9-decimal pre-rounding absorbs the bisection's ~1e-10 error so that exact
-    # halves (ppf(0.5) = 0.5 for a symmetric Beta -> t = 499.5) round the same way as an exact quantile would.
-    rounded = [float(round(round(t, 9))) for t in ts]
-    if all(a > b for a, b in zip(rounded, rounded[1:])):
-        ts = rounded
-    return _finish(_sigmas_at(ms, torch.tensor(ts, dtype=torch.float64)))
+    table = ms.sigmas.tolist()
+    kept: list[int] = []
+    for i in range(steps):
+        # the 9-decimal pre-rounding absorbs the bisection's ~1e-10 error so that exact halves (ppf(0.5) = 0.5 for a
+        # symmetric Beta -> t = 499.5) round the same way as an exact quantile would
+        t = int(round(round(beta_ppf(1.0 - i / steps, alpha, beta) * last, 9)))
+        if not kept or kept[-1] != t:
+            kept.append(t)
+    return _finish([table[t] for t in kept])
 
 
 SCHEDULERS: dict[str, Callable[[ModelSampling, int], torch.Tensor]] = {
@@ -217,16 +249,20 @@ SCHEDULERS: dict[str, Callable[[ModelSampling, int], torch.Tensor]] = {
     "simple": simple_scheduler,
     "ddim_uniform": ddim_uniform_scheduler,
     "beta": beta_scheduler,
+    "kl_optimal": kl_optimal_scheduler,
 }
 SCHEDULER_NAMES = list(SCHEDULERS)
 
 
-def calculate_sigmas(model_sampling: ModelSampling, scheduler, steps: int, denoise: float | None = 1.0):
-    """The sigma schedule a sampling run uses (float32, CPU).
+def calculate_sigmas(model_sampling: ModelSampling, scheduler, steps: int, denoise: float | None = 1.0,
+                     discard_penultimate_sigma: bool = False):
+    """The sigma schedule a sampling run uses (float32, CPU), as ComfyUI's KSampler computes it.
 
-    With ``denoise < 1`` the schedule is computed for ``int(steps / denoise)`` steps and only its last
-    ``steps + 1`` sigmas are kept, so an img2img run starts at the matching noise level and still takes ``steps``
-    steps. ``denoise <= 0`` gives an empty schedule (nothing to sample).
+    With ``denoise < 1`` (below 0.9999) the schedule is computed for ``int(steps / denoise)`` steps and only its
+    last ``steps + 1`` sigmas are kept, so an img2img run starts at the matching noise level and still takes
+    ``steps`` steps. ``denoise <= 0`` gives an empty schedule (nothing to sample). With
+    ``discard_penultimate_sigma`` (samplers that ask for it: dpm_2, dpm_2_ancestral, uni_pc, uni_pc_bh2) each
+    schedule is computed one step longer and its penultimate sigma dropped.
     """
     if callable(scheduler):
         fn = scheduler
@@ -236,7 +272,14 @@ def calculate_sigmas(model_sampling: ModelSampling, scheduler, steps: int, denoi
         except KeyError:
             raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {SCHEDULER_NAMES}") from None
     steps = _check_steps(steps)
-    if denoise is None or denoise >= 1.0:
+    if discard_penultimate_sigma:
+        inner = fn
+
+        def fn(ms, n):
+            full = inner(ms, n + 1)
+            return torch.cat([full[:-2], full[-1:]]) if len(full) > 2 else full
+
+    if denoise is None or denoise > 0.9999:
         return fn(model_sampling, steps)
     if denoise <= 0.0:
         return torch.zeros(0)

@@ -27,7 +27,7 @@ from graph.engine import RunResult
 from graph.errors import ChiselError
 
 from .. import store as S
-from ..worker import FileWriter, PendingWrite, Worker, _wait
+from ..worker import FileWriter, PendingWrite, Worker, _wait, claim_next
 from .actor import FILE_KINDS, WorkerActor
 from .affinity import choose, model_keys
 from .names import NameBook, listing
@@ -213,18 +213,9 @@ class ClusterWorker(Worker):
             if not idle:
                 self._wake.wait(1.0)
                 continue
-            try:
-                item = self.store.claim_next()
-            except Exception:
-                log.exception("could not read the queue")
-                self._wake.wait(1.0)
-                continue
+            item = claim_next(self.store, self._wake, self._stopping)
             if item is None:
-                self._wake.wait(1.0)
                 continue
-            if self._stopping.is_set():
-                self.store.requeue(item["prompt_id"])
-                break
             slot = choose(idle, model_keys(item["workflow"], self.registry), self._avoid.get(item["prompt_id"], ()))
             slot.state, slot.item = BUSY, item
             slot.wake.set()
