@@ -15,8 +15,11 @@ from aiohttp import web
 from . import comfy_frontend, routes_comfy, routes_native
 from .errors import error_middleware
 from .routes_native import SERVER
-from .security import AccessLogger, is_loopback_host, security_middleware
-from .service import ChiselServer, ServerConfig, env_config
+from .runtime import build_runtime
+from .logs import AccessLogger, ProtocolLogger
+from .security import AuthThrottle, cors_middleware, is_loopback_host, security_middleware
+from . import settings as S
+from .service import ChiselServer, ServerConfig, config_from_settings
 from .cluster.options import ClusterUnavailable
 from .store import StoreLocked
 
@@ -27,8 +30,9 @@ def create_app(registry: Any, engine: Any, services: Any = None, config: ServerC
     config = config or ServerConfig()
     server = ChiselServer(registry, engine, services, config)
     # Bodies are read by the handlers with their own limits (JSON vs. uploads); this is the outer bound.
-    app = web.Application(middlewares=[error_middleware(config.debug),
-                                       security_middleware(config.token, config.allowed_origins)],
+    throttle = AuthThrottle(config.auth_max_failures, config.auth_lockout)
+    app = web.Application(middlewares=[cors_middleware(config.allowed_origins), error_middleware(config.debug),
+                                       security_middleware(config.token, config.allowed_origins, throttle)],
                           client_max_size=max(config.max_upload_bytes, config.max_json_bytes) + (1 << 20))
     app[SERVER] = server
     static = comfy_frontend.frontend_dir() if config.frontend == "comfyui" else None
@@ -52,10 +56,13 @@ def serve(args: argparse.Namespace) -> int:
               "run workflows and read your images. Pass --token TOKEN (or set CHISEL_TOKEN), or listen on 127.0.0.1.",
               file=sys.stderr)
         return 2
+    try:
+        settings = S.load(args)
+    except S.SettingsError as exc:
+        print(f"chisel serve: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .cli import build_runtime
-
     if token and getattr(args, "frontend", "chisel") == "comfyui":
         print("chisel serve: warning: ComfyUI's frontend sends no token; with --token its requests are refused",
               file=sys.stderr)
@@ -73,9 +80,9 @@ def serve(args: argparse.Namespace) -> int:
             print("chisel serve: --cluster needs Ray: pip install 'chisel[ray]'", file=sys.stderr)
             return 2
     registry, services, engine = build_runtime(args, allow_paths=False)
-    config = env_config(token=token, debug=bool(args.debug), host=host, port=port,
-                        preview_method=getattr(args, "preview_method", "none"),
-                        frontend=getattr(args, "frontend", "chisel"))
+    config = config_from_settings(settings, token=token, debug=bool(args.debug), host=host, port=port,
+                                  preview_method=getattr(args, "preview_method", "none"),
+                                  frontend=getattr(args, "frontend", "chisel"))
     if cluster is not None:
         config.cluster = cluster
         config.cluster_runtime = RuntimeSpec.from_args(args, engine.paths.root)
@@ -98,7 +105,7 @@ def serve(args: argparse.Namespace) -> int:
 async def _run(app: web.Application, host: str, port: int, config: ServerConfig) -> None:
     runner = web.AppRunner(app, handle_signals=False, access_log_class=AccessLogger,
                            access_log=logging.getLogger("chisel.access") if config.debug else None,
-                           shutdown_timeout=5.0)
+                           shutdown_timeout=5.0, logger=ProtocolLogger())
     await runner.setup()  # runs on_startup: opens the store, recovers, starts the worker
     try:
         site = web.TCPSite(runner, host, port)
@@ -111,7 +118,7 @@ async def _run(app: web.Application, host: str, port: int, config: ServerConfig)
             except (NotImplementedError, RuntimeError):
                 pass
         server = app[SERVER]
-        addresses = [s.getsockname() for s in (site._server.sockets if site._server else [])]
+        addresses = runner.addresses
         bound = addresses[0][1] if addresses else port
         shown = f"[{host}]" if ":" in host else host
         rec = server.recovered

@@ -8,16 +8,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from graph.cache import ResultCache
 from graph.comfy_format import export
+from graph.registry import NodeRegistry
 from graph.engine import Engine, RunResult
 from graph.errors import WorkflowError
 from graph.events import EXECUTED, EXECUTING, PROGRESS, Event
 from graph.overrides import apply_overrides, split_target
 from graph.paths import ModelPaths
-from graph.registry import NodeRegistry
 from graph.validate import all_errors
 from graph.workflow import Workflow, json_schema, load_file
+
+from .runtime import build_runtime
+from .settings import add_flags as add_settings_flags
 
 
 def _parse_value(text: str) -> Any:
@@ -39,24 +41,6 @@ def _parse_assignment(text: str, flag: str) -> tuple[str, str, str]:
 def with_inputs(workflow: Workflow, values: dict[tuple[str, str], Any]) -> Workflow:
     """A copy of the workflow with literal inputs set (``--set`` / ``--sweep``)."""
     return apply_overrides(workflow, {f"{node}.{name}": value for (node, name), value in values.items()})
-
-
-def build_runtime(args: argparse.Namespace, allow_paths: bool = True):
-    """Registry, services and engine for this process (one engine: every run shares its cache)."""
-    from nodes.services import create_services
-
-    folders = {}
-    if getattr(args, "output_dir", None):
-        folders["output"] = [str(Path(args.output_dir).resolve())]
-    paths = ModelPaths.from_mapping(getattr(args, "root", None), folders, allow_paths=allow_paths)
-    registry = NodeRegistry.discover(plugin_folders=paths.dirs("custom_nodes"))
-    services = create_services(paths, device=getattr(args, "device", "auto") or "auto",
-                               dtype=getattr(args, "dtype", None), low_vram=getattr(args, "low_vram", False),
-                               compile=getattr(args, "compile", None) or "auto",
-                               allow_pickle=False if getattr(args, "no_pickle", False) else None)
-    cache = ResultCache(ram_bytes=int(getattr(args, "cache_ram_gb", 8.0) * 2**30),
-                        device_bytes=int(getattr(args, "cache_device_gb", 4.0) * 2**30))
-    return registry, services, Engine(registry, services=services, paths=paths, cache=cache)
 
 
 class _Progress:
@@ -290,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the page at /: Chisel's canvas, or ComfyUI's frontend (needs comfyui-frontend-package)")
     cluster_flags(p)
     runtime_flags(p)
+    add_settings_flags(p)
     p.set_defaults(func=cmd_serve)
     return ap
 

@@ -15,9 +15,11 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from .errors import ApiError
+from .schemas import UploadForm, parse_form
 from .security import clean_name, read_body, safe_join, upload_name
 
 FOLDER_TYPES = ("output", "input", "temp")
+MAX_UPLOAD_PIXELS = 64 << 20
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
                ".gif": "image/gif", ".bmp": "image/bmp"}
 UPLOAD_EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tiff"}
@@ -157,7 +159,8 @@ def _header_name(name: str) -> str:
 
 
 # -- uploads ------------------------------------------------------------------------------------------------------------
-async def upload(request: web.Request, paths: Any, max_bytes: int, mask: bool = False) -> dict[str, Any]:
+async def upload(request: web.Request, paths: Any, max_bytes: int, mask: bool = False,
+                 max_pixels: int = MAX_UPLOAD_PIXELS) -> dict[str, Any]:
     if not (request.content_type or "").startswith("multipart/"):
         raise ApiError(415, "unsupported_media_type", "send the file as multipart/form-data with an 'image' field")
     if request.content_length is not None and request.content_length > max_bytes + 65536:
@@ -189,15 +192,16 @@ async def upload(request: web.Request, paths: Any, max_bytes: int, mask: bool = 
             fields[part.name] = (await _read_part(part, 65536)).decode("utf-8", "replace")
     if data is None:
         raise ApiError(400, "missing_file", "no 'image' file in the upload")
-    kind = fields.get("type") or "input"
-    subfolder = clean_name(fields.get("subfolder", ""), "subfolder")
-    overwrite = fields.get("overwrite", "").lower() in ("true", "1", "yes")
+    form = parse_form({**fields, "image": data}, UploadForm)
+    kind = form.type
+    subfolder = clean_name(form.subfolder, "subfolder")
+    overwrite = form.overwrite.lower() in ("true", "1")
     name = upload_name(given_name or "upload.png")
-    mask = mask or fields.get("kind") == "mask"
+    mask = mask or form.kind == "mask"
     original_ref = None
-    if mask and fields.get("original_ref"):
+    if mask and form.original_ref:
         try:
-            original_ref = json.loads(fields["original_ref"])
+            original_ref = json.loads(form.original_ref)
             if not isinstance(original_ref, dict) or "filename" not in original_ref:
                 raise ValueError
         except ValueError:
@@ -209,7 +213,7 @@ async def upload(request: web.Request, paths: Any, max_bytes: int, mask: bool = 
     else:
         original = None
     base = folder(paths, kind)
-    return await asyncio.to_thread(_store_upload, base, subfolder, name, data, overwrite, original, kind)
+    return await asyncio.to_thread(_store_upload, base, subfolder, name, data, overwrite, original, kind, max_pixels)
 
 
 async def _read_part(part: BodyPartReader, limit: int) -> bytes:
@@ -224,16 +228,27 @@ async def _read_part(part: BodyPartReader, limit: int) -> bytes:
         chunks.append(chunk)
 
 
+def _too_many_pixels(size: tuple[int, int], max_pixels: int) -> ApiError:
+    return ApiError(413, "too_many_pixels", f"the image is {size[0]}x{size[1]} pixels; uploads are limited to "
+                    f"{max_pixels} pixels (--max-upload-pixels)")
+
+
 def _store_upload(base: Path, subfolder: str, name: str, data: bytes, overwrite: bool, original: Path | None,
-                  kind: str) -> dict[str, Any]:
+                  kind: str, max_pixels: int = MAX_UPLOAD_PIXELS) -> dict[str, Any]:
+    """Check the upload is an image within the pixel limit — from its header, before any pixel is decoded, so a
+    small file that would decode to gigabytes (a decompression bomb) is refused — then store it."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as probe:
-            fmt = probe.format
+            fmt, size = probe.format, probe.size
+            if size[0] * size[1] > max_pixels:
+                raise _too_many_pixels(size, max_pixels)
             probe.verify()
+    except ApiError:
+        raise
     except Image.DecompressionBombError:
-        raise ApiError(413, "too_large", "the image has too many pixels") from None
+        raise ApiError(413, "too_many_pixels", "the image has too many pixels") from None
     except Exception:
         raise ApiError(415, "not_an_image", "the upload is not an image Chisel can read") from None
     if fmt not in UPLOAD_EXTENSIONS:
@@ -243,6 +258,8 @@ def _store_upload(base: Path, subfolder: str, name: str, data: bytes, overwrite:
         suffix = UPLOAD_EXTENSIONS[fmt]
     if original is not None:  # ComfyUI's mask upload: the mask's alpha becomes the original image's alpha
         with Image.open(io.BytesIO(data)) as mask_img, Image.open(original) as orig:
+            if orig.size[0] * orig.size[1] > max_pixels:
+                raise _too_many_pixels(orig.size, max_pixels)
             alpha = mask_img.getchannel("A") if "A" in mask_img.getbands() else mask_img.convert("L")
             result = orig.convert("RGBA")
             result.putalpha(alpha.resize(result.size))

@@ -169,7 +169,7 @@ class Hub:
         result = msg["result"]
         data = {"prompt_id": pid, "node_id": None, "time": msg["time"], "status": msg["status"],
                 "executed": result["executed"], "cached": result["cached"], "outputs": result["outputs"],
-                "timings": result["timings"], "errors": [self._clean_error(e) for e in result["errors"]],
+                "timings": result["timings"], "errors": [self.clean_error(e) for e in result["errors"]],
                 "resolved": result["resolved"]}
         native = json.dumps({"type": "finished", "data": data}, default=repr)
         comfy = []
@@ -196,7 +196,7 @@ class Hub:
                     conn.put(frame)
 
     # -- translation ----------------------------------------------------------------------------------------------
-    def _clean_error(self, err: dict[str, Any]) -> dict[str, Any]:
+    def clean_error(self, err: dict[str, Any]) -> dict[str, Any]:
         if self.debug or not isinstance(err, dict) or not isinstance(err.get("details"), dict):
             return err
         if "traceback" not in err["details"]:
@@ -206,7 +206,7 @@ class Hub:
 
     def _clean(self, data: dict[str, Any]) -> dict[str, Any]:
         if "error" in data:
-            return {**data, "error": self._clean_error(data["error"])}
+            return {**data, "error": self.clean_error(data["error"])}
         return data
 
     def _comfy_messages(self, state: _PromptState, msg: dict[str, Any], data: dict[str, Any]) -> list[dict[str, Any]]:

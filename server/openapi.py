@@ -1,221 +1,248 @@
-"""The OpenAPI 3.1 description of the native API, served at ``/openapi.json``."""
+"""``/openapi.json``, generated: one line per route in :data:`OPERATIONS` names its request and response models
+(from :mod:`server.schemas`), and :func:`openapi_document` turns the table into OpenAPI 3.1 with pydantic's JSON
+Schemas. A route the app serves and this table does not describe fails the test suite.
+
+Adding a route's description is one line::
+
+    op("POST", "/v1/thing", "Do the thing", body=ThingRequest, ok=ThingResponse, errors=(404,))
+
+(``comfy(...)`` describes a ComfyUI-compatible route at its path and under ``/api``.)
+"""
 from __future__ import annotations
 
-import json
+import re
+from dataclasses import dataclass
 from typing import Any
 
-from graph.workflow import json_schema
+from pydantic import BaseModel, TypeAdapter
+
+from . import schemas as m
+
+REF = "#/components/schemas/{model}"
+JSON = "application/json"
+BINARY = {"type": "string", "format": "binary"}
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    summary: str
+    body: Any = None  # a model (JSON body, or form fields with body_type multipart/form-data); None: no body
+    body_type: str = JSON  # or "multipart/form-data", "image/png" (raw bytes)
+    body_required: bool = True
+    query: type[BaseModel] | None = None
+    path_params: tuple[tuple[str, dict[str, Any]], ...] = ()  # (name, JSON Schema) where not any string
+    ok: Any = None  # a model or type (JSON), a media type string (a file), or None (an empty 200)
+    ok_status: int = 200
+    errors: tuple[int, ...] = ()
+    bare_errors: tuple[int, ...] = ()  # statuses answered with an empty body
+    error_model: type[BaseModel] = m.ErrorResponse
+    tag: str = "native"
+    public: bool = False  # answered without a token
 
 
-def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+OPERATIONS: list[Operation] = []
 
 
-def _body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
-    return {"required": required, "content": {"application/json": {"schema": schema}}}
+def op(method: str, path: str, summary: str, **kw: Any) -> None:
+    OPERATIONS.append(Operation(method, path, summary, **kw))
 
 
-ERR = {"$ref": "#/components/responses/Error"}
-PID = {"name": "prompt_id", "in": "path", "required": True, "schema": {"type": "string"}}
-FOLDER = {"type": "string", "enum": ["output", "input", "temp"]}
+def comfy(method: str, path: str, summary: str, **kw: Any) -> None:
+    """A ComfyUI-compatible route: served at ``path`` and at ``/api`` + ``path``."""
+    for prefix in ("", "/api"):
+        op(method, prefix + path, summary, tag="comfyui", **kw)
 
 
-def _op(summary: str, responses: dict[str, Any], *, body: dict[str, Any] | None = None,
-        params: list[dict[str, Any]] | None = None, tags: tuple[str, ...] = ("native",)) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "tags": list(tags), "responses": responses}
-    if body is not None:
-        op["requestBody"] = body
+# -- the native API ----------------------------------------------------------------------------------------------------
+op("GET", "/", "The canvas (web/index.html)", ok="text/html", public=True)
+op("GET", "/web/{path}", "The canvas' static files (aiohttp's static route: a missing file is an empty 404)",
+   ok="*/*", errors=(404,), bare_errors=(404,), public=True)
+op("GET", "/openapi.json", "This document", ok=dict[str, Any])
+op("GET", "/v1/auth", "Whether a token is required (answered without one)", ok=m.AuthInfo, public=True)
+op("GET", "/v1/nodes", "Every node type's schema", ok=dict[str, m.NodeSchema])
+op("GET", "/v1/schema/workflow", "The workflow JSON Schema", ok=dict[str, Any])
+op("POST", "/v1/validate", "Check a workflow; every problem at once", body=m.ValidateRequest, ok=m.ValidateResponse)
+op("POST", "/v1/prompts", "Validate and queue a workflow (durable before the reply); 400 validation_failed lists "
+   "every problem, nothing queued", body=m.PromptRequest, ok=m.PromptQueued, errors=(409, 429))
+op("DELETE", "/v1/prompts/{prompt_id}", "Cancel a queued prompt, or interrupt it when running", ok=m.CancelResponse,
+   errors=(404, 409))
+op("GET", "/v1/queue", "Running and pending prompts", ok=m.Queue)
+op("POST", "/v1/queue/move", "Move a pending prompt (position 0 runs next)", body=m.QueueMoveRequest, ok=m.Queue,
+   errors=(404, 409))
+op("POST", "/v1/interrupt", "Interrupt the running prompt (only that one when prompt_id is given)",
+   body=m.InterruptRequest, body_required=False, ok=m.InterruptResponse)
+op("GET", "/v1/history", "Every prompt, newest first", query=m.HistoryQuery, ok=m.HistoryPage, errors=(400,))
+op("GET", "/v1/history/{prompt_id}", "One prompt's entry", ok=m.HistoryEntry, errors=(404,))
+op("DELETE", "/v1/history/{prompt_id}", "Delete a finished prompt's entry", ok=m.Deleted, errors=(404, 409))
+op("GET", "/v1/view", "An image (or a thumbnail) from output, input or temp", query=m.ViewQuery, ok="*/*",
+   errors=(400, 403, 404, 415))
+op("POST", "/v1/upload", "Upload an image or a mask", body=m.UploadForm, body_type="multipart/form-data",
+   ok=m.FileRef, errors=(403, 404, 415))
+op("GET", "/v1/workflows", "Bundled workflows", ok=list[m.BundledWorkflow])
+op("GET", "/v1/workflows/{name}", "A bundled workflow", ok=dict[str, Any], errors=(400, 404),
+   path_params=(("name", {"type": "string", "pattern": m.WORKFLOW_NAME_PATTERN}),))
+op("POST", "/v1/workflow/from-png", "The workflow stored in a PNG's text chunks", body=bytes, body_type="image/png",
+   ok=m.WorkflowFromPng, errors=(404, 415, 422))
+op("POST", "/v1/workflow/convert", "A workflow in any format Chisel imports, in the native format",
+   body=m.ConvertRequest, ok=m.ConvertResponse)
+op("POST", "/v1/workflow/export", "A workflow in any format Chisel imports, in ComfyUI's UI or API format (or the "
+   "native one)", body=m.ExportRequest, ok=m.ExportResponse)
+op("GET", "/v1/models/{kind}", "File names in a models folder (checkpoints, loras, vae, embeddings, input, ...)",
+   ok=list[str], errors=(404,))
+op("GET", "/v1/system", "Devices, memory, cache statistics, versions", ok=m.SystemInfo)
+op("POST", "/v1/free", "Unload models and/or free memory (between prompts)", body=m.FreeRequest, body_required=False,
+   ok=m.FreeResponse)
+op("GET", "/v1/ws", "WebSocket. JSON frames {type, data}: hello {client_id}; queue {running, pending} (to everyone); "
+   "for this client's prompts started, cached, executing, progress {value, max}, executed {ui}, error {error}, "
+   "interrupted, finished {status, outputs, errors, ...}; each data has prompt_id and node_id. Binary frames: "
+   "4-byte big-endian type (1 = preview), 4-byte format (1 JPEG, 2 PNG), the image. A plain GET is refused (400).",
+   query=m.WebSocketQuery, ok=None, ok_status=101, errors=(400,))
+
+# -- ComfyUI-compatible routes -------------------------------------------------------------------------------------------
+comfy("POST", "/prompt", "Queue a workflow in ComfyUI's API format", body=m.ComfyPromptRequest,
+      ok=m.ComfyPromptQueued, errors=(409, 429), error_model=m.ComfyErrorResponse)
+comfy("GET", "/prompt", "How many prompts are left", ok=m.ComfyPromptInfo)
+comfy("GET", "/queue", "Running and pending prompts, ComfyUI's shape", ok=m.ComfyQueue)
+comfy("POST", "/queue", "Cancel pending prompts ({clear: true} or {delete: [ids]})", body=m.ComfyClearDelete)
+comfy("GET", "/history", "Finished prompts, ComfyUI's shape", query=m.ComfyHistoryQuery,
+      ok=dict[str, m.ComfyHistoryItem], errors=(400,))
+comfy("POST", "/history", "Delete history entries ({clear: true} or {delete: [ids]})", body=m.ComfyClearDelete)
+comfy("GET", "/history/{prompt_id}", "One finished prompt ({} when unknown)", ok=dict[str, m.ComfyHistoryItem])
+comfy("GET", "/object_info", "Every node type, ComfyUI's shape", ok=dict[str, m.ComfyObjectInfo])
+comfy("GET", "/object_info/{node_class}", "One node type ({} when unknown)", ok=dict[str, m.ComfyObjectInfo])
+comfy("GET", "/view", "An image from output, input or temp", query=m.ViewQuery, ok="*/*", errors=(400, 403, 404, 415))
+comfy("POST", "/upload/image", "Upload an image", body=m.UploadForm, body_type="multipart/form-data", ok=m.FileRef,
+      errors=(403, 404, 415))
+comfy("POST", "/upload/mask", "Upload a mask (its alpha replaces original_ref's)", body=m.UploadForm,
+      body_type="multipart/form-data", ok=m.FileRef, errors=(403, 404, 415))
+comfy("POST", "/interrupt", "Interrupt the running prompt", body=m.ComfyInterrupt, body_required=False)
+comfy("POST", "/free", "Unload models and/or free memory", body=m.ComfyFree, body_required=False)
+comfy("GET", "/system_stats", "System and device statistics", ok=m.ComfySystemStats)
+comfy("GET", "/embeddings", "Embedding names", ok=list[str])
+comfy("GET", "/models", "Model folder names", ok=list[str])
+comfy("GET", "/models/{folder}", "File names in a model folder", ok=list[str], errors=(404,))
+comfy("GET", "/ws", "WebSocket with ComfyUI's messages (status, executing, progress, executed, ...); a plain GET is "
+      "refused (400)", query=m.WebSocketQuery, ok=None, ok_status=101, errors=(400,))
+
+comfy("GET", "/features", "What this server supports (ComfyUI's feature flags)", ok=dict[str, Any])
+comfy("GET", "/jobs", "Queued, running and finished prompts as ComfyUI's jobs", query=m.JobsQuery, ok=dict[str, Any])
+comfy("GET", "/jobs/{job_id}", "One job", ok=dict[str, Any], errors=(404,))
+comfy("GET", "/users", "The user mode (one user, 'default')", ok=dict[str, Any])
+comfy("POST", "/users", "Create a user: refused, Chisel has one user", errors=(400,))
+comfy("GET", "/settings", "The user's frontend settings", ok=dict[str, Any])
+comfy("POST", "/settings", "Merge frontend settings", body=dict[str, Any])
+comfy("GET", "/settings/{id}", "One frontend setting (null when unset)", ok=Any)
+comfy("POST", "/settings/{id}", "Set one frontend setting (the body is its JSON value)", body=Any, errors=(400,))
+comfy("GET", "/userdata", "Files in a folder of the user's data", query=m.UserDataListQuery, ok=list[Any],
+      errors=(403, 404))
+comfy("GET", "/v2/userdata", "A folder of the user's data, with sizes and dates", query=m.UserDataV2Query,
+      ok=list[dict[str, Any]], errors=(403, 404))
+comfy("GET", "/userdata/{file}", "A file of the user's data", ok="*/*", errors=(400, 403, 404))
+comfy("POST", "/userdata/{file}", "Write a file of the user's data (the body is its content)", body=bytes,
+      body_type="application/octet-stream", query=m.UserDataWriteQuery, ok=Any, errors=(403, 409))
+comfy("DELETE", "/userdata/{file}", "Delete a file of the user's data", ok=None, ok_status=204, errors=(400, 403, 404))
+comfy("POST", "/userdata/{file}/move/{dest}", "Move a file of the user's data", query=m.UserDataWriteQuery, ok=Any,
+      errors=(403, 404, 409))
+comfy("GET", "/extensions", "Frontend extensions (none)", ok=list[Any])
+comfy("GET", "/i18n", "Translations of custom nodes (none)", ok=dict[str, Any])
+comfy("GET", "/global_subgraphs", "Shared subgraphs (none)", ok=dict[str, Any])
+comfy("GET", "/workflow_templates", "Example workflows of node packs (none)", ok=dict[str, Any])
+comfy("GET", "/experiment/models", "Model folders", ok=list[dict[str, Any]])
+comfy("GET", "/experiment/models/{folder}", "Files in a model folder", ok=list[dict[str, Any]], errors=(404,))
+op("GET", "/internal/folder_paths", "Every folder kind and its directories", ok=dict[str, list[str]], tag="comfyui")
+
+
+# -- generation ------------------------------------------------------------------------------------------------------------
+class _Schemas:
+    """Component schemas collected from pydantic, referenced as ``#/components/schemas/NAME``."""
+
+    def __init__(self) -> None:
+        self.components: dict[str, Any] = {}
+
+    def of(self, tp: Any) -> dict[str, Any]:
+        schema = TypeAdapter(tp).json_schema(ref_template=REF)
+        self.components.update(schema.pop("$defs", {}))
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            self.components[tp.__name__] = schema
+            return {"$ref": REF.format(model=tp.__name__)}
+        return schema
+
+
+def _query_params(schemas: _Schemas, model: type[BaseModel]) -> list[dict[str, Any]]:
+    props = model.model_json_schema(ref_template=REF)
+    schemas.components.update(props.pop("$defs", {}))
+    required = set(props.get("required", []))
+    return [{"name": name, "in": "query", "required": name in required, "schema": spec,
+             **({"description": spec["description"]} if "description" in spec else {})}
+            for name, spec in props.get("properties", {}).items()]
+
+
+def _content(media: str) -> dict[str, Any]:
+    return {media: {"schema": BINARY if not media.startswith("text/") else {"type": "string"}}}
+
+
+def _operation(o: Operation, schemas: _Schemas) -> dict[str, Any]:
+    out: dict[str, Any] = {"summary": o.summary, "tags": [o.tag], "operationId": _op_id(o)}
+    special = dict(o.path_params)
+    params = [{"name": n, "in": "path", "required": True, "schema": special.get(n, {"type": "string"})}
+              for n in re.findall(r"{(\w+)}", o.path)]
+    if o.query is not None:
+        params += _query_params(schemas, o.query)
     if params:
-        op["parameters"] = params
-    return op
+        out["parameters"] = params
+    if o.body is not None:
+        schema = BINARY if o.body is bytes else schemas.of(o.body)
+        out["requestBody"] = {"required": o.body_required, "content": {o.body_type: {"schema": schema}}}
+    ok: dict[str, Any] = {"description": "OK"}
+    if isinstance(o.ok, str):
+        ok["content"] = _content(o.ok)
+    elif o.ok is not None:
+        ok["content"] = {JSON: {"schema": schemas.of(o.ok)}}
+    responses: dict[str, Any] = {str(o.ok_status): ok}
+    statuses = set(o.errors)
+    if o.body is not None:
+        statuses |= {400, 413}
+    if o.query is not None or o.path_params:
+        statuses |= {400}
+    if not o.public:
+        statuses |= {401}
+    statuses |= {403}  # a cross-origin request, or a Host that is not this server's
+    schema = schemas.of(o.error_model)
+    for status in sorted(statuses):
+        responses[str(status)] = {"description": "Error", "content": {JSON: {"schema": schema}}}
+        if status in o.bare_errors:
+            responses[str(status)] = {"description": "Error (JSON, or an empty body)"}
+    out["responses"] = responses
+    if o.public:
+        out["security"] = [{}]
+    return out
 
 
-def _q(name: str, schema: dict[str, Any], description: str = "", required: bool = False) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
+def _op_id(o: Operation) -> str:
+    return o.method.lower() + re.sub(r"[^A-Za-z0-9]+", "_", o.path).rstrip("_")
 
 
 def openapi_document(version: str) -> dict[str, Any]:
-    workflow = json_schema()
-    defs = workflow.pop("$defs", {})
-    workflow.pop("$schema", None)
-    workflow.pop("$id", None)
-    # pydantic's $defs references become components
-    workflow = json.loads(json.dumps(workflow).replace("#/$defs/", "#/components/schemas/"))
-    defs = json.loads(json.dumps(defs).replace("#/$defs/", "#/components/schemas/"))
-
-    schemas: dict[str, Any] = {
-        **defs,
-        "Workflow": workflow,
-        "AnyWorkflow": {"description": "A native workflow, or ComfyUI's API format ({id: {class_type, inputs}}) or "
-                                       "UI format (nodes, links); the latter two are converted on arrival.",
-                        "type": "object"},
-        "ChiselError": {"type": "object", "required": ["kind", "message"], "properties": {
-            "kind": {"type": "string", "description": "stable error kind, e.g. value_out_of_range"},
-            "message": {"type": "string"}, "node_id": {"type": ["string", "null"]},
-            "input": {"type": ["string", "null"]}, "value": {}, "node_type": {"type": ["string", "null"]},
-            "details": {"type": ["object", "null"]}}},
-        "ErrorResponse": {"type": "object", "required": ["error"], "properties": {
-            "error": {"type": "object", "required": ["kind", "message"],
-                      "properties": {"kind": {"type": "string"}, "message": {"type": "string"}}},
-            "errors": {"type": "array", "items": _ref("ChiselError")}}},
-        "QueueItem": {"type": "object", "required": ["prompt_id", "number", "created"], "properties": {
-            "prompt_id": {"type": "string"}, "number": {"type": "integer"},
-            "client_id": {"type": ["string", "null"]}, "created": {"type": "number", "description": "epoch seconds"},
-            "started": {"type": "number"}}},
-        "Queue": {"type": "object", "required": ["running", "pending"], "properties": {
-            "running": {"type": "array", "items": _ref("QueueItem")},
-            "pending": {"type": "array", "items": _ref("QueueItem"), "description": "in the order they will run"}}},
-        "HistoryEntry": {"type": "object", "properties": {
-            "prompt_id": {"type": "string"}, "number": {"type": "integer"},
-            "status": {"type": "string", "enum": ["queued", "running", "success", "error", "interrupted", "cancelled"]},
-            "client_id": {"type": ["string", "null"]}, "workflow": _ref("Workflow"),
-            "outputs": {"type": "object", "description": "node id -> ui, e.g. {images: [{filename, subfolder, type}]}",
-                        "additionalProperties": {"type": "object"}},
-            "timings": {"type": "object", "additionalProperties": {"type": "number"}},
-            "errors": {"type": "array", "items": _ref("ChiselError")},
-            "resolved": {"type": "object", "description": "values the engine chose, e.g. random seeds"},
-            "executed": {"type": "array", "items": {"type": "string"}},
-            "cached": {"type": "array", "items": {"type": "string"}},
-            "skipped": {"type": "array", "items": {"type": "string"}},
-            "created": {"type": "number"}, "started": {"type": ["number", "null"]},
-            "finished": {"type": ["number", "null"]},
-            "attempts": {"type": "integer", "description": "times a worker started it (2 after a crash re-run)"}}},
-        "NodeSchema": {"type": "object", "properties": {
-            "type": {"type": "string"}, "display_name": {"type": "string"}, "category": {"type": "string"},
-            "description": {"type": "string"}, "version": {"type": "integer"}, "output_node": {"type": "boolean"},
-            "inputs": {"type": "array", "items": {"type": "object", "required": ["name", "type"], "properties": {
-                "name": {"type": "string"}, "type": {"type": "string"}, "default": {}, "min": {"type": "number"},
-                "max": {"type": "number"}, "step": {"type": "number"}, "round": {"type": "number"},
-                "choices": {"type": "array", "items": {"type": "string"}}, "multiline": {"type": "boolean"},
-                "tooltip": {"type": "string"}, "optional": {"type": "boolean"}, "files": {"type": "string"},
-                "seed": {"type": "boolean"}}}},
-            "outputs": {"type": "array", "items": {"type": "object", "properties": {
-                "name": {"type": "string"}, "type": {"type": "string"}}}}}},
-        "FileRef": {"type": "object", "required": ["name", "subfolder", "type"], "properties": {
-            "name": {"type": "string"}, "subfolder": {"type": "string"}, "type": FOLDER}},
-    }
-    paths: dict[str, Any] = {
-        "/v1/auth": {"get": _op("Whether a token is required (answered without one)", {"200": _json(
-            {"type": "object", "properties": {"required": {"type": "boolean"}}})})},
-        "/v1/nodes": {"get": _op("Every node type's schema", {"200": _json(
-            {"type": "object", "additionalProperties": _ref("NodeSchema")})})},
-        "/v1/schema/workflow": {"get": _op("The workflow JSON Schema", {"200": _json({"type": "object"})})},
-        "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"})})},
-        "/v1/validate": {"post": _op("Check a workflow; every problem at once", {
-            "200": _json({"type": "object", "required": ["valid", "errors"], "properties": {
-                "valid": {"type": "boolean"}, "errors": {"type": "array", "items": _ref("ChiselError")}}}),
-            "400": ERR}, body=_body({"type": "object", "required": ["workflow"], "properties": {
-                "workflow": _ref("AnyWorkflow"), "set": {"type": "object"},
-                "outputs": {"type": "array", "items": {"type": "string"}}}}))},
-        "/v1/prompts": {"post": _op("Validate and queue a workflow (durable before the reply)", {
-            "200": _json({"type": "object", "required": ["prompt_id", "number"], "properties": {
-                "prompt_id": {"type": "string"}, "number": {"type": "integer"}}}),
-            "400": _json(_ref("ErrorResponse"), "Invalid: error.kind is validation_failed and errors lists every "
-                                                "problem; nothing was queued"),
-            "409": ERR, "413": ERR, "429": ERR},
-            body=_body({"type": "object", "required": ["workflow"], "properties": {
-                "workflow": _ref("AnyWorkflow"),
-                "set": {"type": "object", "description": "overrides {\"NODE.INPUT\": value}"},
-                "client_id": {"type": "string", "description": "WebSocket client that receives this prompt's events"},
-                "outputs": {"type": "array", "items": {"type": "string"}, "description": "node ids to compute"},
-                "prompt_id": {"type": "string", "description": "choose the id (default: a UUID)"},
-                "front": {"type": "boolean", "description": "queue at the front"}}}))},
-        "/v1/prompts/{prompt_id}": {"delete": _op(
-            "Cancel a queued prompt, or interrupt it when running", {
-                "200": _json({"type": "object", "properties": {"prompt_id": {"type": "string"},
-                                                               "status": {"enum": ["cancelled", "interrupting"]}}}),
-                "404": ERR, "409": ERR}, params=[PID])},
-        "/v1/queue": {"get": _op("Running and pending prompts", {"200": _json(_ref("Queue"))})},
-        "/v1/queue/move": {"post": _op("Move a pending prompt (position 0 runs next)", {
-            "200": _json(_ref("Queue")), "404": ERR, "409": ERR},
-            body=_body({"type": "object", "required": ["prompt_id", "position"], "properties": {
-                "prompt_id": {"type": "string"}, "position": {"type": "integer", "minimum": 0}}}))},
-        "/v1/interrupt": {"post": _op("Interrupt the running prompt (only that one when prompt_id is given)", {
-            "200": _json({"type": "object", "properties": {"interrupted": {"type": ["string", "null"]}}})},
-            body=_body({"type": "object", "properties": {"prompt_id": {"type": "string"}}}, required=False))},
-        "/v1/history": {"get": _op("Every prompt, newest first", {"200": _json({"type": "object", "properties": {
-            "items": {"type": "array", "items": _ref("HistoryEntry")}}}), "400": ERR}, params=[
-            _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}),
-            _q("offset", {"type": "integer", "minimum": 0, "default": 0}),
-            _q("status", {"type": "string"}, "comma-separated statuses to keep")])},
-        "/v1/history/{prompt_id}": {
-            "get": _op("One prompt's entry", {"200": _json(_ref("HistoryEntry")), "404": ERR}, params=[PID]),
-            "delete": _op("Delete a finished prompt's entry", {"200": _json({"type": "object"}), "404": ERR,
-                                                               "409": ERR}, params=[PID])},
-        "/v1/view": {"get": _op("An image (or a thumbnail) from output, input or temp", {
-            "200": {"description": "the file", "content": {"image/*": {}}}, "400": ERR, "403": ERR, "404": ERR},
-            params=[_q("filename", {"type": "string"}, required=True), _q("subfolder", {"type": "string"}),
-                    _q("type", FOLDER), _q("thumb", {"type": "integer", "minimum": 16, "maximum": 2048},
-                                           "longest side of a downscaled copy"),
-                    _q("format", {"type": "string", "enum": ["webp", "jpeg", "png"]}, "thumbnail format"),
-                    _q("token", {"type": "string"}, "the token, for <img> URLs")])},
-        "/v1/upload": {"post": _op("Upload an image or a mask", {"200": _json(_ref("FileRef")), "400": ERR,
-                                                                 "403": ERR, "413": ERR, "415": ERR},
-                                   body={"required": True, "content": {"multipart/form-data": {"schema": {
-                                       "type": "object", "required": ["image"], "properties": {
-                                           "image": {"type": "string", "format": "binary"}, "type": FOLDER,
-                                           "subfolder": {"type": "string"}, "overwrite": {"type": "string"},
-                                           "kind": {"enum": ["image", "mask"]},
-                                           "original_ref": {"type": "string", "description":
-                                                            "mask only: JSON {filename, subfolder, type} of the "
-                                                            "image whose alpha the mask replaces"}}}}}})},
-        "/v1/workflows": {"get": _op("Bundled workflows", {"200": _json({"type": "array", "items": {
-            "type": "object", "properties": {"name": {"type": "string"}, "title": {"type": "string"}}}})})},
-        "/v1/workflows/{name}": {"get": _op("A bundled workflow", {"200": _json(_ref("Workflow")), "404": ERR},
-                                            params=[{"name": "name", "in": "path", "required": True,
-                                                     "schema": {"type": "string"}}])},
-        "/v1/workflow/from-png": {"post": _op("The workflow stored in a PNG's text chunks", {
-            "200": _json({"type": "object", "properties": {"workflow": _ref("Workflow"),
-                                                           "source": {"type": "string"}}}),
-            "404": ERR, "415": ERR, "422": ERR},
-            body={"required": True, "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}})},
-        "/v1/workflow/convert": {"post": _op("A workflow in any format Chisel imports, in the native format", {
-            "200": _json({"type": "object", "properties": {"workflow": _ref("Workflow")}}), "400": ERR},
-            body=_body({"type": "object", "required": ["workflow"], "properties": {
-                "workflow": _ref("AnyWorkflow")}}))},
-        "/v1/workflow/export": {"post": _op("A workflow in any format Chisel imports, in ComfyUI's UI or API format "
-                                            "(or the native one)", {
-            "200": _json({"type": "object", "required": ["workflow", "format"], "properties": {
-                "workflow": {"type": "object"}, "format": {"enum": ["native", "comfy_ui", "comfy_api"]}}}),
-            "400": ERR},
-            body=_body({"type": "object", "required": ["workflow", "format"], "additionalProperties": False,
-                        "properties": {"workflow": _ref("AnyWorkflow"),
-                                       "format": {"enum": ["native", "comfy_ui", "comfy_api"]}}}))},
-        "/v1/models/{kind}": {"get": _op("File names in a models folder", {"200": _json(
-            {"type": "array", "items": {"type": "string"}}), "404": ERR}, params=[
-            {"name": "kind", "in": "path", "required": True, "schema": {"type": "string"},
-             "description": "checkpoints, loras, vae, embeddings, input, ..."}])},
-        "/v1/system": {"get": _op("Devices, memory, cache statistics, versions", {"200": _json({"type": "object"})})},
-        "/v1/free": {"post": _op("Unload models and/or free memory (between prompts)", {"200": _json(
-            {"type": "object", "properties": {"unload_models": {"type": "boolean"}, "free_memory": {"type": "boolean"},
-                                              "done": {"type": "boolean"}}})},
-            body=_body({"type": "object", "properties": {"unload_models": {"type": "boolean"},
-                                                         "free_memory": {"type": "boolean"}}}, required=False))},
-        "/v1/ws": {"get": _op(
-            "WebSocket. JSON frames {type, data}: hello {client_id}; queue {running, pending} (to everyone); for "
-            "this client's prompts started, cached, executing, progress {value, max}, executed {ui}, error {error}, "
-            "interrupted, finished {status, outputs, errors, ...}; each data has prompt_id and node_id. Binary "
-            "frames: 4-byte big-endian type (1 = preview), 4-byte format (1 JPEG, 2 PNG), the image.",
-            {"101": {"description": "switching protocols"}},
-            params=[_q("client_id", {"type": "string"}), _q("token", {"type": "string"})])},
-    }
+    schemas = _Schemas()
+    schemas.of(m.ErrorResponse)
+    paths: dict[str, Any] = {}
+    for o in OPERATIONS:
+        paths.setdefault(o.path, {})[o.method.lower()] = _operation(o, schemas)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Chisel", "version": version, "description":
-                 "Chisel's native HTTP and WebSocket API. Errors are JSON {error: {kind, message}} with a 4xx/5xx "
-                 "status. When the server has a token, send 'Authorization: Bearer TOKEN' (GET requests may pass "
-                 "?token=). ComfyUI-compatible routes (/prompt, /queue, /history, /object_info, /view, "
-                 "/upload/image, /upload/mask, /interrupt, /free, /system_stats, /ws, also under /api) are served "
-                 "beside these with ComfyUI's shapes."},
+                 "Chisel's HTTP and WebSocket API: the native routes under /v1, and ComfyUI-compatible routes "
+                 "(also under /api) with ComfyUI's shapes. Errors are JSON {error: {kind, message}} with a 4xx/5xx "
+                 "status (ComfyUI's /prompt answers {error: {type, message, details, extra_info}, node_errors}). "
+                 "When the server has a token, send 'Authorization: Bearer TOKEN' (GET requests may pass ?token=). "
+                 "The native workflow format is published at /v1/schema/workflow."},
         "paths": paths,
-        "components": {
-            "schemas": schemas,
-            "responses": {"Error": _json(_ref("ErrorResponse"), "Error")},
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
+        "components": {"schemas": schemas.components,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}, {}],
     }
+
+
+__all__ = ["OPERATIONS", "Operation", "comfy", "op", "openapi_document"]

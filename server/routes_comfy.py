@@ -19,6 +19,7 @@ from . import comfy_frontend, comfy_jobs, comfy_userdata, comfy_ws, files
 from .comfy_history import DONE, comfy_queue, history_item, queue_entry
 from .errors import ApiError, json_response
 from .routes_native import clear_or_delete, do_free, get_view, int_param, post_upload, srv
+from .schemas import ComfyFree, ComfyHistoryQuery, ComfyInterrupt, ComfyPromptRequest, parse_body, parse_query
 from .security import read_json_object
 from .service import ChiselServer
 from .system import comfy_system_stats
@@ -96,32 +97,21 @@ def _ancestors(prompt: dict[str, Any], nid: str) -> set[str]:
 async def post_prompt(request: web.Request) -> web.Response:
     server = srv(request)
     try:
-        body = await read_json_object(request, server.config.max_json_bytes)
+        body = await parse_body(request, ComfyPromptRequest, server.config.max_json_bytes)
     except ApiError as exc:
         if exc.status == 413:
             raise
-        raise _prompt_error("invalid_prompt", exc.message) from None
-    prompt = body.get("prompt")
-    if not isinstance(prompt, dict) or not prompt:
-        raise _prompt_error("invalid_prompt", "the body needs a 'prompt' object (ComfyUI API format)")
-    extra = body.get("extra_data") or {}
-    if not isinstance(extra, dict):
-        raise _prompt_error("invalid_prompt", "extra_data must be an object")
-    client_id = body.get("client_id") or extra.get("client_id")
-    if client_id is not None and not isinstance(client_id, str):
-        raise _prompt_error("invalid_prompt", "client_id must be a string")
-    number = body.get("number")
-    if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float))):
-        raise _prompt_error("invalid_prompt", "number must be a number")
-    front = bool(body.get("front"))
-    targets = body.get("partial_execution_targets")
-    outputs = [str(t) for t in targets] if isinstance(targets, list) and targets else None
+        raise _prompt_error("invalid_prompt", exc.message, **exc.extra) from None
+    prompt, extra, number, front = body.prompt, body.extra_data or {}, body.number, bool(body.front)
+    client_id = body.client_id or extra.get("client_id")
+    targets = body.partial_execution_targets
+    outputs = [str(t) for t in targets] if targets else None
     from .routes_native import _client_id
 
     try:
         prompt_id, seq, _ = await server.submit(prompt, outputs=outputs, client_id=_client_id(client_id) if client_id
-                                                else None, prompt_id=body.get("prompt_id"), front=front,
-                                                priority=float(number) if number is not None and not front else None,
+                                                else None, prompt_id=body.prompt_id, front=front,
+                                                priority=number if number is not None and not front else None,
                                                 prompt_api=prompt, extra_data=extra)
     except WorkflowError as exc:
         raise comfy_validation_error(exc, prompt, server.registry) from None
@@ -153,18 +143,17 @@ async def post_queue(request: web.Request) -> web.Response:
 
 async def post_interrupt(request: web.Request) -> web.Response:
     server = srv(request)
-    body = await read_json_object(request, server.config.max_json_bytes, allow_empty=True)
-    pid = body.get("prompt_id")
+    body = await parse_body(request, ComfyInterrupt, server.config.max_json_bytes, allow_empty=True)
     if server.worker is not None:
-        server.worker.interrupt(pid if isinstance(pid, str) else None)
+        server.worker.interrupt(body.prompt_id)
     return web.Response(status=200)
 
 
 # -- history ------------------------------------------------------------------------------------------------------------
 async def get_history(request: web.Request) -> web.Response:
     server = srv(request)
-    max_items = int_param(request, "max_items", 10_000, 1, 10_000)
-    offset = int_param(request, "offset", -1, -1, 10**9)
+    q = parse_query(request, ComfyHistoryQuery)
+    max_items, offset = q.max_items, q.offset
     if offset < 0:  # the newest max_items, oldest first (as ComfyUI lists them)
         rows = list(reversed(await server.db(server.store.history, max_items, 0, DONE, True)))
     else:
@@ -238,13 +227,14 @@ async def get_object_info_class(request: web.Request) -> web.Response:
 # -- files, system, WebSocket ----------------------------------------------------------------------------------------------
 async def post_upload_mask(request: web.Request) -> web.Response:
     server = srv(request)
-    return json_response(await files.upload(request, server.paths, server.config.max_upload_bytes, mask=True))
+    return json_response(await files.upload(request, server.paths, server.config.max_upload_bytes, mask=True,
+                                            max_pixels=server.config.max_upload_pixels))
 
 
 async def post_free(request: web.Request) -> web.Response:
     server = srv(request)
-    body = await read_json_object(request, server.config.max_json_bytes, allow_empty=True)
-    await do_free(server, bool(body.get("unload_models")), bool(body.get("free_memory")))
+    body = await parse_body(request, ComfyFree, server.config.max_json_bytes, allow_empty=True)
+    await do_free(server, bool(body.unload_models), bool(body.free_memory))
     return web.Response(status=200)
 
 

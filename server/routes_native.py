@@ -9,24 +9,23 @@ from typing import Any
 
 from aiohttp import web
 
-from graph.comfy_format import EXPORT_FORMATS, export
+from graph.comfy_format import export
 from graph.errors import WorkflowError
 from graph.validate import all_errors
 from graph.workflow import json_schema, parse_workflow
 
 from . import files
+from . import schemas as m
 from . import store as S
 from .errors import ApiError, json_response
 from .hub import NATIVE, Connection
-from .security import read_json_object, safe_join
-from .service import ID_RE, ChiselServer
+from .schemas import parse_body, parse_query
+from .security import safe_join
+from .service import ID_RE, ChiselServer, apply_overrides
 from .system import CHISEL_VERSION, system_info
 
 SERVER: web.AppKey[ChiselServer] = web.AppKey("chisel_server", ChiselServer)
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-STATIC_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css", ".html": "text/html",
-                ".json": "application/json", ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon",
-                ".woff2": "font/woff2", ".map": "application/json", ".txt": "text/plain"}
+NAME_RE = re.compile(m.WORKFLOW_NAME_PATTERN)
 
 
 def srv(request: web.Request) -> ChiselServer:
@@ -44,17 +43,15 @@ async def prompt_row(server: ChiselServer, pid: str) -> dict:
 async def clear_or_delete(request: web.Request, server: ChiselServer, remove) -> None:
     """ComfyUI's ``{clear: true}`` / ``{delete: [prompt ids]}`` bodies: ``remove(None)`` clears, ``remove(ids)``
     deletes those."""
-    body = await read_json_object(request, server.config.max_json_bytes, allow_empty=True)
-    if body.get("clear"):
+    body = await parse_body(request, m.ComfyClearDelete, server.config.max_json_bytes, allow_empty=True)
+    if body.clear:
         await server.db(remove, None)
-    delete = body.get("delete")
-    if delete is not None:
-        if not isinstance(delete, list) or not all(isinstance(d, str) for d in delete):
-            raise ApiError(400, "invalid_request", "delete must be a list of prompt ids")
-        await server.db(remove, delete)
+    if body.delete is not None:
+        await server.db(remove, body.delete)
 
 
 def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    """An integer query parameter within [lo, hi] (400 ``invalid_parameter`` otherwise); ``default`` when absent."""
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
@@ -67,13 +64,6 @@ def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -
     return value
 
 
-def _check_keys(body: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ApiError(400, "invalid_request", f"unknown field(s) in {where}: {', '.join(unknown)} "
-                       f"(accepted: {', '.join(sorted(allowed))})")
-
-
 def _client_id(value: Any) -> str | None:
     if value is None or value == "":
         return None
@@ -82,12 +72,8 @@ def _client_id(value: Any) -> str | None:
     return value
 
 
-def _outputs(value: Any) -> list[str] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
-        raise ApiError(400, "invalid_request", "outputs must be a list of node ids")
-    return [str(v) for v in value]
+def _outputs(value: list[str | int] | None) -> list[str] | None:
+    return None if value is None else [str(v) for v in value]
 
 
 def invalid(exc: WorkflowError, server: ChiselServer) -> ApiError:
@@ -119,20 +105,13 @@ async def get_openapi(request: web.Request) -> web.Response:
 
 async def post_validate(request: web.Request) -> web.Response:
     server = srv(request)
-    body = await read_json_object(request, server.config.max_json_bytes)
-    _check_keys(body, {"workflow", "set", "outputs"}, "the request")
-    if "workflow" not in body:
-        raise ApiError(400, "invalid_request", "the body needs a 'workflow'")
-    overrides = body.get("set") or {}
-    if not isinstance(overrides, dict):
-        raise ApiError(400, "invalid_request", "'set' must be an object {\"NODE.INPUT\": value}")
-    outputs = _outputs(body.get("outputs"))
+    body = await parse_body(request, m.ValidateRequest, server.config.max_json_bytes)
+    overrides = body.set or {}
+    outputs = _outputs(body.outputs)
 
     def check() -> list[dict[str, Any]]:
-        from .service import apply_overrides
-
         try:
-            wf = parse_workflow(body["workflow"], server.registry)
+            wf = parse_workflow(body.workflow, server.registry)
         except WorkflowError as exc:  # not a workflow that can be read: a bad request, as on the other routes
             raise ApiError(400, "invalid_workflow", "the workflow cannot be read",
                            errors=[server.clean_error(e.to_dict()) for e in exc.errors]) from None
@@ -153,20 +132,11 @@ async def post_validate(request: web.Request) -> web.Response:
 # -- the queue -------------------------------------------------------------------------------------------------------------
 async def post_prompts(request: web.Request) -> web.Response:
     server = srv(request)
-    body = await read_json_object(request, server.config.max_json_bytes)
-    _check_keys(body, {"workflow", "set", "client_id", "outputs", "prompt_id", "front"}, "the request")
-    if "workflow" not in body:
-        raise ApiError(400, "invalid_request", "the body needs a 'workflow' (native, ComfyUI API or ComfyUI UI format)")
-    overrides = body.get("set")
-    if overrides is not None and not isinstance(overrides, dict):
-        raise ApiError(400, "invalid_request", "'set' must be an object {\"NODE.INPUT\": value}")
-    if not isinstance(body.get("front", False), bool):
-        raise ApiError(400, "invalid_request", "'front' must be true or false")
+    body = await parse_body(request, m.PromptRequest, server.config.max_json_bytes)
     try:
         prompt_id, number, _ = await server.submit(
-            body["workflow"], overrides=overrides, outputs=_outputs(body.get("outputs")),
-            client_id=_client_id(body.get("client_id")), prompt_id=body.get("prompt_id"),
-            front=bool(body.get("front", False)))
+            body.workflow, overrides=body.set, outputs=_outputs(body.outputs), client_id=body.client_id,
+            prompt_id=body.prompt_id, front=body.front)
     except WorkflowError as exc:
         raise invalid(exc, server) from None
     return json_response({"prompt_id": prompt_id, "number": number})
@@ -179,11 +149,8 @@ async def get_queue(request: web.Request) -> web.Response:
 
 async def post_queue_move(request: web.Request) -> web.Response:
     server = srv(request)
-    body = await read_json_object(request, server.config.max_json_bytes)
-    _check_keys(body, {"prompt_id", "position"}, "the request")
-    pid, position = body.get("prompt_id"), body.get("position")
-    if not isinstance(pid, str) or not isinstance(position, int) or isinstance(position, bool):
-        raise ApiError(400, "invalid_request", "send {\"prompt_id\": string, \"position\": integer}")
+    body = await parse_body(request, m.QueueMoveRequest, server.config.max_json_bytes)
+    pid, position = body.prompt_id, body.position
     try:
         await server.db(server.store.move, pid, position)
     except S.NotFound:
@@ -216,26 +183,17 @@ async def delete_prompt(request: web.Request) -> web.Response:
 
 async def post_interrupt(request: web.Request) -> web.Response:
     server = srv(request)
-    body = await read_json_object(request, server.config.max_json_bytes, allow_empty=True)
-    pid = body.get("prompt_id")
-    if pid is not None and not isinstance(pid, str):
-        raise ApiError(400, "invalid_request", "prompt_id must be a string")
-    done = server.worker.interrupt(pid) if server.worker is not None else None
+    body = await parse_body(request, m.InterruptRequest, server.config.max_json_bytes, allow_empty=True)
+    done = server.worker.interrupt(body.prompt_id) if server.worker is not None else None
     return json_response({"interrupted": done})
 
 
 # -- history -------------------------------------------------------------------------------------------------------------
 async def get_history(request: web.Request) -> web.Response:
     server = srv(request)
-    limit = int_param(request, "limit", 50, 1, 1000)
-    offset = int_param(request, "offset", 0, 0, 10**9)
-    status = request.query.get("status")
-    statuses = None
-    if status:
-        statuses = status.split(",")
-        if not set(statuses) <= {S.QUEUED, S.RUNNING, *S.FINISHED_STATES}:
-            raise ApiError(400, "invalid_parameter", f"unknown status in {status!r}")
-    rows = await server.db(server.store.history, limit, offset, statuses)
+    q = parse_query(request, m.HistoryQuery)
+    statuses = q.status.split(",") if q.status else None
+    rows = await server.db(server.store.history, q.limit, q.offset, statuses)
     return json_response({"items": [server.history_entry(r) for r in rows]})
 
 
@@ -260,12 +218,14 @@ async def delete_history_entry(request: web.Request) -> web.Response:
 # -- files -------------------------------------------------------------------------------------------------------------------
 async def get_view(request: web.Request) -> web.StreamResponse:
     server = srv(request)
+    parse_query(request, m.ViewQuery)
     return await files.view(request, server.paths, server.writer, server.thumbs)
 
 
 async def post_upload(request: web.Request) -> web.Response:
     server = srv(request)
-    return json_response(await files.upload(request, server.paths, server.config.max_upload_bytes))
+    return json_response(await files.upload(request, server.paths, server.config.max_upload_bytes,
+                                            max_pixels=server.config.max_upload_pixels))
 
 
 async def post_workflow_from_png(request: web.Request) -> web.Response:
@@ -276,12 +236,9 @@ async def post_workflow_from_png(request: web.Request) -> web.Response:
 async def post_workflow_convert(request: web.Request) -> web.Response:
     """Any workflow format Chisel imports (native, ComfyUI API, ComfyUI UI) -> the native format."""
     server = srv(request)
-    body = await read_json_object(request, server.config.max_json_bytes)
-    _check_keys(body, {"workflow"}, "the request")
-    if "workflow" not in body:
-        raise ApiError(400, "invalid_request", "the body needs a 'workflow'")
+    body = await parse_body(request, m.ConvertRequest, server.config.max_json_bytes)
     try:
-        wf = await asyncio.to_thread(parse_workflow, body["workflow"], server.registry)
+        wf = await asyncio.to_thread(parse_workflow, body.workflow, server.registry)
     except WorkflowError as exc:
         raise ApiError(400, "invalid_workflow", "the workflow cannot be converted",
                        errors=[server.clean_error(e.to_dict()) for e in exc.errors]) from None
@@ -291,17 +248,13 @@ async def post_workflow_convert(request: web.Request) -> web.Response:
 async def post_workflow_export(request: web.Request) -> web.Response:
     """A workflow in any format Chisel imports -> "comfy_ui", "comfy_api" or "native"."""
     server = srv(request)
-    body = await read_json_object(request, server.config.max_json_bytes)
-    _check_keys(body, {"workflow", "format"}, "the request")
-    if "workflow" not in body or body.get("format") not in EXPORT_FORMATS:
-        raise ApiError(400, "invalid_request", "the body needs a 'workflow' and a 'format': "
-                       + ", ".join(EXPORT_FORMATS))
+    body = await parse_body(request, m.ExportRequest, server.config.max_json_bytes)
     try:
-        wf = await asyncio.to_thread(parse_workflow, body["workflow"], server.registry)
+        wf = await asyncio.to_thread(parse_workflow, body.workflow, server.registry)
     except WorkflowError as exc:
         raise ApiError(400, "invalid_workflow", "the workflow cannot be read",
                        errors=[server.clean_error(e.to_dict()) for e in exc.errors]) from None
-    return json_response({"workflow": export(wf, body["format"], server.registry), "format": body["format"]})
+    return json_response({"workflow": export(wf, body.format, server.registry), "format": body.format})
 
 
 def _workflow_files(server: ChiselServer) -> list[dict[str, Any]]:
@@ -379,11 +332,8 @@ async def do_free(server: ChiselServer, unload_models: bool, free_memory: bool) 
 
 async def post_free(request: web.Request) -> web.Response:
     server = srv(request)
-    body = await read_json_object(request, server.config.max_json_bytes, allow_empty=True)
-    _check_keys(body, {"unload_models", "free_memory"}, "the request")
-    unload, free = body.get("unload_models", False), body.get("free_memory", False)
-    if not isinstance(unload, bool) or not isinstance(free, bool):
-        raise ApiError(400, "invalid_request", "unload_models and free_memory are true or false")
+    body = await parse_body(request, m.FreeRequest, server.config.max_json_bytes, allow_empty=True)
+    unload, free = body.unload_models, body.free_memory
     done = await do_free(server, unload, free)
     return json_response({"unload_models": unload, "free_memory": free, "done": done})
 
@@ -431,23 +381,28 @@ async def get_index(request: web.Request) -> web.StreamResponse:
     return web.Response(text=PLACEHOLDER, content_type="text/html")
 
 
-async def get_static(request: web.Request) -> web.StreamResponse:
-    folder = srv(request).config.web_dir
-    rel = request.match_info["path"]
-    if not folder.is_dir():
-        raise ApiError(404, "not_found", "the canvas is not installed")
-    path = safe_join(folder, "", rel)
-    if not path.is_file():
-        raise ApiError(404, "not_found", f"no file /web/{rel}")
-    ctype = STATIC_TYPES.get(path.suffix.lower(), "application/octet-stream")
-    return web.FileResponse(path, headers={"Content-Type": ctype, "Cache-Control": "no-cache",
-                                           "X-Content-Type-Options": "nosniff"})
+async def no_canvas(request: web.Request) -> web.StreamResponse:
+    raise ApiError(404, "not_found", "the canvas is not installed")
+
+
+async def static_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The canvas' files are re-checked on every load and never sniffed into another type."""
+    if request.path.startswith("/web/") and response.status < 400:
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        if request.path.endswith((".js", ".mjs")):  # the HTML standard's name for JavaScript
+            response.headers["Content-Type"] = "text/javascript; charset=utf-8"
 
 
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/", get_index)
-    r.add_get("/web/{path:.+}", get_static)
+    web_dir = app[SERVER].config.web_dir
+    if web_dir.is_dir():  # aiohttp's static route: no directory listing, symlinks out of the folder refused
+        r.add_static("/web/", web_dir, name="web")
+        app.on_response_prepare.append(static_headers)
+    else:
+        r.add_get("/web/{path:.+}", no_canvas)
     r.add_get("/openapi.json", get_openapi)
     r.add_get("/v1/auth", get_auth)
     r.add_get("/v1/nodes", get_nodes)

@@ -16,12 +16,13 @@ import hmac
 import ipaddress
 import json
 import os
+import time
+from collections import OrderedDict, deque
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 
 from .errors import ApiError
 
@@ -72,8 +73,72 @@ def _origin_matches(origin: str, host_header: str, scheme: str) -> bool:
     return parts.hostname.lower() == h_host and o_port == h_port
 
 
-def security_middleware(token: str | None, allowed_origins: tuple[str, ...] = ()):
+class AuthThrottle:
+    """Failed token checks per client address: after ``max_failures`` within ``window`` seconds, the address is
+    refused (429, before its token is even compared) until the window has passed, so a token cannot be guessed at
+    network speed. Bounded memory: at most ``max_addresses`` addresses are tracked."""
+
+    def __init__(self, max_failures: int = 10, window: float = 60.0, max_addresses: int = 10_000):
+        self.max_failures, self.window, self.max_addresses = max_failures, window, max_addresses
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _recent(self, address: str, now: float) -> deque[float] | None:
+        times = self._failures.get(address)
+        if times is None:
+            return None
+        while times and now - times[0] > self.window:
+            times.popleft()
+        if not times:
+            del self._failures[address]
+            return None
+        return times
+
+    def retry_after(self, address: str, now: float | None = None) -> float:
+        """Seconds until ``address`` may try again (0: it may now)."""
+        now = time.monotonic() if now is None else now
+        times = self._recent(address, now)
+        if times is None or len(times) < self.max_failures:
+            return 0.0
+        return max(0.0, self.window - (now - times[-1]))
+
+    def failed(self, address: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        times = self._recent(address, now)
+        if times is None:
+            times = self._failures[address] = deque(maxlen=self.max_failures)
+            while len(self._failures) > self.max_addresses:
+                self._failures.popitem(last=False)
+        times.append(now)
+        self._failures.move_to_end(address)
+
+
+def cors_middleware(allowed_origins: tuple[str, ...]):
+    """Cross-origin access for the origins a person allowed (``--allow-origin``), none otherwise: those get the
+    ``Access-Control-Allow-*`` headers, and their preflight ``OPTIONS`` requests an empty 204."""
     allowed = {o.rstrip("/").lower() for o in allowed_origins}
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        origin = request.headers.get("Origin")
+        if origin is None or origin.rstrip("/").lower() not in allowed:
+            return await handler(request)
+        headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            headers.update({"Access-Control-Allow-Methods": "GET, POST, DELETE",
+                            "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                            "Access-Control-Max-Age": "600"})
+            return web.Response(status=204, headers=headers)
+        response = await handler(request)
+        response.headers.update(headers)
+        return response
+
+    return middleware
+
+
+def security_middleware(token: str | None, allowed_origins: tuple[str, ...] = (),
+                        throttle: AuthThrottle | None = None):
+    allowed = {o.rstrip("/").lower() for o in allowed_origins}
+    throttle = throttle or AuthThrottle()
 
     @web.middleware
     async def middleware(request: web.Request, handler):
@@ -90,7 +155,13 @@ def security_middleware(token: str | None, allowed_origins: tuple[str, ...] = ()
         if request.headers.get("Sec-Fetch-Site") == "cross-site" and origin is None:
             raise ApiError(403, "forbidden_origin", "cross-site request refused")
         if token and not _public(request):
+            address = request.remote or ""
+            wait = throttle.retry_after(address)
+            if wait > 0:
+                raise ApiError(429, "too_many_auth_failures", "too many failed token checks from this address; try "
+                               f"again in {wait:.0f} s", headers={"Retry-After": str(max(1, round(wait)))})
             if not _token_ok(request, token):
+                throttle.failed(address)
                 raise ApiError(401, "unauthorized", "a valid token is required: send 'Authorization: Bearer TOKEN'"
                                + (" (or ?token=TOKEN on GET)" if request.method == "GET" else ""),
                                headers={"WWW-Authenticate": 'Bearer realm="chisel"'})
@@ -172,17 +243,31 @@ async def read_json(request: web.Request, limit: int, *, allow_empty: bool = Fal
         if allow_empty:
             return {}
         raise ApiError(400, "invalid_json", "a JSON body is required")
+    return parse_json(body)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _invalid_json(message: str, **extra: Any) -> ApiError:
+    return ApiError(400, "invalid_json", message, extra=extra, errors=[{"kind": "invalid_json", "message": message}])
+
+
+def parse_json(body: bytes | str) -> Any:
+    """Strict JSON: NaN and ±Infinity refused, integers bounded by Python's digit limit, nesting bounded by the
+    recursion limit; every failure is a 400 ``invalid_json``."""
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_no_constant)
     except UnicodeDecodeError:
-        raise ApiError(400, "invalid_json", "the body is not UTF-8 text") from None
+        raise _invalid_json("the body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
-                       extra={"line": exc.lineno, "column": exc.colno}) from None
+        raise _invalid_json(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
+                            line=exc.lineno, column=exc.colno) from None
     except RecursionError:
-        raise ApiError(400, "invalid_json", "invalid JSON: nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
-        raise ApiError(400, "invalid_json", f"invalid JSON: {str(exc)[:200]}") from None
+        raise _invalid_json("invalid JSON: nested too deeply") from None
+    except ValueError as exc:  # NaN/Infinity, or an integer with more digits than Python converts
+        raise _invalid_json(f"invalid JSON: {str(exc).split(';')[0][:200]}") from None
 
 
 async def read_json_object(request: web.Request, limit: int, *, allow_empty: bool = False) -> dict[str, Any]:
@@ -190,15 +275,6 @@ async def read_json_object(request: web.Request, limit: int, *, allow_empty: boo
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_request", f"the body must be a JSON object, not {type(data).__name__}")
     return data
-
-
-# -- logging ----------------------------------------------------------------------------------------------------------
-class AccessLogger(AbstractAccessLogger):
-    """One line per request, without the query string (it may hold a token)."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info("%s %s %s %d %.1fms", request.remote, request.method, request.path, response.status,
-                         time * 1000)
 
 
 def env_int(name: str, default: int) -> int:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import re
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ log = logging.getLogger("chisel.server")
 
 REPO = Path(__file__).resolve().parent.parent
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+PART_RE = re.compile(r"^\..+\.[0-9a-f]{8}\.part$")  # FileWriter's and uploads' temporary names
 
 
 @dataclass
@@ -38,9 +40,18 @@ class ServerConfig:
     db_path: Path | None = None  # default: <root>/.chisel/server.sqlite3
     max_json_bytes: int = 16 << 20
     max_upload_bytes: int = 64 << 20
+    max_upload_pixels: int = 64 << 20
     max_queue: int = 1000
     max_history: int = 10_000
+    max_prompt_nodes: int = 2000
+    max_images_per_prompt: int = 1000
+    history_max_age: float = 0.0  # seconds; 0 keeps every entry the count allows
+    history_delete_files: bool = False
+    temp_max_age: float = 24 * 3600.0  # seconds; 0: never by age
+    temp_clean_on_start: bool = True
     allowed_origins: tuple[str, ...] = ()
+    auth_max_failures: int = 10
+    auth_lockout: float = 60.0
     web_dir: Path = field(default_factory=lambda: REPO / "web")
     workflows_dir: Path = field(default_factory=lambda: REPO / "workflows")
     writer_threads: int = 2
@@ -57,7 +68,7 @@ class ChiselServer:
         self.registry, self.engine, self.services = registry, engine, services
         self.config = config or ServerConfig()
         self.paths = engine.paths
-        self.writer = FileWriter(self.config.writer_threads)
+        self.writer = FileWriter(self.config.writer_threads, max_per_prompt=self.config.max_images_per_prompt)
         if services is not None:
             services.file_writer = self.writer
         self.hub = Hub(self.queue_snapshot, debug=self.config.debug, throttle=self.config.queue_throttle)
@@ -67,6 +78,7 @@ class ChiselServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chisel-db")
         self.recovered: dict[str, list[str]] = {"requeued": [], "failed": []}
+        self._housekeeping: asyncio.Task | None = None
 
     @property
     def db_path(self) -> Path:
@@ -75,8 +87,13 @@ class ChiselServer:
     # -- life cycle (aiohttp signals) ---------------------------------------------------------------------------
     async def start(self, app: Any = None) -> None:
         self.loop = asyncio.get_running_loop()
-        self.store = S.Store(self.db_path, max_queue=self.config.max_queue, max_history=self.config.max_history)
+        self.store = S.Store(self.db_path, max_queue=self.config.max_queue, max_history=self.config.max_history,
+                             max_age=self.config.history_max_age,
+                             on_drop=self.delete_files if self.config.history_delete_files else None)
         self.recovered = self.store.recover()
+        await asyncio.to_thread(self.clean_folders, True)
+        await asyncio.to_thread(self.store.prune)
+        self._housekeeping = asyncio.create_task(self._keep_house())
         if self.recovered["requeued"] or self.recovered["failed"]:
             log.warning("recovered after an unclean stop: re-queued %s, failed %s", self.recovered["requeued"],
                         self.recovered["failed"])
@@ -97,7 +114,65 @@ class ChiselServer:
         self.worker.start()
 
     async def shutdown(self, app: Any = None) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         await self.hub.close_all()
+
+    # -- housekeeping -------------------------------------------------------------------------------------------------
+    def housekeeping_interval(self) -> float:
+        ages = [a for a in (self.config.temp_max_age, self.config.history_max_age) if a > 0]
+        return min(600.0, max(1.0, min(ages) / 4)) if ages else 600.0
+
+    async def _keep_house(self) -> None:
+        """Every few minutes (a quarter of the shortest age limit, 1 s to 10 min): old temp files and history
+        entries go."""
+        while True:
+            await asyncio.sleep(self.housekeeping_interval())
+            try:
+                await asyncio.to_thread(self.clean_folders, False)
+                if self.config.history_max_age > 0:
+                    await self.db(self.store.prune)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("housekeeping failed", exc_info=True)
+
+    def clean_folders(self, starting: bool) -> None:
+        """Temp files older than ``temp_max_age`` (every one at start with ``temp_clean_on_start``), and at start the
+        ``.NAME.XXXXXXXX.part`` files of writes a killed server never finished."""
+        now = time.time()
+        temp = self.paths.dir("temp")
+        for path in sorted(temp.rglob("*"), reverse=True):  # files before the folders that hold them
+            try:
+                if path.is_symlink() or path.is_file():
+                    old = self.config.temp_max_age > 0 and now - path.lstat().st_mtime > self.config.temp_max_age
+                    if (starting and self.config.temp_clean_on_start) or old:
+                        path.unlink()
+                elif path.is_dir() and starting and self.config.temp_clean_on_start:
+                    path.rmdir()
+            except OSError:
+                pass
+        if starting:
+            for kind in ("output", "input"):
+                for part in self.paths.dir(kind).rglob(".*.part"):
+                    if PART_RE.match(part.name):
+                        part.unlink(missing_ok=True)
+
+    def delete_files(self, results: list[dict[str, Any]]) -> None:
+        """The output and temp files of history entries that retention dropped (``history_delete_files``)."""
+        from .security import safe_join
+
+        for result in results:
+            for ui in (result.get("outputs") or {}).values():
+                for item in (ui.get("images") or []) if isinstance(ui, dict) else []:
+                    kind = item.get("type", "output") if isinstance(item, dict) else None
+                    if kind not in ("output", "temp"):
+                        continue
+                    try:
+                        safe_join(self.paths.dir(kind), item.get("subfolder", ""), item["filename"]).unlink(
+                            missing_ok=True)
+                    except (ApiError, OSError, KeyError, TypeError):
+                        pass
 
     async def cleanup(self, app: Any = None) -> None:
         if self.worker is not None:
@@ -135,6 +210,9 @@ class ChiselServer:
                 outputs: list[str] | None = None) -> tuple[Workflow, list[str]]:
         """Parse, apply overrides and validate (raises WorkflowError with every problem)."""
         wf = parse_workflow(data, self.registry)
+        if len(wf.nodes) > self.config.max_prompt_nodes:
+            raise ApiError(413, "prompt_too_large", f"the workflow has {len(wf.nodes)} nodes; this server accepts "
+                           f"at most {self.config.max_prompt_nodes} (--max-prompt-nodes)")
         if overrides:
             wf = apply_overrides(wf, overrides)
         plan, errors = self.engine.validate(wf, outputs)
@@ -176,7 +254,7 @@ class ChiselServer:
                 "remaining": len(running) + len(pending)}
 
     def clean_error(self, err: dict[str, Any]) -> dict[str, Any]:
-        return self.hub._clean_error(err)
+        return self.hub.clean_error(err)
 
     def history_entry(self, row: dict[str, Any]) -> dict[str, Any]:
         result = row.get("result") or {}
@@ -213,21 +291,26 @@ def apply_overrides(wf: Workflow, overrides: dict[str, Any]) -> Workflow:
     return graph_overrides.apply_overrides(wf, overrides)
 
 
-def env_config(**kw: Any) -> ServerConfig:
-    """Configuration from the environment (limits have no CLI flag): CHISEL_DB, CHISEL_MAX_UPLOAD_MB,
-    CHISEL_MAX_JSON_MB, CHISEL_MAX_QUEUE, CHISEL_MAX_HISTORY, CHISEL_ALLOWED_ORIGINS (comma-separated)."""
-    from .security import env_int
-
+def config_from_settings(settings: Any, **kw: Any) -> ServerConfig:
+    """A :class:`ServerConfig` from :class:`server.settings.Settings` (``CHISEL_DB`` names the queue database)."""
     cfg = ServerConfig(**kw)
     if os.environ.get("CHISEL_DB"):
         cfg.db_path = Path(os.environ["CHISEL_DB"])
-    cfg.max_upload_bytes = env_int("CHISEL_MAX_UPLOAD_MB", cfg.max_upload_bytes >> 20) << 20
-    cfg.max_json_bytes = env_int("CHISEL_MAX_JSON_MB", cfg.max_json_bytes >> 20) << 20
-    cfg.max_queue = env_int("CHISEL_MAX_QUEUE", cfg.max_queue)
-    cfg.max_history = env_int("CHISEL_MAX_HISTORY", cfg.max_history)
-    origins = os.environ.get("CHISEL_ALLOWED_ORIGINS", "")
-    cfg.allowed_origins = tuple(o.strip() for o in origins.split(",") if o.strip())
+    cfg.max_json_bytes = int(settings.max_body_mb * (1 << 20))
+    cfg.max_upload_bytes = int(settings.max_upload_mb * (1 << 20))
+    cfg.max_upload_pixels = settings.max_upload_pixels
+    cfg.max_queue = settings.max_queue
+    cfg.max_history = settings.history_max_entries
+    cfg.max_prompt_nodes = settings.max_prompt_nodes
+    cfg.max_images_per_prompt = settings.max_images_per_prompt
+    cfg.history_max_age = settings.history_max_age_days * 86400.0
+    cfg.history_delete_files = settings.history_delete_files
+    cfg.temp_max_age = settings.temp_max_age_hours * 3600.0
+    cfg.temp_clean_on_start = settings.temp_clean_on_start
+    cfg.allowed_origins = tuple(settings.allow_origin)
+    cfg.auth_max_failures = settings.auth_max_failures
+    cfg.auth_lockout = settings.auth_lockout_seconds
     return cfg
 
 
-__all__ = ["ChiselServer", "ServerConfig", "apply_overrides", "queue_item", "env_config"]
+__all__ = ["ChiselServer", "ServerConfig", "apply_overrides", "queue_item", "config_from_settings"]

@@ -23,7 +23,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 SCHEMA_VERSION = 1
 MAX_CRASH_ATTEMPTS = 2  # a prompt found running after this many starts is failed, not re-queued
@@ -86,10 +86,13 @@ def _row(cur: sqlite3.Cursor, values: tuple) -> dict[str, Any]:
 
 
 class Store:
-    def __init__(self, path: str | Path, max_queue: int = 1000, max_history: int = 10_000):
+    def __init__(self, path: str | Path, max_queue: int = 1000, max_history: int = 10_000, max_age: float = 0.0,
+                 on_drop: Callable[[list[dict[str, Any]]], None] | None = None):
+        """``max_history`` finished prompts are kept, none older than ``max_age`` seconds (0: no age limit);
+        ``on_drop`` receives the results of entries retention removed (after their transaction commits)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.max_queue, self.max_history = max_queue, max_history
+        self.max_queue, self.max_history, self.max_age, self.on_drop = max_queue, max_history, max_age, on_drop
         self._lock_fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -212,13 +215,39 @@ class Store:
         with self._tx() as db:
             db.execute("UPDATE prompts SET status=?, finished=?, result=? WHERE prompt_id=?",
                        (status, time.time(), json.dumps(result, default=repr), prompt_id))
-            self._prune(db)
+            dropped = self._prune(db)
+        self._dropped(dropped)
 
-    def _prune(self, db: sqlite3.Connection) -> None:
-        (done,) = db.execute("SELECT COUNT(*) FROM prompts WHERE status IN (?,?,?,?)", FINISHED_STATES).fetchone()
-        if done > self.max_history:
-            db.execute("DELETE FROM prompts WHERE number IN (SELECT number FROM prompts WHERE status IN (?,?,?,?) "
-                       "ORDER BY number LIMIT ?)", (*FINISHED_STATES, done - self.max_history))
+    def prune(self) -> int:
+        """Apply the retention limits now (entries age while nothing finishes); return how many were dropped."""
+        with self._tx() as db:
+            dropped = self._prune(db)
+        self._dropped(dropped)
+        return len(dropped)
+
+    def _prune(self, db: sqlite3.Connection) -> list[dict[str, Any]]:
+        marks = ",".join("?" * len(FINISHED_STATES))
+        numbers: list[int] = []
+        if self.max_age > 0:
+            numbers += [r[0] for r in db.execute(f"SELECT number FROM prompts WHERE status IN ({marks}) AND "
+                                                 "finished < ?", (*FINISHED_STATES, time.time() - self.max_age))]
+        (done,) = db.execute(f"SELECT COUNT(*) FROM prompts WHERE status IN ({marks})", FINISHED_STATES).fetchone()
+        excess = done - len(numbers) - self.max_history
+        if excess > 0:
+            aged = set(numbers)
+            oldest = db.execute(f"SELECT number FROM prompts WHERE status IN ({marks}) ORDER BY number LIMIT ?",
+                                (*FINISHED_STATES, excess + len(aged)))
+            numbers += [n for (n,) in oldest if n not in aged][:excess]
+        dropped = []
+        for number in numbers:
+            (result,) = db.execute("SELECT result FROM prompts WHERE number=?", (number,)).fetchone()
+            dropped.append(json.loads(result) if result else {})
+            db.execute("DELETE FROM prompts WHERE number=?", (number,))
+        return dropped
+
+    def _dropped(self, results: list[dict[str, Any]]) -> None:
+        if results and self.on_drop is not None:
+            self.on_drop(results)
 
     def cancel(self, prompt_ids: Iterable[str] | None = None) -> list[str]:
         """Cancel queued prompts (all of them when ``prompt_ids`` is None); return the ids cancelled."""
@@ -234,7 +263,8 @@ class Store:
             for pid in ids:
                 db.execute("UPDATE prompts SET status=?, finished=?, result=? WHERE prompt_id=?",
                            (CANCELLED, now, result, pid))
-            self._prune(db)
+            dropped = self._prune(db)
+        self._dropped(dropped)
         return ids
 
     def move(self, prompt_id: str, position: int) -> None:

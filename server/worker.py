@@ -42,6 +42,10 @@ from . import store as S
 log = logging.getLogger("chisel.server")
 
 
+class TooManyFiles(RuntimeError):
+    """A prompt tried to write more files than the server allows."""
+
+
 def claim_next(store: Any, wake: threading.Event, stopping: threading.Event) -> dict | None:
     """The head of the durable queue, claimed; None after a short wait when the queue is empty or unreadable, or
     when stopping (a prompt claimed meanwhile goes back to the queue)."""
@@ -69,7 +73,8 @@ class PendingWrite:
 class FileWriter:
     """Writes files on background threads; paths are reserved from submission until the file is in place."""
 
-    def __init__(self, threads: int = 2, max_pending: int = 64):
+    def __init__(self, threads: int = 2, max_pending: int = 64, max_per_prompt: int | None = None):
+        self.max_per_prompt = max_per_prompt
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="chisel-writer")
         self._pending: dict[str, Future] = {}
         self._lock = threading.Lock()
@@ -84,6 +89,10 @@ class FileWriter:
     def submit(self, path: str | Path, write: Callable[[Path], Any]) -> Future:
         path = Path(path)
         key = self._key(path)
+        batch = self._batch
+        if batch is not None and self.max_per_prompt is not None and len(batch) >= self.max_per_prompt:
+            raise TooManyFiles(f"this prompt has written {len(batch)} files, the server's limit "
+                               "(--max-images-per-prompt); no more are written")
         self._slots.acquire()
         try:
             with self._lock:

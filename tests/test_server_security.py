@@ -56,7 +56,7 @@ BAD_REQUESTS = [
     ("POST", "/v1/prompts", {"json": [1, 2]}, 400, "invalid_request"),
     ("POST", "/v1/prompts", {"json": {"nope": 1}}, 400, "invalid_request"),
     ("POST", "/v1/prompts", {"json": {"workflow": GOOD, "surprise": 1}}, 400, "invalid_request"),
-    ("POST", "/v1/prompts", {"json": {"workflow": 5}}, 400, "validation_failed"),
+    ("POST", "/v1/prompts", {"json": {"workflow": 5}}, 400, "invalid_request"),
     ("POST", "/v1/prompts", {"json": {"workflow": wf({"1": ("Number", {"value": "two"}),
                                                       "2": ("Show", {"value": ("1", "INT")})})}}, 400,
      "validation_failed"),
@@ -81,9 +81,9 @@ BAD_REQUESTS = [
     ("POST", "/v1/queue/move", {"json": {"prompt_id": "nope", "position": 0}}, 404, "not_found"),
     ("POST", "/v1/free", {"json": {"unload_models": "yes"}}, 400, "invalid_request"),
     ("POST", "/v1/interrupt", {"json": {"prompt_id": 5}}, 400, "invalid_request"),
-    ("GET", "/v1/view", {}, 400, "missing_parameter"),
+    ("GET", "/v1/view", {}, 400, "invalid_parameter"),
     ("GET", "/v1/view?filename=missing.png", {}, 404, "file_not_found"),
-    ("GET", "/v1/view?filename=ok.png&type=models", {}, 400, "invalid_type"),
+    ("GET", "/v1/view?filename=ok.png&type=models", {}, 400, "invalid_parameter"),
     ("GET", "/v1/view?filename=../../secret.txt", {}, 403, "path_outside_folder"),
     ("GET", "/v1/view?filename=..%2F..%2Fsecret.txt", {}, 403, "path_outside_folder"),
     ("GET", "/v1/view?filename=secret.txt&subfolder=../..", {}, 403, "path_outside_folder"),
@@ -103,7 +103,9 @@ BAD_REQUESTS = [
     ("POST", "/v1/upload", {"form": lambda: _form("big.png", b"\x89PNG" + os.urandom(200 << 10))}, 413, "too_large"),
     ("POST", "/v1/upload", {"form": lambda: _form("x.png", _png(), subfolder="../..")}, 403, "path_outside_folder"),
     ("POST", "/v1/upload", {"form": lambda: _form("x.png", _png(), subfolder="/tmp")}, 403, "path_outside_folder"),
-    ("POST", "/v1/upload", {"form": lambda: _form("x.png", _png(), type="models")}, 400, "invalid_type"),
+    ("POST", "/v1/upload", {"form": lambda: _form("x.png", _png(), type="models")}, 400, "invalid_request"),
+    ("POST", "/v1/upload", {"form": lambda: _form("x.png", _png(), kind="AAA")}, 400, "invalid_request"),
+    ("POST", "/v1/upload", {"form": lambda: _form("x.png", _png(), surprise="1")}, 400, "invalid_request"),
     ("POST", "/v1/upload", {"form": lambda: _form(".hidden.png", _png())}, 400, "invalid_filename"),
     ("POST", "/upload/image", {"form": lambda: _form("x.png", _png(), subfolder="dirlink")}, 403,
      "path_outside_folder"),
@@ -164,7 +166,7 @@ def test_table_of_bad_requests(root):
 
 def test_token_required_everywhere_but_the_page(root):
     async def main():
-        async with client(root, token="s3cret") as c:
+        async with client(root, token="s3cret", auth_max_failures=1000) as c:  # (many failures on purpose)
             auth = {"Authorization": "Bearer s3cret"}
             for method, path in [("GET", "/v1/queue"), ("POST", "/v1/prompts"), ("GET", "/v1/nodes"),
                                  ("GET", "/openapi.json"), ("GET", "/v1/view?filename=ok.png"), ("POST", "/prompt"),
@@ -207,3 +209,95 @@ def test_refuses_public_address_without_token(tmp_path):
                           env={k: v for k, v in os.environ.items() if k != "CHISEL_TOKEN"})
     assert proc.returncode == 2
     assert "refusing to listen on 0.0.0.0 without a token" in proc.stderr and "--token" in proc.stderr
+
+
+# -- repeated auth failures, CORS, the token kept out of logs and replies -----------------------------------------------
+def test_repeated_auth_failures_lock_the_address_out(root):
+    async def main():
+        async with client(root, token="s3cret", auth_max_failures=3, auth_lockout=60.0) as c:
+            good = {"Authorization": "Bearer s3cret"}
+            assert (await c.get("/v1/queue", headers=good)).status == 200
+            for _ in range(3):
+                assert (await c.get("/v1/queue", headers={"Authorization": "Bearer guess"})).status == 401
+            r = await c.get("/v1/queue", headers={"Authorization": "Bearer guess"})
+            body = await r.json()
+            assert r.status == 429 and body["error"]["kind"] == "too_many_auth_failures"
+            assert 1 <= int(r.headers["Retry-After"]) <= 60
+            # while locked out the token is not even compared: a right guess is not told apart from a wrong one
+            assert (await c.get("/v1/queue", headers=good)).status == 429
+            assert (await c.get("/v1/auth")).status == 200  # the public page and auth probe still answer
+
+    run(main())
+
+
+def test_auth_throttle_window():
+    from server.security import AuthThrottle
+
+    t = AuthThrottle(max_failures=2, window=10.0)
+    assert t.retry_after("a", now=0.0) == 0.0
+    t.failed("a", now=0.0)
+    assert t.retry_after("a", now=1.0) == 0.0
+    t.failed("a", now=1.0)
+    assert t.retry_after("a", now=2.0) == pytest.approx(9.0)
+    assert t.retry_after("b", now=2.0) == 0.0  # per address
+    assert t.retry_after("a", now=11.5) == 0.0  # the failure at 0.0 has left the window
+    small = AuthThrottle(max_failures=1, window=10.0, max_addresses=2)
+    for i, address in enumerate("xyz"):
+        small.failed(address, now=float(i))
+    assert small.retry_after("x", now=3.0) == 0.0 and small.retry_after("z", now=3.0) > 0  # bounded memory
+
+
+def test_no_cors_unless_an_origin_is_allowed(root):
+    foreign = "http://app.example"
+
+    async def main():
+        async with client(root) as c:
+            same = str(c.make_url("/")).rstrip("/")
+            r = await c.get("/v1/queue", headers={"Origin": same})
+            assert r.status == 200 and "Access-Control-Allow-Origin" not in r.headers
+            r = await c.get("/v1/queue", headers={"Origin": foreign})
+            assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers
+            r = await c.options("/v1/prompts", headers={"Origin": foreign, "Access-Control-Request-Method": "POST"})
+            assert r.status in (403, 405) and "Access-Control-Allow-Origin" not in r.headers
+        async with client(root, allowed_origins=(foreign,)) as c:
+            r = await c.options("/v1/prompts", headers={"Origin": foreign, "Access-Control-Request-Method": "POST",
+                                                        "Access-Control-Request-Headers": "content-type"})
+            assert r.status == 204 and r.headers["Access-Control-Allow-Origin"] == foreign
+            assert "POST" in r.headers["Access-Control-Allow-Methods"]
+            assert "Content-Type" in r.headers["Access-Control-Allow-Headers"]
+            r = await c.get("/v1/queue", headers={"Origin": foreign})
+            assert r.status == 200 and r.headers["Access-Control-Allow-Origin"] == foreign
+            r = await c.get("/v1/history/nope", headers={"Origin": foreign})  # errors carry the headers too
+            assert r.status == 404 and r.headers["Access-Control-Allow-Origin"] == foreign
+            r = await c.get("/v1/queue", headers={"Origin": "http://other.example"})
+            assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers
+
+    run(main())
+
+
+def test_the_token_is_never_logged_nor_echoed(tmp_path):
+    from test_server_support import ServeProcess
+    import requests
+
+    token, wrong = "tok-" + os.urandom(8).hex(), "bad-" + os.urandom(8).hex()
+    root = make_root(tmp_path / "root")
+    proc = ServeProcess(root, "--debug", "--token", token, "--auth-max-failures", "100")
+    replies = []
+    try:
+        s = requests.Session()
+        for url, headers in [(f"/v1/queue?token={token}", {}), ("/v1/queue", {"Authorization": f"Bearer {token}"}),
+                             (f"/v1/queue?token={wrong}", {}), ("/v1/queue", {"Authorization": f"Bearer {wrong}"}),
+                             (f"/nope?token={token}", {}), (f"/v1/view?filename=x.png&token={token}", {}),
+                             (f"/v1/history?limit=abc&token={token}", {}), (f"/system_stats?token={token}", {})]:
+            r = s.get(proc.url + url, headers=headers, timeout=10)
+            replies.append(r.text + " ".join(f"{k}: {v}" for k, v in r.headers.items()))
+        r = s.post(proc.url + "/v1/prompts", json={"workflow": {"nodes": {"1": {"type": token}}}},
+                   headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert r.status_code == 400
+    finally:
+        proc.stop()
+    log = proc.output()
+    assert "/v1/queue" in log  # the access log is on (--debug) ...
+    assert token not in log and wrong not in log  # ... without tokens
+    # no reply repeats a token it was sent (the prompt above echoes only its own workflow back)
+    assert not any(token in r or wrong in r for r in replies)

@@ -98,6 +98,57 @@ class MakeImage(Node):
         return NodeResult((), {"images": [{"filename": name, "subfolder": "", "type": "output"}]})
 
 
+class BigFile(Node):
+    """Writes ``size_kb`` KiB (a disk that fills up fails it)."""
+    type = "BigFile"
+    category = "output"
+    output_node = True
+    inputs = (Input("x", INT), Input("size_kb", INT, default=1, min=1, max=1 << 20))
+    outputs = ()
+
+    def run(self, ctx, x, size_kb):
+        data = bytes(range(256)) * (size_kb * 4)
+
+        def write(path):
+            with open(path, "wb") as fh:
+                for i in range(0, len(data), 65536):
+                    fh.write(data[i:i + 65536])
+
+        name = _save(ctx, f"big{x}", "bin", write)
+        return NodeResult((), {"images": [{"filename": name, "subfolder": "", "type": "output"}]})
+
+
+class SlowPng(Node):
+    """Writes the first half of a PNG, waits ``pause`` seconds, then the rest: a kill in between catches the write
+    half done."""
+    type = "SlowPng"
+    category = "output"
+    output_node = True
+    inputs = (Input("x", INT), Input("pause", FLOAT, default=0.0, min=0.0, max=60.0))
+    outputs = ()
+
+    def run(self, ctx, x, pause):
+        import io
+        import os
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.effect_noise((256, 256), 64).save(buf, format="PNG", compress_level=0)
+        data = buf.getvalue()
+
+        def write(path):
+            with open(path, "wb") as fh:
+                fh.write(data[: len(data) // 2])
+                fh.flush()
+                os.fsync(fh.fileno())
+                time.sleep(pause)
+                fh.write(data[len(data) // 2:])
+
+        name = _save(ctx, f"slow{x}", "png", write)
+        return NodeResult((), {"images": [{"filename": name, "subfolder": "", "type": "output"}]})
+
+
 class PreviewSteps(Node):
     type = "PreviewSteps"
     category = "testing"
@@ -205,13 +256,13 @@ async def wait_history(c, pid: str, timeout: float = 15.0, headers=None) -> dict
 class ServeProcess:
     """``python -m server.cli serve --root ROOT --port 0`` in a subprocess; ``url`` once it listens."""
 
-    def __init__(self, root: Path, *args: str, env: dict[str, str] | None = None):
+    def __init__(self, root: Path, *args: str, env: dict[str, str] | None = None, preexec_fn=None):
         self.root = root
         self.log = open(root / f"serve-{time.monotonic_ns()}.log", "w+")
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--root", str(root), "--port", "0",
                                       "--device", "cpu", *args], stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     cwd=REPO, env=full_env)
+                                     cwd=REPO, env=full_env, preexec_fn=preexec_fn)
         self.lines: list[str] = []
         self.url = self._wait_url()
 
@@ -241,6 +292,11 @@ class ServeProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
+
+    def log_text(self) -> str:
+        """What the server has logged so far (its stderr)."""
+        self.log.flush()
+        return (self.root / Path(self.log.name).name).read_text()
 
     def output(self) -> str:
         rest = self.proc.stdout.read() if self.proc.poll() is not None else ""
