@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Callable, Mapping
 
-from nodes.sampling import samplers as fn
+import nodes.sampling.samplers as fn
 
 __all__ = ["SamplerSpec", "SAMPLERS", "SAMPLER_NAMES", "STOCHASTIC_SAMPLERS", "NOISE_KINDS", "get_sampler"]
 

@@ -45,7 +45,7 @@ class RuntimeSpec:
     def build(self) -> tuple[Any, Any, Any]:
         """(registry, services, engine) for one worker process."""
         if not self.plain:
-            from ..cli import build_runtime
+            from ..runtime import build_runtime
 
             return build_runtime(argparse.Namespace(**self.to_dict()), allow_paths=self.allow_paths)
         from types import SimpleNamespace
