@@ -10,7 +10,7 @@ from typing import Any
 
 from graph.comfy_format import export
 from graph.registry import NodeRegistry
-from graph.engine import Engine, RunResult
+from graph.engine import RunResult
 from graph.errors import WorkflowError
 from graph.events import EXECUTED, EXECUTING, PROGRESS, Event
 from graph.overrides import apply_overrides, split_target

@@ -18,9 +18,8 @@ from graph.errors import WorkflowError
 from . import comfy_frontend, comfy_jobs, comfy_userdata, comfy_ws, files
 from .comfy_history import DONE, comfy_queue, history_item, queue_entry
 from .errors import ApiError, json_response
-from .routes_native import clear_or_delete, do_free, get_view, int_param, post_upload, srv
+from .routes_native import clear_or_delete, do_free, get_view, post_upload, srv
 from .schemas import ComfyFree, ComfyHistoryQuery, ComfyInterrupt, ComfyPromptRequest, parse_body, parse_query
-from .security import read_json_object
 from .service import ChiselServer
 from .system import comfy_system_stats
 
