@@ -14,7 +14,7 @@ from sd_fixtures import assert_close_to_scale, tiny_file, tiny_model
 
 from nodes.library.conditioning import ConditioningCombine, ConditioningSetArea, ConditioningSetMask, CLIPTextEncode
 from nodes.memory.manager import ModelManager
-from nodes.sampling.guidance import CFGDenoiser
+from nodes.sampling.guidance import Guider
 
 H = W = 32  # latent cells (256 x 256 pixels): areas of >= 16 cells get the full 8-cell edge ramp
 T = 500  # a training timestep: sigma is the schedule's own value there, so the UNet sees timestep 500 exactly
@@ -59,7 +59,7 @@ def test_area_and_mask_regions_combine_as_weighted_average_of_unet_predictions()
 
     x = torch.randn(1, 4, H, W, generator=torch.Generator().manual_seed(1)) * 3.0
     sigma = _sd1_sigma(T)
-    den = CFGDenoiser(bundle.model, positive, n, cfg, torch.zeros(1, 4, H, W), None, None, (H * 8, W * 8))
+    den = Guider.cfg(bundle.model, positive, n, cfg).denoiser(torch.zeros(1, 4, H, W), None, None, (H * 8, W * 8))
     with torch.inference_mode():
         got = den(x, torch.tensor([sigma], dtype=torch.float32))
     assert den.model.model_sampling.timestep(torch.tensor([sigma])).item() == T

@@ -53,10 +53,15 @@ function scoreWord(q, nameWords, joined) {
   if (q.length >= 2 && nameWords.map((w) => w[0]).join("").startsWith(q)) return 2.5;
   const limit = typoLimit(q);
   if (limit) {
+    // a typo of a whole word ("samplr" -> sampler) beats a typo of a word's start ("samplr" -> sampling)
+    let best = null;
     for (const w of nameWords) {
-      const d = Math.min(editDistance(q, w, limit), editDistance(q, w.slice(0, q.length), limit));
-      if (d <= limit) return 3 + d;
+      const whole = editDistance(q, w, limit);
+      const start = editDistance(q, w.slice(0, q.length), limit) + 0.5;
+      const d = Math.min(whole, start);
+      if (d <= limit + 0.5 && (best === null || d < best)) best = d;
     }
+    if (best !== null) return 3 + best;
   }
   if (q.length >= 3 && isSubsequence(q, joined)) return 6;
   return null;
