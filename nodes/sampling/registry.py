@@ -75,7 +75,13 @@ _ENTRIES = (
     _spec("dpmpp_2m_sde_heun_gpu", fn.sample_dpmpp_2m_sde, "brownian_device", options={"solver_type": "heun"}),
     _spec("dpmpp_3m_sde", fn.sample_dpmpp_3m_sde, "brownian"),
     _spec("dpmpp_3m_sde_gpu", fn.sample_dpmpp_3m_sde, "brownian_device"),
+    _spec("ddpm", fn.sample_ddpm, "seeded"),
     _spec("lcm", fn.sample_lcm, "seeded"),
+    _spec("ipndm", fn.sample_ipndm),
+    _spec("ipndm_v", fn.sample_ipndm_v),
+    _spec("res_multistep", fn.sample_res_multistep),
+    _spec("res_multistep_ancestral", fn.sample_res_multistep, "seeded", options={"eta": 1.0}),
+    _spec("gradient_estimation", fn.sample_gradient_estimation),
     # DDIM (eta = 0) in sigma space is exactly Euler's step, which is what ComfyUI runs for it
     _spec("ddim", fn.sample_euler, inpaint_noise_seed_offset=1),
     _spec("uni_pc", fn.sample_uni_pc, discard_penultimate_sigma=True),

@@ -424,6 +424,160 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, noise_sampler=N
     return x
 
 
+# Adams-Bashforth weights for equal steps (newest derivative first), orders 1-4: iPNDM's fixed coefficients
+_AB_WEIGHTS = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
+
+
+@torch.no_grad()
+def sample_ipndm(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, max_order: int = 4):
+    """iPNDM (Zhang & Chen 2022, the DEIS paper's improved pseudo-numerical method): Adams-Bashforth in sigma on the
+    ODE derivative dx/dsigma with the fixed equal-step weights of order 1 .. ``max_order`` (warming up from
+    order 1, one model evaluation per step). Every step, the last one to sigma = 0 included, is integrated."""
+    if not 1 <= max_order <= 4:
+        raise ValueError(f"max_order must be 1 to 4, got {max_order}")
+    extra_args = extra_args or {}
+    s = _schedule(sigmas)
+    total = len(s) - 1
+    ds: list[torch.Tensor] = []  # newest first
+    for i in range(total):
+        denoised = _denoise(model, x, s[i], extra_args)
+        _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        ds.insert(0, _d(x, denoised, s[i]))
+        del ds[max_order:]
+        dt = s[i + 1] - s[i]
+        for w, d in zip(_AB_WEIGHTS[len(ds) - 1], ds):
+            x = x + d * (w * dt)
+    return x
+
+
+@torch.no_grad()
+def sample_ipndm_v(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, max_order: int = 4):
+    """iPNDM with variable step sizes: the Adams-Bashforth weights for the actual (unequal) sigma steps, i.e. the
+    exact integrals of the Lagrange interpolant of dx/dsigma through the last ``max_order`` derivatives (the same
+    weights as :func:`sample_lms`; unlike lms, the last step to sigma = 0 is integrated too)."""
+    if not 1 <= max_order <= 4:
+        raise ValueError(f"max_order must be 1 to 4, got {max_order}")
+    extra_args = extra_args or {}
+    s = _schedule(sigmas)
+    total = len(s) - 1
+    ds: list[torch.Tensor] = []  # newest first
+    for i in range(total):
+        denoised = _denoise(model, x, s[i], extra_args)
+        _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        ds.insert(0, _d(x, denoised, s[i]))
+        del ds[max_order:]
+        for j, d in enumerate(ds):
+            x = x + d * lms_coefficient(len(ds), s, i, j)
+    return x
+
+
+# -- gradient estimation -----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sample_gradient_estimation(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None,
+                               ge_gamma: float = 2.0):
+    """Gradient estimation (Permenter & Yuan 2024, "Interpreting and Improving Diffusion Models from an
+    Optimization Perspective", Algorithm 2): a DDIM (Euler-in-sigma) step along the averaged direction
+    gamma d_i + (1 - gamma) d_{i-1}, d = (x - D) / sigma; the first step is plain DDIM."""
+    extra_args = extra_args or {}
+    s = _schedule(sigmas)
+    total = len(s) - 1
+    old_d = None
+    for i in range(total):
+        denoised = _denoise(model, x, s[i], extra_args)
+        _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        d = _d(x, denoised, s[i])
+        step = d if old_d is None else d * ge_gamma + old_d * (1.0 - ge_gamma)
+        x = x + step * (s[i + 1] - s[i])
+        old_d = d
+    return x
+
+
+# -- DDPM ----------------------------------------------------------------------------------------------------------
+
+
+def ddpm_step_coefficients(sigma: float, sigma_next: float) -> tuple[float, float, float]:
+    """The DDPM posterior q(x_next | x, eps) (Ho et al. 2020, eq. 7 and 11, posterior variance beta-tilde) for the
+    step sigma -> sigma_next, in sigma space: returns (a, b, c) with x_next = a x + b eps + c z, z ~ N(0, I).
+
+    With abar = 1 / (1 + sigma^2), abar' = 1 / (1 + sigma_next^2), alpha = abar / abar' and the VP sample
+    x_vp = sqrt(abar) x: mean = (x_vp - (1 - alpha) / sqrt(1 - abar) eps) / sqrt(alpha), variance
+    (1 - alpha)(1 - abar') / (1 - abar); then x_next = mean / sqrt(abar') (+ noise likewise scaled)."""
+    abar, abar_next = 1.0 / (1.0 + sigma * sigma), 1.0 / (1.0 + sigma_next * sigma_next)
+    alpha = abar / abar_next
+    to_ve = 1.0 / math.sqrt(abar_next)
+    a = math.sqrt(abar) / math.sqrt(alpha) * to_ve
+    b = -(1.0 - alpha) / math.sqrt(1.0 - abar) / math.sqrt(alpha) * to_ve
+    c = math.sqrt(max((1.0 - alpha) * (1.0 - abar_next) / (1.0 - abar), 0.0)) * to_ve
+    return a, b, c
+
+
+@torch.no_grad()
+def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None):
+    """DDPM ancestral sampling (Ho et al. 2020): each step draws x_next from the posterior q(x_next | x, x0) with
+    x0 the model's prediction (see :func:`ddpm_step_coefficients`); no noise on the step to sigma = 0, which
+    returns the denoised prediction."""
+    extra_args = extra_args or {}
+    noise_sampler = noise_sampler or default_noise_sampler(x)
+    s = _schedule(sigmas)
+    total = len(s) - 1
+    for i in range(total):
+        denoised = _denoise(model, x, s[i], extra_args)
+        _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        a, b, c = ddpm_step_coefficients(s[i], s[i + 1])
+        x = x * a + _d(x, denoised, s[i]) * b
+        if s[i + 1] > 0.0:
+            x = x + noise_sampler(s[i], s[i + 1]) * c
+    return x
+
+
+# -- RES multistep -------------------------------------------------------------------------------------------------
+
+
+def _phi_1(h: float) -> float:
+    """phi_1(-h) = (1 - e^{-h}) / h: the weight of a constant D over a step of h in t = -log sigma."""
+    return -math.expm1(-h) / h
+
+
+def _phi_2(h: float) -> float:
+    """phi_2(-h) = (e^{-h} - 1 + h) / h^2: the weight of D's slope (per unit t, times h) over the same step."""
+    return (math.expm1(-h) + h) / (h * h)
+
+
+@torch.no_grad()
+def sample_res_multistep(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta: float = 0.0,
+                         s_noise: float = 1.0):
+    """RES multistep, second order (Zhang et al. 2023, "Improved Order Analysis and Design of Exponential
+    Integrator for Diffusion Models Sampling"): the exponential integrator in t = -log sigma,
+
+        x_next = e^{-h} x + h (b1 D_i + b2 D_{i-1}),  b1 = phi_1 + phi_2 / c,  b2 = -phi_2 / c,
+
+    (phi_k at -h, c = h_prev / h), i.e. the exact integral of the line through the last two denoised predictions.
+    The first step and a step to sigma = 0 are Euler steps. With ``eta`` > 0 (res_multistep_ancestral) each step
+    goes to the ancestral sigma_down and adds fresh noise of std sigma_up."""
+    extra_args = extra_args or {}
+    noise_sampler = noise_sampler or default_noise_sampler(x)
+    s = _schedule(sigmas)
+    total = len(s) - 1
+    old_denoised = None
+    for i in range(total):
+        denoised = _denoise(model, x, s[i], extra_args)
+        down, up = get_ancestral_step(s[i], s[i + 1], eta)
+        _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        if old_denoised is None or down == 0.0:
+            x = x + _d(x, denoised, s[i]) * (down - s[i])
+        else:
+            h = _t(down) - _t(s[i])
+            c = (_t(s[i]) - _t(s[i - 1])) / h
+            p1, p2 = _phi_1(h), _phi_2(h)
+            x = x * math.exp(-h) + denoised * (h * (p1 + p2 / c)) - old_denoised * (h * p2 / c)
+        if s[i + 1] > 0.0 and up > 0.0:
+            x = x + noise_sampler(s[i], s[i + 1]) * (s_noise * up)
+        old_denoised = denoised
+    return x
+
+
 # -- LCM ---------------------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,192 @@
+"""The samplers added for ComfyUI's list (ddpm, ipndm, ipndm_v, res_multistep, gradient_estimation ...), each
+against an independent statement of its method: diffusers' scheduler where one implements it, otherwise a
+closed-form integral of a model whose ODE derivative is known exactly.
+
+"Known derivative" models: D(x, sigma) = x - sigma f(sigma) makes dx/dsigma = f(sigma) whatever x is, so every
+step's increment x_{i+1} - x_i can be compared with the exact integral of f over the step (for multistep methods
+the past derivatives are then exact too, so a method exact for polynomials of its degree has no error at all).
+"""
+import math
+
+import pytest
+import torch
+
+from nodes.sampling import SAMPLERS, SCHEDULERS, ModelSampling
+from nodes.sampling.samplers import ddpm_step_coefficients
+from nodes.testing.analytic import GaussianDenoiser
+
+import diffusers  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+MS = ModelSampling()
+SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000)
+DATA = GaussianDenoiser(0.3, 0.9)
+
+
+class KnownDerivative:
+    """A model whose probability-flow derivative is f(sigma), independent of x."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __call__(self, x, sigma, **extra):
+        s = float(sigma[0])
+        return x - s * self.f(s)
+
+
+def _cubic(s):
+    return 0.3 * s**3 - s**2 + 2 * s - 1
+
+
+def _cubic_integral(a, b):
+    def big(t):
+        return 0.3 * t**4 / 4 - t**3 / 3 + t**2 - t
+    return big(b) - big(a)
+
+
+def _increments(name, model, sigmas, **options):
+    """x_{i+1} - x_i for every step (x is a single float64 value starting at 0)."""
+    xs = []
+    out = SAMPLERS[name](model, torch.zeros(1, 1, dtype=torch.float64), torch.tensor(sigmas, dtype=torch.float64),
+                         callback=lambda info: xs.append(info["x"].item()), **options)
+    xs.append(out.item())
+    return [b - a for a, b in zip(xs, xs[1:])]
+
+
+# -- iPNDM -----------------------------------------------------------------------------------------------------
+
+
+def test_ipndm_is_adams_bashforth_exact_for_cubic_derivatives_on_equal_steps():
+    """Once warmed up (order 4 from the 4th step) each equal step integrates a cubic derivative exactly; the
+    warm-up steps (orders 1-3) do not."""
+    sig = [8.0 - 0.75 * k for k in range(11)]  # equal steps, 8 -> 0.5
+    steps = _increments("ipndm", KnownDerivative(_cubic), sig)
+    exact = [_cubic_integral(a, b) for a, b in zip(sig, sig[1:])]
+    for i in range(3, 10):
+        assert steps[i] == pytest.approx(exact[i], rel=1e-12, abs=1e-12)
+    assert abs(steps[0] - exact[0]) > 1e-2  # order 1 at first
+
+
+def test_ipndm_v_is_variable_step_adams_bashforth():
+    """On unequal steps the variable-step weights stay exact for cubic derivatives; iPNDM's fixed weights do not.
+    On equal steps the two coincide."""
+    sig = SCHEDULERS["karras"](MS, 12).double().tolist()[:-1]
+    exact = [_cubic_integral(a, b) for a, b in zip(sig, sig[1:])]
+    var = _increments("ipndm_v", KnownDerivative(_cubic), sig)
+    fixed = _increments("ipndm", KnownDerivative(_cubic), sig)
+    for i in range(3, len(exact)):
+        assert var[i] == pytest.approx(exact[i], rel=1e-10, abs=1e-12)
+    assert max(abs(f - e) for f, e in zip(fixed[3:], exact[3:])) > 1e-2
+    equal = [6.0 - 0.5 * k for k in range(12)] + [0.0]
+    x = DATA.sample_x_at(6.0, (1, 4, 4, 4), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(SAMPLERS["ipndm_v"](DATA, x, torch.tensor(equal)),
+                               SAMPLERS["ipndm"](DATA, x, torch.tensor(equal)), rtol=1e-12, atol=1e-12)
+
+
+# -- RES multistep ----------------------------------------------------------------------------------------------
+
+
+def test_res_multistep_integrates_a_denoised_prediction_linear_in_log_sigma_exactly():
+    """With D = a + b t (t = -log sigma) the ODE dx/dt = D - x has the solution
+    x(t_n) = e^{-H} x(t_0) + a (1 - e^{-H}) + b (t_n - t_0 e^{-H} - (1 - e^{-H})), H = t_n - t_0;
+    every RES step after the first (Euler) one reproduces that exactly."""
+    a, b = 0.4, -0.3
+
+    def model(x, sigma, **extra):
+        return torch.full_like(x, a + b * -math.log(float(sigma[0])))
+
+    sig = SCHEDULERS["karras"](MS, 10).double().tolist()[:-1]
+    xs = []
+    out = SAMPLERS["res_multistep"](model, torch.full((1, 1), 2.0, dtype=torch.float64), torch.tensor(sig),
+                                    callback=lambda info: xs.append(info["x"].item()))
+    xs.append(out.item())
+    for i in range(1, len(sig) - 1):
+        t0, t1 = -math.log(sig[i]), -math.log(sig[i + 1])
+        e = math.exp(-(t1 - t0))
+        exact = e * xs[i] + a * (1 - e) + b * (t1 - t0 * e - (1 - e))
+        assert xs[i + 1] == pytest.approx(exact, rel=1e-12, abs=1e-12)
+    # dpmpp_2m's midpoint-weighted extrapolation is not exact for the same model
+    ys = []
+    SAMPLERS["dpmpp_2m"](model, torch.full((1, 1), 2.0, dtype=torch.float64), torch.tensor(sig),
+                         callback=lambda info: ys.append(info["x"].item()))
+    assert max(abs(p - q) for p, q in zip(xs[2:], ys[2:])) > 1e-4
+
+
+def _ode_std_error(name, n, **options):
+    """|std - exact std| of the ODE solution at sigma_min for Gaussian data (exact affine probe, no final jump)."""
+    sig = SCHEDULERS["karras"](MS, n)[:-1].double()
+    x = torch.zeros(1, 2, dtype=torch.float64)
+    x[0, 1] = 1.0
+    out = SAMPLERS[name](DATA, x, sig, **options)[0]
+    gain = (out[1] - out[0]).item()
+    std = abs(gain) * math.sqrt(DATA.std**2 + float(sig[0]) ** 2)
+    exact = math.sqrt(DATA.std**2 + float(sig[-1]) ** 2)
+    return abs(std - exact)
+
+
+@pytest.mark.parametrize("name,lo,hi", [("res_multistep", 1.7, 2.5), ("ipndm_v", 2.7, 4.6),
+                                         ("gradient_estimation", 0.8, 1.3)])
+def test_order_of_accuracy(name, lo, hi):
+    """Halving the step size divides the error by 2^p: p ~ 2 for RES multistep, ~3-4 for variable-step
+    iPNDM (order 4, warm-up steps of lower order), ~1 for gradient estimation."""
+    errs = [_ode_std_error(name, n) for n in (40, 80, 160)]
+    orders = [math.log2(errs[i] / errs[i + 1]) for i in range(2)]
+    assert all(lo < p < hi for p in orders), (name, errs, orders)
+
+
+# -- gradient estimation --------------------------------------------------------------------------------------
+
+
+def test_gradient_estimation_steps_along_gamma_weighted_directions():
+    """x_{i+1} = x_i + (sigma_{i+1} - sigma_i) (gamma f_i + (1 - gamma) f_{i-1}); gamma = 1 is Euler."""
+    sig = [10.0, 7.0, 4.5, 2.5, 1.2, 0.4]
+    for gamma in (2.0, 1.5):
+        steps = _increments("gradient_estimation", KnownDerivative(_cubic), sig, ge_gamma=gamma)
+        assert steps[0] == pytest.approx((sig[1] - sig[0]) * _cubic(sig[0]), rel=1e-12)
+        for i in range(1, len(steps)):
+            want = (sig[i + 1] - sig[i]) * (gamma * _cubic(sig[i]) + (1 - gamma) * _cubic(sig[i - 1]))
+            assert steps[i] == pytest.approx(want, rel=1e-12)
+    x = DATA.sample_x_at(10.0, (1, 4, 4, 4), generator=torch.Generator().manual_seed(1))
+    s = torch.tensor(sig + [0.0])
+    torch.testing.assert_close(SAMPLERS["gradient_estimation"](DATA, x, s, ge_gamma=1.0), SAMPLERS["euler"](DATA, x, s),
+                               rtol=1e-12, atol=1e-12)
+
+
+# -- DDPM --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps", [10, 25])
+def test_ddpm_vs_diffusers_ddpm_scheduler_with_shared_noise(steps):
+    """diffusers' DDPMScheduler (posterior mean from the x0 prediction, "fixed_small" variance), on its own
+    timesteps, drawing its noise from a generator; the same draws replayed into ddpm agree to float32 precision."""
+    sch = diffusers.DDPMScheduler(**SD, variance_type="fixed_small", clip_sample=False)
+    sch.set_timesteps(steps)
+    ac = sch.alphas_cumprod.double()
+    sigmas = torch.cat([((1 - ac[sch.timesteps]) / ac[sch.timesteps]).sqrt(), torch.zeros(1, dtype=torch.float64)])
+    x = DATA.sample_x_at(float(sigmas[0]), (2, 4, 8, 8), generator=torch.Generator().manual_seed(0),
+                         dtype=torch.float32)
+    g = torch.Generator().manual_seed(7)
+    sample = x / (1 + sigmas[0] ** 2) ** 0.5
+    for i, t in enumerate(sch.timesteps):
+        s = float(sigmas[i])
+        x_ve = sample * (1 + s * s) ** 0.5
+        eps = ((x_ve.double() - DATA(x_ve.double(), torch.tensor([s], dtype=torch.float64))) / s).float()
+        sample = sch.step(eps, t, sample, generator=g).prev_sample
+    g = torch.Generator().manual_seed(7)
+    draws = iter([torch.randn(x.shape, generator=g) for _ in range(steps - 1)])  # none on the step to t = 0
+    mine = SAMPLERS["ddpm"](DATA, x, sigmas.float(), noise_sampler=lambda *a: next(draws))
+    assert (mine.double() - sample.double()).abs().max().item() < 2e-5
+
+
+def test_ddpm_step_is_the_posterior_of_the_forward_process():
+    """For a point mass x0 (the model exact: eps = z) and x = x0 + sigma z, the DDPM step
+    x_next = a x + b eps + c z' must give x0 + sigma_next z'' in distribution: mean x0 (a = 1 in sigma space) and
+    variance (a sigma + b)^2 + c^2 = sigma_next^2; the step to sigma = 0 returns x0 (b = -sigma, no noise)."""
+    for s, sn in ((14.6, 9.0), (3.0, 1.1), (0.5, 0.2)):
+        a, b, c = ddpm_step_coefficients(s, sn)
+        assert a == pytest.approx(1.0, rel=1e-12)
+        assert (a * s + b) ** 2 + c * c == pytest.approx(sn * sn, rel=1e-10)
+        assert c > 0
+    a, b, c = ddpm_step_coefficients(2.0, 0.0)
+    assert (a, c) == (pytest.approx(1.0), 0.0) and b == pytest.approx(-2.0)
