@@ -190,3 +190,96 @@ def test_ddpm_step_is_the_posterior_of_the_forward_process():
         assert c > 0
     a, b, c = ddpm_step_coefficients(2.0, 0.0)
     assert (a, c) == (pytest.approx(1.0), 0.0) and b == pytest.approx(-2.0)
+
+
+# -- DPM-Solver-fast / adaptive --------------------------------------------------------------------------------
+
+
+def _sin_eps_model(x, sigma, **extra):
+    """eps(lambda) = sin(lambda), lambda = -log sigma, whatever x is: D = x - sigma eps."""
+    s = float(sigma[0])
+    return x - s * math.sin(-math.log(s))
+
+
+def _sin_eps_exact_step(t, t_next):
+    """dx/dlambda = -e^{-lambda} eps(lambda) in sigma space; the integral of -e^{-l} sin l over [t, t_next]."""
+    def big(lam):
+        return -math.exp(-lam) * (math.sin(lam) + math.cos(lam)) / 2
+    return -(big(t_next) - big(t))
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_dpm_solver_steps_have_local_order_k_plus_1(order):
+    """DPM-Solver-k (Lu et al. 2022) has local error O(h^(k+1)): halving h divides one step's error by ~2^(k+1)."""
+    from nodes.sampling.samplers import _DPMSolver
+    solver = _DPMSolver(_sin_eps_model, {})
+    step = (solver.step_1, solver.step_2, solver.step_3)[order - 1]
+    x, t = torch.zeros(1, 1, dtype=torch.float64), -1.0
+    errs = []
+    for h in (0.4, 0.2, 0.1):
+        eps0, _ = solver.eps(x, t)
+        errs.append(abs(step(x, t, t + h, eps0).item() - _sin_eps_exact_step(t, t + h)))
+    ratios = [errs[i] / errs[i + 1] for i in range(2)]
+    assert all(2 ** (order + 1) * 0.85 < r < 2 ** (order + 1) * 1.35 for r in ratios), (order, errs, ratios)
+
+
+def test_dpm_solver_3_is_exact_for_noise_linear_in_lambda():
+    """For eps linear in lambda, DPM-Solver-3's last term integrates the slope exactly."""
+    from nodes.sampling.samplers import _DPMSolver
+
+    def model(x, sigma, **extra):
+        s = float(sigma[0])
+        return x - s * (0.3 - 0.7 * -math.log(s))
+
+    solver = _DPMSolver(model, {})
+    x, t, h = torch.zeros(1, 1, dtype=torch.float64), -1.5, 1.3
+    eps0, _ = solver.eps(x, t)
+    sn = math.exp(-(t + h))
+    # x_t - x_s = -(sigma_t (e^h - 1) eps0 + sigma_t h ((e^h - 1) / h - 1) eps')  with eps' = -0.7
+    exact = -(sn * math.expm1(h) * eps0.item() + sn * h * (math.expm1(h) / h - 1) * -0.7)
+    assert solver.step_3(x, t, t + h, eps0).item() == pytest.approx(exact, rel=1e-12)
+
+
+def test_dpm_fast_spends_one_evaluation_per_step_on_even_log_sigma_steps():
+    """nfe = the schedule's step count; steps evenly spaced in log sigma from its first to its last positive sigma;
+    orders [3, .., 3, 2, 1] (nfe divisible by 3) or [3, .., 3, nfe % 3]."""
+    from nodes.sampling.samplers import dpm_fast_orders
+    assert dpm_fast_orders(9) == [3, 3, 2, 1] and dpm_fast_orders(10) == [3, 3, 3, 1]
+    assert dpm_fast_orders(11) == [3, 3, 3, 2] and dpm_fast_orders(1) == [1] and dpm_fast_orders(2) == [2]
+    assert all(sum(dpm_fast_orders(n)) == n for n in range(1, 40))
+    sig = SCHEDULERS["karras"](MS, 10)
+    seen, calls = [], []
+
+    def model(x, sigma, **extra):
+        calls.append(float(sigma[0]))
+        return DATA(x, sigma)
+
+    x = DATA.sample_x_at(float(sig[0]), (1, 8), generator=torch.Generator().manual_seed(2))
+    SAMPLERS["dpm_fast"](model, x, sig, callback=seen.append)
+    assert len(calls) == 10 and len(seen) == 4
+    logs = [math.log(c["sigma"]) for c in seen] + [math.log(seen[-1]["sigma_next"])]
+    assert logs[0] == pytest.approx(math.log(float(sig[0])), abs=1e-6)
+    assert logs[-1] == pytest.approx(math.log(float(sig[-2])), abs=1e-6)
+    gaps = [a - b for a, b in zip(logs, logs[1:])]
+    assert max(gaps) - min(gaps) < 1e-9
+    # third-order steps evaluate at 1/3 and 2/3 of the step in log sigma
+    assert math.log(calls[1]) == pytest.approx(logs[0] - gaps[0] / 3, abs=1e-6)
+    assert math.log(calls[2]) == pytest.approx(logs[0] - 2 * gaps[0] / 3, abs=1e-6)
+
+
+def test_dpm_adaptive_rejects_steps_that_are_too_large():
+    """With a large initial step the first attempt is rejected (its evaluation at sigma_max is reused), h shrinks
+    and the run still reaches sigma_min."""
+    sig = SCHEDULERS["karras"](MS, 10)
+    x = DATA.sample_x_at(float(sig[0]), (1, 4096), generator=torch.Generator().manual_seed(3))
+    calls, seen = [], []
+
+    def model(x, sigma, **extra):
+        calls.append(float(sigma[0]))
+        return DATA(x, sigma)
+
+    SAMPLERS["dpm_adaptive"](model, x, sig, h_init=3.0, rtol=1e-3, atol=1e-4, callback=seen.append)
+    assert calls[0] == pytest.approx(float(sig[0]), rel=1e-6) and calls.count(calls[0]) == 1
+    first_accepted = seen[0]["sigma_next"]
+    assert math.log(float(sig[0]) / first_accepted) < 3.0  # the 3.0 attempt was rejected
+    assert seen[-1]["sigma_next"] == pytest.approx(float(sig[-2]), rel=1e-6)

@@ -65,6 +65,8 @@ _ENTRIES = (
     _spec("dpm_2", fn.sample_dpm_2, discard_penultimate_sigma=True),
     _spec("dpm_2_ancestral", fn.sample_dpm_2_ancestral, "seeded", discard_penultimate_sigma=True),
     _spec("lms", fn.sample_lms),
+    _spec("dpm_fast", fn.sample_dpm_fast),
+    _spec("dpm_adaptive", fn.sample_dpm_adaptive),
     _spec("dpmpp_2s_ancestral", fn.sample_dpmpp_2s_ancestral, "seeded"),
     _spec("dpmpp_sde", fn.sample_dpmpp_sde, "brownian"),
     _spec("dpmpp_sde_gpu", fn.sample_dpmpp_sde, "brownian_device"),

@@ -302,6 +302,144 @@ def sample_dpmpp_sde(
     return x
 
 
+# -- DPM-Solver (noise prediction, single step; Lu et al. 2022) -------------------------------------------------------
+
+
+def _end_sigmas(s: list[float]) -> tuple[float, float]:
+    """(sigma_max, sigma_min) for the DPM-Solver samplers, which make their own steps between the schedule's ends:
+    the first sigma and the last positive one (a schedule ending in 0 ends at its penultimate sigma, as in
+    ComfyUI's KSampler)."""
+    sigma_min = s[-1] if s[-1] > 0.0 or len(s) < 2 else s[-2]
+    return s[0], sigma_min
+
+
+class _DPMSolver:
+    """DPM-Solver-1/2/3 steps (Lu et al. 2022, Algorithms 4-5 with alpha = 1): in t = -log sigma with the noise
+    prediction eps = (x - D) / sigma; ``eps0`` (at the step's start) may be passed in to reuse it."""
+
+    def __init__(self, model, extra_args):
+        self.model, self.extra_args = model, extra_args
+        self.last_denoised = None
+
+    def eps(self, x, t: float):
+        sigma = math.exp(-t)
+        denoised = _denoise(self.model, x, sigma, self.extra_args)
+        return (x - denoised) / sigma, denoised
+
+    def step_1(self, x, t, t_next, eps0):
+        return x - eps0 * (math.exp(-t_next) * math.expm1(t_next - t))
+
+    def step_2(self, x, t, t_next, eps0, r1=0.5, cache=None):
+        h = t_next - t
+        s1 = t + r1 * h
+        if cache is not None and "eps1" in cache:
+            eps1 = cache["eps1"]
+        else:
+            eps1, _ = self.eps(x - eps0 * (math.exp(-s1) * math.expm1(r1 * h)), s1)
+            if cache is not None:
+                cache["eps1"] = eps1
+        sn = math.exp(-t_next)
+        return x - eps0 * (sn * math.expm1(h)) - (eps1 - eps0) * (sn / (2.0 * r1) * math.expm1(h))
+
+    def step_3(self, x, t, t_next, eps0, r1=1 / 3, r2=2 / 3, cache=None):
+        h = t_next - t
+        s1, s2 = t + r1 * h, t + r2 * h
+        if cache is not None and "eps1" in cache:
+            eps1 = cache["eps1"]
+        else:
+            eps1, _ = self.eps(x - eps0 * (math.exp(-s1) * math.expm1(r1 * h)), s1)
+            if cache is not None:
+                cache["eps1"] = eps1
+        sig2 = math.exp(-s2)
+        u2 = (x - eps0 * (sig2 * math.expm1(r2 * h))
+              - (eps1 - eps0) * (sig2 * r2 / r1 * (math.expm1(r2 * h) / (r2 * h) - 1.0)))
+        eps2, _ = self.eps(u2, s2)
+        sn = math.exp(-t_next)
+        return x - eps0 * (sn * math.expm1(h)) - (eps2 - eps0) * (sn / r2 * (math.expm1(h) / h - 1.0))
+
+
+def dpm_fast_orders(nfe: int) -> list[int]:
+    """DPM-Solver-fast's step orders for ``nfe`` model evaluations (Lu et al. 2022, section 3.4): K = nfe // 3 + 1
+    steps, all third order but the last ones: [3, .., 3, 2, 1] when 3 divides nfe, else [3, .., 3, nfe % 3]."""
+    if nfe <= 0:
+        return []
+    k = nfe // 3 + 1
+    return [3] * (k - 2) + [2, 1] if nfe % 3 == 0 else [3] * (k - 1) + [nfe % 3]
+
+
+@torch.no_grad()
+def sample_dpm_fast(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None):
+    """DPM-Solver-fast (Lu et al. 2022): as many model evaluations as the schedule has steps, spent on
+    DPM-Solver-3 steps (then a 2 and/or 1) evenly spaced in t = -log sigma from the schedule's first sigma to its
+    last positive one (see :func:`dpm_fast_orders`); the schedule's own spacing is not used. Ends at that smallest
+    sigma, not at 0 (as ComfyUI)."""
+    extra_args = extra_args or {}
+    s = _schedule(sigmas)
+    if len(s) < 2:
+        return x
+    sigma_max, sigma_min = _end_sigmas(s)
+    orders = dpm_fast_orders(len(s) - 1)
+    t0, t1 = _t(sigma_max), _t(sigma_min)
+    ts = [t0 + (t1 - t0) * k / len(orders) for k in range(len(orders) + 1)]
+    solver = _DPMSolver(model, extra_args)
+    for i, order in enumerate(orders):
+        eps0, denoised = solver.eps(x, ts[i])
+        _report(callback, i, x, denoised, math.exp(-ts[i]), math.exp(-ts[i + 1]), len(orders))
+        step = (solver.step_1, solver.step_2, solver.step_3)[order - 1]
+        x = step(x, ts[i], ts[i + 1], eps0)
+    return x
+
+
+@torch.no_grad()
+def sample_dpm_adaptive(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, order: int = 3,
+                        rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05, accept_safety: float = 0.81):
+    """DPM-Solver-23 (or -12) with adaptive step size (Lu et al. 2022, section 3.3 and Algorithm 2): each step
+    computes a DPM-Solver-(order-1) and a DPM-Solver-(order) solution sharing their model evaluations (r1 = 1/3
+    for order 3); the scaled RMS difference
+    E = ||(x_low - x_high) / max(atol, rtol max(|x_low|, |x_prev|))||_2 / sqrt(numel)
+    decides: the step is accepted when the proposed size factor 1 + atan(E^(-1/order) - 1) (an integral step-size
+    controller with a smooth limiter) is at least ``accept_safety``, and h is multiplied by that factor either
+    way. Runs from the schedule's first sigma to its last positive one in t = -log sigma and ends there; only the
+    ends of the schedule are used.
+
+    Each step's accept decision reads one number back from the device (the only sampler that does). The callback
+    gets one call per accepted step, with ``total`` = the schedule's step count and ``i`` the progress in t scaled
+    to it (so progress bars run to the end; ``i`` may repeat)."""
+    if order not in (2, 3):
+        raise ValueError(f"order must be 2 or 3, got {order}")
+    extra_args = extra_args or {}
+    s = _schedule(sigmas)
+    if len(s) < 2:
+        return x
+    sigma_max, sigma_min = _end_sigmas(s)
+    total = len(s) - 1
+    t_start, t_end = _t(sigma_max), _t(sigma_min)
+    solver = _DPMSolver(model, extra_args)
+    t, h, x_prev = t_start, float(h_init), x
+    eps0 = denoised = None
+    while t < t_end - 1e-5:
+        t_next = min(t_end, t + h)
+        if eps0 is None:
+            eps0, denoised = solver.eps(x, t)
+        cache: dict = {}
+        if order == 3:
+            x_low = solver.step_2(x, t, t_next, eps0, r1=1 / 3, cache=cache)
+            x_high = solver.step_3(x, t, t_next, eps0, cache=cache)
+        else:
+            x_low = solver.step_1(x, t, t_next, eps0)
+            x_high = solver.step_2(x, t, t_next, eps0)
+        delta = torch.maximum(torch.maximum(x_low.abs(), x_prev.abs()) * rtol, torch.full_like(x_low, atol))
+        error = float(torch.linalg.vector_norm(((x_low - x_high) / delta).float())) / math.sqrt(x.numel())
+        factor = 1.0 + math.atan((1.0 / (error + 1e-8)) ** (1.0 / order) - 1.0)
+        if factor >= accept_safety:
+            done = (t_next - t_start) / (t_end - t_start)
+            _report(callback, min(total - 1, int(done * total)), x, denoised, math.exp(-t), math.exp(-t_next), total)
+            x_prev, x, t = x_low, x_high, t_next
+            eps0 = None
+        h *= factor
+    return x
+
+
 # -- Heun / DPM-2 (second order, two evaluations per step) ----------------------------------------------------------
 
 
