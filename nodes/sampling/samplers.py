@@ -44,6 +44,22 @@ def _denoise(model, x: torch.Tensor, sigma: float, extra_args: dict) -> torch.Te
     return model(x, x.new_full((x.shape[0],), sigma, dtype=dtype), **extra_args)
 
 
+def _evaluate(model, x: torch.Tensor, sigma: float, extra_args: dict, cfg_pp: bool):
+    """(denoised, the x a step updates from). With ``cfg_pp`` (CFG++, Chung et al. 2024) the step re-noises with
+    the unconditional prediction: x = D_u + sigma eps_u is replaced by D + sigma eps_u = x + (D - D_u), so every
+    update that carries x over (e^{-h} x, or x + (sigma_next - sigma) (x - D) / sigma) carries the guided
+    prediction with the unconditional noise. The model's ``denoise_with_uncond`` gives D_u; a model without one has
+    no separate unconditional prediction (D_u = D: the plain sampler)."""
+    if not cfg_pp:
+        return _denoise(model, x, sigma, extra_args), x
+    pair = getattr(model, "denoise_with_uncond", None)
+    if pair is None:
+        return _denoise(model, x, sigma, extra_args), x
+    dtype = x.dtype if x.dtype == torch.float64 else torch.float32
+    denoised, uncond = pair(x, x.new_full((x.shape[0],), sigma, dtype=dtype), **extra_args)
+    return denoised, x + (denoised - uncond)
+
+
 def _report(callback, i, x, denoised, sigma, sigma_next, total):
     if callback is not None:
         callback({"i": i, "x": x, "denoised": denoised, "sigma": sigma, "sigma_next": sigma_next, "total": total})
@@ -73,21 +89,23 @@ def _t(sigma: float) -> float:
 
 
 @torch.no_grad()
-def sample_euler(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None):
+def sample_euler(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, cfg_pp: bool = False):
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 1 without churn)."""
     extra_args = extra_args or {}
     s = _schedule(sigmas)
     total = len(s) - 1
     for i in range(total):
-        denoised = _denoise(model, x, s[i], extra_args)
+        denoised, shifted = _evaluate(model, x, s[i], extra_args, cfg_pp)
         _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        x = shifted
         x = x + _d(x, denoised, s[i]) * (s[i + 1] - s[i])
     return x
 
 
 @torch.no_grad()
 def sample_euler_ancestral(
-    model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta: float = 1.0, s_noise: float = 1.0
+    model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta: float = 1.0, s_noise: float = 1.0,
+    cfg_pp: bool = False
 ):
     """Euler step to sigma_down, then fresh noise of std sigma_up (ancestral sampling)."""
     extra_args = extra_args or {}
@@ -95,9 +113,10 @@ def sample_euler_ancestral(
     s = _schedule(sigmas)
     total = len(s) - 1
     for i in range(total):
-        denoised = _denoise(model, x, s[i], extra_args)
+        denoised, shifted = _evaluate(model, x, s[i], extra_args, cfg_pp)
         down, up = get_ancestral_step(s[i], s[i + 1], eta)
         _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        x = shifted
         x = x + _d(x, denoised, s[i]) * (down - s[i])
         if s[i + 1] > 0.0:
             x = x + noise_sampler(s[i], s[i + 1]) * (s_noise * up)
@@ -108,7 +127,7 @@ def sample_euler_ancestral(
 
 
 @torch.no_grad()
-def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None):
+def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, cfg_pp: bool = False):
     """DPM-Solver++(2M) (Lu et al. 2022): second-order multistep in t = -log sigma, data prediction.
 
     x_next = (sigma_next / sigma) x - expm1(-h) D, with D extrapolated linearly (in t) from the current and
@@ -120,8 +139,9 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, noise_samp
     total = len(s) - 1
     old_denoised = None
     for i in range(total):
-        denoised = _denoise(model, x, s[i], extra_args)
+        denoised, shifted = _evaluate(model, x, s[i], extra_args, cfg_pp)
         _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        x = shifted
         if s[i + 1] == 0.0:
             x = denoised
         else:
@@ -236,7 +256,8 @@ def sample_dpmpp_3m_sde(
 
 @torch.no_grad()
 def sample_dpmpp_2s_ancestral(
-    model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta: float = 1.0, s_noise: float = 1.0
+    model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta: float = 1.0, s_noise: float = 1.0,
+    cfg_pp: bool = False
 ):
     """DPM-Solver++(2S) single-step second order (midpoint in t) to sigma_down, then ancestral noise."""
     extra_args = extra_args or {}
@@ -244,9 +265,10 @@ def sample_dpmpp_2s_ancestral(
     s = _schedule(sigmas)
     total = len(s) - 1
     for i in range(total):
-        denoised = _denoise(model, x, s[i], extra_args)
+        denoised, shifted = _evaluate(model, x, s[i], extra_args, cfg_pp)
         down, up = get_ancestral_step(s[i], s[i + 1], eta)
         _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        x = shifted
         if down == 0.0:
             x = x + _d(x, denoised, s[i]) * (down - s[i])
         else:
@@ -614,7 +636,7 @@ def sample_ipndm_v(model, x, sigmas, extra_args=None, callback=None, noise_sampl
 
 @torch.no_grad()
 def sample_gradient_estimation(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None,
-                               ge_gamma: float = 2.0):
+                               ge_gamma: float = 2.0, cfg_pp: bool = False):
     """Gradient estimation (Permenter & Yuan 2024, "Interpreting and Improving Diffusion Models from an
     Optimization Perspective", Algorithm 2): a DDIM (Euler-in-sigma) step along the averaged direction
     gamma d_i + (1 - gamma) d_{i-1}, d = (x - D) / sigma; the first step is plain DDIM."""
@@ -623,8 +645,9 @@ def sample_gradient_estimation(model, x, sigmas, extra_args=None, callback=None,
     total = len(s) - 1
     old_d = None
     for i in range(total):
-        denoised = _denoise(model, x, s[i], extra_args)
+        denoised, shifted = _evaluate(model, x, s[i], extra_args, cfg_pp)
         _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        x = shifted
         d = _d(x, denoised, s[i])
         step = d if old_d is None else d * ge_gamma + old_d * (1.0 - ge_gamma)
         x = x + step * (s[i + 1] - s[i])
@@ -685,7 +708,7 @@ def _phi_2(h: float) -> float:
 
 @torch.no_grad()
 def sample_res_multistep(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta: float = 0.0,
-                         s_noise: float = 1.0):
+                         s_noise: float = 1.0, cfg_pp: bool = False):
     """RES multistep, second order (Zhang et al. 2023, "Improved Order Analysis and Design of Exponential
     Integrator for Diffusion Models Sampling"): the exponential integrator in t = -log sigma,
 
@@ -700,9 +723,10 @@ def sample_res_multistep(model, x, sigmas, extra_args=None, callback=None, noise
     total = len(s) - 1
     old_denoised = None
     for i in range(total):
-        denoised = _denoise(model, x, s[i], extra_args)
+        denoised, shifted = _evaluate(model, x, s[i], extra_args, cfg_pp)
         down, up = get_ancestral_step(s[i], s[i + 1], eta)
         _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        x = shifted
         if old_denoised is None or down == 0.0:
             x = x + _d(x, denoised, s[i]) * (down - s[i])
         else:
