@@ -125,11 +125,11 @@ def _ode_std_error(name, n, **options):
     return abs(std - exact)
 
 
-@pytest.mark.parametrize("name,lo,hi", [("res_multistep", 1.7, 2.5), ("ipndm_v", 2.7, 4.6),
+@pytest.mark.parametrize("name,lo,hi", [("res_multistep", 1.7, 2.5), ("ipndm_v", 2.7, 4.6), ("deis", 2.5, 3.6),
                                          ("gradient_estimation", 0.8, 1.3)])
 def test_order_of_accuracy(name, lo, hi):
     """Halving the step size divides the error by 2^p: p ~ 2 for RES multistep, ~3-4 for variable-step
-    iPNDM (order 4, warm-up steps of lower order), ~1 for gradient estimation."""
+    iPNDM (order 4, warm-up steps of lower order), ~3 for DEIS (order 3), ~1 for gradient estimation."""
     errs = [_ode_std_error(name, n) for n in (40, 80, 160)]
     orders = [math.log2(errs[i] / errs[i + 1]) for i in range(2)]
     assert all(lo < p < hi for p in orders), (name, errs, orders)
@@ -283,3 +283,41 @@ def test_dpm_adaptive_rejects_steps_that_are_too_large():
     first_accepted = seen[0]["sigma_next"]
     assert math.log(float(sig[0]) / first_accepted) < 3.0  # the 3.0 attempt was rejected
     assert seen[-1]["sigma_next"] == pytest.approx(float(sig[-2]), rel=1e-6)
+
+
+# -- DEIS ---------------------------------------------------------------------------------------------------------
+
+
+def test_deis_vp_time_is_edms_vp_sde_with_its_default_ends():
+    """EDM's VP parameterisation: sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1) with sigma(1) = 80 and
+    sigma(1e-3) = 0.002; the VP time of a sigma inverts it."""
+    from nodes.sampling.samplers import _VP_BETA_D, _VP_BETA_MIN, deis_vp_time
+
+    def sigma_of(t):
+        return math.sqrt(math.expm1(0.5 * _VP_BETA_D * t * t + _VP_BETA_MIN * t))
+
+    assert sigma_of(1.0) == pytest.approx(80.0, rel=1e-12)
+    assert sigma_of(1e-3) == pytest.approx(0.002, rel=1e-9)
+    for s in (0.03, 0.5, 3.0, 14.6, 80.0):
+        assert sigma_of(deis_vp_time(s)) == pytest.approx(s, rel=1e-10)
+
+
+def test_deis_is_exact_for_noise_quadratic_in_vp_time():
+    """tAB-DEIS of order 3 extrapolates eps by a quadratic in VP time: for eps = q(t_vp(sigma)) (any x) every step
+    after the warm-up equals the integral of eps over the step (mpmath quadrature, an independent route)."""
+    import mpmath
+
+    from nodes.sampling.samplers import deis_vp_time
+
+    def q(tau):
+        return 1.5 - 4.0 * tau + 3.0 * tau * tau
+
+    sig = SCHEDULERS["karras"](MS, 10).double().tolist()
+    steps = _increments("deis", KnownDerivative(lambda s: q(deis_vp_time(s))), sig)
+    exact = [float(mpmath.quad(lambda s: q(deis_vp_time(float(s))), [a, b])) for a, b in zip(sig, sig[1:])]
+    for i in range(2, len(exact)):
+        assert steps[i] == pytest.approx(exact[i], rel=1e-9, abs=1e-12), i
+    assert steps[0] == pytest.approx((sig[1] - sig[0]) * q(deis_vp_time(sig[0])), rel=1e-12)  # Euler warm-up
+    # interpolating in sigma instead (ipndm_v's Adams-Bashforth) is not exact for the same derivative
+    ab = _increments("ipndm_v", KnownDerivative(lambda s: q(deis_vp_time(s))), sig, max_order=3)
+    assert max(abs(p - e) for p, e in zip(ab[2:], exact[2:])) > 1e-4

@@ -93,6 +93,7 @@ _ENTRIES = (
     _spec("lcm", fn.sample_lcm, "seeded"),
     _spec("ipndm", fn.sample_ipndm),
     _spec("ipndm_v", fn.sample_ipndm_v),
+    _spec("deis", fn.sample_deis),
     _spec("res_multistep", fn.sample_res_multistep),
     _cfg_pp("res_multistep_cfg_pp", fn.sample_res_multistep),
     _spec("res_multistep_ancestral", fn.sample_res_multistep, "seeded", options={"eta": 1.0}),
