@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from nodes.sampling import SAMPLERS, SCHEDULERS, ModelSampling
+from nodes.sampling import SAMPLERS, SCHEDULERS, ModelSampling, make_noise_sampler
 from nodes.sampling.samplers import ddpm_step_coefficients
 from nodes.testing.analytic import GaussianDenoiser
 
@@ -126,11 +126,13 @@ def _ode_std_error(name, n, **options):
 
 
 @pytest.mark.parametrize("name,lo,hi", [("res_multistep", 1.7, 2.5), ("ipndm_v", 2.7, 4.6), ("deis", 2.5, 3.6),
-                                         ("gradient_estimation", 0.8, 1.3)])
+                                         ("gradient_estimation", 0.8, 1.3), ("er_sde", 1.8, 2.5)])
 def test_order_of_accuracy(name, lo, hi):
     """Halving the step size divides the error by 2^p: p ~ 2 for RES multistep, ~3-4 for variable-step
-    iPNDM (order 4, warm-up steps of lower order), ~3 for DEIS (order 3), ~1 for gradient estimation."""
-    errs = [_ode_std_error(name, n) for n in (40, 80, 160)]
+    iPNDM (order 4, warm-up steps of lower order), ~3 for DEIS (order 3), ~1 for gradient estimation, ~2 for
+    ER-SDE's three stages on the ODE (phi = sigma; its slope is a backward difference, first-order accurate)."""
+    options = {"noise_scale": lambda s: s, "noise_sampler": lambda *a: 0.0} if name == "er_sde" else {}
+    errs = [_ode_std_error(name, n, **options) for n in (40, 80, 160)]
     orders = [math.log2(errs[i] / errs[i + 1]) for i in range(2)]
     assert all(lo < p < hi for p in orders), (name, errs, orders)
 
@@ -321,3 +323,65 @@ def test_deis_is_exact_for_noise_quadratic_in_vp_time():
     # interpolating in sigma instead (ipndm_v's Adams-Bashforth) is not exact for the same derivative
     ab = _increments("ipndm_v", KnownDerivative(lambda s: q(deis_vp_time(s))), sig, max_order=3)
     assert max(abs(p - e) for p, e in zip(ab[2:], exact[2:])) > 1e-4
+
+
+# -- ER-SDE ---------------------------------------------------------------------------------------------------------
+
+
+def _zeros(*_):
+    return torch.zeros(1, 1, dtype=torch.float64)
+
+
+def test_er_sde_first_stage_is_ddim_or_euler_ancestral_for_the_classic_noise_scales():
+    """phi(sigma) = sigma is the probability-flow ODE (first stage = DDIM / Euler); phi(sigma) = sigma^2 the
+    reverse SDE, whose first stage is exactly the ancestral Euler step (same mean, same noise std)."""
+    sig = SCHEDULERS["karras"](MS, 8)
+    x = DATA.sample_x_at(float(sig[0]), (2, 4, 4, 4), generator=torch.Generator().manual_seed(4), dtype=torch.float32)
+    torch.testing.assert_close(SAMPLERS["er_sde"](DATA, x, sig, max_stage=1, noise_scale=lambda s: s,
+                                                  noise_sampler=make_noise_sampler(x, 1)),
+                               SAMPLERS["euler"](DATA, x, sig), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(SAMPLERS["er_sde"](DATA, x, sig, max_stage=1, noise_scale=lambda s: s * s,
+                                                  noise_sampler=make_noise_sampler(x, 1)),
+                               SAMPLERS["euler_ancestral"](DATA, x, sig, noise_sampler=make_noise_sampler(x, 1)),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_er_sde_second_stage_is_exact_for_a_denoiser_linear_in_sigma():
+    """For D = a + b sigma (any x) the deterministic part of the ER-SDE step,
+    r x + phi(sigma_t) int_{sigma_t}^{sigma_s} phi'(u) / phi(u)^2 D(u) du, is what stage 2 computes (its slope
+    estimate is exact for a line); the integral here by mpmath, phi' written out by hand."""
+    import mpmath
+
+    from nodes.sampling.samplers import er_sde_noise_scale as phi
+    a, b = 0.3, -0.45
+
+    def model(x, sigma, **extra):
+        return torch.full_like(x, a + b * float(sigma[0]))
+
+    sig = SCHEDULERS["karras"](MS, 9).double().tolist()[:-1]
+    xs = []
+    out = SAMPLERS["er_sde"](model, torch.full((1, 1), 1.0, dtype=torch.float64), torch.tensor(sig),
+                             noise_sampler=_zeros, callback=lambda info: xs.append(info["x"].item()))
+    xs.append(out.item())
+    for i in range(1, len(sig) - 1):
+        s0, s1 = sig[i], sig[i + 1]
+        def integrand(u):
+            big_phi = u * (mpmath.exp(u**0.3) + 10)
+            dphi = mpmath.exp(u**0.3) + 10 + 0.3 * u**0.3 * mpmath.exp(u**0.3)
+            return dphi / big_phi**2 * (a + b * u)
+
+        integral = mpmath.quad(integrand, [s1, s0])
+        assert float(s1 * (mpmath.exp(s1**0.3) + 10)) == pytest.approx(phi(s1), rel=1e-14)
+        want = phi(s1) / phi(s0) * xs[i] + phi(s1) * float(integral)
+        assert xs[i + 1] == pytest.approx(want, rel=1e-8, abs=1e-10), i
+
+
+def test_er_sde_noise_keeps_the_marginal_of_a_point_mass():
+    """For a point mass (the model exact: x = x0 + sigma_s z) one step gives x0 + sigma_t z' in distribution:
+    r^2 sigma_s^2 + the injected variance = sigma_t^2 (Monte Carlo, 4 standard errors)."""
+    x0, s0, s1 = 0.7, 3.0, 1.2
+    model = GaussianDenoiser(x0, 0.0)
+    x = x0 + s0 * torch.randn(1, 200_000, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    out = SAMPLERS["er_sde"](model, x, torch.tensor([s0, s1]), noise_sampler=make_noise_sampler(x, 9))
+    assert abs(out.mean().item() - x0) < 4 * s1 / math.sqrt(x.numel())
+    assert abs(out.std().item() - s1) < 4 * s1 / math.sqrt(2 * x.numel())
