@@ -142,6 +142,8 @@ def test_gaussian_target_reached_and_error_shrinks(name):
     n = reasonable_steps(name)
     if name in FIRST_ORDER:
         counts = [n // 4, n // 2, n]
+    elif name == "seeds_3":
+        counts = [4, 10, 40]  # its weak error is tiny and changes sign between 8 and 20 steps
     elif name == "dpm_fast":
         counts = [12, 24, 48]  # its order pattern (3, .., 3 then 2 and/or 1) repeats with the step count mod 3
     else:

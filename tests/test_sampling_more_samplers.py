@@ -126,12 +126,15 @@ def _ode_std_error(name, n, **options):
 
 
 @pytest.mark.parametrize("name,lo,hi", [("res_multistep", 1.7, 2.5), ("ipndm_v", 2.7, 4.6), ("deis", 2.5, 3.6),
-                                         ("gradient_estimation", 0.8, 1.3), ("er_sde", 1.8, 2.5)])
+                                         ("gradient_estimation", 0.8, 1.3), ("er_sde", 1.8, 2.5),
+                                         ("seeds_2", 1.8, 2.4), ("seeds_3", 2.6, 3.4)])
 def test_order_of_accuracy(name, lo, hi):
     """Halving the step size divides the error by 2^p: p ~ 2 for RES multistep, ~3-4 for variable-step
     iPNDM (order 4, warm-up steps of lower order), ~3 for DEIS (order 3), ~1 for gradient estimation, ~2 for
     ER-SDE's three stages on the ODE (phi = sigma; its slope is a backward difference, first-order accurate)."""
     options = {"noise_scale": lambda s: s, "noise_sampler": lambda *a: 0.0} if name == "er_sde" else {}
+    if name.startswith("seeds"):
+        options = {"eta": 0.0}  # the ODE solver: SEEDS-2 second order, SEEDS-3 third
     errs = [_ode_std_error(name, n, **options) for n in (40, 80, 160)]
     orders = [math.log2(errs[i] / errs[i + 1]) for i in range(2)]
     assert all(lo < p < hi for p in orders), (name, errs, orders)
@@ -385,3 +388,49 @@ def test_er_sde_noise_keeps_the_marginal_of_a_point_mass():
     out = SAMPLERS["er_sde"](model, x, torch.tensor([s0, s1]), noise_sampler=make_noise_sampler(x, 9))
     assert abs(out.mean().item() - x0) < 4 * s1 / math.sqrt(x.numel())
     assert abs(out.std().item() - s1) < 4 * s1 / math.sqrt(2 * x.numel())
+
+
+# -- SEEDS ---------------------------------------------------------------------------------------------------------
+
+
+def test_seeds_2_without_noise_is_dpm_solver_pp_2s():
+    """eta = 0: SEEDS-2 with the midpoint ("phi_1") weight is DPM-Solver++(2S), i.e. dpmpp_2s_ancestral at
+    eta = 0."""
+    sig = SCHEDULERS["karras"](MS, 9)
+    x = DATA.sample_x_at(float(sig[0]), (2, 4, 4, 4), generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(SAMPLERS["seeds_2"](DATA, x, sig, eta=0.0),
+                               SAMPLERS["dpmpp_2s_ancestral"](DATA, x, sig, eta=0.0), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,fractions", [("seeds_2", [0.5]), ("seeds_3", [1 / 3, 2 / 3])])
+def test_seeds_stage_noise_is_one_brownian_path(name, fractions):
+    """With a constant denoised prediction every correction vanishes and a step is the exact SDE step; its noise is
+    sigma_t sqrt(2 eta) int e^{-eta (t - u)} dW over the step, split at the stages: the piece over
+    [c_k, c_{k+1}] has weight sigma_t e^{-eta (1 - c_{k+1}) h} sqrt(1 - e^{-2 eta (c_{k+1} - c_k) h}), and the
+    weights' squares add up to sigma_t^2 (1 - e^{-2 eta h})."""
+    s0, s1, eta = 5.0, 1.5, 1.0
+    h = math.log(s0 / s1)
+
+    def model(x, sigma, **extra):
+        return torch.full_like(x, 0.25)
+
+    draws = []
+
+    def probe(sigma=None, sigma_next=None):
+        z = torch.zeros(1, 8, dtype=torch.float64)
+        z[0, 1 + len(draws)] = 1.0
+        draws.append((sigma, sigma_next))
+        return z
+
+    x = torch.zeros(1, 8, dtype=torch.float64)
+    x[0, 0] = 1.0
+    out = SAMPLERS[name](model, x, torch.tensor([s0, s1], dtype=torch.float64), noise_sampler=probe, eta=eta)[0]
+    cuts = [0.0] + fractions + [1.0]
+    want = [s1 * math.exp(-eta * (1 - b) * h) * math.sqrt(-math.expm1(-2 * eta * (b - a) * h))
+            for a, b in zip(cuts, cuts[1:])]
+    base = out[7].item()  # a coordinate without noise: the constant part
+    got = [(out[1 + k] - base).item() for k in range(len(want))]
+    assert got == pytest.approx(want, rel=1e-12)
+    assert sum(w * w for w in want) == pytest.approx(s1 * s1 * -math.expm1(-2 * eta * h), rel=1e-12)
+    assert (out[0] - base).item() == pytest.approx(s1 / s0 * math.exp(-eta * h), rel=1e-12)
+    assert [round(a, 9) for a, _ in draws] == [round(s0 * math.exp(-c * h), 9) for c in cuts[:-1]]

@@ -54,7 +54,7 @@ def test_stochastic_flag_and_noise_kinds_come_from_the_registry():
         "euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "lcm", "ddpm", "res_multistep_ancestral",
         "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp", "res_multistep_ancestral_cfg_pp", "er_sde"}
     assert {n for n, s in SAMPLERS.items() if s.noise.startswith("brownian")} == {
-        n for n in ALL if "_sde" in n and n != "er_sde"}  # ER-SDE draws seeded noise (as in ComfyUI)
+        n for n in ALL if ("_sde" in n and n != "er_sde") or n.startswith("seeds_")}  # ER-SDE: seeded noise
     assert {n for n, s in SAMPLERS.items() if s.discard_penultimate_sigma} == {
         "dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"}
     assert all(SAMPLERS[n].noise == "brownian_device" for n in ALL if n.endswith("_gpu"))

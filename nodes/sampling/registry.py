@@ -101,6 +101,8 @@ _ENTRIES = (
     _spec("gradient_estimation", fn.sample_gradient_estimation),
     _cfg_pp("gradient_estimation_cfg_pp", fn.sample_gradient_estimation),
     _spec("er_sde", fn.sample_er_sde, "seeded"),
+    _spec("seeds_2", fn.sample_seeds_2, "brownian"),
+    _spec("seeds_3", fn.sample_seeds_3, "brownian"),
     # DDIM (eta = 0) in sigma space is exactly Euler's step, which is what ComfyUI runs for it
     _spec("ddim", fn.sample_euler, inpaint_noise_seed_offset=1),
     _spec("uni_pc", fn.sample_uni_pc, discard_penultimate_sigma=True),

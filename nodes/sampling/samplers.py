@@ -462,6 +462,83 @@ def sample_dpm_adaptive(model, x, sigmas, extra_args=None, callback=None, noise_
     return x
 
 
+# -- SEEDS (stochastic exponential Runge-Kutta, data prediction) -----------------------------------------------------
+
+
+def _seeds_step(model, x, sig, nxt, denoised, extra_args, noise_sampler, eta, s_noise, fractions, weighting):
+    """One SEEDS step sigma -> sigma_next (h in t = -log sigma) with intermediate stages at ``fractions`` of h.
+
+    Every stage (and the full step) is the exact solution of the data-prediction SDE with noise level eta over
+    [t, t + c h], x_c = (sigma_c / sigma) e^{-eta c h} x + (1 - e^{-(1+eta) c h}) D + correction + noise_c, with D
+    taken constant (first stage) or linear in t through the previous stage's prediction (later stages and the full
+    step, the "phi_2" weight (1 + expm1(-H)/H) / r; ``weighting="phi_1"`` gives the full step of a two-stage method
+    the midpoint weight (1 - e^{-H}) / (2 r) instead). The noise of every stage is one Brownian path: the noise at
+    t + c_k h is the previous stage's noise carried over (times sigma_k / sigma_{k-1} e^{-eta (c_k - c_{k-1}) h})
+    plus a fresh increment over [c_{k-1}, c_k], so the stages and the step see consistent noise."""
+    h = _t(nxt) - _t(sig)
+    inject = eta > 0.0 and s_noise > 0.0
+    points = list(fractions) + [1.0]
+    noise, prev_c, prev_sigma = None, 0.0, sig
+    prev_d, prev_r = None, None
+    for k, c in enumerate(points):
+        sigma_c = math.exp(-(_t(sig) + c * h))
+        big_h = (1.0 + eta) * c * h
+        x_c = x * (sigma_c / sig * math.exp(-eta * c * h)) + denoised * (-math.expm1(-big_h))
+        if prev_d is not None:
+            r = prev_r / c  # the previous stage's place, as a fraction of this stage's interval
+            if weighting == "phi_1" and len(points) == 2 and c == 1.0:
+                coef = -math.expm1(-big_h) / (2.0 * r)
+            else:
+                coef = (1.0 + math.expm1(-big_h) / big_h) / r
+            x_c = x_c + (prev_d - denoised) * coef
+        if inject:
+            seg = eta * (c - prev_c) * h
+            fresh = noise_sampler(prev_sigma, sigma_c) * math.sqrt(-math.expm1(-2.0 * seg))
+            noise = fresh if noise is None else noise * math.exp(-seg) + fresh
+            x_c = x_c + noise * (sigma_c * s_noise)
+        if c == 1.0:
+            return x_c
+        prev_d, prev_r = _denoise(model, x_c, sigma_c, extra_args), c
+        prev_c, prev_sigma = c, sigma_c
+    raise AssertionError("unreachable")
+
+
+def _sample_seeds(model, x, sigmas, extra_args, callback, noise_sampler, eta, s_noise, fractions, weighting):
+    if weighting not in ("phi_1", "phi_2"):
+        raise ValueError(f"solver_type must be 'phi_1' or 'phi_2', got {weighting!r}")
+    extra_args = extra_args or {}
+    noise_sampler = noise_sampler or default_noise_sampler(x)
+    s = _schedule(sigmas)
+    total = len(s) - 1
+    for i in range(total):
+        denoised = _denoise(model, x, s[i], extra_args)
+        _report(callback, i, x, denoised, s[i], s[i + 1], total)
+        if s[i + 1] == 0.0:
+            x = denoised
+        else:
+            x = _seeds_step(model, x, s[i], s[i + 1], denoised, extra_args, noise_sampler, eta, s_noise, fractions,
+                            weighting)
+    return x
+
+
+@torch.no_grad()
+def sample_seeds_2(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta: float = 1.0,
+                   s_noise: float = 1.0, r: float = 0.5, solver_type: str = "phi_1"):
+    """SEEDS-2 (Gonzalez et al. 2023, "SEEDS: Exponential SDE Solvers for Fast High-Quality Sampling from Diffusion
+    Models"): a two-stage stochastic exponential Runge-Kutta step in t = -log sigma, data prediction, stage at
+    t + r h, noise from one Brownian path (see :func:`_seeds_step`); eta = 0 is DPM-Solver++(2S). The step to
+    sigma = 0 returns the denoised prediction."""
+    return _sample_seeds(model, x, sigmas, extra_args, callback, noise_sampler, eta, s_noise, (r,), solver_type)
+
+
+@torch.no_grad()
+def sample_seeds_3(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta: float = 1.0,
+                   s_noise: float = 1.0, r_1: float = 1 / 3, r_2: float = 2 / 3):
+    """SEEDS-3: the three-stage version (stages at t + r_1 h and t + r_2 h, each later stage linear in t through
+    the previous stage's prediction: DPM-Solver-3's structure in data prediction); eta = 0 is the ODE solver."""
+    return _sample_seeds(model, x, sigmas, extra_args, callback, noise_sampler, eta, s_noise, (r_1, r_2), "phi_2")
+
+
 # -- Heun / DPM-2 (second order, two evaluations per step) ----------------------------------------------------------
 
 
