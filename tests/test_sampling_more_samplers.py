@@ -127,14 +127,14 @@ def _ode_std_error(name, n, **options):
 
 @pytest.mark.parametrize("name,lo,hi", [("res_multistep", 1.7, 2.5), ("ipndm_v", 2.7, 4.6), ("deis", 2.5, 3.6),
                                          ("gradient_estimation", 0.8, 1.3), ("er_sde", 1.8, 2.5),
-                                         ("seeds_2", 1.8, 2.4), ("seeds_3", 2.6, 3.4)])
+                                         ("seeds_2", 1.8, 2.4), ("seeds_3", 2.6, 3.4), ("sa_solver", 3.5, 4.6)])
 def test_order_of_accuracy(name, lo, hi):
     """Halving the step size divides the error by 2^p: p ~ 2 for RES multistep, ~3-4 for variable-step
     iPNDM (order 4, warm-up steps of lower order), ~3 for DEIS (order 3), ~1 for gradient estimation, ~2 for
     ER-SDE's three stages on the ODE (phi = sigma; its slope is a backward difference, first-order accurate)."""
     options = {"noise_scale": lambda s: s, "noise_sampler": lambda *a: 0.0} if name == "er_sde" else {}
-    if name.startswith("seeds"):
-        options = {"eta": 0.0}  # the ODE solver: SEEDS-2 second order, SEEDS-3 third
+    if name.startswith(("seeds", "sa_solver")):
+        options = {"eta": 0.0}  # the ODE solver: SEEDS-2 second order, SEEDS-3 third, SA-Solver's P3C4 fourth
     errs = [_ode_std_error(name, n, **options) for n in (40, 80, 160)]
     orders = [math.log2(errs[i] / errs[i + 1]) for i in range(2)]
     assert all(lo < p < hi for p in orders), (name, errs, orders)
@@ -434,3 +434,68 @@ def test_seeds_stage_noise_is_one_brownian_path(name, fractions):
     assert sum(w * w for w in want) == pytest.approx(s1 * s1 * -math.expm1(-2 * eta * h), rel=1e-12)
     assert (out[0] - base).item() == pytest.approx(s1 / s0 * math.exp(-eta * h), rel=1e-12)
     assert [round(a, 9) for a, _ in draws] == [round(s0 * math.exp(-c * h), 9) for c in cuts[:-1]]
+
+
+# -- SA-Solver --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("predictor,corrector", [(3, 0), (3, 4), (2, 3)])
+def test_sa_solver_is_exact_for_a_denoiser_polynomial_in_log_sigma(predictor, corrector):
+    """For D = q(lam) (any x), lam = -log sigma, of degree predictor - 1 the ODE step
+    x' = (sigma' / sigma) x + int e^{-(lam' - lam)} q(lam) dlam is reproduced once the orders have warmed up
+    (the corrector's polynomial has one more point, so it is exact too); the integral by mpmath."""
+    import mpmath
+
+    coeffs = [0.4, -0.3, 0.05][:predictor]
+
+    def q(lam):
+        return sum(c * lam**k for k, c in enumerate(coeffs))
+
+    def model(x, sigma, **extra):
+        return torch.full_like(x, q(-math.log(float(sigma[0]))))
+
+    sig = SCHEDULERS["karras"](MS, 10).double().tolist()[:-1]
+    xs = []
+    out = SAMPLERS["sa_solver"](model, torch.full((1, 1), 1.5, dtype=torch.float64), torch.tensor(sig), eta=0.0,
+                                predictor_order=predictor, corrector_order=corrector,
+                                callback=lambda info: xs.append(info["x"].item()))
+    xs.append(out.item())
+    for i in range(max(predictor, corrector), len(sig) - 1):
+        l0, l1 = -math.log(sig[i]), -math.log(sig[i + 1])
+        integral = float(mpmath.quad(lambda lam: mpmath.exp(-(l1 - lam)) * q(lam), [l0, l1]))
+        assert xs[i + 1] == pytest.approx(sig[i + 1] / sig[i] * xs[i] + integral, rel=1e-10, abs=1e-12), i
+
+
+def test_sa_solver_noise_keeps_the_marginal_of_a_point_mass():
+    """One stochastic step (tau = 1 everywhere) from x = x0 + sigma z with the exact point-mass denoiser gives
+    x0 + sigma' z' in distribution (Monte Carlo, 4 standard errors); without noise the spread shrinks."""
+    x0, s0, s1 = -0.4, 2.5, 0.9
+    model = GaussianDenoiser(x0, 0.0)
+    x = x0 + s0 * torch.randn(1, 200_000, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    out = SAMPLERS["sa_solver"](model, x, torch.tensor([s0, s1]), noise_sampler=make_noise_sampler(x, 11),
+                                sde_window=(0.0, 1.0))
+    assert abs(out.mean().item() - x0) < 4 * s1 / math.sqrt(x.numel())
+    assert abs(out.std().item() - s1) < 4 * s1 / math.sqrt(2 * x.numel())
+
+
+def test_sa_solver_noise_window_and_pece_evaluations():
+    """Noise is injected only on steps whose sigma_next lies between the sigmas at 20 % and 80 % of the model's
+    sampling (ModelSampling.percent_to_sigma); PECE evaluates the model once more per corrected step."""
+    sig = SCHEDULERS["karras"](MS, 12)
+    hi, lo = MS.percent_to_sigma(0.2), MS.percent_to_sigma(0.8)
+    x = DATA.sample_x_at(float(sig[0]), (1, 4, 4, 4), generator=torch.Generator().manual_seed(12))
+    draws = []
+
+    def noise(sigma, sigma_next):
+        draws.append(sigma_next)
+        return torch.zeros_like(x)
+
+    calls = {}
+    for name in ("sa_solver", "sa_solver_pece"):
+        counted = GaussianDenoiser(DATA.mean, DATA.std)
+        draws.clear()
+        SAMPLERS[name](counted, x, sig, noise_sampler=noise)
+        calls[name] = counted.calls
+        want = [s for s in sig.tolist()[1:] if s > 0 and lo <= s <= hi]
+        assert draws == pytest.approx(want) and 0 < len(want) < 12
+    assert calls["sa_solver"] == 12 and calls["sa_solver_pece"] == 12 + 11

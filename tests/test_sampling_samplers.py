@@ -52,7 +52,8 @@ def test_stochastic_flag_and_noise_kinds_come_from_the_registry():
     assert STOCHASTIC_SAMPLERS == {n for n, s in SAMPLERS.items() if s.noise != "none"}
     assert {n for n, s in SAMPLERS.items() if s.noise == "seeded"} == {
         "euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "lcm", "ddpm", "res_multistep_ancestral",
-        "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp", "res_multistep_ancestral_cfg_pp", "er_sde"}
+        "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp", "res_multistep_ancestral_cfg_pp", "er_sde",
+        "sa_solver", "sa_solver_pece"}
     assert {n for n, s in SAMPLERS.items() if s.noise.startswith("brownian")} == {
         n for n in ALL if ("_sde" in n and n != "er_sde") or n.startswith("seeds_")}  # ER-SDE: seeded noise
     assert {n for n, s in SAMPLERS.items() if s.discard_penultimate_sigma} == {

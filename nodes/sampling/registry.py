@@ -103,6 +103,8 @@ _ENTRIES = (
     _spec("er_sde", fn.sample_er_sde, "seeded"),
     _spec("seeds_2", fn.sample_seeds_2, "brownian"),
     _spec("seeds_3", fn.sample_seeds_3, "brownian"),
+    _spec("sa_solver", fn.sample_sa_solver, "seeded"),
+    _spec("sa_solver_pece", fn.sample_sa_solver, "seeded", options={"use_pece": True}),
     # DDIM (eta = 0) in sigma space is exactly Euler's step, which is what ComfyUI runs for it
     _spec("ddim", fn.sample_euler, inpaint_noise_seed_offset=1),
     _spec("uni_pc", fn.sample_uni_pc, discard_penultimate_sigma=True),
