@@ -144,3 +144,20 @@ def test_ksampler_euler_cfg_pp_follows_the_cfg_pp_update(sd1):
             x = dp(x, sb) + (x - dn(x, sb)) * (s1 / s0)
     assert_close_to_scale(got, fmt.process_out(x), rel=1e-5)
     assert (got - plain).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["euler_cfg_pp", "dpm_fast", "dpm_adaptive", "ddpm", "ipndm", "ipndm_v", "deis",
+                                  "res_multistep_ancestral", "gradient_estimation_cfg_pp", "er_sde", "seeds_2",
+                                  "seeds_3", "sa_solver_pece"])
+def test_new_samplers_run_in_ksampler_on_the_tiny_checkpoint(sd1, name):
+    """KSampler with the tiny SD1 UNet: a finite latent, the same for the same seed, another for another seed."""
+    from nodes.sampling.sample import sample
+
+    bundle, pos, neg = sd1
+    latent = {"samples": torch.zeros(1, 4, 4, 4)}
+    a = sample(bundle.model, 3, 4, 3.0, name, "karras", pos, neg, latent)["samples"]
+    b = sample(bundle.model, 3, 4, 3.0, name, "karras", pos, neg, latent)["samples"]
+    assert torch.isfinite(a).all() and torch.equal(a, b)
+    if SAMPLERS[name].stochastic:
+        c = sample(bundle.model, 4, 4, 3.0, name, "karras", pos, neg, latent)["samples"]
+        assert not torch.equal(a, c)
