@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import torch
 
+from nodes.sampling.model_sampling import ModelSampling
 from nodes.sampling.noise import default_noise_sampler
 
 __all__ = ["get_ancestral_step", "lms_coefficient"]  # and the sample_* functions (registered in registry.py)
@@ -592,13 +593,13 @@ def sample_sa_solver(model, x, sigmas, extra_args=None, callback=None, noise_sam
     tau = eta while sigma_next lies in the stochastic window ``sde_window`` (percents of the model's sampling, 0.2 to
     0.8 by default; the model's ``ms`` model sampling, SD's otherwise), 0 outside it. Orders warm up from 1; the
     step to sigma = 0 returns the denoised prediction."""
-    from nodes.sampling.model_sampling import ModelSampling
-
     if not (1 <= predictor_order <= 6 and 0 <= corrector_order <= 6):
         raise ValueError("predictor_order must be 1 to 6 and corrector_order 0 (no corrector) to 6")
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x)
-    ms = getattr(model, "ms", None) or ModelSampling()
+    ms = getattr(model, "ms", None)  # a guided denoiser's model sampling; SD's for a bare denoiser
+    if ms is None:
+        ms = ModelSampling()
     hi_sigma, lo_sigma = ms.percent_to_sigma(sde_window[0]), ms.percent_to_sigma(sde_window[1])
     s = _schedule(sigmas)
     total = len(s) - 1
