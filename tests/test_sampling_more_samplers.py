@@ -499,3 +499,13 @@ def test_sa_solver_noise_window_and_pece_evaluations():
         want = [s for s in sig.tolist()[1:] if s > 0 and lo <= s <= hi]
         assert draws == pytest.approx(want) and 0 < len(want) < 12
     assert calls["sa_solver"] == 12 and calls["sa_solver_pece"] == 12 + 11
+
+
+def test_ddpm_is_euler_ancestral_in_sigma_space():
+    """The DDPM posterior step equals the ancestral Euler step (eta = 1): eps weight sigma_down - sigma and noise
+    std sigma_up, for any pair of sigmas (computed by different routes: VP posterior vs the ancestral split)."""
+    from nodes.sampling.samplers import get_ancestral_step
+    for s0, s1 in ((14.6, 9.0), (3.0, 1.1), (0.5, 0.2), (0.03, 0.01)):
+        a, b, c = ddpm_step_coefficients(s0, s1)
+        down, up = get_ancestral_step(s0, s1, 1.0)
+        assert b == pytest.approx(down - s0, rel=1e-12) and c == pytest.approx(up, rel=1e-12)

@@ -982,7 +982,8 @@ def ddpm_step_coefficients(sigma: float, sigma_next: float) -> tuple[float, floa
 def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None):
     """DDPM ancestral sampling (Ho et al. 2020): each step draws x_next from the posterior q(x_next | x, x0) with
     x0 the model's prediction (see :func:`ddpm_step_coefficients`); no noise on the step to sigma = 0, which
-    returns the denoised prediction."""
+    returns the denoised prediction. In sigma space this is the same step as euler_ancestral at eta = 1 (the
+    posterior's eps weight is sigma_down - sigma and its std sigma_up), computed here the DDPM way."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x)
     s = _schedule(sigmas)
