@@ -8,13 +8,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
-import demo_shapes as ds  # noqa: E402
+import demo_shapes as ds
 
 CKPT = REPO / "models" / "checkpoints" / "chisel-demo-v1.safetensors"
 WORKFLOW = REPO / "workflows" / "txt2img.json"
