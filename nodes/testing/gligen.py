@@ -41,6 +41,8 @@ def build(unet, seed: int = 0, scale: float = 1.0):
                 p.copy_(1.0 + torch.randn(p.shape, generator=gen) * 0.1)
             else:
                 p.copy_(torch.randn(p.shape, generator=gen) * scale / p.shape[-1] ** 0.5)
+        # weigh the box coordinates' Fourier features up, so that where a box is matters visibly
+        gated.position_net.linears[0].weight[:, gated.position_net.positive_len:] *= 4.0
     return gated.eval()
 
 
