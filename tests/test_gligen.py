@@ -174,8 +174,8 @@ def test_only_the_grounded_conditioning_runs_through_the_gligen_layers(sd1):
     grounded = GLIGENTextBoxApply().run(None, conditioning_to=pos, clip=bundle.clip, gligen_textbox_model=gligen,
                                         text="a red circle", width=32, height=32, x=0, y=16)[0]
     plain_image = _chisel(bundle, gligen, [], 3, 2, 5.0)
-    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 3.0
-    sigma = torch.tensor([3.0])
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 3.0  # a batch of 2
+    sigma = torch.tensor([3.0, 3.0])
     both = _denoised(bundle, grounded, neg, 5.0, x, sigma)
     d_pos, d_neg = _denoised(bundle, grounded, None, 1, x, sigma), _denoised(bundle, neg, None, 1, x, sigma)
     assert torch.allclose(both, d_neg + 5.0 * (d_pos - d_neg), atol=1e-5, rtol=1e-5)
