@@ -286,7 +286,7 @@ class CFGDenoiser:
             if id(gligen) not in self._bound:
                 self._bound[id(gligen)] = gligen.bind(self.model, self.shape, self.group_names[group])
             gligen = self._bound[id(gligen)]
-        return _Entry(group, emb, area, mult, pooled, adm, concat, extra, gligen)
+        return _Entry(group, emb, area, mult, pooled, adm, concat, extra, gligen=gligen)
 
     # -- the per-step call ------------------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
