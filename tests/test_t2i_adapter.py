@@ -182,11 +182,11 @@ def test_parity_with_diffusers_adapter_pipeline(files):
     pickle, like t2iadapter_depth_sd14v1.pth), same noise, Euler on the same sigmas, CFG 7.5, strength 0.8, the
     adapter on both passes (Apply ControlNet on positive and negative; diffusers adds it to the whole CFG batch).
     Both sides run the same diffusers modules in float32, so they differ only by rounding in another order (~2e-6
-    measured). 10 steps: the 'normal' timesteps (999, 888, ...) are integers, so Chisel's rounded UNet timesteps
+    measured). 4 steps: the 'normal' timesteps (999, 666, 333) are integers, so Chisel's rounded UNet timesteps
     (ComfyUI's) and diffusers' interpolated ones agree (at 6 steps they do not, and the images differ by ~1.6e-4
     with or without an adapter). Without the adapter, or with it on the positive pass only (what the old Apply ControlNet node gives, as in ComfyUI), the
     image moves by far more than the 1e-4 bound."""
-    steps, cfg, seed, prompt = 10, 7.5, 99, "a red circle"
+    steps, cfg, seed, prompt = 4, 7.5, 99, "a red circle"
     mgr = ModelManager("cpu")
     bundle = mgr.load_checkpoint(tiny_file("sd1", "fp32"))
     ad = handle.load(mgr, files[("sd1", "original-pth")])
@@ -205,9 +205,9 @@ def test_parity_with_diffusers_adapter_pipeline(files):
 
 
 def test_two_chained_adapters_match_diffusers_multiadapter(files):
-    """Two Apply ControlNet nodes with adapters add their scaled features, as diffusers' MultiAdapter does. (10
+    """Two Apply ControlNet nodes with adapters add their scaled features, as diffusers' MultiAdapter does. (4
     steps, so the 'normal' timesteps are integers: see the parity test above.)"""
-    steps, cfg, seed, prompt = 10, 5.0, 5, "a blue square"
+    steps, cfg, seed, prompt = 4, 5.0, 5, "a blue square"
     mgr = ModelManager("cpu")
     bundle = mgr.load_checkpoint(tiny_file("sd1", "fp32"))
     a = handle.load(mgr, files[("sd1", "diffusers")])
@@ -302,14 +302,14 @@ def test_positive_only_adapter_leaves_the_negative_rows_alone(sd1, files):
 @pytest.mark.parametrize("name,family", [("sdxl", "sdxl"), ("sd2_light", "sd2"), ("sd1_grey", "sd1")])
 def test_sdxl_light_and_grey_adapters_steer_their_models(files, name, family):
     """The SDXL adapter (hint unshuffled by 16), the light adapter and a one-channel adapter (the image's channel
-    mean) each change the image, also at a size that is not a multiple of their scales (72 px: 9 latent cells)."""
+    mean) each change the image, at a size that is not a multiple of their scales (72 px: 9 latent cells, so the
+    SDXL adapter's hint is scaled to 80 px)."""
     mgr = ModelManager("cpu")
     bundle = mgr.load_checkpoint(tiny_file(family))
     ad = handle.load(mgr, files[(name, "original")])
-    for size in (64, 72):
-        plain = _chisel(bundle, [], "a circle", 2, 2, 5.0, size=size)
-        steered = _chisel(bundle, [(ad, _hint(size=size), 1.0)], "a circle", 2, 2, 5.0, size=size)
-        assert np.abs(steered - plain).max() > 1e-3, (name, size)
+    plain = _chisel(bundle, [], "a circle", 2, 2, 5.0, size=72)
+    steered = _chisel(bundle, [(ad, _hint(size=72), 1.0)], "a circle", 2, 2, 5.0, size=72)
+    assert np.abs(steered - plain).max() > 1e-3, name
 
 
 def test_a_grey_adapter_sees_the_channel_mean(files):
