@@ -221,6 +221,52 @@ def test_two_chained_adapters_match_diffusers_multiadapter(files):
     assert np.abs(one - ref).max() > 1e-2
 
 
+def test_sdxl_adapter_parity_with_diffusers_sdxl_adapter_pipeline(files):
+    """The SDXL adapter (hint unshuffled by 16; its first feature added after the first down block's downsampler)
+    on the tiny SDXL model against StableDiffusionXLAdapterPipeline: same weights (an fp32 checkpoint; the adapter
+    from diffusers' layout as one file, as the SDXL adapters are published), noise and Euler sigmas. A non-empty
+    negative prompt, and the pipeline built without force_zeros_for_empty_prompt, so both sides encode the same
+    texts; diffusers starts from latents times its init_noise_sigma, Chisel from noise times sqrt(1 + sigma_max²)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLAdapterPipeline
+    from transformers import CLIPTokenizer
+
+    from nodes.loading.configs import CONFIG_ROOT, template
+    from nodes.sampling import calculate_sigmas, initial_noise
+
+    steps, cfg, seed, prompt, negative = 4, 6.0, 21, "a red circle", "blurry"
+    mgr = ModelManager("cpu")
+    bundle = mgr.load_checkpoint(tiny_file("sdxl", "fp32"))
+    ad = handle.load(mgr, files[("sdxl", "diffusers")])
+    hint = _hint(3)
+    pos0 = CLIPTextEncode().run(None, text=prompt, clip=bundle.clip)[0]
+    neg0 = CLIPTextEncode().run(None, text=negative, clip=bundle.clip)[0]
+    pos, neg = ControlNetApplyAdvanced().run(None, positive=pos0, negative=neg0, control_net=ad, image=hint,
+                                             strength=0.9, start_percent=0.0, end_percent=1.0, vae=None)
+    ours = _sample(bundle, pos, neg, seed, steps, cfg)
+    src = tiny_model("sdxl")
+    tok = str(CONFIG_ROOT / "clip_tokenizer")
+    pipe = StableDiffusionXLAdapterPipeline(
+        vae=src.vae, text_encoder=src.text_encoder, text_encoder_2=src.text_encoder_2,
+        tokenizer=CLIPTokenizer.from_pretrained(tok, model_max_length=77),
+        tokenizer_2=CLIPTokenizer.from_pretrained(tok, model_max_length=77, pad_token="!"),
+        unet=src.unet, adapter=tiny_adapter("sdxl"),
+        scheduler=EulerDiscreteScheduler.from_config(template("sdxl", "scheduler")),
+        force_zeros_for_empty_prompt=False)
+    pipe.set_progress_bar_config(disable=True)
+    sigmas = calculate_sigmas(bundle.model.model_sampling, "normal", steps)
+    pipe.scheduler.set_timesteps(sigmas=sigmas.tolist())
+    start = initial_noise((1, 4, 8, 8), seed) * float((sigmas[0] ** 2 + 1) ** 0.5) / float(
+        pipe.scheduler.init_noise_sigma)
+    ref = pipe(prompt=prompt, negative_prompt=negative, image=hint.permute(0, 3, 1, 2), height=64, width=64,
+               guidance_scale=cfg, sigmas=sigmas.tolist(), latents=start, output_type="np",
+               adapter_conditioning_scale=0.9).images
+    diff = np.abs(ours - ref).max()
+    print(f"SDXL T2I-Adapter parity: max |chisel - diffusers| = {diff:.2e}")
+    assert diff <= 1e-4
+    plain = _sample(bundle, pos0, neg0, seed, steps, cfg)
+    assert np.abs(plain - ref).max() > 1e-2
+
+
 # -- strength, range, chaining, families ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
