@@ -63,7 +63,7 @@ def _hint(seed=0, size=64, batch=1):
 def test_every_layout_loads_to_the_same_adapter(files, name, layout):
     src = tiny_adapter(name)
     got = load_controlnet(files[(name, layout)])
-    assert got.kind == "t2i_adapter" and got.family == ("sdxl" if name == "sdxl" else "sd1")
+    assert got.kind == "t2i_adapter" and got.family == ("sdxl" if name.startswith("sdxl") else "sd1")
     assert got.config["adapter_type"] == src.config.adapter_type
     x = torch.rand(2, src.config.in_channels, 64, 64, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
@@ -356,6 +356,28 @@ def test_sdxl_light_and_grey_adapters_steer_their_models(files, name, family):
     plain = _chisel(bundle, [], "a circle", 2, 2, 5.0, size=72)
     steered = _chisel(bundle, [(ad, _hint(size=72), 1.0)], "a circle", 2, 2, 5.0, size=72)
     assert np.abs(steered - plain).max() > 1e-3, name
+
+
+def test_the_sdxl_layout_feeds_the_middle_block_at_an_odd_size(files):
+    """The SDXL layout on a UNet with a middle-block place (the tiny refiner: three levels): the bound chain gives
+    four features and the UNet consumes all of them (it pops each one it adds; a fourth of the wrong shape would be
+    left over), at 9x9 latent cells, where the hint is scaled to 80 px (a multiple of 16)."""
+    from nodes.controlnet.apply import ControlChain
+
+    mgr = ModelManager("cpu")
+    bundle = mgr.load_checkpoint(tiny_file("sdxl_refiner"))
+    ad = handle.load(mgr, files[("sdxl_mid", "diffusers")])
+    bound = ControlChain(ad, _hint(size=72), 1.0).bind(bundle.model, (1, 9, 9), "positive")
+    assert bound.links[0].hint.shape == (1, 3, 80, 80)
+    g = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(2, 4, 9, 9, generator=g), torch.randn(2, 77, 48, generator=g)
+    added = {"text_embeds": torch.randn(2, 48, generator=g), "time_ids": torch.tensor([[72.0, 72, 0, 0, 6]] * 2)}
+    t = torch.tensor([500.0, 500.0])
+    feats = bound(x, t, t, ctx, added)[INTRA]
+    assert [tuple(f.shape) for f in feats] == [(2, 16, 5, 5), (2, 32, 5, 5), (2, 32, 3, 3), (2, 32, 3, 3)]
+    with torch.no_grad():
+        bundle.model.unet.module(x, t, ctx, added_cond_kwargs=added, down_intrablock_additional_residuals=feats)
+    assert feats == []
 
 
 def test_a_grey_adapter_sees_the_channel_mean(files):

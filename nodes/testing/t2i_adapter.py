@@ -2,7 +2,8 @@
 
 :func:`build` makes diffusers' ``T2IAdapter`` whose features fit a tiny UNet (a full adapter for the two-level SD1
 model, the SDXL adapter for the tiny SDXL model, a light adapter for the three-level SD2 model) and draws every
-weight afresh, so its features are far from zero. :func:`write` saves it in TencentARC's original layout
+weight afresh, so its features are far from zero (``sdxl_mid``: the SDXL layout on the three-level refiner UNet, whose
+fourth feature goes after the middle block, as with SDXL's own). :func:`write` saves it in TencentARC's original layout
 (``conv_in``, ``body.N.block1`` ...; light: ``body.N.body.M.block1`` ...) as safetensors or as a pickle under an
 ``adapter`` key, in diffusers' layout as one file, or as a diffusers folder.
 """
@@ -19,6 +20,8 @@ ADAPTERS = {  # name -> (T2IAdapter config, the tiny family it fits)
                       adapter_type="full_adapter"), "sd1"),
     "sdxl": (dict(in_channels=3, channels=[32, 64], num_res_blocks=2, downscale_factor=16,
                   adapter_type="full_adapter_xl"), "sdxl"),
+    "sdxl_mid": (dict(in_channels=3, channels=[16, 32, 32, 32], num_res_blocks=2, downscale_factor=16,
+                      adapter_type="full_adapter_xl"), "sdxl_refiner"),  # four features: the last after the middle
     "sd2_light": (dict(in_channels=3, channels=[16, 32], num_res_blocks=4, downscale_factor=8,
                        adapter_type="light_adapter"), "sd2"),
 }
