@@ -9,8 +9,11 @@ adapter of another family fails before sampling with both lists in the message.
 
 The hint is scaled (nearest-exact) to the latent's pixel size rounded up to a multiple of the adapter's
 pixel-unshuffle factor (8 for SD1.x, 16 for SDXL), as ComfyUI does, so the features' sizes follow the UNet's
-(stride-2 convolutions and the adapter's ceil-mode pooling both round up) at any latent size. A one-channel adapter
-(sketch, canny) gets the mean of the image's channels, as in ComfyUI.
+(stride-2 convolutions and the adapter's ceil-mode pooling both round up) at any latent size. (diffusers' pipelines
+instead round the image size down to a multiple of the adapter's total downscale, 64 for SD1.x and 32 for SDXL, and
+take the hint at that size; at such sizes the two agree.) A one-channel adapter (sketch, canny) gets the mean of the
+image's channels, as in ComfyUI. Which CFG passes an adapter steers is the graph's choice (the conditioning it was
+applied to), as in ComfyUI; diffusers' pipelines steer both.
 """
 from __future__ import annotations
 
