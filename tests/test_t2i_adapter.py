@@ -184,8 +184,8 @@ def test_parity_with_diffusers_adapter_pipeline(files):
     Both sides run the same diffusers modules in float32, so they differ only by rounding in another order (~2e-6
     measured). 4 steps: the 'normal' timesteps (999, 666, 333) are integers, so Chisel's rounded UNet timesteps
     (ComfyUI's) and diffusers' interpolated ones agree (at 6 steps they do not, and the images differ by ~1.6e-4
-    with or without an adapter). Without the adapter, or with it on the positive pass only (what the old Apply ControlNet node gives, as in ComfyUI), the
-    image moves by far more than the 1e-4 bound."""
+    with or without an adapter). Without the adapter, or with it on the positive pass only (what the old Apply
+    ControlNet node gives, as in ComfyUI), the image moves by far more than the 1e-4 bound."""
     steps, cfg, seed, prompt = 4, 7.5, 99, "a red circle"
     mgr = ModelManager("cpu")
     bundle = mgr.load_checkpoint(tiny_file("sd1", "fp32"))
