@@ -11,6 +11,10 @@ The hint image is scaled to the latent's pixel size (nearest-exact) when it has 
 ratio or batch size is an error that names the conditioning input. A chain limited to part of the schedule
 (``start_percent``/``end_percent``, mapped to sigmas as ComfyUI does) reads each step's sigma on the host once, to
 skip the ControlNet outside its range (cheaper than running it to multiply by zero).
+
+A T2I-Adapter (:mod:`.t2i_apply`) on the chain runs once, when the chain is bound, on its hint; its features, times its
+strength, go to the UNet as ``down_intrablock_additional_residuals`` on the steps in its range (adapters on one chain
+add up), beside the ControlNets' residuals.
 """
 from __future__ import annotations
 
@@ -19,7 +23,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from nodes.controlnet import t2i_apply
 from nodes.controlnet.handle import ControlNetHandle, check_fits
+from nodes.controlnet.load import KIND_NAMES
 
 ASPECT_TOLERANCE = 0.02
 
@@ -53,8 +59,11 @@ class _BoundLink:
     def __init__(self, link: ControlChain, model, latent_shape, what: str):
         self.control = link.control
         self.strength = float(link.strength)
-        check_fits(link.control, model, what)
+        adapter = link.control.kind == "t2i_adapter"
+        (t2i_apply.check_fits if adapter else check_fits)(link.control, model, what)
         self.hint = _prepare_hint(link.image, link.control, latent_shape, what)
+        self.features = (t2i_apply.features(link.control, self.hint, self.strength, model.unet.dtype)
+                         if adapter else None)
         ms = model.model_sampling
         self.full_range = link.start_percent <= 0.0 and link.end_percent >= 1.0
         self.sigma_hi = ms.percent_to_sigma(link.start_percent)
@@ -68,24 +77,31 @@ class _BoundLink:
 
 
 def _prepare_hint(image: torch.Tensor, control: ControlNetHandle, latent_shape, what: str) -> torch.Tensor:
-    """IMAGE [B, H, W, C] -> [B, C', 8h, 8w] float32 on the CPU, checked against the latent."""
+    """IMAGE [B, H, W, C] -> [B, C', H', W'] float32 on the CPU, checked against the latent. H', W' are the latent's
+    pixel size (8h, 8w); for a T2I-Adapter rounded up to a multiple of its unshuffle factor."""
     b, h, w = latent_shape
-    if image.ndim != 4:
-        raise ValueError(f"{what}: the ControlNet image has shape {list(image.shape)}; expected an IMAGE "
+    noun = KIND_NAMES[control.kind]
+    if image.ndim != 4 or min(image.shape[1:3]) < 1:
+        raise ValueError(f"{what}: the {noun} image has shape {list(image.shape)}; expected an IMAGE "
                          "[batch, height, width, channels]")
     ih, iw, ic = int(image.shape[1]), int(image.shape[2]), int(image.shape[3])
-    need = int(control.config.get("conditioning_channels", 3))
+    adapter = control.kind == "t2i_adapter"
+    need = int(control.config.get("in_channels" if adapter else "conditioning_channels", 3))
     if ic < need:
-        raise ValueError(f"{what}: the ControlNet {control.name} takes a {need}-channel image; this one has {ic}")
+        raise ValueError(f"{what}: the {noun} {control.name} takes a {need}-channel image; this one has {ic}")
     H, W = h * 8, w * 8
     if abs(ih / iw - H / W) > ASPECT_TOLERANCE * (H / W):
-        raise ValueError(f"{what}: the ControlNet image is {iw}x{ih} but the latent is {W}x{H} pixels: the aspect "
+        raise ValueError(f"{what}: the {noun} image is {iw}x{ih} but the latent is {W}x{H} pixels: the aspect "
                          "ratios differ, so the control would be distorted. Resize or crop the image to the "
                          "latent's size (or make the latent match the image).")
     if image.shape[0] not in (1, b):
-        raise ValueError(f"{what}: the ControlNet image batch has {image.shape[0]} images; the latent batch has {b} "
+        raise ValueError(f"{what}: the {noun} image batch has {image.shape[0]} images; the latent batch has {b} "
                          "(give 1 image, or one per latent)")
-    hint = image[..., :need].permute(0, 3, 1, 2).float()
+    if adapter:
+        H, W = t2i_apply.hint_size(control, H, W)
+        hint = t2i_apply.hint_channels(image, need)
+    else:
+        hint = image[..., :need].permute(0, 3, 1, 2).float()
     if (ih, iw) != (H, W):
         hint = F.interpolate(hint, size=(H, W), mode="nearest-exact")
     return hint.contiguous()
@@ -103,13 +119,17 @@ class BoundChain:
         hint = self._hints.get(id(link))
         if hint is None:
             hint = self._hints[id(link)] = link.hint.to(device, dtype)
-        return hint.expand(rows, -1, -1, -1) if hint.shape[0] == 1 else hint.repeat(rows // hint.shape[0], 1, 1, 1)
+        return _rows(hint, rows)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                  added_cond_kwargs: dict | None = None) -> dict:
-        down, mid = None, None
+        down, mid, intra = None, None, None
         for link in self.links:
             if not link.active(sigma):
+                continue
+            if link.features is not None:
+                f = [_rows(r, x.shape[0]) for r in link.features]
+                intra = f if intra is None else [a + r for a, r in zip(intra, f)]
                 continue
             mm = link.control.module
             with link.control.manager.use(mm):
@@ -124,9 +144,17 @@ class BoundChain:
             m = m.to(self.unet_dtype)
             down = d if down is None else [a + r for a, r in zip(down, d)]
             mid = m if mid is None else mid + m
-        if down is None:
-            return {}
-        return {"down_block_additional_residuals": tuple(down), "mid_block_additional_residual": mid}
+        out = {}
+        if down is not None:
+            out.update(down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
+        if intra is not None:  # a new list each call: the UNet pops its entries
+            out["down_intrablock_additional_residuals"] = list(intra)
+        return out
+
+
+def _rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """``t`` (batch 1, or the latent batch) for ``rows`` UNet rows (the latent batch times the entries sharing it)."""
+    return t.expand(rows, -1, -1, -1) if t.shape[0] == 1 else t.repeat(rows // t.shape[0], 1, 1, 1)
 
 
 def chain_onto(conditioning: list, control: ControlNetHandle, image: torch.Tensor, strength: float,

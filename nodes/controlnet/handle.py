@@ -1,4 +1,5 @@
-"""CONTROL_NET: a loaded ControlNet under the model manager, and whether it fits a MODEL.
+"""CONTROL_NET: a loaded ControlNet (or T2I-Adapter) under the model manager, and whether a ControlNet fits a MODEL
+(a T2I-Adapter's fit: :mod:`nodes.controlnet.t2i_apply`).
 
 A ControlNet mirrors the encoder half of the UNet it was trained beside: its residuals are added to that UNet's skip
 connections, so it fits a model only when the block widths, layers, attention placement, cross-attention width and
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodes.controlnet.load import FAMILY_NAMES, LoadedControlNet, load_controlnet
+from nodes.controlnet.load import FAMILY_NAMES, KIND_NAMES, LoadedControlNet, load_controlnet
 from nodes.memory.manager import ManagedModule, ModelManager
 
 MODEL_FAMILY = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sdxl_refiner": "SDXL refiner"}
@@ -25,6 +26,7 @@ class ControlNetHandle:
     source: str
     layout: str
     options: dict = field(default_factory=dict)
+    kind: str = "controlnet"  # controlnet | t2i_adapter
 
     @property
     def name(self) -> str:
@@ -32,13 +34,13 @@ class ControlNetHandle:
 
     @property
     def description(self) -> str:
-        return f"{FAMILY_NAMES[self.family]} ControlNet"
+        return f"{FAMILY_NAMES[self.family]} {KIND_NAMES[self.kind]}"
 
     def __chisel_nbytes__(self) -> dict[str, int]:
         return {}  # the manager accounts for model memory
 
     def __repr__(self) -> str:
-        return f"<CONTROL_NET {self.family} {self.source}>"
+        return f"<CONTROL_NET {self.family} {self.kind} {self.source}>"
 
 
 def load(manager: ModelManager, path: str | Path, model=None) -> ControlNetHandle:
@@ -51,8 +53,9 @@ def load(manager: ModelManager, path: str | Path, model=None) -> ControlNetHandl
         unet = model.unet.module if model is not None else None
         loaded: LoadedControlNet = load_controlnet(path, unet=unet, unet_config=model.config if model else None,
                                                    allow_pickle=manager.allow_pickle)
-        mm = manager.register("controlnet", loaded.module, str(path), manager.compute_dtype("unet"))
-        return ControlNetHandle(manager, mm, loaded.config, loaded.family, str(path), loaded.layout)
+        mm = manager.register(loaded.kind, loaded.module, str(path), manager.compute_dtype("unet"))
+        return ControlNetHandle(manager, mm, loaded.config, loaded.family, str(path), loaded.layout,
+                                kind=loaded.kind)
 
     return manager.load_once(kind, path, factory)
 

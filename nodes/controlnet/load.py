@@ -8,7 +8,8 @@ Layouts read:
 - "difference" ControlNets (a ``difference`` marker tensor): their tensors are added to the given UNet's weights;
 - diffusers' layout as one file (how SDXL ControlNets are published), with the folder's ``config.json`` when it sits
   beside the weights, else a config inferred from the tensor shapes;
-- a diffusers folder (``config.json`` + weights).
+- a diffusers folder (``config.json`` + weights);
+- T2I-Adapters in every layout :mod:`nodes.controlnet.t2i_load` reads (ComfyUI loads them with the same node).
 
 The architecture is read from the tensor shapes; what shapes cannot tell (attention heads) follows the published
 convention of the family (SD1: 8 heads; SD2 and SDXL: one head per 64 channels) unless the file's ``chisel.controlnet``
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from nodes.controlnet import t2i_load
 from nodes.loading.configs import metadata_fields
 from nodes.loading.weights import read_tensors
 from nodes.loading.errors import CorruptCheckpoint, IncompleteCheckpoint, UnrecognisedArchitecture, WrongFileKind
@@ -36,6 +38,7 @@ META_FIELDS = ("attention_head_dim", "num_attention_heads", "norm_num_groups", "
                "addition_time_embed_dim", "downsample_padding", "mid_block_scale_factor",
                "controlnet_conditioning_channel_order", "global_pool_conditions")
 FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+KIND_NAMES = {"controlnet": "ControlNet", "t2i_adapter": "T2I-Adapter"}
 
 
 @dataclass
@@ -43,11 +46,12 @@ class LoadedControlNet:
     module: torch.nn.Module  # diffusers ControlNetModel, eval, no grad
     config: dict
     family: str  # sd1 | sd2 | sdxl (from the layout)
-    layout: str  # ldm | diffusers | diffusers-folder | difference
+    layout: str  # ldm | diffusers | diffusers-folder | difference | t2i-adapter
+    kind: str = "controlnet"  # controlnet | t2i_adapter (diffusers T2IAdapter)
 
     @property
     def description(self) -> str:
-        return f"{FAMILY_NAMES[self.family]} ControlNet"
+        return f"{FAMILY_NAMES[self.family]} {KIND_NAMES[self.kind]}"
 
 
 def family_of(config: Mapping) -> str:
@@ -73,8 +77,6 @@ def _not_a_controlnet(keys: list[str], path: Path) -> WrongFileKind:
         what = "a full Stable Diffusion checkpoint: put it in models/checkpoints and use Load Checkpoint"
     elif any(k.startswith(("lora_unet_", "lora_te")) or ".lora_down." in k or ".lora_A." in k for k in keys):
         what = "a LoRA: put it in models/loras and use Load LoRA"
-    elif any(k.startswith(("adapter.", "body.")) for k in keys):
-        what = "a T2I-Adapter, which Chisel does not load yet"
     else:
         sample = ", ".join(keys[:4])
         what = f"not a ControlNet Chisel recognises ({len(keys)} tensors such as {sample})"
@@ -194,6 +196,9 @@ def load_controlnet(path: str | Path, *, unet=None, unet_config: Mapping | None 
     state, metadata = read_state(path, allow_pickle)
     if not state:
         raise CorruptCheckpoint(f"{path} contains no tensors.", path)
+    if t2i_load.is_t2i_adapter(state):
+        module, cfg = t2i_load.load_state(state, path, t2i_load.config_beside(path))
+        return LoadedControlNet(module, cfg, t2i_load.family_of(cfg), "t2i-adapter", "t2i_adapter")
     layout = "diffusers"
     if "difference" in state:
         state = _add_difference(state, unet, unet_config or {}, path)
@@ -234,6 +239,9 @@ def _load_folder(folder: Path) -> LoadedControlNet:
 
     if not (folder / "config.json").is_file():
         raise UnrecognisedArchitecture(f"{folder} is not a diffusers ControlNet folder (no config.json).", folder)
+    if t2i_load.config_beside(folder / "config.json") is not None:
+        module, cfg = t2i_load.load_folder(folder)
+        return LoadedControlNet(module, cfg, t2i_load.family_of(cfg), "t2i-adapter-folder", "t2i_adapter")
     try:
         module, info = ControlNetModel.from_pretrained(folder, local_files_only=True, output_loading_info=True,
                                                        torch_dtype=torch.float32)

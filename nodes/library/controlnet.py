@@ -1,9 +1,11 @@
-"""ControlNet nodes: load a ControlNet (models/controlnet) and apply it with a hint image to conditioning.
+"""ControlNet nodes: load a ControlNet or T2I-Adapter (models/controlnet) and apply it with a hint image to
+conditioning.
 
 Apply ControlNet adds the ControlNet to each conditioning entry (:mod:`nodes.controlnet.apply`); the sampler runs it
-beside the UNet at every step and adds its residuals. Chain Apply nodes to stack ControlNets on one conditioning: their
-residuals add up. Whether the ControlNet fits the model, and the image the latent, is checked when sampling starts,
-before the first step; the error names the conditioning input.
+beside the UNet at every step and adds its residuals (a T2I-Adapter runs once per run and its features are added at
+each step in range). Chain Apply nodes to stack ControlNets and adapters on one conditioning: their residuals add up.
+Whether the ControlNet fits the model, and the image the latent, is checked when sampling starts, before the first
+step; the error names the conditioning input.
 """
 from __future__ import annotations
 
@@ -19,15 +21,16 @@ CONTROLNET_EXTENSIONS = (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin")
 
 def _name_input() -> Input:
     return Input("control_net_name", COMBO, files="controlnet", extensions=CONTROLNET_EXTENSIONS,
-                 tooltip="A ControlNet file (models/controlnet): the original single-file layout (control_v11*, "
-                         "SD2) or diffusers' (SDXL); in a diffusers folder, pick its weights file.")
+                 tooltip="A ControlNet or T2I-Adapter file (models/controlnet): the original single-file layout "
+                         "(control_v11*, SD2, t2iadapter_*) or diffusers' (SDXL); in a diffusers folder, pick its "
+                         "weights file.")
 
 
 class ControlNetLoader(Node):
     type = "ControlNetLoader"
     display_name = "Load ControlNet Model"
     category = "loaders"
-    description = "Load a ControlNet (SD1.x, SD2.x or SDXL) from models/controlnet."
+    description = "Load a ControlNet (SD1.x, SD2.x or SDXL) or a T2I-Adapter (SD1.x or SDXL) from models/controlnet."
     inputs = (_name_input(),)
     outputs = (Output(CONTROL_NET, CONTROL_NET),)
 

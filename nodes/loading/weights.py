@@ -162,9 +162,12 @@ def _is_zip(path: Path) -> bool:
 
 def tensors_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     """The flat ``{name: tensor}`` state dict inside a loaded pickle (under nested ``state_dict`` keys, as trainers
-    save it)."""
+    save it, or an ``adapter`` key, as some T2I-Adapter files hold it)."""
     while isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
+    if (isinstance(obj, Mapping) and isinstance(obj.get("adapter"), Mapping)
+            and not any(isinstance(v, torch.Tensor) for v in obj.values())):
+        obj = obj["adapter"]
     if not isinstance(obj, Mapping):
         raise CorruptCheckpoint(f"{path} holds a {type(obj).__name__}, not a state dict of tensors.", path)
     return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}

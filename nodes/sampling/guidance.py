@@ -8,9 +8,10 @@ applied here. Nothing in the per-step path reads a device tensor on the host.
 Extension point: a conditioning entry's ``"unet_inputs"`` option may hold an object with
 ``bind(model, (batch, h, w), input_name) -> fn``, bound once per run (its checks fail before the first step);
 ``fn(x, sigma, t, context, added_cond_kwargs)`` is then called on that entry's rows of each UNet call and returns extra
-UNet keyword arguments (batch-first tensors or tuples of them; rows of entries without one get zeros). ControlNets
-use it (:mod:`nodes.controlnet.apply`). A ``"gligen"`` option (GLIGEN boxes, :mod:`nodes.gligen.apply`) is bound the
-same way; its entries run in UNet calls of their own, with the GLIGEN layers attached for those calls only.
+UNet keyword arguments (batch-first tensors, or tuples or lists of them; rows of entries without one get zeros).
+ControlNets and T2I-Adapters use it (:mod:`nodes.controlnet.apply`). A ``"gligen"`` option (GLIGEN boxes,
+:mod:`nodes.gligen.apply`) is bound the same way; its entries run in UNet calls of their own, with the GLIGEN layers
+attached for those calls only.
 """
 from __future__ import annotations
 
@@ -392,5 +393,5 @@ def _extra_inputs(entries: list[_Entry], b: int, x, sigma, t, context, added: di
         for _, sel, value in parts:
             for f, v in zip(full, value if seq else [value]):
                 f[sel] = v
-        out[name] = tuple(full) if seq else full[0]
+        out[name] = (list(full) if isinstance(parts[0][2], list) else tuple(full)) if seq else full[0]
     return out
