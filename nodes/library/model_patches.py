@@ -1,10 +1,13 @@
-"""Model patch nodes (ComfyUI categories "model_patches/unet" and "advanced/model"): FreeU, FreeU_V2,
-PatchModelAddDownscale (Kohya's Deep Shrink) and ModelSamplingDiscrete.
+"""Model patch nodes (ComfyUI categories "model_patches/unet", "advanced/model" and "_for_testing"): FreeU, FreeU_V2,
+PatchModelAddDownscale (Kohya's Deep Shrink), ModelSamplingDiscrete, and the guidance patches RescaleCFG, PerpNeg
+and SelfAttentionGuidance.
 
 Each returns a clone of its MODEL: the checkpoint's modules are shared and never changed. FreeU and Deep Shrink
 travel with the MODEL as module patches (:mod:`nodes.patches.freeu`, :mod:`nodes.patches.deep_shrink`) that are
-attached only while a sampler runs that MODEL, like a LoRA; ModelSamplingDiscrete gives the clone another noise-schedule object. Their inputs are literals of the node, so
-they enter the cache key of every node downstream.
+attached only while a sampler runs that MODEL, like a LoRA; ModelSamplingDiscrete gives the clone another noise-schedule
+object; the guidance patches travel in the clone's ``options["guidance"]`` and change how the sampler's guidance
+combines predictions (:mod:`nodes.sampling.guidance_patches`). Their inputs (literals or links) enter the cache key
+of every node downstream.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from graph.node import Input, Node, Output
 from graph.types import BOOLEAN, COMBO, FLOAT, INT, MODEL
 from nodes.patches.deep_shrink import SCALE_METHODS, DeepShrinkPatch
 from nodes.patches.freeu import FreeUPatch
+from nodes.patches.rescale_cfg import RescaleCFGPatch
 
 SAMPLING_KINDS = {"eps": "epsilon", "v_prediction": "v_prediction"}
 
@@ -114,3 +118,20 @@ class ModelSamplingDiscrete(Node):
         other = model.clone()
         other.model_sampling = new
         return (other,)
+
+
+class RescaleCFG(Node):
+    type = "RescaleCFG"
+    display_name = "RescaleCFG"
+    category = "advanced/model"
+    description = ("Rescaled classifier-free guidance (Lin et al. 2023): scale the guided prediction's spread back to "
+                   "the positive prediction's (in v space), blended by `multiplier`; tames the washed-out, "
+                   "over-saturated look of high cfg, above all on zero-terminal-SNR v-prediction models.")
+    inputs = (
+        Input("model", MODEL),
+        Input("multiplier", FLOAT, default=0.7, min=0.0, max=1.0, step=0.01),
+    )
+    outputs = (Output("MODEL", MODEL),)
+
+    def run(self, ctx, model, multiplier):
+        return (model.with_guidance(RescaleCFGPatch(float(multiplier))),)

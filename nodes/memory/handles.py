@@ -84,8 +84,17 @@ class ModelHandle(_Handle):
             return None
         return "refiner" if self.family == "sdxl_refiner" else "sdxl"
 
+    def with_guidance(self, patch) -> "ModelHandle":
+        """A clone that samples with one more guidance patch (:mod:`nodes.sampling.guidance_patches`)."""
+        other = self.clone()
+        other.options["guidance"] = tuple(self.options.get("guidance", ())) + (patch,)
+        return other
+
     def __repr__(self) -> str:
-        return f"<MODEL {self.family} {self.source}{self._lora_repr()}>"
+        from nodes.sampling.guidance_patches import describe
+
+        guidance = "".join(f" +{describe(p)}" for p in self.options.get("guidance", ()))
+        return f"<MODEL {self.family} {self.source}{self._lora_repr()}{guidance}>"
 
 
 @dataclass

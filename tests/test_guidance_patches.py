@@ -1,0 +1,118 @@
+"""Guidance patches (RescaleCFG, PerpNeg) and ConditioningSetTimestepRange against formulas written out here.
+
+The references do not use Chisel's guidance code: they call the diffusers UNet the tiny checkpoint was written from
+(eps prediction, k-diffusion's sigma space: D(x) = x - sigma * eps(x / sqrt(1 + sigma^2), t)) in float64 and combine
+the predictions by the published rules. The tiny UNet runs in float32 on both sides, batched differently, so the
+comparisons allow assert_close_to_scale's 1e-4 of the magnitudes; each test has a control that moves the result far
+beyond that.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from sd_fixtures import *  # noqa: F401,F403
+from sd_fixtures import assert_close_to_scale, tiny_file, tiny_model
+
+from nodes.library.conditioning import CLIPTextEncode
+from nodes.library.model_patches import RescaleCFG
+from nodes.library.sampling import KSampler
+from nodes.memory.manager import ModelManager
+from nodes.sampling.guidance import Guider
+
+H = W = 8  # latent cells
+T = 500  # a training timestep: the UNet sees exactly this timestep at the schedule's own sigma
+
+
+@pytest.fixture(scope="module")
+def sd1():
+    bundle = ModelManager("cpu").load_checkpoint(tiny_file("sd1", "fp32"))
+    enc = CLIPTextEncode()
+    texts = {name: enc.run(None, text=text, clip=bundle.clip)[0]
+             for name, text in (("pos", "a red circle"), ("neg", "blurry"), ("empty", ""), ("other", "a blue sky"))}
+    return bundle, texts
+
+
+def _sigma(model, t: int = T) -> float:
+    return float(model.model_sampling.sigmas[t])
+
+
+def _by_hand(sigma: float, t: int = T):
+    """D(x, conditioning) in float64 from the source UNet."""
+    unet = tiny_model("sd1").unet.float()
+
+    def denoised(x: torch.Tensor, cond) -> torch.Tensor:
+        with torch.no_grad():
+            eps = unet((x / (sigma ** 2 + 1) ** 0.5).float(), torch.tensor([float(t)]),
+                       encoder_hidden_states=cond[0][0].float()).sample
+        return x.double() - sigma * eps.double()
+
+    return denoised
+
+
+def _x(seed: int, sigma: float) -> torch.Tensor:
+    return torch.randn(1, 4, H, W, generator=torch.Generator().manual_seed(seed)) * sigma
+
+
+def _guided(model, pos, neg, cfg, x, sigma):
+    den = Guider.cfg(model, pos, neg, cfg).denoiser(torch.zeros(1, 4, H, W), None, None, (H * 8, W * 8))
+    with torch.inference_mode():
+        return den(x, torch.tensor([sigma], dtype=torch.float32)).double()
+
+
+def _sample(model, pos, neg, cfg=6.0, steps=4):
+    return KSampler().run(None, model=model, seed=5, steps=steps, cfg=cfg, sampler_name="euler", scheduler="normal",
+                          positive=pos, negative=neg, latent_image={"samples": torch.zeros(1, 4, H, W)},
+                          denoise=1.0)[0]["samples"]
+
+
+# -- RescaleCFG --------------------------------------------------------------------------------------------------
+
+def _rescale_reference(d_pos, d_neg, x, sigma, w, phi):
+    """Lin et al. 2023 eqs. 14-17 on the velocity predictions: v = alpha eps - s x0 with alpha = 1/sqrt(1+sigma^2),
+    s = sigma alpha (x_t = alpha x0 + s eps = alpha x); back to x0 by x0 = alpha x_t - s v."""
+    alpha = 1.0 / (1.0 + sigma ** 2) ** 0.5
+    s = sigma * alpha
+    x = x.double()
+
+    def v_of(d):
+        eps = (x - d) / sigma
+        return alpha * eps - s * d
+
+    v_pos, v_neg = v_of(d_pos), v_of(d_neg)
+    v_cfg = v_neg + w * (v_pos - v_neg)
+    v_resc = v_cfg * v_pos.std() / v_cfg.std()  # one image: std over channels and pixels
+    v_final = phi * v_resc + (1 - phi) * v_cfg
+    return alpha * (alpha * x) - s * v_final
+
+
+def test_rescale_cfg_follows_lin_et_al_on_the_velocity(sd1):
+    bundle, c = sd1
+    sigma, cfg, phi = _sigma(bundle.model), 9.0, 0.7
+    x = _x(1, sigma)
+    patched = RescaleCFG().run(None, model=bundle.model, multiplier=phi)[0]
+    assert "RescaleCFG" in repr(patched) and "RescaleCFG" not in repr(bundle.model)
+    got = _guided(patched, c["pos"], c["neg"], cfg, x, sigma)
+
+    denoised = _by_hand(sigma)
+    d_pos, d_neg = denoised(x, c["pos"]), denoised(x, c["neg"])
+    expected = _rescale_reference(d_pos, d_neg, x, sigma, cfg, phi)
+    assert_close_to_scale(got, expected)
+    scale = expected.abs().max().item()
+    plain = d_neg + cfg * (d_pos - d_neg)
+    # controls: plain CFG, and the rescale applied to the x0 or eps predictions instead of v, lie far (>= 10x)
+    # outside the tolerance
+    x0_space = plain * (phi * d_pos.std() / plain.std() + 1 - phi)
+    e_pos, e_plain = (x.double() - d_pos) / sigma, (x.double() - plain) / sigma
+    eps_space = x.double() - sigma * e_plain * (phi * e_pos.std() / e_plain.std() + 1 - phi)
+    for name, wrong in (("plain cfg", plain), ("rescaled on x0", x0_space), ("rescaled on eps", eps_space)):
+        assert (got - wrong).abs().max().item() > 1e-3 * scale, name
+
+
+def test_rescale_cfg_multiplier_zero_is_plain_cfg(sd1):
+    bundle, c = sd1
+    base = _sample(bundle.model, c["pos"], c["neg"])
+    zero = RescaleCFG().run(None, model=bundle.model, multiplier=0.0)[0]
+    assert_close_to_scale(_sample(zero, c["pos"], c["neg"]), base)
+    strong = RescaleCFG().run(None, model=bundle.model, multiplier=1.0)[0]
+    assert (_sample(strong, c["pos"], c["neg"]) - base).abs().max() > 1e-2
+    assert torch.equal(_sample(bundle.model, c["pos"], c["neg"]), base)  # the unpatched MODEL is unchanged
