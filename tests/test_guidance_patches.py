@@ -13,7 +13,7 @@ import torch
 from sd_fixtures import *  # noqa: F401,F403
 from sd_fixtures import assert_close_to_scale, tiny_file, tiny_model
 
-from nodes.library.conditioning import CLIPTextEncode
+from nodes.library.conditioning import CLIPTextEncode, ConditioningCombine, ConditioningSetTimestepRange
 from nodes.library.model_patches import RescaleCFG
 from nodes.library.sampling import KSampler
 from nodes.memory.manager import ModelManager
@@ -116,3 +116,66 @@ def test_rescale_cfg_multiplier_zero_is_plain_cfg(sd1):
     strong = RescaleCFG().run(None, model=bundle.model, multiplier=1.0)[0]
     assert (_sample(strong, c["pos"], c["neg"]) - base).abs().max() > 1e-2
     assert torch.equal(_sample(bundle.model, c["pos"], c["neg"]), base)  # the unpatched MODEL is unchanged
+
+
+# -- ConditioningSetTimestepRange -------------------------------------------------------------------------------
+
+def _ranged(cond, start, end):
+    return ConditioningSetTimestepRange().run(None, conditioning=cond, start=start, end=end)[0]
+
+
+@pytest.mark.parametrize("t", [900, 520, 480, 100])
+def test_timestep_ranges_pick_the_entries_in_range(sd1, t):
+    """positive = A on [0, 0.5] combined with B on [0.5, 1]: early in sampling (high sigma, t > 500) it is A alone,
+    late it is B alone. Percent p maps to sigma at timestep (1 - p) * 999 of the model's schedule."""
+    bundle, c = sd1
+    ms = bundle.model.model_sampling
+    combined = ConditioningCombine().run(None, conditioning_1=_ranged(c["pos"], 0.0, 0.5),
+                                         conditioning_2=_ranged(c["other"], 0.5, 1.0))[0]
+    sigma, cfg = _sigma(bundle.model, t), 5.0
+    boundary = float(ms.sigma(torch.tensor(0.5 * 999, dtype=torch.float64)))
+    assert (sigma > boundary) == (t > 500)
+    x = _x(2, sigma)
+    got = _guided(bundle.model, combined, c["neg"], cfg, x, sigma)
+
+    denoised = _by_hand(sigma, t)
+    d_neg = denoised(x, c["neg"])
+    chosen, left_out = (c["pos"], c["other"]) if t > 500 else (c["other"], c["pos"])
+    expected = d_neg + cfg * (denoised(x, chosen) - d_neg)
+    assert_close_to_scale(got, expected)
+    # control: the entry out of range would move the result far outside the tolerance
+    both = d_neg + cfg * ((denoised(x, chosen) + denoised(x, left_out)) / 2 - d_neg)
+    wrong = d_neg + cfg * (denoised(x, left_out) - d_neg)
+    for other in (both, wrong):
+        assert (got - other).abs().max().item() > 1e-2 * expected.abs().max().item()
+
+
+def test_ranges_that_cover_the_schedule_sample_like_switching_prompts(sd1):
+    """A range over the whole schedule is the plain conditioning; a negative limited in time is fine where the
+    positive covers every step."""
+    bundle, c = sd1
+    base = _sample(bundle.model, c["pos"], c["neg"])
+    assert torch.equal(_sample(bundle.model, _ranged(c["pos"], 0.0, 1.0), c["neg"]), base)
+    halves = ConditioningCombine().run(None, conditioning_1=_ranged(c["pos"], 0.0, 0.5),
+                                       conditioning_2=_ranged(c["other"], 0.5, 1.0))[0]
+    switched = _sample(bundle.model, halves, c["neg"])
+    assert (switched - base).abs().max() > 1e-2
+
+
+def test_a_conditioning_without_an_entry_in_range_is_refused_before_sampling(sd1):
+    bundle, c = sd1
+    calls = []
+    unet = bundle.model.unet.module
+    handle = unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=r"positive conditioning .*ConditioningSetTimestepRange.*0\.3"):
+            _sample(bundle.model, _ranged(c["pos"], 0.0, 0.3), c["neg"])
+        with pytest.raises(ValueError, match=r"negative conditioning .*ConditioningSetTimestepRange"):
+            gap = ConditioningCombine().run(None, conditioning_1=_ranged(c["neg"], 0.0, 0.4),
+                                            conditioning_2=_ranged(c["neg"], 0.6, 1.0))[0]
+            _sample(bundle.model, c["pos"], gap)
+    finally:
+        handle.remove()
+    assert not calls  # nothing ran
+    with pytest.raises(ValueError, match="'start'.*after.*'end'"):
+        _ranged(c["pos"], 0.7, 0.2)
