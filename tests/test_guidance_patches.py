@@ -14,7 +14,7 @@ from sd_fixtures import *  # noqa: F401,F403
 from sd_fixtures import assert_close_to_scale, tiny_file, tiny_model
 
 from nodes.library.conditioning import CLIPTextEncode, ConditioningCombine, ConditioningSetTimestepRange
-from nodes.library.model_patches import RescaleCFG
+from nodes.library.model_patches import PerpNeg, RescaleCFG
 from nodes.library.sampling import KSampler
 from nodes.memory.manager import ModelManager
 from nodes.sampling.guidance import Guider
@@ -179,3 +179,44 @@ def test_a_conditioning_without_an_entry_in_range_is_refused_before_sampling(sd1
     assert not calls  # nothing ran
     with pytest.raises(ValueError, match="'start'.*after.*'end'"):
         _ranged(c["pos"], 0.7, 0.2)
+
+
+# -- PerpNeg ----------------------------------------------------------------------------------------------------
+
+def test_perp_neg_subtracts_the_negative_perpendicular_to_the_positive(sd1):
+    """Armandpour et al. 2023 on the noise predictions: e_pos, e_neg relative to the empty prompt's e_0; the
+    negative's component perpendicular to the positive's is subtracted: e = e_0 + w (d_pos - k d_neg_perp)."""
+    bundle, c = sd1
+    sigma, cfg, k = _sigma(bundle.model), 6.0, 1.5
+    x = _x(3, sigma)
+    patched = PerpNeg().run(None, model=bundle.model, empty_conditioning=c["empty"], neg_scale=k)[0]
+    got = _guided(patched, c["pos"], c["neg"], cfg, x, sigma)
+
+    denoised = _by_hand(sigma)
+    xd = x.double()
+    e_pos, e_neg, e_0 = ((xd - denoised(x, c[name])) / sigma for name in ("pos", "neg", "empty"))
+    d_pos, d_neg = (e_pos - e_0).flatten(), (e_neg - e_0).flatten()
+    d_perp = d_neg - torch.dot(d_neg, d_pos) / torch.dot(d_pos, d_pos) * d_pos
+    assert abs(torch.dot(d_perp, d_pos).item()) < 1e-9 * d_pos.norm().item() * d_neg.norm().item()
+    eps = e_0 + cfg * (d_pos - k * d_perp).reshape(e_0.shape)
+    expected = xd - sigma * eps
+    assert_close_to_scale(got, expected)
+    # controls: plain CFG against the negative, and subtracting the whole negative direction, are far off
+    plain = xd - sigma * (e_neg + cfg * (e_pos - e_neg))
+    whole = xd - sigma * (e_0 + cfg * (d_pos - k * d_neg).reshape(e_0.shape))
+    for name, wrong in (("plain cfg", plain), ("whole negative", whole)):
+        assert (got - wrong).abs().max().item() > 1e-3 * expected.abs().max().item(), name
+
+
+def test_perp_neg_with_neg_scale_zero_is_cfg_against_the_empty_prompt(sd1):
+    bundle, c = sd1
+    patched = PerpNeg().run(None, model=bundle.model, empty_conditioning=c["empty"], neg_scale=0.0)[0]
+    assert_close_to_scale(_sample(patched, c["pos"], c["neg"]), _sample(bundle.model, c["pos"], c["empty"]))
+    assert "PerpNeg" in repr(patched) and "PerpNeg" not in repr(bundle.model)
+
+
+def test_guidance_patches_are_refused_by_guiders_without_cfg(sd1):
+    bundle, c = sd1
+    patched = RescaleCFG().run(None, model=bundle.model, multiplier=0.7)[0]
+    with pytest.raises(ValueError, match="RescaleCFG.*basic guider.*KSampler or CFGGuider"):
+        Guider.basic(patched, c["pos"]).denoiser(torch.zeros(1, 4, H, W), None, None, (H * 8, W * 8))

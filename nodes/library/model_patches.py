@@ -16,9 +16,10 @@ import copy
 import torch
 
 from graph.node import Input, Node, Output
-from graph.types import BOOLEAN, COMBO, FLOAT, INT, MODEL
+from graph.types import BOOLEAN, COMBO, CONDITIONING, FLOAT, INT, MODEL
 from nodes.patches.deep_shrink import SCALE_METHODS, DeepShrinkPatch
 from nodes.patches.freeu import FreeUPatch
+from nodes.patches.perp_neg import PerpNegPatch
 from nodes.patches.rescale_cfg import RescaleCFGPatch
 
 SAMPLING_KINDS = {"eps": "epsilon", "v_prediction": "v_prediction"}
@@ -135,3 +136,23 @@ class RescaleCFG(Node):
 
     def run(self, ctx, model, multiplier):
         return (model.with_guidance(RescaleCFGPatch(float(multiplier))),)
+
+
+class PerpNeg(Node):
+    type = "PerpNeg"
+    display_name = "Perp-Neg (DEPRECATED by PerpNegGuider)"
+    category = "_for_testing"
+    description = ("Perp-Neg (Armandpour et al. 2023): guide relative to the empty prompt and subtract only the part "
+                   "of the negative prompt's direction perpendicular to the positive's, scaled by `neg_scale`, so a "
+                   "negative that overlaps the positive does not cancel it. One more UNet row per step.")
+    inputs = (
+        Input("model", MODEL),
+        Input("empty_conditioning", CONDITIONING),
+        Input("neg_scale", FLOAT, default=1.0, min=0.0, max=100.0, step=0.01),
+    )
+    outputs = (Output("MODEL", MODEL),)
+
+    def run(self, ctx, model, empty_conditioning, neg_scale):
+        if not empty_conditioning:
+            raise ValueError("PerpNeg: input 'empty_conditioning' holds no conditioning (encode an empty prompt)")
+        return (model.with_guidance(PerpNegPatch(empty_conditioning, float(neg_scale))),)

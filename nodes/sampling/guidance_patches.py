@@ -5,7 +5,7 @@ samples.
 A patch may have (all optional):
 
 - ``extra_conds``: conditionings it needs predicted each step besides positive and negative (PerpNeg's empty
-  prompt); they go through the UNet in the same batched call;
+  prompt); they go through the UNet in the same batched call (``extra_names``: how messages name them);
 - ``needs_negative``: True when it reads the negative prediction even at cfg 1 (the usual cfg-1 shortcut that skips
   the negative pass is then off);
 - ``combine(step) -> denoised``: replaces ``uncond + cfg (cond - uncond)``; when several patches have one, the one
@@ -71,10 +71,12 @@ class PatchedGuidance:
         slices = []
         for p in patches:
             extra = tuple(getattr(p, "extra_conds", ()))
+            extra_names = tuple(getattr(p, "extra_names", ()))
             start = len(groups)
             for k, cond in enumerate(extra):
                 groups.append(cond)
-                names.append(f"{getattr(p, 'name', type(p).__name__)} conditioning {k + 1}")
+                names.append(extra_names[k] if k < len(extra_names) else
+                             f"{getattr(p, 'name', type(p).__name__)} conditioning {k + 1}")
             slices.append(slice(start, len(groups)))
         return cls(tuple(patches), float(scale), groups, tuple(names), skip, tuple(slices))
 
