@@ -1,4 +1,5 @@
-"""Guidance patches (RescaleCFG, PerpNeg) and ConditioningSetTimestepRange against formulas written out here.
+"""Guidance patches (RescaleCFG, PerpNeg) and ConditioningSetTimestepRange against formulas written out here;
+SelfAttentionGuidance against diffusers' StableDiffusionSAGPipeline.
 
 The references do not use Chisel's guidance code: they call the diffusers UNet the tiny checkpoint was written from
 (eps prediction, k-diffusion's sigma space: D(x) = x - sigma * eps(x / sqrt(1 + sigma^2), t)) in float64 and combine
@@ -14,7 +15,7 @@ from sd_fixtures import *  # noqa: F401,F403
 from sd_fixtures import assert_close_to_scale, tiny_file, tiny_model
 
 from nodes.library.conditioning import CLIPTextEncode, ConditioningCombine, ConditioningSetTimestepRange
-from nodes.library.model_patches import PerpNeg, RescaleCFG
+from nodes.library.model_patches import PerpNeg, RescaleCFG, SelfAttentionGuidance
 from nodes.library.sampling import KSampler
 from nodes.memory.manager import ModelManager
 from nodes.sampling.guidance import Guider
@@ -220,3 +221,78 @@ def test_guidance_patches_are_refused_by_guiders_without_cfg(sd1):
     patched = RescaleCFG().run(None, model=bundle.model, multiplier=0.7)[0]
     with pytest.raises(ValueError, match="RescaleCFG.*basic guider.*KSampler or CFGGuider"):
         Guider.basic(patched, c["pos"]).denoiser(torch.zeros(1, 4, H, W), None, None, (H * 8, W * 8))
+
+
+# -- SelfAttentionGuidance --------------------------------------------------------------------------------------
+
+def _sag_pipeline():
+    from diffusers import DDIMScheduler
+    from diffusers.pipelines.deprecated.stable_diffusion_sag.pipeline_stable_diffusion_sag import (
+        StableDiffusionSAGPipeline,
+    )
+    from transformers import CLIPTokenizer
+
+    from nodes.loading.configs import CONFIG_ROOT, template
+    from nodes.testing import tiny
+
+    src = tiny.build("sd1")  # its own copy: the pipeline swaps attention processors while it runs
+    tok = CLIPTokenizer.from_pretrained(str(CONFIG_ROOT / "clip_tokenizer"), model_max_length=77)
+    # DDIM with eta 0 is Euler in sigma space; alpha 1 at the end makes the last step land on the x0 prediction
+    scheduler = DDIMScheduler.from_config({**template("sd15", "scheduler"), "set_alpha_to_one": True})
+    pipe = StableDiffusionSAGPipeline(vae=src.vae, text_encoder=src.text_encoder, tokenizer=tok, unet=src.unet,
+                                      scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                      requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_self_attention_guidance_matches_diffusers_sag_pipeline(sd1):
+    """Same tiny SD1 weights, text embeddings and starting noise; DDIM (eta 0) in diffusers and Euler over the same
+    timesteps' sigmas in Chisel; CFG 5, SAG scale 0.75 with diffusers' fixed blur (9 taps, std 1). All float32 and
+    the same diffusers modules on both sides: they differ only by float32 rounding in another order; without SAG
+    the latent moves far more than the 1e-4 bound."""
+    from nodes.patches.self_attention_guidance import SelfAttentionGuidancePatch
+    from nodes.sampling import get_sampler
+    from nodes.sampling.sample import sample_custom
+
+    bundle, c = sd1
+    steps, cfg, sag, h = 6, 5.0, 0.75, 16
+    pipe = _sag_pipeline()
+    pipe.scheduler.set_timesteps(steps)
+    ms = bundle.model.model_sampling
+    timesteps = [int(t) for t in pipe.scheduler.timesteps]
+    sigmas = torch.tensor([float(ms.sigmas[t]) for t in timesteps] + [0.0])
+    noise = torch.randn(1, 4, h, h, generator=torch.Generator().manual_seed(7))
+
+    def chisel(model):
+        guider = Guider.cfg(model, c["pos"], c["neg"], cfg)
+        out = sample_custom(guider, get_sampler("euler"), sigmas, {"samples": torch.zeros(1, 4, h, h)}, noise, 0)[0]
+        return bundle.model.latent_format.process_in(out["samples"])
+
+    patch = SelfAttentionGuidancePatch(sag, 1.0, kernel_size=9)
+    ours = chisel(bundle.model.with_lora([("unet", patch)]).with_guidance(patch))
+    s0 = float(sigmas[0])
+    ref = pipe(prompt_embeds=c["pos"][0][0].float(), negative_prompt_embeds=c["neg"][0][0].float(), height=h * 8,
+               width=h * 8, num_inference_steps=steps, guidance_scale=cfg, sag_scale=sag,
+               latents=noise * s0 / (1 + s0 ** 2) ** 0.5, output_type="latent").images
+    assert_close_to_scale(ours, ref)
+    plain = chisel(bundle.model)
+    assert (plain - ref).abs().max() > 1e-2 * ref.abs().max()
+
+
+def test_self_attention_guidance_node_blurs_by_its_sigma_and_leaves_the_model_alone(sd1):
+    from nodes.patches.self_attention_guidance import kernel_size_for
+
+    assert [kernel_size_for(s) for s in (0.5, 1.0, 2.0, 2.1)] == [3, 7, 13, 13]
+    bundle, c = sd1
+    base = _sample(bundle.model, c["pos"], c["neg"])
+    patched = SelfAttentionGuidance().run(None, model=bundle.model, scale=0.5, blur_sigma=1.0)[0]
+    assert (_sample(patched, c["pos"], c["neg"]) - base).abs().max() > 1e-3
+    zero = SelfAttentionGuidance().run(None, model=bundle.model, scale=0.0, blur_sigma=1.0)[0]
+    assert_close_to_scale(_sample(zero, c["pos"], c["neg"]), base)
+    attn = bundle.model.unet.module.mid_block.attentions[0].transformer_blocks[0].attn1
+    assert type(attn.processor).__name__ != "AttentionMapCapture"  # detached after sampling
+    assert torch.equal(_sample(bundle.model, c["pos"], c["neg"]), base)
+    wide = SelfAttentionGuidance().run(None, model=bundle.model, scale=0.5, blur_sigma=3.0)[0]
+    with pytest.raises(ValueError, match="'blur_sigma' 3 blurs over 19 latent cells.*8x8"):
+        _sample(wide, c["pos"], c["neg"])

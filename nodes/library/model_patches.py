@@ -21,6 +21,7 @@ from nodes.patches.deep_shrink import SCALE_METHODS, DeepShrinkPatch
 from nodes.patches.freeu import FreeUPatch
 from nodes.patches.perp_neg import PerpNegPatch
 from nodes.patches.rescale_cfg import RescaleCFGPatch
+from nodes.patches.self_attention_guidance import SelfAttentionGuidancePatch
 
 SAMPLING_KINDS = {"eps": "epsilon", "v_prediction": "v_prediction"}
 
@@ -156,3 +157,22 @@ class PerpNeg(Node):
         if not empty_conditioning:
             raise ValueError("PerpNeg: input 'empty_conditioning' holds no conditioning (encode an empty prompt)")
         return (model.with_guidance(PerpNegPatch(empty_conditioning, float(neg_scale))),)
+
+
+class SelfAttentionGuidance(Node):
+    type = "SelfAttentionGuidance"
+    display_name = "Self-Attention Guidance"
+    category = "_for_testing"
+    description = ("Self-attention guidance (Hong et al. 2023): blur the predicted image where the UNet's middle "
+                   "block attends most (Gaussian, `blur_sigma` latent cells), predict it again and steer away from "
+                   "the blurred result by `scale`. One more UNet pass per step; the negative pass always runs.")
+    inputs = (
+        Input("model", MODEL),
+        Input("scale", FLOAT, default=0.5, min=-2.0, max=5.0, step=0.01),
+        Input("blur_sigma", FLOAT, default=2.0, min=0.0, max=10.0, step=0.1),
+    )
+    outputs = (Output("MODEL", MODEL),)
+
+    def run(self, ctx, model, scale, blur_sigma):
+        patch = SelfAttentionGuidancePatch(float(scale), float(blur_sigma))
+        return (model.with_lora([("unet", patch)]).with_guidance(patch),)
