@@ -296,3 +296,61 @@ def test_self_attention_guidance_node_blurs_by_its_sigma_and_leaves_the_model_al
     wide = SelfAttentionGuidance().run(None, model=bundle.model, scale=0.5, blur_sigma=3.0)[0]
     with pytest.raises(ValueError, match="'blur_sigma' 3 blurs over 19 latent cells.*8x8"):
         _sample(wide, c["pos"], c["neg"])
+
+
+# -- in a workflow: cache keys and errors -----------------------------------------------------------------------
+
+def _patched_workflow(multiplier=0.7, start=0.5, sag=0.5):
+    link = lambda node, out=0: {"node": node, "output": out}  # noqa: E731
+    nodes = {
+        "1": {"type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}},
+        "2": {"type": "RescaleCFG", "inputs": {"model": link("1"), "multiplier": multiplier}},
+        "3": {"type": "SelfAttentionGuidance", "inputs": {"model": link("2"), "scale": sag, "blur_sigma": 1.0}},
+        "4": {"type": "CLIPTextEncode", "inputs": {"text": "a red circle", "clip": link("1", 1)}},
+        "5": {"type": "CLIPTextEncode", "inputs": {"text": "a blue sky", "clip": link("1", 1)}},
+        "6": {"type": "CLIPTextEncode", "inputs": {"text": "", "clip": link("1", 1)}},
+        "7": {"type": "ConditioningSetTimestepRange", "inputs": {"conditioning": link("4"), "start": 0.0,
+                                                                 "end": 0.5}},
+        "8": {"type": "ConditioningSetTimestepRange", "inputs": {"conditioning": link("5"), "start": start,
+                                                                 "end": 1.0}},
+        "9": {"type": "ConditioningCombine", "inputs": {"conditioning_1": link("7"), "conditioning_2": link("8")}},
+        "10": {"type": "PerpNeg", "inputs": {"model": link("3"), "empty_conditioning": link("6"), "neg_scale": 1.0}},
+        "11": {"type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "12": {"type": "KSampler", "inputs": {"model": link("10"), "seed": 3, "steps": 3, "cfg": 5.0,
+                                              "sampler_name": "euler", "scheduler": "normal", "positive": link("9"),
+                                              "negative": link("6"), "latent_image": link("11"), "denoise": 1.0}},
+    }
+    return {"format": "chisel-workflow", "version": 1, "nodes": nodes, "outputs": ["12"]}
+
+
+def test_patched_models_enter_the_cache_key_and_bad_ranges_are_structured_errors(tmp_path):
+    import shutil
+
+    from sd_fixtures import make_engine
+
+    ck = tmp_path / "models" / "checkpoints"
+    ck.mkdir(parents=True)
+    shutil.copy(tiny_file("sd1", "fp32"), ck / "tiny.safetensors")
+    eng = make_engine(tmp_path)[0]
+    first = eng.run(_patched_workflow(), outputs=["12"])
+    assert first.status == "success", [e.message for e in first.errors]
+    again = eng.run(_patched_workflow(0.3), outputs=["12"])
+    assert again.status == "success"
+    assert set(again.executed) == {"2", "3", "10", "12"} and "1" in again.cached and "9" in again.cached
+    # PerpNeg, applied after RescaleCFG, replaces its combination (ComfyUI's rule): the multiplier changes nothing
+    assert torch.equal(again.values["12"][0]["samples"], first.values["12"][0]["samples"])
+    other = eng.run(_patched_workflow(0.3, sag=1.5), outputs=["12"])
+    assert set(other.executed) == {"3", "10", "12"}
+    assert not torch.equal(other.values["12"][0]["samples"], first.values["12"][0]["samples"])
+
+    wf = _patched_workflow(multiplier=0.3)
+    wf["nodes"]["7"]["inputs"]["start"] = 0.7  # after its end (0.5)
+    bad = eng.run(wf, outputs=["12"])
+    assert bad.status == "error"
+    (err,) = [e for e in bad.errors if e.node_id == "7"]
+    assert "'start'" in err.message and err.node_type == "ConditioningSetTimestepRange"
+    gap = _patched_workflow(multiplier=0.3)
+    gap["nodes"]["8"]["inputs"]["start"] = 0.6  # 0.5 .. 0.6 has no positive entry
+    res = eng.run(gap, outputs=["12"])
+    (err,) = res.errors
+    assert err.node_id == "12" and "positive conditioning" in err.message and "0.500 to 0.600" in err.message
