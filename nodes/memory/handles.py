@@ -52,7 +52,8 @@ class _Handle:
 
     def _lora_repr(self) -> str:
         loras = self.options.get("lora", ())
-        return "".join(f" +{a.name}@{a.strength:g}({t})" for t, a in loras)
+        shown = {id(p) for p in self.options.get("guidance", ())}  # described once, by the guidance part
+        return "".join(f" +{a.name}@{a.strength:g}({t})" for t, a in loras if id(a) not in shown)
 
 
 @dataclass(eq=False)
