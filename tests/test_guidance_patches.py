@@ -163,6 +163,34 @@ def test_ranges_that_cover_the_schedule_sample_like_switching_prompts(sd1):
     assert (switched - base).abs().max() > 1e-2
 
 
+def test_two_ranged_prompts_sample_like_two_ksampler_advanced_passes(sd1):
+    """A on [0, p] combined with B on [p, 1], p between the 2nd and 3rd of 4 Euler steps, equals steps 0-2 with A
+    (leftover noise kept) then steps 2-4 with B (no noise added)."""
+    from nodes.library.sampling import KSamplerAdvanced
+    from nodes.sampling import calculate_sigmas
+
+    bundle, c = sd1
+    ms = bundle.model.model_sampling
+    sig = calculate_sigmas(ms, "normal", 4)
+    between = (float(sig[1]) * float(sig[2])) ** 0.5
+    p = 1.0 - float(ms.timestep(torch.tensor([between], dtype=torch.float64))[0]) / 999
+    assert float(sig[2]) < ms.percent_to_sigma(p) < float(sig[1])
+    combined = ConditioningCombine().run(None, conditioning_1=_ranged(c["pos"], 0.0, p),
+                                         conditioning_2=_ranged(c["other"], p, 1.0))[0]
+    ranged = _sample(bundle.model, combined, c["neg"])
+    lat = {"samples": torch.zeros(1, 4, H, W)}
+    adv = KSamplerAdvanced()
+    first = adv.run(None, bundle.model, "enable", 5, 4, 6.0, "euler", "normal", c["pos"], c["neg"], lat, 0, 2,
+                    "enable")[0]
+    both = adv.run(None, bundle.model, "disable", 5, 4, 6.0, "euler", "normal", c["other"], c["neg"], first, 2, 4,
+                   "disable")[0]["samples"]
+    assert_close_to_scale(ranged, both)
+    # controls: either prompt all the way lies well outside the tolerance (>= 5x; late steps move this tiny
+    # model's large latents little)
+    for prompt in ("pos", "other"):
+        assert (ranged - _sample(bundle.model, c[prompt], c["neg"])).abs().max() > 5e-4 * ranged.abs().max(), prompt
+
+
 def test_a_conditioning_without_an_entry_in_range_is_refused_before_sampling(sd1):
     bundle, c = sd1
     calls = []
