@@ -9,7 +9,8 @@ Extension point: a conditioning entry's ``"unet_inputs"`` option may hold an obj
 ``bind(model, (batch, h, w), input_name) -> fn``, bound once per run (its checks fail before the first step);
 ``fn(x, sigma, t, context, added_cond_kwargs)`` is then called on that entry's rows of each UNet call and returns extra
 UNet keyword arguments (batch-first tensors or tuples of them; rows of entries without one get zeros). ControlNets
-use it (:mod:`nodes.controlnet.apply`).
+use it (:mod:`nodes.controlnet.apply`). A ``"gligen"`` option (GLIGEN boxes, :mod:`nodes.gligen.apply`) is bound the
+same way; its entries run in UNet calls of their own, with the GLIGEN layers attached for those calls only.
 
 A conditioning entry with ``"start_percent"``/``"end_percent"`` (ConditioningSetTimestepRange) takes part only while
 sigma lies between the two percents' sigmas (the model's ``percent_to_sigma``, ends included); entries out of range
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from nodes.gligen.apply import grounding
 from nodes.memory.handles import ModelHandle
 
 
@@ -41,6 +43,7 @@ class _Entry:
     adm: torch.Tensor | None  # [1, n] time ids
     concat: torch.Tensor | None  # [B, k, H, W] inpainting channels over the full frame
     extra: Any = None  # the bound "unet_inputs" option (see the module docstring), shared by entries that share it
+    gligen: Any = None  # the bound "gligen" option (nodes.gligen.apply.BoundGligen)
     sigma_range: tuple[float, float] | None = None  # (low, high): the entry applies while low <= sigma <= high
 
 
@@ -212,17 +215,20 @@ class CFGDenoiser:
         if sigmas is not None and self.ranged:
             self._check_ranges_cover(sigmas)
         self.unet_observers: list = []  # fn(entries, b) after each UNet call (guidance patches that read activations)
+        if any(e.gligen is not None for e in self.entries):
+            self.unet = model.unet.module  # GLIGEN layers are attached per call: a compiled graph would not see them
         self.calls = 0
         self.rule = rule.bind(self) if rule is not None else None
 
     def _bucketed(self, active: tuple[int, ...]) -> dict[tuple, list[_Entry]]:
-        """The entries ``active`` (indices) grouped by the latent size they see: one UNet call each."""
+        """The entries ``active`` (indices) grouped by the latent size they see (and their GLIGEN boxes): one UNet call
+        each."""
         if active not in self._buckets:
             _, h, w = self.shape
             buckets: dict[tuple, list[_Entry]] = {}
             for i in active:
                 e = self.entries[i]
-                key = (e.area[0], e.area[1]) if e.area else (h, w)
+                key = ((e.area[0], e.area[1]) if e.area else (h, w), e.gligen.key if e.gligen is not None else None)
                 buckets.setdefault(key, []).append(e)
             self._buckets[active] = buckets
         return self._buckets[active]
@@ -337,7 +343,15 @@ class CFGDenoiser:
             if id(extra) not in self._bound:
                 self._bound[id(extra)] = extra.bind(self.model, self.shape, self.group_names[group])
             extra = self._bound[id(extra)]
-        return _Entry(group, emb, area, mult, pooled, adm, concat, extra, sigma_range)
+        gligen = opts.get("gligen")
+        if gligen is not None:
+            if area is not None:
+                raise ValueError(f"the {self.group_names[group]} conditioning is limited to an area and carries GLIGEN "
+                                 "boxes: GLIGEN on area conditioning is not supported")
+            if id(gligen) not in self._bound:
+                self._bound[id(gligen)] = gligen.bind(self.model, self.shape, self.group_names[group])
+            gligen = self._bound[id(gligen)]
+        return _Entry(group, emb, area, mult, pooled, adm, concat, extra, gligen=gligen, sigma_range=sigma_range)
 
     # -- the per-step call ------------------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
@@ -404,8 +418,9 @@ class CFGDenoiser:
         if any(e.extra is not None for e in entries):
             kwargs.update(_extra_inputs(entries, b, net_in[:, :x_in.shape[1]], s_in, t, torch.cat(ctx),
                                         kwargs.get("added_cond_kwargs")))
-        out = self.unet(net_in.to(self.dtype), t, encoder_hidden_states=torch.cat(ctx), return_dict=False,
-                        **kwargs)[0]
+        with grounding([e.gligen for e in entries], b, kwargs):
+            out = self.unet(net_in.to(self.dtype), t, encoder_hidden_states=torch.cat(ctx), return_dict=False,
+                            **kwargs)[0]
         self.calls += 1
         for observe in self.unet_observers:
             observe(entries, b)
