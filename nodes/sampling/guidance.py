@@ -131,23 +131,25 @@ class Guider:
         return cls(model, (cond1, cond2, negative), (float(cfg_conds), float(cfg_cond2_negative)),
                    "dual_nested" if nested else "dual_regular")
 
-    def plan(self):
-        """(the conditionings that go through the UNet, combine(list of their predictions) -> denoised)."""
+    def plan(self, need_uncond: bool = False):
+        """(the conditionings that go through the UNet, combine(list of their predictions) -> denoised, the index of
+        the unconditional (negative) prediction or None). ``need_uncond`` (CFG++ samplers) keeps the negative pass
+        where a scale of 1 would skip it."""
         if self.style == "basic":
-            return [self.conds[0]], lambda d: d[0]
+            return [self.conds[0]], lambda d: d[0], None
         if self.style == "cfg":
             (cfg,), (pos, neg) = self.scales, self.conds
-            if cfg == 1.0:
-                return [pos], lambda d: d[0]
-            return [pos, neg], lambda d: d[1] + (d[0] - d[1]) * cfg
+            if cfg == 1.0 and not need_uncond:
+                return [pos], lambda d: d[0], None
+            return [pos, neg], lambda d: d[1] + (d[0] - d[1]) * cfg, 1
         (cfg1, cfg2), (c1, c2, neg) = self.scales, self.conds
         if self.style == "dual_nested":
-            return [c1, c2, neg], lambda d: d[2] + ((d[1] + (d[0] - d[1]) * cfg1) - d[2]) * cfg2
-        if math.isclose(cfg2, 1.0):
+            return [c1, c2, neg], lambda d: d[2] + ((d[1] + (d[0] - d[1]) * cfg1) - d[2]) * cfg2, 2
+        if math.isclose(cfg2, 1.0) and not need_uncond:
             if math.isclose(cfg1, 1.0):
-                return [c1], lambda d: d[0]
-            return [c1, c2], lambda d: d[1] + (d[0] - d[1]) * cfg1
-        return [c1, c2, neg], lambda d: d[2] + (d[1] - d[2]) * cfg2 + (d[0] - d[1]) * cfg1
+                return [c1], lambda d: d[0], None
+            return [c1, c2], lambda d: d[1] + (d[0] - d[1]) * cfg1, None
+        return [c1, c2, neg], lambda d: d[2] + (d[1] - d[2]) * cfg2 + (d[0] - d[1]) * cfg1, 2
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -157,32 +159,37 @@ class Guider:
         return ("positive", "negative") if self.style == "cfg" else ("cond1", "cond2", "negative")
 
     def denoiser(self, latent_in: torch.Tensor, noise: torch.Tensor | None, noise_mask: torch.Tensor | None,
-                 image_size: tuple[int, int], sigmas: torch.Tensor | None = None) -> "CFGDenoiser":
+                 image_size: tuple[int, int], sigmas: torch.Tensor | None = None,
+                 need_uncond: bool = False) -> "CFGDenoiser":
         """The per-run denoiser; given the schedule ``sigmas``, conditioning timestep ranges are checked against it
-        before the first step."""
+        before the first step. ``need_uncond`` (CFG++ samplers) keeps the negative pass at scale 1."""
         patches = tuple(self.model.options.get("guidance", ()))
         if patches:
             from nodes.sampling.guidance_patches import PatchedGuidance
 
-            rule = PatchedGuidance.plan(self, patches)
+            rule = PatchedGuidance.plan(self, patches, need_uncond)
             groups, combine, names = rule.groups, None, rule.group_names
+            uncond = None if rule.skip_negative else 1
         else:
             rule = None
-            groups, combine = self.plan()
+            groups, combine, uncond = self.plan(need_uncond)
             names = self.input_names[:len(groups)]
         return CFGDenoiser(self.model, groups, combine, latent_in, noise, noise_mask, image_size, names,
-                           rule=rule, sigmas=sigmas)
+                           uncond_index=uncond, rule=rule, sigmas=sigmas)
 
 
 class CFGDenoiser:
     """``denoiser(x, sigma_batch) -> denoised`` for the samplers in :mod:`nodes.sampling`: the UNet's predictions
-    under each conditioning group, combined by ``combine`` (see :class:`Guider`)."""
+    under each conditioning group, combined by ``combine`` (see :class:`Guider`).
+    ``denoiser.denoise_with_uncond(x, sigma_batch) -> (denoised, uncond_denoised)`` also returns the unconditional
+    (negative) prediction, for the CFG++ samplers (the denoised prediction again when there is no negative)."""
 
     def __init__(self, model: ModelHandle, groups: list, combine, latent_in: torch.Tensor,
                  noise: torch.Tensor | None, noise_mask: torch.Tensor | None, image_size: tuple[int, int],
-                 group_names: tuple[str, ...] = ("positive", "negative"), rule=None,
-                 sigmas: torch.Tensor | None = None):
+                 group_names: tuple[str, ...] = ("positive", "negative"), uncond_index: int | None = None,
+                 rule=None, sigmas: torch.Tensor | None = None):
         self.model = model
+        self.uncond_index = uncond_index
         self.ms = model.model_sampling
         self.unet = model.unet.runner()  # the module, or its compiled form (nodes.memory.compile)
         self.device = model.unet.device
@@ -355,15 +362,21 @@ class CFGDenoiser:
 
     # -- the per-step call ------------------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
+        return self.denoise_with_uncond(x, sigma)[0]
+
+    def denoise_with_uncond(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any):
         m = self.mask
         if m is not None:
             s = sigma.reshape(-1, 1, 1, 1).to(x.dtype)
             x = x * m + (self.latent + self.noise * s) * (1.0 - m)
         preds = self.predict(x, sigma)
         den = self.combine(preds) if self.rule is None else self.rule(x, sigma, preds)
+        uncond = None if self.uncond_index is None else preds[self.uncond_index]
         if m is not None:
             den = den * m + self.latent * (1.0 - m)
-        return den
+            if uncond is not None:
+                uncond = uncond * m + self.latent * (1.0 - m)
+        return den, den if uncond is None else uncond
 
     def predict(self, x: torch.Tensor, sigma: torch.Tensor, groups: tuple[int, ...] | None = None) -> list:
         """Each conditioning group's prediction (the weighted average of its entries' denoised x0) at ``x``; with

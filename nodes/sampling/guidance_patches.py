@@ -59,13 +59,13 @@ class PatchedGuidance:
     extra_slices: tuple  # per patch: slice of the groups holding its extra conditionings
 
     @classmethod
-    def plan(cls, guider, patches: tuple) -> "PatchedGuidance":
+    def plan(cls, guider, patches: tuple, need_uncond: bool = False) -> "PatchedGuidance":
         if guider.style != "cfg":
             names = ", ".join(describe(p) for p in patches)
             raise ValueError(f"the MODEL is patched with {names}, which changes classifier-free guidance; the "
                              f"{guider.style} guider has none to change: use KSampler or CFGGuider with this MODEL")
         (scale,), (pos, neg) = guider.scales, guider.conds
-        skip = scale == 1.0 and not any(getattr(p, "needs_negative", False) for p in patches)
+        skip = scale == 1.0 and not need_uncond and not any(getattr(p, "needs_negative", False) for p in patches)
         groups = [pos] if skip else [pos, neg]
         names = ["positive"] if skip else ["positive", "negative"]
         slices = []
