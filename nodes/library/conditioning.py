@@ -187,6 +187,25 @@ class ConditioningSetMask(Node):
                       set_area_to_bounds=set_cond_area != "default"),)
 
 
+class ConditioningSetTimestepRange(Node):
+    type = "ConditioningSetTimestepRange"
+    display_name = "ConditioningSetTimestepRange"
+    category = "advanced/conditioning"
+    description = ("Apply the prompt only between `start` and `end` of sampling (fractions of the model's schedule: "
+                   "0 = pure noise, 1 = clean). Combine with another range to switch prompts mid-way; every "
+                   "conditioning needs an entry in range at each step.")
+    inputs = (Input("conditioning", CONDITIONING),
+              Input("start", FLOAT, default=0.0, min=0.0, max=1.0, step=0.001),
+              Input("end", FLOAT, default=1.0, min=0.0, max=1.0, step=0.001))
+    outputs = (Output("CONDITIONING", CONDITIONING),)
+
+    def run(self, ctx, conditioning, start, end):
+        if float(start) > float(end):
+            raise ValueError(f"ConditioningSetTimestepRange: input 'start' ({start:g}) is after input 'end' "
+                             f"({end:g}); the conditioning would never apply")
+        return (_with(conditioning, start_percent=float(start), end_percent=float(end)),)
+
+
 class ConditioningZeroOut(Node):
     type = "ConditioningZeroOut"
     display_name = "Conditioning (Zero Out)"

@@ -1,10 +1,13 @@
-"""Model patch nodes (ComfyUI categories "model_patches/unet" and "advanced/model"): FreeU, FreeU_V2,
-PatchModelAddDownscale (Kohya's Deep Shrink) and ModelSamplingDiscrete.
+"""Model patch nodes (ComfyUI categories "model_patches/unet", "advanced/model" and "_for_testing"): FreeU, FreeU_V2,
+PatchModelAddDownscale (Kohya's Deep Shrink), ModelSamplingDiscrete, and the guidance patches RescaleCFG, PerpNeg
+and SelfAttentionGuidance.
 
 Each returns a clone of its MODEL: the checkpoint's modules are shared and never changed. FreeU and Deep Shrink
 travel with the MODEL as module patches (:mod:`nodes.patches.freeu`, :mod:`nodes.patches.deep_shrink`) that are
-attached only while a sampler runs that MODEL, like a LoRA; ModelSamplingDiscrete gives the clone another noise-schedule object. Their inputs are literals of the node, so
-they enter the cache key of every node downstream.
+attached only while a sampler runs that MODEL, like a LoRA; ModelSamplingDiscrete gives the clone another noise-schedule
+object; the guidance patches travel in the clone's ``options["guidance"]`` and change how the sampler's guidance
+combines predictions (:mod:`nodes.sampling.guidance_patches`). Their inputs (literals or links) enter the cache key
+of every node downstream.
 """
 from __future__ import annotations
 
@@ -13,9 +16,12 @@ import copy
 import torch
 
 from graph.node import Input, Node, Output
-from graph.types import BOOLEAN, COMBO, FLOAT, INT, MODEL
+from graph.types import BOOLEAN, COMBO, CONDITIONING, FLOAT, INT, MODEL
 from nodes.patches.deep_shrink import SCALE_METHODS, DeepShrinkPatch
 from nodes.patches.freeu import FreeUPatch
+from nodes.patches.perp_neg import PerpNegPatch
+from nodes.patches.rescale_cfg import RescaleCFGPatch
+from nodes.patches.self_attention_guidance import SelfAttentionGuidancePatch
 
 SAMPLING_KINDS = {"eps": "epsilon", "v_prediction": "v_prediction"}
 
@@ -114,3 +120,59 @@ class ModelSamplingDiscrete(Node):
         other = model.clone()
         other.model_sampling = new
         return (other,)
+
+
+class RescaleCFG(Node):
+    type = "RescaleCFG"
+    display_name = "RescaleCFG"
+    category = "advanced/model"
+    description = ("Rescaled classifier-free guidance (Lin et al. 2023): scale the guided prediction's spread back to "
+                   "the positive prediction's (in v space), blended by `multiplier`; tames the washed-out, "
+                   "over-saturated look of high cfg, above all on zero-terminal-SNR v-prediction models.")
+    inputs = (
+        Input("model", MODEL),
+        Input("multiplier", FLOAT, default=0.7, min=0.0, max=1.0, step=0.01),
+    )
+    outputs = (Output("MODEL", MODEL),)
+
+    def run(self, ctx, model, multiplier):
+        return (model.with_guidance(RescaleCFGPatch(float(multiplier))),)
+
+
+class PerpNeg(Node):
+    type = "PerpNeg"
+    display_name = "Perp-Neg (DEPRECATED by PerpNegGuider)"
+    category = "_for_testing"
+    description = ("Perp-Neg (Armandpour et al. 2023): guide relative to the empty prompt and subtract only the part "
+                   "of the negative prompt's direction perpendicular to the positive's, scaled by `neg_scale`, so a "
+                   "negative that overlaps the positive does not cancel it. One more UNet row per step.")
+    inputs = (
+        Input("model", MODEL),
+        Input("empty_conditioning", CONDITIONING),
+        Input("neg_scale", FLOAT, default=1.0, min=0.0, max=100.0, step=0.01),
+    )
+    outputs = (Output("MODEL", MODEL),)
+
+    def run(self, ctx, model, empty_conditioning, neg_scale):
+        if not empty_conditioning:
+            raise ValueError("PerpNeg: input 'empty_conditioning' holds no conditioning (encode an empty prompt)")
+        return (model.with_guidance(PerpNegPatch(empty_conditioning, float(neg_scale))),)
+
+
+class SelfAttentionGuidance(Node):
+    type = "SelfAttentionGuidance"
+    display_name = "Self-Attention Guidance"
+    category = "_for_testing"
+    description = ("Self-attention guidance (Hong et al. 2023): blur the predicted image where the UNet's middle "
+                   "block attends most (Gaussian, `blur_sigma` latent cells), predict it again and steer away from "
+                   "the blurred result by `scale`. One more UNet pass per step; the negative pass always runs.")
+    inputs = (
+        Input("model", MODEL),
+        Input("scale", FLOAT, default=0.5, min=-2.0, max=5.0, step=0.01),
+        Input("blur_sigma", FLOAT, default=2.0, min=0.0, max=10.0, step=0.1),
+    )
+    outputs = (Output("MODEL", MODEL),)
+
+    def run(self, ctx, model, scale, blur_sigma):
+        patch = SelfAttentionGuidancePatch(float(scale), float(blur_sigma))
+        return (model.with_lora([("unet", patch)]).with_guidance(patch),)

@@ -52,7 +52,8 @@ class _Handle:
 
     def _lora_repr(self) -> str:
         loras = self.options.get("lora", ())
-        return "".join(f" +{a.name}@{a.strength:g}({t})" for t, a in loras)
+        shown = {id(p) for p in self.options.get("guidance", ())}  # described once, by the guidance part
+        return "".join(f" +{a.name}@{a.strength:g}({t})" for t, a in loras if id(a) not in shown)
 
 
 @dataclass(eq=False)
@@ -84,8 +85,17 @@ class ModelHandle(_Handle):
             return None
         return "refiner" if self.family == "sdxl_refiner" else "sdxl"
 
+    def with_guidance(self, patch) -> "ModelHandle":
+        """A clone that samples with one more guidance patch (:mod:`nodes.sampling.guidance_patches`)."""
+        other = self.clone()
+        other.options["guidance"] = tuple(self.options.get("guidance", ())) + (patch,)
+        return other
+
     def __repr__(self) -> str:
-        return f"<MODEL {self.family} {self.source}{self._lora_repr()}>"
+        from nodes.sampling.guidance_patches import describe
+
+        guidance = "".join(f" +{describe(p)}" for p in self.options.get("guidance", ()))
+        return f"<MODEL {self.family} {self.source}{self._lora_repr()}{guidance}>"
 
 
 @dataclass

@@ -12,6 +12,14 @@ UNet keyword arguments (batch-first tensors, or tuples or lists of them; rows of
 ControlNets and T2I-Adapters use it (:mod:`nodes.controlnet.apply`). A ``"gligen"`` option (GLIGEN boxes,
 :mod:`nodes.gligen.apply`) is bound the same way; its entries run in UNet calls of their own, with the GLIGEN layers
 attached for those calls only.
+
+A conditioning entry with ``"start_percent"``/``"end_percent"`` (ConditioningSetTimestepRange) takes part only while
+sigma lies between the two percents' sigmas (the model's ``percent_to_sigma``, ends included); entries out of range
+are left out of their conditioning's weighted average. A conditioning with no entry in range at some sigma of the
+schedule is refused before the first step (it would have no prediction there).
+
+Guidance patches on the MODEL (RescaleCFG, PerpNeg, SelfAttentionGuidance: ``options["guidance"]``) change how the
+predictions combine: :mod:`nodes.sampling.guidance_patches`.
 """
 from __future__ import annotations
 
@@ -37,6 +45,7 @@ class _Entry:
     concat: torch.Tensor | None  # [B, k, H, W] inpainting channels over the full frame
     extra: Any = None  # the bound "unet_inputs" option (see the module docstring), shared by entries that share it
     gligen: Any = None  # the bound "gligen" option (nodes.gligen.apply.BoundGligen)
+    sigma_range: tuple[float, float] | None = None  # (low, high): the entry applies while low <= sigma <= high
 
 
 def _lcm(values) -> int:
@@ -151,10 +160,23 @@ class Guider:
         return ("positive", "negative") if self.style == "cfg" else ("cond1", "cond2", "negative")
 
     def denoiser(self, latent_in: torch.Tensor, noise: torch.Tensor | None, noise_mask: torch.Tensor | None,
-                 image_size: tuple[int, int], need_uncond: bool = False) -> "CFGDenoiser":
-        groups, combine, uncond = self.plan(need_uncond)
-        return CFGDenoiser(self.model, groups, combine, latent_in, noise, noise_mask, image_size,
-                           self.input_names[:len(groups)], uncond_index=uncond)
+                 image_size: tuple[int, int], sigmas: torch.Tensor | None = None,
+                 need_uncond: bool = False) -> "CFGDenoiser":
+        """The per-run denoiser; given the schedule ``sigmas``, conditioning timestep ranges are checked against it
+        before the first step. ``need_uncond`` (CFG++ samplers) keeps the negative pass at scale 1."""
+        patches = tuple(self.model.options.get("guidance", ()))
+        if patches:
+            from nodes.sampling.guidance_patches import PatchedGuidance
+
+            rule = PatchedGuidance.plan(self, patches, need_uncond)
+            groups, combine, names = rule.groups, None, rule.group_names
+            uncond = None if rule.skip_negative else 1
+        else:
+            rule = None
+            groups, combine, uncond = self.plan(need_uncond)
+            names = self.input_names[:len(groups)]
+        return CFGDenoiser(self.model, groups, combine, latent_in, noise, noise_mask, image_size, names,
+                           uncond_index=uncond, rule=rule, sigmas=sigmas)
 
 
 class CFGDenoiser:
@@ -165,7 +187,8 @@ class CFGDenoiser:
 
     def __init__(self, model: ModelHandle, groups: list, combine, latent_in: torch.Tensor,
                  noise: torch.Tensor | None, noise_mask: torch.Tensor | None, image_size: tuple[int, int],
-                 group_names: tuple[str, ...] = ("positive", "negative"), uncond_index: int | None = None):
+                 group_names: tuple[str, ...] = ("positive", "negative"), uncond_index: int | None = None,
+                 rule=None, sigmas: torch.Tensor | None = None):
         self.model = model
         self.uncond_index = uncond_index
         self.ms = model.model_sampling
@@ -195,13 +218,53 @@ class CFGDenoiser:
             for emb, opts in conds:
                 self.entries.append(self._prepare(g, emb, opts or {}))
         self.n_groups = len(groups)
-        self.buckets: dict[tuple, list[_Entry]] = {}
-        for e in self.entries:
-            key = ((e.area[0], e.area[1]) if e.area else (h, w), e.gligen.key if e.gligen is not None else None)
-            self.buckets.setdefault(key, []).append(e)
+        self.ranged = any(e.sigma_range is not None for e in self.entries)
+        self._buckets: dict[tuple, dict] = {}
+        if sigmas is not None and self.ranged:
+            self._check_ranges_cover(sigmas)
+        self.unet_observers: list = []  # fn(entries, b) after each UNet call (guidance patches that read activations)
         if any(e.gligen is not None for e in self.entries):
             self.unet = model.unet.module  # GLIGEN layers are attached per call: a compiled graph would not see them
         self.calls = 0
+        self.rule = rule.bind(self) if rule is not None else None
+
+    def _bucketed(self, active: tuple[int, ...]) -> dict[tuple, list[_Entry]]:
+        """The entries ``active`` (indices) grouped by the latent size they see (and their GLIGEN boxes): one UNet call
+        each."""
+        if active not in self._buckets:
+            _, h, w = self.shape
+            buckets: dict[tuple, list[_Entry]] = {}
+            for i in active:
+                e = self.entries[i]
+                key = ((e.area[0], e.area[1]) if e.area else (h, w), e.gligen.key if e.gligen is not None else None)
+                buckets.setdefault(key, []).append(e)
+            self._buckets[active] = buckets
+        return self._buckets[active]
+
+    def _check_ranges_cover(self, sigmas: torch.Tensor) -> None:
+        """Every conditioning must have an entry in range wherever the sampler may evaluate: from the schedule's
+        first sigma down to its last nonzero one."""
+        values = [float(s) for s in torch.as_tensor(sigmas).flatten().tolist() if float(s) > 0.0]
+        if not values:
+            return
+        lo, hi = min(values), max(values)
+        for g in range(self.n_groups):
+            spans = sorted((e.sigma_range or (0.0, math.inf)) for e in self.entries if e.group == g)
+            reach = lo
+            for a, b in spans:
+                if a > reach:
+                    break
+                reach = max(reach, b)
+            if reach < hi:
+                gap_hi = next((a for a, _ in spans if a > reach), hi)
+                raise ValueError(
+                    f"the {self.group_names[g]} conditioning has no entry whose timestep range "
+                    f"(ConditioningSetTimestepRange) covers sampling progress {self._percent(min(gap_hi, hi)):.3f} to "
+                    f"{self._percent(reach):.3f} of this schedule: combine it with one that covers the rest")
+
+    def _percent(self, sigma: float) -> float:
+        t = float(self.ms.timestep(torch.tensor([sigma], dtype=torch.float64))[0])
+        return max(0.0, min(1.0, 1.0 - t / (self.ms.num_timesteps - 1)))
 
     # -- preparation (once per sampling run; host syncs allowed here) -----------------------------------------
     def _prepare(self, group: int, emb: torch.Tensor, opts: dict) -> _Entry:
@@ -276,6 +339,10 @@ class CFGDenoiser:
             else:
                 m = torch.ones(1, 1, h, w, device=self.device)
             concat = torch.cat([m.expand(b, -1, -1, -1), lat.expand(b, -1, -1, -1)], 1)
+        sigma_range = None
+        start, end = float(opts.get("start_percent", 0.0)), float(opts.get("end_percent", 1.0))
+        if start > 0.0 or end < 1.0:
+            sigma_range = (self.ms.percent_to_sigma(end), self.ms.percent_to_sigma(start))
         extra = opts.get("unet_inputs")
         if extra is not None and area is not None:
             raise ValueError(f"the {('positive', 'negative')[group]} conditioning is limited to an area and carries "
@@ -292,7 +359,7 @@ class CFGDenoiser:
             if id(gligen) not in self._bound:
                 self._bound[id(gligen)] = gligen.bind(self.model, self.shape, self.group_names[group])
             gligen = self._bound[id(gligen)]
-        return _Entry(group, emb, area, mult, pooled, adm, concat, extra, gligen=gligen)
+        return _Entry(group, emb, area, mult, pooled, adm, concat, extra, gligen=gligen, sigma_range=sigma_range)
 
     # -- the per-step call ------------------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
@@ -303,18 +370,35 @@ class CFGDenoiser:
         if m is not None:
             s = sigma.reshape(-1, 1, 1, 1).to(x.dtype)
             x = x * m + (self.latent + self.noise * s) * (1.0 - m)
-        sums = [torch.zeros_like(x) for _ in range(self.n_groups)]
-        counts = [torch.full_like(x, 1e-37) for _ in range(self.n_groups)]
-        for entries in self.buckets.values():
-            self._run_bucket(x, sigma, entries, sums, counts)
-        preds = [s / c for s, c in zip(sums, counts)]
-        den = self.combine(preds)
+        preds = self.predict(x, sigma)
+        den = self.combine(preds) if self.rule is None else self.rule(x, sigma, preds)
         uncond = None if self.uncond_index is None else preds[self.uncond_index]
         if m is not None:
             den = den * m + self.latent * (1.0 - m)
             if uncond is not None:
                 uncond = uncond * m + self.latent * (1.0 - m)
         return den, den if uncond is None else uncond
+
+    def predict(self, x: torch.Tensor, sigma: torch.Tensor, groups: tuple[int, ...] | None = None) -> list:
+        """Each conditioning group's prediction (the weighted average of its entries' denoised x0) at ``x``; with
+        ``groups``, only those (the others' places hold None)."""
+        wanted = range(self.n_groups) if groups is None else groups
+        active = tuple(i for i, e in enumerate(self.entries) if e.group in wanted)
+        if self.ranged:
+            s = float(sigma.reshape(-1)[0])  # one host read per step, only with timestep ranges
+            active = tuple(i for i in active
+                           if self.entries[i].sigma_range is None
+                           or self.entries[i].sigma_range[0] <= s <= self.entries[i].sigma_range[1])
+            for g in wanted:
+                if not any(self.entries[i].group == g for i in active):
+                    raise ValueError(f"the {self.group_names[g]} conditioning has no entry whose timestep range "
+                                     f"(ConditioningSetTimestepRange) covers sampling progress "
+                                     f"{self._percent(s):.3f}")
+        sums = [torch.zeros_like(x) if g in wanted else None for g in range(self.n_groups)]
+        counts = [torch.full_like(x, 1e-37) if g in wanted else None for g in range(self.n_groups)]
+        for entries in self._bucketed(active).values():
+            self._run_bucket(x, sigma, entries, sums, counts)
+        return [None if s is None else s / c for s, c in zip(sums, counts)]
 
     def _run_bucket(self, x, sigma, entries: list[_Entry], sums, counts) -> None:
         b = x.shape[0]
@@ -352,6 +436,8 @@ class CFGDenoiser:
             out = self.unet(net_in.to(self.dtype), t, encoder_hidden_states=torch.cat(ctx), return_dict=False,
                             **kwargs)[0]
         self.calls += 1
+        for observe in self.unet_observers:
+            observe(entries, b)
         den = self.ms.calculate_denoised(s_in, out.float(), x_in)
         for i, e in enumerate(entries):
             d = den[i * b:(i + 1) * b]
