@@ -18,6 +18,8 @@ DEFAULT_FOLDERS: dict[str, str] = {
     "embeddings": "models/embeddings",
     "controlnet": "models/controlnet",
     "upscale_models": "models/upscale_models",
+    "clip_vision": "models/clip_vision",
+    "style_models": "models/style_models",
     "configs": "models/configs",
     "unet": "models/unet",
     "clip": "models/clip",
@@ -28,7 +30,8 @@ DEFAULT_FOLDERS: dict[str, str] = {
 }
 
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft")
-MODEL_KINDS = ("checkpoints", "loras", "vae", "embeddings", "controlnet", "upscale_models")
+MODEL_KINDS = ("checkpoints", "loras", "vae", "embeddings", "controlnet", "upscale_models", "clip_vision",
+               "style_models")
 
 
 class FileNotFoundInFolders(FileNotFoundError):
