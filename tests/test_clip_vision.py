@@ -29,7 +29,8 @@ from nodes.vision import clip_vision
 from nodes.vision.preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
 
 MORE = Path(__file__).resolve().parent / "data" / "comfyui" / "comfyui-more-nodes.json"
-NODES = ("CLIPVisionLoader", "CLIPVisionEncode", "unCLIPConditioning", "StyleModelLoader", "StyleModelApply")
+NODES = ("CLIPVisionLoader", "CLIPVisionEncode", "unCLIPConditioning", "StyleModelLoader", "StyleModelApply",
+         "unCLIPCheckpointLoader", "ImageOnlyCheckpointLoader")
 
 
 @pytest.fixture(scope="module")

@@ -148,3 +148,76 @@ class StyleModelApply(Node):
                                  "model family")
             result.append([torch.cat([emb, cond.to(emb)], dim=1), dict(opts)])
         return (result,)
+
+
+# ---------------------------------------------------------------------------------------- checkpoints with an encoder
+
+LABEL_KEY = "model.diffusion_model.label_emb.0.0.weight"
+
+
+def _video_model(shapes) -> bool:
+    return any(".time_stack." in k or ".time_mixer." in k for k in shapes)
+
+
+def _image_encoder_checkpoint(ctx, node: str):
+    """(MODEL, CLIP, VAE, CLIP_VISION) of a checkpoint that carries its image encoder (SD2.1-unCLIP); a clear error
+    naming the node and input for any other file."""
+    from nodes.loading.detect import FAMILY_NAMES, detect
+    from nodes.loading.weights import WeightFile
+    from nodes.vision.unclip import read_noise_augmentor
+
+    path, mgr = ctx.file_path("ckpt_name"), manager(ctx)
+    where = f"{node}: input 'ckpt_name': {path.name}"
+    if path.is_dir():
+        raise ValueError(f"{where} is a diffusers folder; {node} reads single-file checkpoints that carry an image "
+                         "encoder (SD2.1-unCLIP)")
+    with WeightFile(path, mgr.allow_pickle) as source:
+        shapes = source.shapes
+        if _video_model(shapes):
+            raise ValueError(f"{where} is an image-to-video model (Stable Video Diffusion): Chisel loads SD1.x, SD2.x "
+                             "and SDXL image models only")
+        det = detect(shapes, source.metadata, path)
+        if clip_vision.find_layout(shapes) is None:
+            hint = ("for SDXL 'revision', load the checkpoint with Load Checkpoint and OpenCLIP ViT-bigG "
+                    "(clip_vision_g) with Load CLIP Vision" if det.family.startswith("sdxl") else
+                    "load it with Load Checkpoint, and an image encoder with Load CLIP Vision")
+            raise ValueError(f"{where} is a {FAMILY_NAMES[det.family]} checkpoint without an image encoder "
+                             f"(not an unCLIP checkpoint): {hint}")
+        class_dim = shapes[LABEL_KEY][1] if LABEL_KEY in shapes and not det.family.startswith("sdxl") else None
+        if class_dim is None:
+            raise ValueError(f"{where} carries an image encoder but its UNet takes no image embedding (no class "
+                             "input): not an unCLIP checkpoint Chisel reads")
+        augmentor = mgr.load_once("unclip_statistics", path, lambda: read_noise_augmentor(source, int(class_dim)))
+    bundle = mgr.load_checkpoint(path)
+    vision = clip_vision.load_embedded(mgr, path)
+    model = bundle.model.clone()
+    model.noise_augmentor = augmentor
+    return model, bundle.clip, bundle.vae, vision
+
+
+class unCLIPCheckpointLoader(Node):  # noqa: N801 - ComfyUI's name
+    type = "unCLIPCheckpointLoader"
+    display_name = "unCLIPCheckpointLoader"
+    category = "loaders"
+    description = ("Load an unCLIP checkpoint (SD2.1-unCLIP, models/checkpoints): the model, text encoder and VAE, "
+                   "and the image encoder it carries, for unCLIPConditioning.")
+    inputs = (Input("ckpt_name", COMBO, files="checkpoints", extensions=CHECKPOINT_EXTENSIONS),)
+    outputs = (Output("MODEL", MODEL), Output("CLIP", CLIP), Output("VAE", VAE), Output(CLIP_VISION, CLIP_VISION))
+
+    def run(self, ctx, ckpt_name):
+        return _image_encoder_checkpoint(ctx, self.type)
+
+
+class ImageOnlyCheckpointLoader(Node):
+    type = "ImageOnlyCheckpointLoader"
+    display_name = "Image Only Checkpoint Loader (img2vid model)"
+    category = "loaders/video_models"
+    description = ("Load a checkpoint conditioned on images rather than text: its model, image encoder and VAE. "
+                   "Chisel reads SD2.1-unCLIP files here; image-to-video models (Stable Video Diffusion) are not "
+                   "supported, and a checkpoint without an image encoder is refused.")
+    inputs = (Input("ckpt_name", COMBO, files="checkpoints", extensions=CHECKPOINT_EXTENSIONS),)
+    outputs = (Output("MODEL", MODEL), Output(CLIP_VISION, CLIP_VISION), Output("VAE", VAE))
+
+    def run(self, ctx, ckpt_name):
+        model, _clip, vae, vision = _image_encoder_checkpoint(ctx, self.type)
+        return (model, vision, vae)

@@ -289,12 +289,16 @@ class CFGDenoiser:
 
     def _unclip_labels(self, unclip, group: int) -> torch.Tensor:
         """The class input of an SD2.1-unCLIP UNet: the noise-augmented image embeddings, or zeros without any."""
-        from nodes.vision.unclip import SD21_MERGE_LEVEL, NoiseAugmentor, adm_vector
+        from nodes.vision.unclip import SD21_MERGE_LEVEL, adm_vector
 
         width = int(self.model.config.get("projection_class_embeddings_input_dim") or 0)
         if not unclip:
             return torch.zeros(1, width, device=self.device, dtype=self.dtype)
-        aug = getattr(self.model, "noise_augmentor", None) or NoiseAugmentor(timestep_dim=width // 2)
+        aug = getattr(self.model, "noise_augmentor", None)
+        if aug is None:
+            raise ValueError(f"the {self.group_names[group]} conditioning carries an unCLIP image but this unCLIP model "
+                             "was loaded without its image-embedding statistics: load the checkpoint with "
+                             "unCLIPCheckpointLoader")
         try:
             vec = adm_vector(unclip, aug, self.seed, SD21_MERGE_LEVEL)
         except ValueError as exc:

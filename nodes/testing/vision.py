@@ -98,3 +98,56 @@ def write_style_model(path, state: dict[str, torch.Tensor], heads: int = 4) -> P
     save_file({k: v.contiguous() for k, v in state.items()}, str(path),
               metadata={"chisel.style_model": json.dumps({"num_attention_heads": heads})})
     return Path(path)
+
+
+# -------------------------------------------------------------------------------------------------- tiny unCLIP
+
+
+class TinyUnclip:
+    """A tiny SD2.1-unCLIP model: an SD2 layout whose UNet takes a class input (diffusers' ``class_embed_type=
+    "projection"``: the image embedding plus its noise-level embedding), with its image encoder and embedding
+    statistics."""
+
+    def __init__(self, seed: int = 0, embed_dim: int = 24):
+        from diffusers import UNet2DConditionModel
+
+        from nodes.testing import tiny
+
+        base = tiny.build("sd2", seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 100)
+            self.unet = UNet2DConditionModel(
+                sample_size=8, in_channels=4, out_channels=4,
+                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                block_out_channels=(16, 32, 32), layers_per_block=1, cross_attention_dim=32,
+                attention_head_dim=(2, 4, 4), use_linear_projection=True, norm_num_groups=8,
+                class_embed_type="projection", projection_class_embeddings_input_dim=2 * embed_dim).eval()
+            g = torch.Generator().manual_seed(seed + 101)
+            self.mean = torch.randn(1, embed_dim, generator=g) * 0.5
+            self.std = torch.rand(1, embed_dim, generator=g) + 0.5
+        self.vae, self.text_encoder = base.vae, base.text_encoder
+        self.tower = build_clip_vision(width=32, projection=embed_dim, seed=seed + 102)
+        self.embed_dim = embed_dim
+
+
+def write_unclip(path, model: TinyUnclip, dtype: torch.dtype | None = torch.float32, with_vision: bool = True) -> Path:
+    """An SD2.1-unCLIP single file: the SD2 components, the image encoder under ``embedder.model.visual.`` and the
+    embedding statistics as ``noise_augmentor.data_mean`` / ``data_std`` (with the augmentor's schedule buffers, as
+    the published files carry them)."""
+    from safetensors.torch import save_file
+
+    from nodes.testing.export import chisel_metadata, ldm_state_dict
+
+    sd = ldm_state_dict("sd2", model.unet, model.vae, model.text_encoder)
+    if with_vision:
+        sd.update(to_open_clip(model.tower, "embedder.model."))
+    sd["noise_augmentor.data_mean"] = model.mean
+    sd["noise_augmentor.data_std"] = model.std
+    sd["noise_augmentor.betas"] = torch.linspace(1e-4, 0.02, 1000)
+    meta = chisel_metadata("sd2", model.unet, model.vae, model.text_encoder, prediction_type="epsilon")
+    meta.update(vision_metadata(model.tower))
+    state = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).contiguous()
+             for k, v in sd.items()}
+    save_file(state, str(path), metadata=meta)
+    return Path(path)

@@ -271,3 +271,27 @@ def load(manager, path: str | Path) -> ClipVisionHandle:
     path = Path(path)
     return manager.load_once("clip_vision", path, lambda: make_handle(
         manager, load_clip_vision(path, manager.allow_pickle), str(path)))
+
+
+def load_embedded(manager, path: str | Path) -> ClipVisionHandle:
+    """The image encoder inside a checkpoint (OpenCLIP's ``visual.*`` under ``embedder.model.`` in SD2.1-unCLIP files),
+    loaded once per file identity; only its tensors are read."""
+    from nodes.loading.weights import WeightFile
+
+    path = Path(path)
+
+    def factory():
+        with WeightFile(path, manager.allow_pickle) as source:
+            found = find_layout(source.shapes)
+            if found is None:
+                raise WrongFileKind(f"{path.name} holds no CLIP image encoder (no visual.* or vision_model.* tensors): "
+                                    "it is not an unCLIP checkpoint; use Load Checkpoint, and Load CLIP Vision for "
+                                    "an image encoder file.", path, kind="no_clip_vision")
+            layout, prefix = found
+            keys = [k for k in source.shapes if k.startswith(prefix + "visual." if layout == "open_clip" else
+                                                              (HF_PREFIX, "visual_projection."))]
+            state, metadata = source.many(keys), dict(source.metadata)
+        loaded = load_clip_vision_state(state, metadata, path, prefix if layout == "open_clip" else None)
+        return make_handle(manager, loaded, str(path))
+
+    return manager.load_once("clip_vision_in_checkpoint", path, factory)

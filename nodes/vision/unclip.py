@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -96,3 +97,19 @@ def adm_vector(unclip: list[dict], augmentor: NoiseAugmentor, seed: int, merge_l
     total = torch.stack(parts).sum(0)
     width = total.shape[-1] - augmentor.timestep_dim
     return augmentor.augment(total[:, :width], noise_level(merge_level), seed)
+
+
+STATS_KEYS = ("noise_augmentor.data_mean", "noise_augmentor.data_std")
+
+
+def read_noise_augmentor(source, class_dim: int) -> NoiseAugmentor:
+    """The embedding statistics of an unCLIP checkpoint (an open :class:`nodes.loading.weights.WeightFile`); the
+    noise-level embedding takes the rest of the UNet's ``class_dim`` input."""
+    if not all(k in source.shapes for k in STATS_KEYS):
+        raise ValueError(f"{Path(source.path).name} has a class input but no noise_augmentor.data_mean/data_std: not "
+                         "an unCLIP checkpoint Chisel reads")
+    mean, std = (source.get(k).float().reshape(1, -1) for k in STATS_KEYS)
+    if class_dim <= mean.shape[-1]:
+        raise ValueError(f"{Path(source.path).name}: the UNet's class input ({class_dim}) leaves no room for the "
+                         f"noise-level embedding beside a {mean.shape[-1]}-wide image embedding")
+    return NoiseAugmentor(timestep_dim=class_dim - mean.shape[-1], mean=mean, std=std)
