@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +115,135 @@ def test_sdxl_revision_with_an_embedding_of_another_width_names_the_encoder_to_u
                                     noise_augmentation=0.0)[0]
     with pytest.raises(ValueError, match="negative conditioning's unCLIP image embedding is 24 wide.*clip_vision_g"):
         _entries(bundle, pos, cond, 0)
+
+
+# -- SD2.1-unCLIP -------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def unclip_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("unclip")
+    model = tv.TinyUnclip(seed=0)
+    return {"model": model, "unclip": tv.write_unclip(d / "unclip.safetensors", model),
+            "no_vision": tv.write_unclip(d / "unclip-novision.safetensors", model, with_vision=False)}
+
+
+def _services():
+    class Services:
+        models = ModelManager("cpu")
+        paths = None
+    return Services()
+
+
+def _load_unclip(path, node=None):
+    from sd_fixtures import FakeContext
+
+    from nodes.library.clip_vision import unCLIPCheckpointLoader
+
+    ctx = FakeContext(services=_services(), files={"ckpt_name": path})
+    return ctx, (node or unCLIPCheckpointLoader)().run(ctx, ckpt_name=Path(path).name)
+
+
+def _unclip_pipeline(m):
+    import warnings
+
+    from diffusers import DDPMScheduler, EulerDiscreteScheduler, StableUnCLIPImg2ImgPipeline
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+    from transformers import CLIPTokenizer
+
+    from nodes.loading.configs import CONFIG_ROOT, template
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from transformers import CLIPImageProcessor
+
+        processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    norm = StableUnCLIPImageNormalizer(embedding_dim=m.embed_dim)
+    with torch.no_grad():
+        norm.mean.copy_(m.mean)
+        norm.std.copy_(m.std)
+    pipe = StableUnCLIPImg2ImgPipeline(
+        feature_extractor=processor, image_encoder=m.tower, image_normalizer=norm,
+        image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2", num_train_timesteps=1000),
+        tokenizer=CLIPTokenizer.from_pretrained(str(CONFIG_ROOT / "clip_tokenizer"), model_max_length=77),
+        text_encoder=m.text_encoder, unet=m.unet, vae=m.vae,
+        # 'linspace' spacing: the timesteps 999, 888, ... 0 of the 'normal' schedule at 10 steps
+        scheduler=EulerDiscreteScheduler.from_config(template("sd2", "scheduler"), timestep_spacing="linspace"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_parity_with_diffusers_stable_unclip_pipeline(unclip_files):
+    """The same tiny SD2.1-unCLIP weights read back from one fp32 file (UNet with a class input, image encoder under
+    embedder.model.visual, embedding statistics), the same 32x32 image, noise level 250, 10 Euler steps, CFG 7.5.
+    diffusers gets Chisel's prompt embeddings, the starting latents Chisel samples from, and a generator seeded with
+    seed - 10 (its image-embedding noise is the first draw). Both sides run float32 through the same modules, so they
+    differ by rounding only (~1e-6 measured); without the image the result moves by far more than the 1e-4 bound."""
+    from PIL import Image
+
+    from nodes.library.clip_vision import CLIPVisionEncode
+    from nodes.library.latent import VAEDecode
+    from nodes.sampling import calculate_sigmas, initial_noise
+
+    m = unclip_files["model"]
+    ctx, (model, clip, vae, vision) = _load_unclip(unclip_files["unclip"])
+    image = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(4))
+    out = CLIPVisionEncode().run(ctx, clip_vision=vision, image=image, crop="center")[0]
+    pos = CLIPTextEncode().run(None, text="a red circle", clip=clip)[0]
+    neg = CLIPTextEncode().run(None, text="", clip=clip)[0]
+    level, seed, steps, cfg = 250, 99, 10, 7.5
+    cond = unCLIPConditioning().run(None, conditioning=pos, clip_vision_output=out, strength=1.0,
+                                    noise_augmentation=level / 999)[0]
+    lat = EmptyLatentImage().run(None, width=64, height=64, batch_size=1)[0]
+
+    def ours(p):
+        res = KSampler().run(None, model=model, seed=seed, steps=steps, cfg=cfg, sampler_name="euler",
+                             scheduler="normal", positive=p, negative=neg, latent_image=lat, denoise=1.0)[0]
+        return VAEDecode().run(None, samples=res, vae=vae)[0].numpy()
+
+    s0 = float(calculate_sigmas(model.model_sampling, "normal", steps)[0])
+    start = initial_noise((1, 4, 8, 8), seed) * (s0 ** 2 + 1) ** 0.5  # given latents are used as they are
+    pil = Image.fromarray((image[0].numpy() * 255).round().astype("uint8"))
+    ref = _unclip_pipeline(m)(image=pil, prompt_embeds=pos[0][0], negative_prompt_embeds=neg[0][0], height=64,
+                              width=64, num_inference_steps=steps, guidance_scale=cfg, noise_level=level,
+                              generator=torch.Generator().manual_seed(seed - 10), latents=start,
+                              output_type="np").images
+    got = ours(cond)
+    assert abs(got - ref).max() <= 1e-4
+    assert abs(ours(pos) - ref).max() > 1e-2
+
+
+def test_unclip_checkpoint_carries_its_image_encoder_and_statistics(unclip_files):
+    from nodes.library.clip_vision import ImageOnlyCheckpointLoader
+
+    m = unclip_files["model"]
+    ctx, (model, clip, vae, vision) = _load_unclip(unclip_files["unclip"])
+    assert model.config["class_embed_type"] == "projection"
+    assert torch.equal(model.noise_augmentor.mean, m.mean) and model.noise_augmentor.timestep_dim == m.embed_dim
+    pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(vision.module.module(pixel_values=pixels).image_embeds,
+                              m.tower(pixel_values=pixels).image_embeds, atol=1e-5)
+    _, (model2, vision2, vae2) = _load_unclip(unclip_files["unclip"], ImageOnlyCheckpointLoader)
+    assert model2.noise_augmentor is not None and vision2.has_projection and vae2 is not None
+
+
+def test_checkpoints_without_an_image_encoder_are_refused_by_name(unclip_files):
+    from nodes.library.clip_vision import ImageOnlyCheckpointLoader
+
+    with pytest.raises(ValueError, match=r"unCLIPCheckpointLoader: input 'ckpt_name': .* Stable Diffusion 1\.x "
+                                         r"checkpoint without an image encoder"):
+        _load_unclip(tiny_file("sd1"))
+    with pytest.raises(ValueError, match="ImageOnlyCheckpointLoader: input 'ckpt_name'.*clip_vision_g"):
+        _load_unclip(tiny_file("sdxl"), ImageOnlyCheckpointLoader)
+    with pytest.raises(ValueError, match="without an image encoder"):
+        _load_unclip(unclip_files["no_vision"])
+
+
+def test_an_unclip_file_loaded_as_a_plain_checkpoint_says_which_loader_to_use(unclip_files):
+    bundle = ModelManager("cpu").load_checkpoint(unclip_files["unclip"])
+    pos = CLIPTextEncode().run(None, text="a red circle", clip=bundle.clip)[0]
+    cond = unCLIPConditioning().run(None, conditioning=pos, clip_vision_output=_vision_output(24), strength=1.0,
+                                    noise_augmentation=0.0)[0]
+    with pytest.raises(ValueError, match="positive conditioning.*load the checkpoint with unCLIPCheckpointLoader"):
+        _entries(bundle, cond, pos, 0)
+    assert _entries(bundle, pos, pos, 0)[0].labels.abs().max() == 0  # text alone: a zero class input
