@@ -312,3 +312,87 @@ def test_nodes_match_comfyui(type_name):
             assert spec.files
         else:
             assert spec.type == kind
+
+
+# -- through the engine: ComfyUI API-format graphs ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, files):
+    import shutil
+
+    from PIL import Image
+
+    r = tmp_path_factory.mktemp("visionroot")
+    for folder, name, src in (("checkpoints", "sd1.safetensors", tiny_file("sd1")),
+                              ("checkpoints", "sdxl.safetensors", tiny_file("sdxl")),
+                              ("clip_vision", "clip_vision_g.safetensors", None),
+                              ("clip_vision", "not-a-clip-vision.safetensors", tiny_file("sd1")),
+                              ("clip_vision", "cv.safetensors", files["transformers"]),
+                              ("style_models", "t2iadapter_style.safetensors", files["style"])):
+        (r / "models" / folder).mkdir(parents=True, exist_ok=True)
+        if src is None:  # a bigG-like encoder for the tiny SDXL: projection as wide as its pooled embedding (48)
+            tv.write_clip_vision(r / "models" / folder / name, tv.build_clip_vision(projection=48, seed=6))
+        else:
+            shutil.copy(src, r / "models" / folder / name)
+    (r / "input").mkdir()
+    Image.fromarray((_image(48, 40, seed=9)[0].numpy() * 255).round().astype("uint8")).save(r / "input" / "ref.png")
+    return r
+
+
+def _graph(ckpt: str, image_nodes: dict, positive: list) -> dict:
+    """txt2img at 64x64 for 2 steps, the positive conditioning taken from ``positive`` (a link)."""
+    return {"4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+            "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle", "clip": ["4", 1]}},
+            "7": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["6", 0]}},
+            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "20": {"class_type": "LoadImage", "inputs": {"image": "ref.png"}},
+            **image_nodes,
+            "3": {"class_type": "KSampler", "inputs": {
+                "model": ["4", 0], "seed": 5, "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
+                "positive": positive, "negative": ["7", 0], "latent_image": ["5", 0], "denoise": 1.0}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+            "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "vision"}}}
+
+
+def test_sdxl_revision_and_style_model_graphs_run_and_use_the_image(root):
+    from sd_fixtures import make_engine
+
+    eng, _ = make_engine(root)
+    revision = {"21": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "clip_vision_g.safetensors"}},
+                "22": {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["21", 0], "image": ["20", 0],
+                                                                    "crop": "center"}},
+                "23": {"class_type": "unCLIPConditioning", "inputs": {
+                    "conditioning": ["6", 0], "clip_vision_output": ["22", 0], "strength": 1.0,
+                    "noise_augmentation": 0.1}}}
+    style = {"21": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "cv.safetensors"}},
+             "22": {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["21", 0], "image": ["20", 0],
+                                                                 "crop": "none"}},
+             "24": {"class_type": "StyleModelLoader", "inputs": {"style_model_name": "t2iadapter_style.safetensors"}},
+             "23": {"class_type": "StyleModelApply", "inputs": {
+                 "conditioning": ["6", 0], "style_model": ["24", 0], "clip_vision_output": ["22", 0],
+                 "strength": 1.0, "strength_type": "multiply"}}}
+    for ckpt, nodes in (("sdxl.safetensors", revision), ("sd1.safetensors", style)):
+        res = eng.run(_graph(ckpt, nodes, ["23", 0]))
+        assert res.status == "success", [e.message for e in res.errors]
+        assert (root / "output" / res.outputs["9"]["images"][0]["filename"]).is_file()
+        with_image = eng.run(_graph(ckpt, nodes, ["23", 0]), outputs=["8"]).values["8"][0]
+        text_only = eng.run(_graph(ckpt, nodes, ["6", 0]), outputs=["8"]).values["8"][0]
+        assert (with_image - text_only).abs().max() > 1e-3
+
+
+def test_a_checkpoint_given_as_clip_vision_fails_with_the_node_and_what_the_file_is(root):
+    from sd_fixtures import make_engine
+
+    eng, _ = make_engine(root)
+    nodes = {"21": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "not-a-clip-vision.safetensors"}},
+             "22": {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["21", 0], "image": ["20", 0],
+                                                                 "crop": "center"}},
+             "23": {"class_type": "unCLIPConditioning", "inputs": {
+                 "conditioning": ["6", 0], "clip_vision_output": ["22", 0], "strength": 1.0,
+                 "noise_augmentation": 0.0}}}
+    res = eng.run(_graph("sdxl.safetensors", nodes, ["23", 0]))
+    err = next(e for e in res.errors if e.node_type == "CLIPVisionLoader")
+    assert "Stable Diffusion checkpoint without an image encoder" in err.message
+    nodes["21"]["inputs"]["clip_name"] = "missing.safetensors"
+    _, errors = eng.validate(_graph("sdxl.safetensors", nodes, ["23", 0]))
+    assert any(e.node_id == "21" and e.input == "clip_name" for e in errors)
