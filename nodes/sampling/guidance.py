@@ -296,8 +296,8 @@ class CFGDenoiser:
             return torch.zeros(1, width, device=self.device, dtype=self.dtype)
         aug = getattr(self.model, "noise_augmentor", None)
         if aug is None:
-            raise ValueError(f"the {self.group_names[group]} conditioning carries an unCLIP image but this unCLIP model "
-                             "was loaded without its image-embedding statistics: load the checkpoint with "
+            raise ValueError(f"the {self.group_names[group]} conditioning carries an unCLIP image but this unCLIP "
+                             "model was loaded without its image-embedding statistics: load the checkpoint with "
                              "unCLIPCheckpointLoader")
         try:
             vec = adm_vector(unclip, aug, self.seed, SD21_MERGE_LEVEL)

@@ -73,7 +73,8 @@ def find_layout(keys) -> tuple[str, str] | None:
 
 def _what_else(keys: list[str], path: Path) -> WrongFileKind:
     if any(k.startswith(("model.diffusion_model.", "first_stage_model.")) for k in keys):
-        what = ("a Stable Diffusion checkpoint without an image encoder: use Load Checkpoint, or unCLIPCheckpointLoader "
+        what = ("a Stable Diffusion checkpoint without an image encoder: use Load Checkpoint, or "
+                "unCLIPCheckpointLoader "
                 "for an unCLIP checkpoint")
     elif "style_embedding" in keys:
         what = "a T2I style adapter: put it in models/style_models and use Load Style Model"
@@ -89,7 +90,8 @@ def open_clip_to_transformers(state: Mapping[str, torch.Tensor], prefix: str = "
     outside ``{prefix}visual.`` are left out."""
     p = prefix + "visual."
     out: dict[str, torch.Tensor] = {}
-    top = {"class_embedding": "embeddings.class_embedding", "positional_embedding": "embeddings.position_embedding.weight",
+    top = {"class_embedding": "embeddings.class_embedding",
+           "positional_embedding": "embeddings.position_embedding.weight",
            "conv1.weight": "embeddings.patch_embedding.weight", "ln_pre.weight": "pre_layrnorm.weight",
            "ln_pre.bias": "pre_layrnorm.bias", "ln_post.weight": "post_layernorm.weight",
            "ln_post.bias": "post_layernorm.bias"}
