@@ -74,8 +74,7 @@ def find_layout(keys) -> tuple[str, str] | None:
 def _what_else(keys: list[str], path: Path) -> WrongFileKind:
     if any(k.startswith(("model.diffusion_model.", "first_stage_model.")) for k in keys):
         what = ("a Stable Diffusion checkpoint without an image encoder: use Load Checkpoint, or "
-                "unCLIPCheckpointLoader "
-                "for an unCLIP checkpoint")
+                "unCLIPCheckpointLoader for an unCLIP checkpoint")
     elif "style_embedding" in keys:
         what = "a T2I style adapter: put it in models/style_models and use Load Style Model"
     elif any(k.startswith(("text_model.", "encoder.layers.")) or ".self_attn.q_proj." in k for k in keys):
