@@ -20,6 +20,7 @@ DEFAULT_FOLDERS: dict[str, str] = {
     "upscale_models": "models/upscale_models",
     "clip_vision": "models/clip_vision",
     "style_models": "models/style_models",
+    "gligen": "models/gligen",
     "configs": "models/configs",
     "unet": "models/unet",
     "clip": "models/clip",
@@ -30,7 +31,7 @@ DEFAULT_FOLDERS: dict[str, str] = {
 }
 
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft")
-MODEL_KINDS = ("checkpoints", "loras", "vae", "embeddings", "controlnet", "upscale_models", "clip_vision",
+MODEL_KINDS = ("checkpoints", "loras", "vae", "embeddings", "controlnet", "upscale_models", "gligen", "clip_vision",
                "style_models")
 
 
