@@ -146,7 +146,7 @@ class StyleModelApply(Node):
                 raise ValueError(f"{self.type}: input 'conditioning' is {emb.shape[-1]} wide but the style model "
                                  f"{style_model.name} makes {cond.shape[-1]}-wide tokens: it was made for another "
                                  "model family")
-            result.append([torch.cat([emb, cond.to(emb)], dim=1), dict(opts)])
+            result.append([torch.cat([emb, cond.to(emb).expand(emb.shape[0], -1, -1)], dim=1), dict(opts)])
         return (result,)
 
 
