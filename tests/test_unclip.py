@@ -237,6 +237,14 @@ def test_checkpoints_without_an_image_encoder_are_refused_by_name(unclip_files):
         _load_unclip(tiny_file("sdxl"), ImageOnlyCheckpointLoader)
     with pytest.raises(ValueError, match="without an image encoder"):
         _load_unclip(unclip_files["no_vision"])
+    from safetensors.torch import save_file
+
+    video = Path(unclip_files["unclip"]).with_name("svd.safetensors")  # the layout marks of an img2vid UNet
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 8, 3, 3),
+               "model.diffusion_model.input_blocks.1.0.time_stack.in_layers.0.weight": torch.zeros(4),
+               "conditioner.embedders.0.open_clip.model.visual.class_embedding": torch.zeros(8)}, str(video))
+    with pytest.raises(ValueError, match="ImageOnlyCheckpointLoader: input 'ckpt_name'.*image-to-video"):
+        _load_unclip(video, ImageOnlyCheckpointLoader)
 
 
 def test_an_unclip_file_loaded_as_a_plain_checkpoint_says_which_loader_to_use(unclip_files):
