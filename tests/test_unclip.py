@@ -1,7 +1,8 @@
-"""unCLIP: image embeddings reach the UNet as published. On SDXL ("revision") the noise-augmented embedding replaces the
-pooled text embedding (checked against the formula written out here, with the cosine schedule computed from its
-definition); a model that takes no image embedding, or an embedding of the wrong width, fails before the first step
-with an error naming the conditioning."""
+"""unCLIP: image embeddings reach the UNet as published. An SD2.1-unCLIP checkpoint (class-input UNet, image encoder,
+embedding statistics) samples as diffusers' StableUnCLIPImg2ImgPipeline does on the same tiny weights; on SDXL
+("revision") the noise-augmented embedding replaces the pooled text embedding (checked against the formula written out
+here, with the cosine schedule computed from its definition); a model that takes no image embedding, an embedding of
+the wrong width, or a checkpoint without an image encoder fails with an error naming the node or conditioning."""
 from __future__ import annotations
 
 import math
