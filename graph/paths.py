@@ -18,6 +18,8 @@ DEFAULT_FOLDERS: dict[str, str] = {
     "embeddings": "models/embeddings",
     "controlnet": "models/controlnet",
     "upscale_models": "models/upscale_models",
+    "clip_vision": "models/clip_vision",
+    "style_models": "models/style_models",
     "gligen": "models/gligen",
     "configs": "models/configs",
     "unet": "models/unet",
@@ -29,7 +31,8 @@ DEFAULT_FOLDERS: dict[str, str] = {
 }
 
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft")
-MODEL_KINDS = ("checkpoints", "loras", "vae", "embeddings", "controlnet", "upscale_models", "gligen")
+MODEL_KINDS = ("checkpoints", "loras", "vae", "embeddings", "controlnet", "upscale_models", "gligen", "clip_vision",
+               "style_models")
 
 
 class FileNotFoundInFolders(FileNotFoundError):

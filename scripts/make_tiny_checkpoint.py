@@ -5,6 +5,7 @@
     python scripts/make_tiny_checkpoint.py sdxl out.safetensors --dtype fp32 --seed 3
     python scripts/make_tiny_checkpoint.py sd1 models/checkpoints/tiny-sd1.safetensors \
         --gligen models/gligen/tiny-gligen.safetensors                 # plus a GLIGEN model for it
+    python scripts/make_tiny_checkpoint.py --unclip models/checkpoints/tiny-sd21-unclip.safetensors
 
 Families: sd1, sd1_inpaint, sd2, sd2_v, sdxl, sdxl_refiner. The files have the key names and tensor layouts of the
 published checkpoints (model.diffusion_model.*, first_stage_model.*, cond_stage_model.* / conditioner.embedders.*)
@@ -33,6 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gligen", metavar="FILE", help="also write a tiny GLIGEN text-box model for FAMILY's UNet (in "
                     "the published single-file layout)")
+    ap.add_argument("--unclip", metavar="FILE", help="write a tiny SD2.1-unCLIP checkpoint (SD2 layout, a UNet with a "
+                    "class input, its image encoder under embedder.model.visual and the embedding statistics)")
     args = ap.parse_args(argv)
 
     if args.gligen and not args.family:
@@ -45,11 +48,18 @@ def main(argv=None) -> int:
         jobs = [(f, Path(args.all) / f"tiny-{f}.safetensors") for f in tiny.FAMILIES]
     elif args.family and args.output:
         jobs = [(args.family, Path(args.output))]
+    elif args.unclip:
+        jobs = []
     else:
         ap.error("give FAMILY OUTPUT, or --all FOLDER")
     for family, out in jobs:
         path, _ = tiny.write(family, out, seed=args.seed, dtype=dtype)
         print(f"{family}: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    if args.unclip:
+        from nodes.testing import vision
+
+        path = vision.write_unclip(args.unclip, vision.TinyUnclip(args.seed), dtype=dtype)
+        print(f"sd2.1-unclip: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     if args.gligen:
         from nodes.testing import gligen
 

@@ -17,7 +17,8 @@ LIBRARY = """LatentComposite LatentCompositeMasked LatentBlend LatentCrop Latent
 ImageBlend ImageInvert ImageBlur ImageSharpen ImageCompositeMasked EmptyImage SolidMask InvertMask MaskComposite GrowMask
 FeatherMask CropMask ThresholdMask MaskToImage ImageToMask SaveLatent LoadLatent LoadImageOutput VAEDecodeTiled
 VAEEncodeTiled CLIPTextEncodeSDXL CLIPTextEncodeSDXLRefiner CheckpointLoader UNETLoader CLIPLoader DualCLIPLoader FreeU
-FreeU_V2 ModelSamplingDiscrete PatchModelAddDownscale GLIGENLoader GLIGENTextBoxApply""".split()
+FreeU_V2 ModelSamplingDiscrete PatchModelAddDownscale GLIGENLoader GLIGENTextBoxApply CLIPVisionLoader CLIPVisionEncode
+unCLIPConditioning unCLIPCheckpointLoader StyleModelLoader StyleModelApply ImageOnlyCheckpointLoader""".split()
 # ComfyUI's ImageCrop (not in the reference dump): image, width, height, x, y.
 IMAGE_CROP = {"input": {"required": {
     "image": ["IMAGE"], "width": ["INT", {"default": 512, "min": 1, "max": 16384, "step": 1}],

@@ -53,6 +53,8 @@ IGNORED_PATTERNS = [re.compile(p) for p in (
     r"^conditioner\.embedders\.\d+\.model\.logit_scale$",
     r"^denoiser\.(sigmas|log_sigmas)$",  # SGM's copy of the noise schedule
     r"\.attn_mask$",  # OpenCLIP's causal mask buffer, when saved
+    r"^embedder\.",  # unCLIP's image encoder: read by unCLIPCheckpointLoader (nodes.vision.clip_vision)
+    r"^noise_augmentor\.",  # unCLIP's embedding statistics and noise schedule (nodes.vision.unclip)
 )]
 
 

@@ -252,11 +252,16 @@ def _time_embedding(u: Mapping[str, tuple]) -> dict:
 
 
 def _addition_embedding(u: Mapping[str, tuple], family: str, where: str) -> dict:
-    """SDXL's text-and-time addition embedding (``label_emb``); other families have none."""
+    """The UNet's extra ("ADM") input, ``label_emb``: SDXL's text-and-time addition embedding; in an SD1/SD2 layout
+    the class input of unCLIP models (an image embedding and its noise-level embedding: diffusers'
+    ``class_embed_type="projection"``); none otherwise."""
     label = u.get("label_emb.0.0.weight")
     if label is None:
         return {"addition_embed_type": None, "projection_class_embeddings_input_dim": None,
                 "addition_time_embed_dim": None}
+    if family in ("sd1", "sd2"):
+        return {"class_embed_type": "projection", "projection_class_embeddings_input_dim": int(label[1]),
+                "addition_embed_type": None, "addition_time_embed_dim": None}
     if family not in ("sdxl", "sdxl_refiner"):
         raise UnrecognisedArchitecture(f"{where}: a class/ADM embedding in a {family} UNet is not supported")
     return {"addition_embed_type": "text_time", "projection_class_embeddings_input_dim": int(label[1])}

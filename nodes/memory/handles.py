@@ -68,6 +68,7 @@ class ModelHandle(_Handle):
     config: dict
     source: str
     options: dict = field(default_factory=dict)
+    noise_augmentor: Any = None  # unCLIP models: their image-embedding statistics (nodes.vision.unclip)
 
     @property
     def in_channels(self) -> int:

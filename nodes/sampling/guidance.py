@@ -44,6 +44,7 @@ class _Entry:
     adm: torch.Tensor | None  # [1, n] time ids
     concat: torch.Tensor | None  # [B, k, H, W] inpainting channels over the full frame
     extra: Any = None  # the bound "unet_inputs" option (see the module docstring), shared by entries that share it
+    labels: torch.Tensor | None = None  # [1, n] class input of unCLIP UNets (nodes.vision.unclip)
     gligen: Any = None  # the bound "gligen" option (nodes.gligen.apply.BoundGligen)
     sigma_range: tuple[float, float] | None = None  # (low, high): the entry applies while low <= sigma <= high
 
@@ -161,9 +162,10 @@ class Guider:
 
     def denoiser(self, latent_in: torch.Tensor, noise: torch.Tensor | None, noise_mask: torch.Tensor | None,
                  image_size: tuple[int, int], sigmas: torch.Tensor | None = None,
-                 need_uncond: bool = False) -> "CFGDenoiser":
+                 need_uncond: bool = False, seed: int = 0) -> "CFGDenoiser":
         """The per-run denoiser; given the schedule ``sigmas``, conditioning timestep ranges are checked against it
-        before the first step. ``need_uncond`` (CFG++ samplers) keeps the negative pass at scale 1."""
+        before the first step. ``need_uncond`` (CFG++ samplers) keeps the negative pass at scale 1; ``seed`` seeds
+        the noise augmentation of unCLIP image embeddings."""
         patches = tuple(self.model.options.get("guidance", ()))
         if patches:
             from nodes.sampling.guidance_patches import PatchedGuidance
@@ -176,7 +178,7 @@ class Guider:
             groups, combine, uncond = self.plan(need_uncond)
             names = self.input_names[:len(groups)]
         return CFGDenoiser(self.model, groups, combine, latent_in, noise, noise_mask, image_size, names,
-                           uncond_index=uncond, rule=rule, sigmas=sigmas)
+                           uncond_index=uncond, rule=rule, sigmas=sigmas, seed=seed)
 
 
 class CFGDenoiser:
@@ -188,9 +190,10 @@ class CFGDenoiser:
     def __init__(self, model: ModelHandle, groups: list, combine, latent_in: torch.Tensor,
                  noise: torch.Tensor | None, noise_mask: torch.Tensor | None, image_size: tuple[int, int],
                  group_names: tuple[str, ...] = ("positive", "negative"), uncond_index: int | None = None,
-                 rule=None, sigmas: torch.Tensor | None = None):
+                 rule=None, sigmas: torch.Tensor | None = None, seed: int = 0):
         self.model = model
         self.uncond_index = uncond_index
+        self.seed = int(seed)  # seeds the noise augmentation of unCLIP image embeddings
         self.ms = model.model_sampling
         self.unet = model.unet.runner()  # the module, or its compiled form (nodes.memory.compile)
         self.device = model.unet.device
@@ -305,12 +308,22 @@ class CFGDenoiser:
         elif area is not None:
             area = None
         pooled = opts.get("pooled_output")
+        unclip = opts.get("unclip_conditioning")
+        labels = None
+        if self.model.config.get("class_embed_type") == "projection":
+            labels = self._unclip_labels(unclip, group)
+        elif unclip and self.model.adm is None:
+            raise ValueError(f"the {self.group_names[group]} conditioning carries an unCLIP image (unCLIPConditioning) "
+                             f"but this {self.model.family} model takes no image embedding: use an unCLIP checkpoint "
+                             "(unCLIPCheckpointLoader) or an SDXL model")
         adm = None
         if self.model.adm is not None:
             proj = int(self.model.config.get("projection_class_embeddings_input_dim") or 0)
             n_time = 5 if self.model.adm == "refiner" else 6
             tdim = int(self.model.config.get("addition_time_embed_dim") or 256)
             pdim = proj - n_time * tdim
+            if unclip:
+                pooled = self._revision_pooled(unclip, pdim, group)
             if pooled is None:
                 pooled = torch.zeros(1, pdim)
             pooled = pooled.to(self.device, self.dtype).reshape(1, -1)
@@ -359,7 +372,47 @@ class CFGDenoiser:
             if id(gligen) not in self._bound:
                 self._bound[id(gligen)] = gligen.bind(self.model, self.shape, self.group_names[group])
             gligen = self._bound[id(gligen)]
-        return _Entry(group, emb, area, mult, pooled, adm, concat, extra, gligen=gligen, sigma_range=sigma_range)
+        return _Entry(group, emb, area, mult, pooled, adm, concat, extra, labels=labels, gligen=gligen,
+                      sigma_range=sigma_range)
+
+    def _unclip_labels(self, unclip, group: int) -> torch.Tensor:
+        """The class input of an SD2.1-unCLIP UNet: the noise-augmented image embeddings, or zeros without any."""
+        from nodes.vision.unclip import SD21_MERGE_LEVEL, adm_vector
+
+        width = int(self.model.config.get("projection_class_embeddings_input_dim") or 0)
+        if not unclip:
+            return torch.zeros(1, width, device=self.device, dtype=self.dtype)
+        aug = getattr(self.model, "noise_augmentor", None)
+        if aug is None:
+            raise ValueError(f"the {self.group_names[group]} conditioning carries an unCLIP image but this unCLIP "
+                             "model was loaded without its image-embedding statistics: load the checkpoint with "
+                             "unCLIPCheckpointLoader")
+        try:
+            vec = adm_vector(unclip, aug, self.seed, SD21_MERGE_LEVEL)
+        except ValueError as exc:
+            raise ValueError(f"the {self.group_names[group]} conditioning: {exc}") from None
+        if vec.shape[-1] != width:
+            raise ValueError(f"the {self.group_names[group]} conditioning's unCLIP image embedding is "
+                             f"{vec.shape[-1] - aug.timestep_dim} wide but this unCLIP model takes "
+                             f"{width - aug.timestep_dim}: encode the image with the CLIP vision model that came with "
+                             "the checkpoint")
+        return vec.to(self.device, self.dtype)
+
+    def _revision_pooled(self, unclip, pdim: int, group: int) -> torch.Tensor:
+        """SDXL "revision": the noise-augmented image embedding in place of the pooled text embedding."""
+        from nodes.vision.unclip import SDXL_MERGE_LEVEL, NoiseAugmentor, adm_vector
+
+        widths = {int(i["clip_vision_output"].image_embeds.shape[-1]) for i in unclip
+                  if getattr(i["clip_vision_output"], "image_embeds", None) is not None}
+        if widths and widths != {pdim}:
+            raise ValueError(f"the {self.group_names[group]} conditioning's unCLIP image embedding is "
+                             f"{'/'.join(map(str, sorted(widths)))} wide but this SDXL model's pooled embedding is "
+                             f"{pdim} wide: encode the image with OpenCLIP ViT-bigG (clip_vision_g)")
+        try:
+            vec = adm_vector(unclip, NoiseAugmentor(timestep_dim=pdim), self.seed, SDXL_MERGE_LEVEL)
+        except ValueError as exc:
+            raise ValueError(f"the {self.group_names[group]} conditioning: {exc}") from None
+        return vec[:, :pdim]
 
     # -- the per-step call ------------------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
@@ -402,7 +455,7 @@ class CFGDenoiser:
 
     def _run_bucket(self, x, sigma, entries: list[_Entry], sums, counts) -> None:
         b = x.shape[0]
-        xs, sig, ctx, pooled, adm, concat = [], [], [], [], [], []
+        xs, sig, ctx, pooled, adm, concat, labels = [], [], [], [], [], [], []
         length = _lcm(e.emb.shape[1] for e in entries)
         for e in entries:
             if e.area is None:
@@ -420,6 +473,8 @@ class CFGDenoiser:
                 adm.append(e.adm.expand(b, -1))
             if cc is not None:
                 concat.append(cc)
+            if e.labels is not None:
+                labels.append(e.labels.expand(b, -1))
         x_in = torch.cat(xs) if len(xs) > 1 else xs[0]
         s_in = torch.cat(sig) if len(sig) > 1 else sig[0]
         net_in = self.ms.calculate_input(s_in, x_in)
@@ -428,6 +483,8 @@ class CFGDenoiser:
         kwargs = {}
         if pooled:
             kwargs["added_cond_kwargs"] = {"text_embeds": torch.cat(pooled), "time_ids": torch.cat(adm)}
+        if labels:
+            kwargs["class_labels"] = torch.cat(labels)
         t = self.ms.nearest_timestep(s_in.float())  # the UNet gets integer timesteps (as ComfyUI)
         if any(e.extra is not None for e in entries):
             kwargs.update(_extra_inputs(entries, b, net_in[:, :x_in.shape[1]], s_in, t, torch.cat(ctx),

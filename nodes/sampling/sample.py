@@ -129,7 +129,8 @@ def sample_custom(guider: Guider, sampler: SamplerSpec, sigmas: torch.Tensor, la
             kept_area_noise = initial_noise(samples.shape, (seed + sampler.inpaint_noise_seed_offset) % _SEED_MOD)
             kept_area_noise = kept_area_noise.to(dev)
         image_size = (samples.shape[-2] * 8, samples.shape[-1] * 8)
-        den = guider.denoiser(lat, kept_area_noise, mask, image_size, sigmas, need_uncond=sampler.needs_uncond)
+        den = guider.denoiser(lat, kept_area_noise, mask, image_size, sigmas, need_uncond=sampler.needs_uncond,
+                              seed=seed)
         previewer = Previewer(ctx, model, len(sigmas) - 1)
         last = {}
 
