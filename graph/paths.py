@@ -18,6 +18,7 @@ DEFAULT_FOLDERS: dict[str, str] = {
     "embeddings": "models/embeddings",
     "controlnet": "models/controlnet",
     "upscale_models": "models/upscale_models",
+    "gligen": "models/gligen",
     "configs": "models/configs",
     "unet": "models/unet",
     "clip": "models/clip",
@@ -28,7 +29,7 @@ DEFAULT_FOLDERS: dict[str, str] = {
 }
 
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft")
-MODEL_KINDS = ("checkpoints", "loras", "vae", "embeddings", "controlnet", "upscale_models")
+MODEL_KINDS = ("checkpoints", "loras", "vae", "embeddings", "controlnet", "upscale_models", "gligen")
 
 
 class FileNotFoundInFolders(FileNotFoundError):

@@ -3,6 +3,8 @@
     python scripts/make_tiny_checkpoint.py sd1 models/checkpoints/tiny-sd1.safetensors
     python scripts/make_tiny_checkpoint.py --all /tmp/tiny            # one file per family
     python scripts/make_tiny_checkpoint.py sdxl out.safetensors --dtype fp32 --seed 3
+    python scripts/make_tiny_checkpoint.py sd1 models/checkpoints/tiny-sd1.safetensors \
+        --gligen models/gligen/tiny-gligen.safetensors                 # plus a GLIGEN model for it
 
 Families: sd1, sd1_inpaint, sd2, sd2_v, sdxl, sdxl_refiner. The files have the key names and tensor layouts of the
 published checkpoints (model.diffusion_model.*, first_stage_model.*, cond_stage_model.* / conditioner.embedders.*)
@@ -29,8 +31,12 @@ def main(argv=None) -> int:
     ap.add_argument("--all", metavar="FOLDER", help="write every family to FOLDER/tiny-<family>.safetensors")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gligen", metavar="FILE", help="also write a tiny GLIGEN text-box model for FAMILY's UNet (in "
+                    "the published single-file layout)")
     args = ap.parse_args(argv)
 
+    if args.gligen and not args.family:
+        ap.error("--gligen needs FAMILY OUTPUT")
     import torch
 
     dtype = getattr(torch, DTYPES[args.dtype])
@@ -44,6 +50,11 @@ def main(argv=None) -> int:
     for family, out in jobs:
         path, _ = tiny.write(family, out, seed=args.seed, dtype=dtype)
         print(f"{family}: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    if args.gligen:
+        from nodes.testing import gligen
+
+        path = gligen.write(args.gligen, gligen.build(tiny.build(args.family, args.seed).unet, args.seed), dtype=dtype)
+        print(f"GLIGEN for {args.family}: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 

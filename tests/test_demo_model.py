@@ -8,13 +8,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
-import demo_shapes as ds  # noqa: E402
+import demo_shapes as ds
 
 CKPT = REPO / "models" / "checkpoints" / "chisel-demo-v1.safetensors"
 WORKFLOW = REPO / "workflows" / "txt2img.json"
@@ -54,7 +53,6 @@ def test_captions_follow_the_grammar():
     assert ds.caption("blue", "square", "gray") == "a blue square on a gray background"
 
 
-@pytest.mark.timeout(120)
 def test_demo_checkpoint_follows_prompts_through_the_engine():
     assert CKPT.exists(), f"{CKPT} is missing"
     assert CKPT.stat().st_size <= 30 * 10**6
@@ -85,7 +83,6 @@ def test_judge_says_neither_for_noise():
         assert colours <= 2 and shapes <= 2, (name, colours, shapes)
 
 
-@pytest.mark.timeout(240)
 def test_a_random_weight_checkpoint_scores_near_chance_or_below(tmp_path):
     """Negative control through the same graph and judge: the demo checkpoint's weights replaced by noise of the
     same scale. Chance is 25 % colour and 33 % shape; the judge's rejects push it lower."""

@@ -1,4 +1,4 @@
-"""The image, mask, latent, tiled-VAE, loader, text and model-patch nodes are all registered with ComfyUI's
+"""The image, mask, latent, tiled-VAE, loader, text, model-patch and GLIGEN nodes are all registered with ComfyUI's
 interface (input names in order, types, defaults, ranges, combo choices, optional inputs, outputs, output-node flag
 and category), from the interface facts kept in tests/data/comfyui (taken from ComfyUI's /object_info)."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ LIBRARY = """LatentComposite LatentCompositeMasked LatentBlend LatentCrop Latent
 ImageBlend ImageInvert ImageBlur ImageSharpen ImageCompositeMasked EmptyImage SolidMask InvertMask MaskComposite GrowMask
 FeatherMask CropMask ThresholdMask MaskToImage ImageToMask SaveLatent LoadLatent LoadImageOutput VAEDecodeTiled
 VAEEncodeTiled CLIPTextEncodeSDXL CLIPTextEncodeSDXLRefiner CheckpointLoader UNETLoader CLIPLoader DualCLIPLoader FreeU
-FreeU_V2 ModelSamplingDiscrete PatchModelAddDownscale""".split()
+FreeU_V2 ModelSamplingDiscrete PatchModelAddDownscale GLIGENLoader GLIGENTextBoxApply""".split()
 # ComfyUI's ImageCrop (not in the reference dump): image, width, height, x, y.
 IMAGE_CROP = {"input": {"required": {
     "image": ["IMAGE"], "width": ["INT", {"default": 512, "min": 1, "max": 16384, "step": 1}],

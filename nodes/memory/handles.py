@@ -20,7 +20,7 @@ from nodes.loading import latent_formats
 if TYPE_CHECKING:
     from nodes.memory.manager import ManagedModule, ModelManager
 from nodes.patches.lora import AppliedLora, patched_many
-from nodes.text.tokens import TokenChunks, empty_chunk, tokenize
+from nodes.text.tokens import EOS as EOS_ID, TokenChunks, empty_chunk, tokenize
 
 FAMILY_CLIP_DEFAULTS = {
     # family: (default layer index, apply the final layer norm to the chosen hidden state)
@@ -141,6 +141,18 @@ class ClipHandle(_Handle):
                     pooled = pool
         cond = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
         return cond, pooled
+
+    @torch.no_grad()
+    def encode_pooled_unprojected(self, text: str) -> torch.Tensor:
+        """The text's pooled output before any text projection (ComfyUI's ``return_pooled="unprojected"``), from the
+        last encoder (the only one of SD1.x/SD2.x): its final-layer-normed last hidden state at the end token of the
+        first 77-token chunk, ``[1, width]`` float32 on the CPU. The CLIP layer setting does not apply to it."""
+        enc = self.encoders[-1]
+        ids = tokenize(text, pad_id=enc.pad_id).ids[0]
+        end = ids.index(EOS_ID)
+        with self.manager.use(enc.module), patched_many([(enc.module, self.lora_for(enc.name))]):
+            out = enc.module.module(input_ids=torch.tensor([ids], device=enc.module.device))
+            return out.last_hidden_state[:, end].float().cpu()
 
 
 def _encode_chunks(enc: EncoderSlot, chunks: TokenChunks, layer: int, final_norm: bool):

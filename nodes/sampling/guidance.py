@@ -9,7 +9,8 @@ Extension point: a conditioning entry's ``"unet_inputs"`` option may hold an obj
 ``bind(model, (batch, h, w), input_name) -> fn``, bound once per run (its checks fail before the first step);
 ``fn(x, sigma, t, context, added_cond_kwargs)`` is then called on that entry's rows of each UNet call and returns extra
 UNet keyword arguments (batch-first tensors or tuples of them; rows of entries without one get zeros). ControlNets
-use it (:mod:`nodes.controlnet.apply`).
+use it (:mod:`nodes.controlnet.apply`). A ``"gligen"`` option (GLIGEN boxes, :mod:`nodes.gligen.apply`) is bound the
+same way; its entries run in UNet calls of their own, with the GLIGEN layers attached for those calls only.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from nodes.gligen.apply import grounding
 from nodes.memory.handles import ModelHandle
 
 
@@ -33,6 +35,7 @@ class _Entry:
     adm: torch.Tensor | None  # [1, n] time ids
     concat: torch.Tensor | None  # [B, k, H, W] inpainting channels over the full frame
     extra: Any = None  # the bound "unet_inputs" option (see the module docstring), shared by entries that share it
+    gligen: Any = None  # the bound "gligen" option (nodes.gligen.apply.BoundGligen)
 
 
 def _lcm(values) -> int:
@@ -188,8 +191,10 @@ class CFGDenoiser:
         self.n_groups = len(groups)
         self.buckets: dict[tuple, list[_Entry]] = {}
         for e in self.entries:
-            key = (e.area[0], e.area[1]) if e.area else (h, w)
+            key = ((e.area[0], e.area[1]) if e.area else (h, w), e.gligen.key if e.gligen is not None else None)
             self.buckets.setdefault(key, []).append(e)
+        if any(e.gligen is not None for e in self.entries):
+            self.unet = model.unet.module  # GLIGEN layers are attached per call: a compiled graph would not see them
         self.calls = 0
 
     # -- preparation (once per sampling run; host syncs allowed here) -----------------------------------------
@@ -275,7 +280,15 @@ class CFGDenoiser:
             if id(extra) not in self._bound:
                 self._bound[id(extra)] = extra.bind(self.model, self.shape, self.group_names[group])
             extra = self._bound[id(extra)]
-        return _Entry(group, emb, area, mult, pooled, adm, concat, extra)
+        gligen = opts.get("gligen")
+        if gligen is not None:
+            if area is not None:
+                raise ValueError(f"the {self.group_names[group]} conditioning is limited to an area and carries GLIGEN "
+                                 "boxes: GLIGEN on area conditioning is not supported")
+            if id(gligen) not in self._bound:
+                self._bound[id(gligen)] = gligen.bind(self.model, self.shape, self.group_names[group])
+            gligen = self._bound[id(gligen)]
+        return _Entry(group, emb, area, mult, pooled, adm, concat, extra, gligen=gligen)
 
     # -- the per-step call ------------------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
@@ -285,7 +298,7 @@ class CFGDenoiser:
             x = x * m + (self.latent + self.noise * s) * (1.0 - m)
         sums = [torch.zeros_like(x) for _ in range(self.n_groups)]
         counts = [torch.full_like(x, 1e-37) for _ in range(self.n_groups)]
-        for (bh, bw), entries in self.buckets.items():
+        for entries in self.buckets.values():
             self._run_bucket(x, sigma, entries, sums, counts)
         den = self.combine([s / c for s, c in zip(sums, counts)])
         if m is not None:
@@ -324,8 +337,9 @@ class CFGDenoiser:
         if any(e.extra is not None for e in entries):
             kwargs.update(_extra_inputs(entries, b, net_in[:, :x_in.shape[1]], s_in, t, torch.cat(ctx),
                                         kwargs.get("added_cond_kwargs")))
-        out = self.unet(net_in.to(self.dtype), t, encoder_hidden_states=torch.cat(ctx), return_dict=False,
-                        **kwargs)[0]
+        with grounding([e.gligen for e in entries], b, kwargs):
+            out = self.unet(net_in.to(self.dtype), t, encoder_hidden_states=torch.cat(ctx), return_dict=False,
+                            **kwargs)[0]
         self.calls += 1
         den = self.ms.calculate_denoised(s_in, out.float(), x_in)
         for i, e in enumerate(entries):
