@@ -29,6 +29,8 @@ from nodes.sampling.sample import Part, ksampler_sigmas, prepare_noise, sample_c
 # call of a batch; seed, positive, negative and latent may differ.
 SHARED = ("steps", "cfg", "sampler_name", "scheduler", "denoise", "add_noise", "start_step", "last_step",
           "force_full_denoise")
+# conditioning options bound to one prompt's batch shape (ControlNet inputs, GLIGEN boxes): such prompts run alone
+UNBATCHED_OPTIONS = ("unet_inputs", "gligen")
 
 
 def sample_batch(ctxs: list[Any], calls: list[dict[str, Any]]) -> list[dict] | None:
@@ -102,7 +104,7 @@ def stack_conditioning(conds: list[list], rows: list[int]) -> list | None:
         entries = [c[j] for c in conds]
         embs = [e[0] for e in entries]
         opts = [dict(e[1] or {}) for e in entries]
-        if "unet_inputs" in opts[0]:
+        if any(k in o for o in opts for k in UNBATCHED_OPTIONS):
             return None
         keys = set(opts[0])
         if any(set(o) != keys for o in opts) or any(not _same(o[k], opts[0][k]) for o in opts for k in keys
