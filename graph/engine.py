@@ -224,16 +224,21 @@ class Engine:
                 reasons.append(f"input {name!r} changed")
         return "; ".join(reasons) if reasons else "not cached before"
 
-    def _execute(self, run: _Run) -> RunResult:
+    def _begin(self, run: _Run) -> tuple[RunResult, dict, dict[str, tuple], list[str]]:
+        """Start a run: its result, cache keys, the values the cache serves, and the nodes left to execute."""
         plan = run.plan
         result = RunResult(run.run_id, "success", resolved=plan.resolved)
         keys = self._keys(plan)
         run.emit(ev.STARTED, nodes=list(plan.order), outputs=list(plan.outputs), resolved=plan.resolved)
         hits = {nid: self.cache.get(keys[nid][0]) for nid in plan.order}
         values = self._serve_cached(run, result, hits)
+        return result, keys, values, _nodes_to_run(plan, hits)
 
+    def _execute(self, run: _Run) -> RunResult:
+        plan = run.plan
+        result, keys, values, to_run = self._begin(run)
         failed: set[str] = set()  # nodes that raised, and (below) the nodes downstream of them
-        for nid in _nodes_to_run(plan, hits):
+        for nid in to_run:
             pn = plan.nodes[nid]
             if any(src in failed for src, _ in pn.links.values()):
                 failed.add(nid)

@@ -18,13 +18,11 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from . import events as ev
 from .batching import has_batched_form
-from .engine import RunResult, _nodes_to_run
 from .node import Interrupted
 
-if TYPE_CHECKING:
-    from .engine import Engine, _Run
+if TYPE_CHECKING:  # the engine imports this module when it runs a batch; nothing here imports it back
+    from .engine import Engine, RunResult, _Run
 
 log = logging.getLogger("chisel.graph")
 
@@ -34,13 +32,8 @@ class _State:
 
     def __init__(self, engine: "Engine", run: "_Run"):
         self.run = run
-        plan = run.plan
-        self.result = RunResult(run.run_id, "success", resolved=plan.resolved)
-        self.keys = engine._keys(plan)
-        run.emit(ev.STARTED, nodes=list(plan.order), outputs=list(plan.outputs), resolved=plan.resolved)
-        hits = {nid: engine.cache.get(self.keys[nid][0]) for nid in plan.order}
-        self.values: dict[str, tuple] = engine._serve_cached(run, self.result, hits)
-        self.to_run = set(_nodes_to_run(plan, hits))
+        self.result, self.keys, self.values, to_run = engine._begin(run)
+        self.to_run = set(to_run)
         self.failed: set[str] = set()
         self.active = True
 
