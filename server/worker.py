@@ -35,7 +35,6 @@ from typing import Any, Callable
 from graph import events as ev
 from graph.engine import RunResult
 from graph.errors import ChiselError
-from graph.workflow import parse_workflow
 
 from . import store as S
 from .batching import BatchPolicy, gather
