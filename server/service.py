@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from graph import overrides as graph_overrides
+from graph.atomic_files import PART_RE
 from graph.errors import WorkflowError
 from graph.workflow import Workflow, parse_workflow
 
@@ -29,7 +30,6 @@ log = logging.getLogger("chisel.server")
 
 REPO = Path(__file__).resolve().parent.parent
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-PART_RE = re.compile(r"^\..+\.[0-9a-f]{8}\.part$")  # FileWriter's and uploads' temporary names
 
 
 @dataclass

@@ -26,13 +26,13 @@ import os
 import threading
 import time
 import traceback
-import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from graph import events as ev
+from graph.atomic_files import write_atomically
 from graph.engine import RunResult
 from graph.errors import ChiselError
 
@@ -110,25 +110,10 @@ class FileWriter:
         return future
 
     def _write(self, path: Path, key: str, write: Callable[[Path], Any], future: Future) -> None:
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write(tmp)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            try:
-                os.link(tmp, path)  # never clobbers a file that appeared meanwhile
-                os.unlink(tmp)
-            except FileExistsError:
-                raise
-            except OSError:  # a filesystem without hard links
-                os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            write_atomically(path, write)
         except BaseException as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             future.set_exception(exc)
         else:
             future.set_result(path)
@@ -159,19 +144,6 @@ class FileWriter:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def encode_preview(image: Any, max_size: int = 512) -> bytes | None:

@@ -97,6 +97,20 @@ def ref_kl_optimal(n):
     return [math.tan(a + i / (n - 1) * (b - a)) for i in range(n)] + [0.0]
 
 
+def ref_linear_quadratic(n, threshold=0.025):
+    """Movie Gen: u linear up to `threshold` at L = n // 2, then u(L + k) = threshold + (threshold / L) k + c k^2
+    (a Taylor form at L: same value and slope), c fixed by u(n) = 1; sigma = sigma_max (1 - u)."""
+    if n == 1:
+        return [SIG[-1], 0.0]
+    big_l = n // 2
+    q = n - big_l
+    c = (1 - threshold - threshold / big_l * q) / q**2
+    u = [threshold * i / big_l if i <= big_l else threshold + threshold / big_l * (i - big_l) + c * (i - big_l) ** 2
+         for i in range(n + 1)]
+    assert abs(u[-1] - 1) < 1e-12
+    return [SIG[-1] * (1 - v) for v in u[:-1]] + [0.0]
+
+
 REFERENCES = {
     "normal": ref_normal,
     "karras": ref_karras,
@@ -106,12 +120,14 @@ REFERENCES = {
     "ddim_uniform": ref_ddim_uniform,
     "beta": ref_beta,
     "kl_optimal": ref_kl_optimal,
+    "linear_quadratic": ref_linear_quadratic,
 }
 
 
 def test_every_scheduler_has_a_reference():
     assert set(REFERENCES) == set(SCHEDULERS) == {
-        "normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta", "kl_optimal"}
+        "normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta", "kl_optimal",
+        "linear_quadratic"}
 
 
 @pytest.mark.parametrize("steps", [2, 7, 20, 33])
@@ -138,7 +154,7 @@ def test_single_step_and_zero_steps(name):
 
 
 def test_schedules_start_at_sigma_max():
-    for name in ("normal", "karras", "exponential", "sgm_uniform", "simple", "beta", "kl_optimal"):
+    for name in ("normal", "karras", "exponential", "sgm_uniform", "simple", "beta", "kl_optimal", "linear_quadratic"):
         assert SCHEDULERS[name](MS, 10)[0].item() == pytest.approx(MS.sigma_max, rel=1e-6), name
     # ddim_uniform starts at timestep 1 + (steps-1) * (1000 // steps): 951 for 20 steps
     assert SCHEDULERS["ddim_uniform"](MS, 20)[0].item() == pytest.approx(SIG[951], rel=1e-6)
@@ -174,6 +190,21 @@ def test_beta_with_many_steps_drops_repeated_timesteps():
 def test_denoise_takes_the_tail_of_a_longer_schedule(name):
     part = calculate_sigmas(MS, name, 8, denoise=0.4)  # int(8 / 0.4) = 20 steps, last 9 sigmas
     assert torch.equal(part, SCHEDULERS[name](MS, 20)[-9:])
+
+
+def test_linear_quadratic_is_linear_then_a_smooth_quadratic():
+    """The first half of the steps lowers sigma by 2.5 % of sigma_max in equal steps; the rest is a quadratic with
+    the same slope where the two parts meet (second differences constant)."""
+    s = SCHEDULERS["linear_quadratic"](MS, 20).double()
+    ulp = 2e-6  # float32 spacing near sigma_max = 14.6: differences carry up to ~2 of them
+    first = s[1:] - s[:-1]
+    torch.testing.assert_close(first[:10], torch.full((10,), -0.025 * MS.sigma_max / 10, dtype=torch.float64),
+                               rtol=0, atol=2 * ulp)
+    second = first[11:] - first[10:-1]  # ~0.13
+    torch.testing.assert_close(second, torch.full_like(second, second.mean().item()), rtol=0, atol=4 * ulp)
+    # a continuous slope at L: the first quadratic difference exceeds the linear one by half a second difference
+    assert (first[10] - first[9]).item() == pytest.approx(second.mean().item() / 2, abs=4 * ulp)
+    assert s[10].item() == pytest.approx(0.975 * MS.sigma_max, rel=1e-6)
 
 
 def test_v_prediction_and_linear_betas_change_the_training_sigmas_not_the_formulas():

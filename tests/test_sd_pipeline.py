@@ -163,19 +163,19 @@ def test_samplers_are_deterministic_per_seed(sampler, scheduler):
 def test_unimplemented_sampler_fails_with_the_available_list():
     bundle = _bundle("sd1")
     with pytest.raises(ValueError, match="available: euler"):
-        _txt2img(bundle, sampler="dpm_adaptive", steps=2, size=32)
+        _txt2img(bundle, sampler="heunpp2", steps=2, size=32)
 
 
 def test_unimplemented_sampler_is_a_validation_error_and_comfy_variants_are_aliases(tmp_path):
     from nodes.library.sampling import KSampler
 
     choices = KSampler.input("sampler_name").choices
-    assert "dpm_adaptive" not in choices and {"dpmpp_2m_sde_gpu", "uni_pc_bh2"} <= set(choices)
+    assert "heunpp2" not in choices and {"dpmpp_2m_sde_gpu", "uni_pc_bh2", "dpm_adaptive"} <= set(choices)
     root = models_root(tmp_path, ("tiny-sd1.safetensors", tiny_file("sd1")))
     eng, _ = make_engine(root)
     wf = json.loads(Path("workflows/txt2img.json").read_text())
     wf["nodes"]["4"]["inputs"]["ckpt_name"] = "tiny-sd1.safetensors"
-    wf["nodes"]["3"]["inputs"]["sampler_name"] = "euler_cfg_pp"
+    wf["nodes"]["3"]["inputs"]["sampler_name"] = "heunpp2"
     res = eng.run(wf)
     assert [(e.node_id, e.kind, e.input) for e in res.errors] == [("3", "invalid_choice", "sampler_name")]
     assert res.executed == []

@@ -495,3 +495,57 @@ def test_the_mask_editor_paints_the_mask_into_the_pictures_alpha(page, root):
         assert alpha.getpixel((20, 28)) == 255
         assert im.convert("RGB").getpixel((20, 15)) == (30, 140, 220)
     assert page.js("chisel.workflow()")["nodes"][node]["inputs"] == {"image": "mask source-mask.png"}
+
+
+# -- export in ComfyUI's UI format -----------------------------------------------------------------------------------
+def test_export_comfyui_workflow_downloads_the_ui_format_and_opens_back_to_the_same_graph(page, server, root):
+    wf = txt2img(steps=3)
+    open_workflow(page, root, wf, "to-comfyui")
+    before = page.js("chisel.workflow()")
+    with page.page.expect_download() as dl:
+        page.page.click("#export-ui-btn")
+    assert dl.value.suggested_filename == "to-comfyui.comfyui.json"
+    ui = json.loads(open(dl.value.path()).read())
+    # ComfyUI's UI format: numbered nodes with types, widget values and sockets; links as 6-element arrays
+    assert isinstance(ui["nodes"], list) and isinstance(ui["links"], list) and ui["version"] == 0.4
+    assert sorted(n["type"] for n in ui["nodes"]) == sorted(n["type"] for n in wf["nodes"].values())
+    assert all(isinstance(n["id"], int) and isinstance(n["widgets_values"], list) for n in ui["nodes"])
+    wired = [(k, v) for n in wf["nodes"].values() for k, v in n["inputs"].items() if isinstance(v, dict)]
+    assert len(ui["links"]) == len(wired) and all(len(link) == 6 for link in ui["links"])
+    ui_nodes = {n["id"]: n for n in ui["nodes"]}
+    for link_id, src, src_slot, dst, dst_slot, link_type in ui["links"]:
+        assert ui_nodes[src]["outputs"][src_slot]["type"] == link_type and link_id in ui_nodes[src]["outputs"][src_slot]["links"]
+        assert ui_nodes[dst]["inputs"][dst_slot]["link"] == link_id
+    [sampler] = [n for n in ui["nodes"] if n["type"] == "KSampler"]
+    assert 3 in sampler["widgets_values"]  # the steps
+    # the server reads it back as the same graph, and so does the canvas when the file is opened
+    assert server.request("POST", "v1/validate", {"workflow": ui})["valid"] is True
+    path = root / "reopened.json"
+    path.write_text(json.dumps(ui))
+    page.page.click("#new-btn")
+    page.page.wait_for_function("chisel.nodes().length === 0")
+    page.page.set_input_files("#file-input", str(path))
+    page.page.wait_for_function("document.title.startsWith('reopened')")
+    after = page.js("chisel.workflow()")
+    assert after["nodes"] == before["nodes"]
+    assert {i: lay["pos"] for i, lay in after["layout"]["nodes"].items()} == \
+        {i: lay["pos"] for i, lay in before["layout"]["nodes"].items()}
+    page.shot("33-export-comfyui.png")
+
+
+def test_a_refused_comfyui_export_says_why_in_a_toast_and_downloads_nothing(page, root):
+    wf = txt2img()
+    wf["nodes"]["99"] = {"type": "X" * 300, "inputs": {}}  # a type name longer than any the server reads
+    open_workflow(page, root, wf, "unexportable")
+    downloads = []
+    page.page.on("download", lambda d: downloads.append(d))
+    page.page.click("#export-ui-btn")
+    box = page.page.locator(".toast.export-error")
+    box.wait_for(timeout=10000)
+    text = box.inner_text()
+    assert "Export as a ComfyUI workflow failed" in text and "(invalid_workflow)" in text and "node 99" in text, text
+    assert box.get_attribute("role") == "alert"
+    page.shot("34-export-comfyui-refused.png")
+    assert not downloads
+    # the browser logs the refused request itself; nothing else may be logged
+    page.errors[:] = [e for e in page.errors if "status of 400" not in e]

@@ -11,6 +11,7 @@ import torch
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
+from graph.atomic_files import write_atomically
 from graph.comfy_format import to_comfy_api
 from graph.workflow import Workflow
 
@@ -97,21 +98,26 @@ def save_images(images: torch.Tensor, folder: Path, prefix: str, kind: str, ctx,
     counter = 1 + max((int(m.group(1)) for f in os.listdir(target) if (m := pattern.match(f))), default=0)
     info = png_metadata(ctx)
     # The server offers a background writer (PNG encoding and fsync off the sampling thread); it reserves a name at
-    # once and raises FileExistsError when it is taken, like opening with "x". Without it, write here.
+    # once and raises FileExistsError when it is taken. Without it, write here, the same way: to a temporary name,
+    # then linked to the final one (FileExistsError when taken), so no partial PNG is ever under a final name.
     writer = ctx.services.file_writer if ctx is not None and ctx.services is not None else None
     results = []
     subfolder = str(target.relative_to(base).as_posix()) if target != base else ""
     for image in images:
         pil = _to_pil(image)
+
+        def write_png(tmp: Path, pil: Image.Image = pil) -> None:
+            pil.save(tmp, format="PNG", pnginfo=info, compress_level=compress_level)
+
         while True:
             fname = f"{name}_{counter:05}_.png"
             try:
                 if writer is not None:
-                    writer.submit(target / fname, lambda tmp, pil=pil: pil.save(
-                        tmp, format="PNG", pnginfo=info, compress_level=compress_level))
+                    writer.submit(target / fname, write_png)
+                elif os.path.lexists(target / fname):
+                    raise FileExistsError(fname)
                 else:
-                    with open(target / fname, "xb") as f:
-                        pil.save(f, format="PNG", pnginfo=info, compress_level=compress_level)
+                    write_atomically(target / fname, write_png)
                 break
             except FileExistsError:
                 counter += 1

@@ -160,8 +160,6 @@ def _expected_ldm_keys(component: str, module, cfg: dict, spec: TextEncoderSpec 
         m = km.vae_key_map(cfg, keys)
     elif spec is not None and spec.kind == "clip_l":
         m = km.clip_l_key_map(keys)
-        if prefix.endswith("transformer."):  # old SD1 layout without "text_model."
-            pass
     else:
         m = km.open_clip_key_map(keys)
     return {prefix + v: k for k, v in m.items()}
@@ -213,86 +211,137 @@ def load_checkpoint(path: str | Path, *, allow_pickle: bool | None = None, dtype
     ``.ckpt``-style files (:mod:`nodes.loading.weights`; default: allowed, weights only, unless ``CHISEL_NO_PICKLE``)."""
     t0 = time.perf_counter()
     path = Path(path)
-    if not path.exists():
-        parent = path.parent
-        have = sorted(p.name for p in parent.iterdir())[:20] if parent.is_dir() else []
-        raise CheckpointNotFound(f"checkpoint {path.name!r} not found: looked for {path}; "
-                                 f"{parent} {'has: ' + ', '.join(have) if have else 'is empty or missing'}.", path)
+    _require_exists(path)
     if path.is_dir():
         return load_diffusers_folder(path, dtype=dtype)
     timings: dict[str, float] = {}
-    source = WeightFile.from_state(path, state) if state is not None else WeightFile(path, allow_pickle)
-    shapes, dtypes, metadata = source.shapes, source.dtypes, source.metadata
+    source = _open_weights(path, allow_pickle, state)
     timings["header"] = time.perf_counter() - t0
-    if not shapes:
-        raise CorruptCheckpoint(f"{path} contains no tensors.", path)
 
     with source as src:
         t1 = time.perf_counter()
-        det = detect(shapes, metadata, path)
-        if det.family == "sd2" and det.prediction_type is None:
-            det.prediction_type = "v_prediction" if _sd2_is_v_prediction(src, shapes) else "epsilon"
-        configs = infer_configs(det, shapes, metadata, where=str(path))
-        modules: dict[str, Any] = {"unet": build_checked("unet", build_unet, configs["unet"], path, metadata),
-                                   "vae": build_checked("vae", build_vae, configs["vae"], path, metadata)}
-        specs: dict[str, TextEncoderSpec | None] = {"unet": None, "vae": None}
-        prefixes = {"unet": km.UNET_PREFIX, "vae": km.VAE_PREFIX}
-        for te in det.text_encoders:
-            modules[te.name] = build_checked(te.name, build_text_encoder, configs[te.name], path, metadata,
-                                             te.with_projection)
-            specs[te.name] = te
-            prefixes[te.name] = te.prefix if te.kind == "open_clip" or te.prefix.endswith("text_model.") else \
-                te.prefix
-        # Account for every file tensor before reading any data.
-        expected: dict[str, str] = {}
-        owner: dict[str, str] = {}
-        for name, mod in modules.items():
-            prefix = prefixes[name]
-            if specs[name] is not None and specs[name].kind == "clip_l" and not prefix.endswith("text_model."):
-                # old SD1 layout: cond_stage_model.transformer.embeddings.* (no text_model.)
-                exp = {prefix + k[len(prefix + "text_model."):] if k.startswith(prefix + "text_model.") else k: v
-                       for k, v in _expected_ldm_keys(name, mod, configs[name], specs[name],
-                                                      prefix + "text_model.").items()}
-            else:
-                exp = _expected_ldm_keys(name, mod, configs[name], specs[name], prefix)
-            expected.update(exp)
-            owner.update({k: name for k in exp})
-        missing = sorted(k for k in expected if k not in shapes)
-        if missing:
-            by_comp: dict[str, list[str]] = {}
-            for k in missing:
-                by_comp.setdefault(owner[k], []).append(k)
-            detail = "; ".join(f"{c}: {len(v)} (e.g. {', '.join(v[:3])})" for c, v in by_comp.items())
-            raise IncompleteCheckpoint(
-                f"{path} looks like {det.description} but lacks {len(missing)} of the {len(expected)} tensors that "
-                f"architecture needs — {detail}. Loading it would leave those weights random; the file is "
-                "incomplete or from a different model.", path, missing=by_comp)
-        ignored = sorted(k for k in shapes if k not in expected and is_ignored(k))
-        unused = sorted(k for k in shapes if k not in expected and not is_ignored(k))
-        if unused:
-            log.warning("%s: %d tensors map to no model parameter: %s", path, len(unused), ", ".join(unused[:8]))
+        det = _detect_family(src, path)
+        configs = infer_configs(det, src.shapes, src.metadata, where=str(path))
+        components = _build_components(det, configs, path, src.metadata)
+        owner = _account_for_tensors(components, det, src.shapes, path)
+        ignored, unused = _unmapped_tensors(src.shapes, owner, path)
         timings["detect"] = time.perf_counter() - t1
 
-        # Read and convert, per component.
         t2 = time.perf_counter()
-        params: dict[str, int] = {}
-        for name, mod in modules.items():
-            keys = [k for k, o in owner.items() if o == name]
-            sub = src.many(keys)
-            if dtype is not None:
-                sub = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sub.items()}
-            converted = _convert(name, sub, configs[name], specs[name], prefixes[name], mod)
-            params[name] = _assign(mod, converted, name, path)
+        params = {c.name: _load_component(c, src, owner, dtype, path) for c in components}
         timings["load"] = time.perf_counter() - t2
 
     report = LoadReport(path=str(path), family=det.family, description=det.description,
                         file_bytes=path.stat().st_size if path.is_file() else 0,
-                        file_dtypes=dict(Counter(dtypes.values())), parameters=params, ignored=ignored,
+                        file_dtypes=dict(Counter(source.dtypes.values())), parameters=params, ignored=ignored,
                         unused=unused, timings=timings,
-                        metadata_used=any(k.startswith("chisel.") for k in metadata))
+                        metadata_used=any(k.startswith("chisel.") for k in source.metadata))
     log.info("%s", report.summary())
+    modules = {c.name: c.module for c in components}
     return LoadedCheckpoint(path=path, detection=det, configs=configs, unet=modules["unet"], vae=modules["vae"],
                             text_encoders={te.name: modules[te.name] for te in det.text_encoders}, report=report)
+
+
+@dataclass
+class _Component:
+    """One module of a checkpoint being loaded: its name (``unet``, ``vae``, ``text_encoder[_2]``), the module built
+    on the meta device, its config, the file's key prefix for it and, for a text encoder, its spec."""
+    name: str
+    module: Any
+    config: dict
+    prefix: str
+    spec: TextEncoderSpec | None = None
+
+
+def _require_exists(path: Path) -> None:
+    """A missing file is an error that lists what the folder does have."""
+    if path.exists():
+        return
+    parent = path.parent
+    have = sorted(p.name for p in parent.iterdir())[:20] if parent.is_dir() else []
+    raise CheckpointNotFound(f"checkpoint {path.name!r} not found: looked for {path}; "
+                             f"{parent} {'has: ' + ', '.join(have) if have else 'is empty or missing'}.", path)
+
+
+def _open_weights(path: Path, allow_pickle: bool | None, state: Mapping[str, torch.Tensor] | None) -> WeightFile:
+    """The file's header (names, shapes, dtypes, metadata), or ``state`` already in memory; no tensor data yet."""
+    source = WeightFile.from_state(path, state) if state is not None else WeightFile(path, allow_pickle)
+    if not source.shapes:
+        raise CorruptCheckpoint(f"{path} contains no tensors.", path)
+    return source
+
+
+def _detect_family(src: WeightFile, path: Path) -> Detection:
+    """Family, variant and components; an SD2 file that does not say its prediction type is told by its weights."""
+    det = detect(src.shapes, src.metadata, path)
+    if det.family == "sd2" and det.prediction_type is None:
+        det.prediction_type = "v_prediction" if _sd2_is_v_prediction(src, src.shapes) else "epsilon"
+    return det
+
+
+def _build_components(det: Detection, configs: dict[str, dict], path: Path,
+                      metadata: Mapping[str, str]) -> list[_Component]:
+    """Every module on the meta device (UNet, VAE, then the text encoders), each built from its inferred config."""
+    components = [
+        _Component("unet", build_checked("unet", build_unet, configs["unet"], path, metadata), configs["unet"],
+                   km.UNET_PREFIX),
+        _Component("vae", build_checked("vae", build_vae, configs["vae"], path, metadata), configs["vae"],
+                   km.VAE_PREFIX),
+    ]
+    for te in det.text_encoders:
+        module = build_checked(te.name, build_text_encoder, configs[te.name], path, metadata, te.with_projection)
+        components.append(_Component(te.name, module, configs[te.name], te.prefix, te))
+    return components
+
+
+def _component_ldm_keys(c: _Component) -> dict[str, str]:
+    """``{file_key: module_key}`` for one component, in the file's layout."""
+    if c.spec is not None and c.spec.kind == "clip_l" and not c.prefix.endswith("text_model."):
+        # old SD1 layout: cond_stage_model.transformer.embeddings.* (no text_model.)
+        full = c.prefix + "text_model."
+        return {c.prefix + k[len(full):] if k.startswith(full) else k: v
+                for k, v in _expected_ldm_keys(c.name, c.module, c.config, c.spec, full).items()}
+    return _expected_ldm_keys(c.name, c.module, c.config, c.spec, c.prefix)
+
+
+def _account_for_tensors(components: list[_Component], det: Detection, shapes: Mapping[str, tuple],
+                         path: Path) -> dict[str, str]:
+    """``{file_key: component name}`` for every tensor the modules need, before any data is read; a needed tensor
+    the file lacks fails the load (nothing is left random)."""
+    owner: dict[str, str] = {}
+    for c in components:
+        owner.update({k: c.name for k in _component_ldm_keys(c)})
+    missing = sorted(k for k in owner if k not in shapes)
+    if missing:
+        by_comp: dict[str, list[str]] = {}
+        for k in missing:
+            by_comp.setdefault(owner[k], []).append(k)
+        detail = "; ".join(f"{c}: {len(v)} (e.g. {', '.join(v[:3])})" for c, v in by_comp.items())
+        raise IncompleteCheckpoint(
+            f"{path} looks like {det.description} but lacks {len(missing)} of the {len(owner)} tensors that "
+            f"architecture needs — {detail}. Loading it would leave those weights random; the file is "
+            "incomplete or from a different model.", path, missing=by_comp)
+    return owner
+
+
+def _unmapped_tensors(shapes: Mapping[str, tuple], owner: Mapping[str, str], path: Path) -> tuple[list[str], list[str]]:
+    """File tensors no parameter takes: the known non-weights (ignored) and the rest (unused, logged)."""
+    ignored = sorted(k for k in shapes if k not in owner and is_ignored(k))
+    unused = sorted(k for k in shapes if k not in owner and not is_ignored(k))
+    if unused:
+        log.warning("%s: %d tensors map to no model parameter: %s", path, len(unused), ", ".join(unused[:8]))
+    return ignored, unused
+
+
+def _load_component(c: _Component, src: WeightFile, owner: Mapping[str, str], dtype: torch.dtype | None,
+                    path: Path) -> int:
+    """Read the component's tensors, cast them, convert them to the module's layout and assign them; returns how
+    many parameter tensors were set."""
+    sub = src.many([k for k, o in owner.items() if o == c.name])
+    if dtype is not None:
+        sub = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sub.items()}
+    converted = _convert(c.name, sub, c.config, c.spec, c.prefix, c.module)
+    return _assign(c.module, converted, c.name, path)
 
 
 def _convert(name: str, sub: dict[str, torch.Tensor], cfg: dict, spec: TextEncoderSpec | None, prefix: str,

@@ -14,6 +14,7 @@ import copy
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -75,120 +76,199 @@ def _uniform(values: list, what: str, where: str):
 
 
 def infer_unet(shapes: Mapping[str, tuple], family: str, base: dict, meta: dict, where: str = "checkpoint") -> dict:
+    """The UNet's diffusers config: ``base`` (the family's published config) overridden by what the LDM tensor shapes
+    say, then by ``meta`` (the file's ``chisel.unet`` fields). Raises :class:`UnrecognisedArchitecture` for a layout
+    diffusers cannot build."""
     u = _sub(shapes, km.UNET_PREFIX)
     cfg = dict(base)
+    cfg.update(_unet_io(u, where))
+    blocks = _unet_blocks(u)
+    down = _scan_input_blocks(u, blocks, where)
+    cfg.update(_down_levels(down, where))
+    up = _scan_output_blocks(blocks, len(down.levels), cfg["layers_per_block"] + 1, where)
+    cfg["up_block_types"] = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in up.attention]
+    mid = _middle_depth(blocks, down, where)
+    cfg.pop("reverse_transformer_layers_per_block", None)  # set again only where the shapes need it
+    cfg.update(_transformer_layers(down, up, mid, cfg["layers_per_block"]))
+    cfg.update(_cross_attention(down, where))
+    cfg.update(_time_embedding(u))
+    cfg.update(_addition_embedding(u, family, where))
+    cfg.update(_attention_heads(family, cfg["block_out_channels"]))
+    cfg.update(meta)
+    return cfg
+
+
+@dataclass
+class _InputLevels:
+    """What the input blocks say: per level, (channels, transformer depth) of each layer; per level, whether it has
+    attention and its transformer depth (1 where it has none); the projection kind and cross-attention width."""
+    levels: list[list[tuple[int, int]]]
+    attention: list[bool] = field(default_factory=list)
+    depth: list[int] = field(default_factory=list)
+    linear: bool | None = None
+    cross: int | None = None
+
+
+@dataclass
+class _OutputLevels:
+    """Per output level: whether it has attention, and the transformer depth of each of its layers."""
+    attention: list[bool]
+    depths: list[list[int]]
+
+
+def _unet_io(u: Mapping[str, tuple], where: str) -> dict:
+    """Input/output channels and kernel sizes, from the first and last convolutions."""
     conv_in = u["input_blocks.0.0.weight"]
-    cfg["in_channels"] = int(conv_in[1])
-    cfg["conv_in_kernel"] = int(conv_in[2])
     out = u.get("out.2.weight")
     if out is None:
         raise UnrecognisedArchitecture(f"{where}: the UNet has no output convolution (out.2.weight)")
-    cfg["out_channels"] = int(out[0])
-    cfg["conv_out_kernel"] = int(out[2])
-    c0 = int(conv_in[0])
+    return {"in_channels": int(conv_in[1]), "conv_in_kernel": int(conv_in[2]),
+            "out_channels": int(out[0]), "conv_out_kernel": int(out[2])}
 
-    by_block: dict[str, set] = {}
+
+def _unet_blocks(u: Mapping[str, tuple]) -> dict[str, set]:
+    """``{"input_blocks.3": {"0.in_layers.0.weight", ...}, ...}`` for the input, middle and output blocks."""
+    blocks: dict[str, set] = {}
     for k in u:
         parts = k.split(".")
         if parts[0] in ("input_blocks", "output_blocks", "middle_block"):
-            by_block.setdefault(".".join(parts[:2]), set()).add(".".join(parts[2:]))
+            blocks.setdefault(".".join(parts[:2]), set()).add(".".join(parts[2:]))
+    return blocks
 
-    def depth(block: str, slot: int) -> int:
-        keys = by_block.get(block, ())
-        return len({k.split(".")[2] for k in keys if k.startswith(f"{slot}.transformer_blocks.")})
 
-    levels: list[list[tuple[int, int]]] = [[]]
-    linear = None
-    cross = None
+def _transformer_depth(blocks: Mapping[str, set], block: str, slot: int) -> int:
+    """How many transformer blocks the spatial transformer in ``slot`` of ``block`` has (0: none)."""
+    keys = blocks.get(block, ())
+    return len({k.split(".")[2] for k in keys if k.startswith(f"{slot}.transformer_blocks.")})
+
+
+def _scan_input_blocks(u: Mapping[str, tuple], blocks: Mapping[str, set], where: str) -> _InputLevels:
+    """Walk ``input_blocks.1..`` into levels (a downsampler starts the next level)."""
+    scan = _InputLevels(levels=[[]])
     k = 1
-    while f"input_blocks.{k}" in by_block:
+    while f"input_blocks.{k}" in blocks:
         name = f"input_blocks.{k}"
-        if f"input_blocks.{k}.0.op.weight" in u:
-            levels.append([])
+        if f"{name}.0.op.weight" in u:
+            scan.levels.append([])
         else:
             ch = int(u[f"{name}.0.out_layers.3.weight"][0])
-            d = depth(name, 1)
+            d = _transformer_depth(blocks, name, 1)
             if d:
-                pin = u[f"{name}.1.proj_in.weight"]
-                linear = len(pin) == 2 if linear is None else linear
-                cross = int(u[f"{name}.1.transformer_blocks.0.attn2.to_k.weight"][1]) if cross is None else cross
-            levels[-1].append((ch, d))
+                _note_projection(u, name, scan)
+            scan.levels[-1].append((ch, d))
         k += 1
-    if not levels[-1]:
+    if not scan.levels[-1]:
         raise UnrecognisedArchitecture(f"{where}: the UNet ends its input blocks with a downsampler")
-    n = len(levels)
-    cfg["block_out_channels"] = [_uniform([c for c, _ in lv], "channel widths within a level", where)
-                                 for lv in levels]
-    cfg["layers_per_block"] = _uniform([len(lv) for lv in levels], "layers per level", where)
-    attn = []
-    tdepth = []
-    for i, lv in enumerate(levels):
-        ds = [d for _, d in lv]
-        if any(ds) and not all(ds):
-            raise UnrecognisedArchitecture(f"{where}: level {i} has attention on some layers only")
-        attn.append(bool(ds[0]))
-        tdepth.append(_uniform(ds, f"transformer depths in level {i}", where) or 1)
-    cfg["down_block_types"] = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn]
+    return scan
 
-    # output blocks: n levels of layers_per_block + 1
-    per = cfg["layers_per_block"] + 1
-    up_attn = []
-    up_depth = []
+
+def _note_projection(u: Mapping[str, tuple], name: str, scan: _InputLevels) -> None:
+    """The first transformer met fixes the projection kind (linear or 1x1 conv) and the cross-attention width."""
+    linear = len(u[f"{name}.1.proj_in.weight"]) == 2
+    if scan.linear is None:
+        scan.linear = linear
+    if scan.cross is None:
+        scan.cross = int(u[f"{name}.1.transformer_blocks.0.attn2.to_k.weight"][1])
+
+
+def _down_levels(down: _InputLevels, where: str) -> dict:
+    """Channel widths, layers per level and down block types; fills ``down.attention`` and ``down.depth``."""
+    cfg = {"block_out_channels": [_uniform([c for c, _ in lv], "channel widths within a level", where)
+                                  for lv in down.levels],
+           "layers_per_block": _uniform([len(lv) for lv in down.levels], "layers per level", where)}
+    for i, lv in enumerate(down.levels):
+        attention, depth = _level_attention([d for _, d in lv], i, where)
+        down.attention.append(attention)
+        down.depth.append(depth)
+    cfg["down_block_types"] = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in down.attention]
+    return cfg
+
+
+def _level_attention(depths: list[int], i: int, where: str) -> tuple[bool, int]:
+    """Whether input level ``i`` has attention (on all its layers or none) and its one transformer depth (1: none)."""
+    if any(depths) and not all(depths):
+        raise UnrecognisedArchitecture(f"{where}: level {i} has attention on some layers only")
+    return bool(depths[0]), _uniform(depths, f"transformer depths in level {i}", where) or 1
+
+
+def _scan_output_blocks(blocks: Mapping[str, set], n: int, per: int, where: str) -> _OutputLevels:
+    """The output blocks: ``n`` levels of ``per`` (layers per level + 1) layers, mirroring the input blocks."""
+    up = _OutputLevels(attention=[], depths=[])
     for i in range(n):
-        ds = [depth(f"output_blocks.{i * per + j}", 1) for j in range(per)]
+        ds = [_transformer_depth(blocks, f"output_blocks.{i * per + j}", 1) for j in range(per)]
         if any(ds) and not all(ds):
             raise UnrecognisedArchitecture(f"{where}: output level {i} has attention on some layers only")
-        up_attn.append(bool(ds[0]))
-        up_depth.append(ds if ds[0] else [1] * per)
-    if f"output_blocks.{n * per}" in by_block or f"output_blocks.{n * per - 1}" not in by_block:
+        up.attention.append(bool(ds[0]))
+        up.depths.append(ds if ds[0] else [1] * per)
+    if f"output_blocks.{n * per}" in blocks or f"output_blocks.{n * per - 1}" not in blocks:
         raise UnrecognisedArchitecture(f"{where}: the UNet's output blocks do not mirror its input blocks")
-    cfg["up_block_types"] = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in up_attn]
-    mid = len({k.split(".")[1] for k in by_block.get("middle_block.1", ()) if k.startswith("transformer_blocks.")})
+    return up
+
+
+def _middle_depth(blocks: Mapping[str, set], down: _InputLevels, where: str) -> int:
+    """The middle transformer's depth; diffusers needs it equal to the deepest level's when that has attention."""
+    mid = len({k.split(".")[1] for k in blocks.get("middle_block.1", ()) if k.startswith("transformer_blocks.")})
     if not mid:
         raise UnrecognisedArchitecture(f"{where}: the UNet's middle block has no transformer (not an SD layout)")
-    if attn[-1] and tdepth[-1] != mid:
+    if down.attention[-1] and down.depth[-1] != mid:
         raise UnrecognisedArchitecture(f"{where}: middle transformer depth {mid} differs from the deepest level's "
-                                       f"({tdepth[-1]}); diffusers cannot build that")
-    depths = {d for d, a in zip(tdepth, attn) if a} | {mid}
+                                       f"({down.depth[-1]}); diffusers cannot build that")
+    return mid
+
+
+def _transformer_layers(down: _InputLevels, up: _OutputLevels, mid: int, layers_per_block: int) -> dict:
+    """``transformer_layers_per_block`` (one number when all agree) and, only where the output blocks differ from
+    its mirror image, ``reverse_transformer_layers_per_block``."""
+    n = len(down.depth)
+    out: dict = {}
+    depths = {d for d, a in zip(down.depth, down.attention) if a} | {mid}
     if len(depths) == 1:
-        cfg["transformer_layers_per_block"] = mid
+        out["transformer_layers_per_block"] = mid
         tdepth = [mid] * n
     else:
-        tdepth = [d if a else 1 for d, a in zip(tdepth, attn)]
+        tdepth = [d if a else 1 for d, a in zip(down.depth, down.attention)]
         tdepth[-1] = mid  # diffusers takes the middle block's depth from the last entry
-        cfg["transformer_layers_per_block"] = tdepth
-    rev_default = list(reversed(tdepth))
-    if any(a and d != [rev_default[i]] * per for i, (a, d) in enumerate(zip(up_attn, up_depth))):
-        cfg["reverse_transformer_layers_per_block"] = [list(d) for d in up_depth]
-    else:
-        cfg.pop("reverse_transformer_layers_per_block", None)
-    if linear is None:
+        out["transformer_layers_per_block"] = tdepth
+    per = layers_per_block + 1
+    mirrored = list(reversed(tdepth))
+    if any(a and d != [mirrored[i]] * per for i, (a, d) in enumerate(zip(up.attention, up.depths))):
+        out["reverse_transformer_layers_per_block"] = [list(d) for d in up.depths]
+    return out
+
+
+def _cross_attention(down: _InputLevels, where: str) -> dict:
+    if down.linear is None:
         raise UnrecognisedArchitecture(f"{where}: the UNet has no cross-attention at all")
-    cfg["use_linear_projection"] = linear
-    cfg["cross_attention_dim"] = cross
-    cfg["mid_block_type"] = "UNetMidBlock2DCrossAttn"
+    return {"use_linear_projection": down.linear, "cross_attention_dim": down.cross,
+            "mid_block_type": "UNetMidBlock2DCrossAttn"}
 
+
+def _time_embedding(u: Mapping[str, tuple]) -> dict:
+    """``time_embedding_dim`` only where it differs from diffusers' default (4 x the first block's width)."""
     temb = u.get("time_embed.0.weight")
-    if temb is not None and int(temb[0]) != 4 * c0:
-        cfg["time_embedding_dim"] = int(temb[0])
-    label = u.get("label_emb.0.0.weight")
-    if label is not None:
-        if family not in ("sdxl", "sdxl_refiner"):
-            raise UnrecognisedArchitecture(f"{where}: a class/ADM embedding in a {family} UNet is not supported")
-        cfg["addition_embed_type"] = "text_time"
-        cfg["projection_class_embeddings_input_dim"] = int(label[1])
-    else:
-        cfg["addition_embed_type"] = None
-        cfg["projection_class_embeddings_input_dim"] = None
-        cfg["addition_time_embed_dim"] = None
+    if temb is not None and int(temb[0]) != 4 * int(u["input_blocks.0.0.weight"][0]):
+        return {"time_embedding_dim": int(temb[0])}
+    return {}
 
-    # Heads: published convention per family unless the metadata says.
+
+def _addition_embedding(u: Mapping[str, tuple], family: str, where: str) -> dict:
+    """SDXL's text-and-time addition embedding (``label_emb``); other families have none."""
+    label = u.get("label_emb.0.0.weight")
+    if label is None:
+        return {"addition_embed_type": None, "projection_class_embeddings_input_dim": None,
+                "addition_time_embed_dim": None}
+    if family not in ("sdxl", "sdxl_refiner"):
+        raise UnrecognisedArchitecture(f"{where}: a class/ADM embedding in a {family} UNet is not supported")
+    return {"addition_embed_type": "text_time", "projection_class_embeddings_input_dim": int(label[1])}
+
+
+def _attention_heads(family: str, block_out_channels: list[int]) -> dict:
+    """Heads cannot be read from shapes: the family's published convention (the file's metadata may override it).
+    SD1 keeps the template's ``attention_head_dim`` (8, heads in diffusers' legacy naming); the others use 64-wide
+    heads per level."""
     if family == "sd1":
-        pass  # attention_head_dim (= heads in diffusers' legacy naming) from the template: 8
-    else:
-        cfg["attention_head_dim"] = [max(1, c // 64) for c in cfg["block_out_channels"]]
-    cfg.update(meta)
-    return cfg
+        return {}
+    return {"attention_head_dim": [max(1, c // 64) for c in block_out_channels]}
 
 
 def infer_vae(shapes: Mapping[str, tuple], base: dict, meta: dict, where: str = "checkpoint") -> dict:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from graph.atomic_files import write_atomically
 from nodes.loading.errors import CorruptCheckpoint
 from nodes.loading.weights import WeightFile
 
@@ -54,20 +54,12 @@ def write_latent(latent: dict, folder: Path, prefix: str, ctx: Any = None) -> di
                  VERSION_KEY: torch.tensor([])}, metadata=run_metadata(ctx))
     pattern = re.compile(re.escape(name) + r"_(\d+)_?\.latent$")
     counter = 1 + max((int(m.group(1)) for f in os.listdir(target) if (m := pattern.match(f))), default=0)
-    fd, tmp = tempfile.mkstemp(dir=target, prefix=".partial-", suffix=".latent")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        while True:
-            fname = f"{name}_{counter:05}_.latent"
-            try:
-                os.link(tmp, target / fname)  # no-clobber: fails if the name was taken meanwhile
-                break
-            except FileExistsError:
-                counter += 1
-    finally:
-        os.unlink(tmp)
+    while True:
+        fname = f"{name}_{counter:05}_.latent"
+        try:
+            write_atomically(target / fname, lambda tmp: tmp.write_bytes(data))  # fails if the name is taken
+            break
+        except FileExistsError:
+            counter += 1
     return {"filename": fname, "subfolder": target.relative_to(base).as_posix() if target != base else "",
             "type": "output"}

@@ -122,23 +122,25 @@ class Guider:
         return cls(model, (cond1, cond2, negative), (float(cfg_conds), float(cfg_cond2_negative)),
                    "dual_nested" if nested else "dual_regular")
 
-    def plan(self):
-        """(the conditionings that go through the UNet, combine(list of their predictions) -> denoised)."""
+    def plan(self, need_uncond: bool = False):
+        """(the conditionings that go through the UNet, combine(list of their predictions) -> denoised, the index of
+        the unconditional (negative) prediction or None). ``need_uncond`` (CFG++ samplers) keeps the negative pass
+        where a scale of 1 would skip it."""
         if self.style == "basic":
-            return [self.conds[0]], lambda d: d[0]
+            return [self.conds[0]], lambda d: d[0], None
         if self.style == "cfg":
             (cfg,), (pos, neg) = self.scales, self.conds
-            if cfg == 1.0:
-                return [pos], lambda d: d[0]
-            return [pos, neg], lambda d: d[1] + (d[0] - d[1]) * cfg
+            if cfg == 1.0 and not need_uncond:
+                return [pos], lambda d: d[0], None
+            return [pos, neg], lambda d: d[1] + (d[0] - d[1]) * cfg, 1
         (cfg1, cfg2), (c1, c2, neg) = self.scales, self.conds
         if self.style == "dual_nested":
-            return [c1, c2, neg], lambda d: d[2] + ((d[1] + (d[0] - d[1]) * cfg1) - d[2]) * cfg2
-        if math.isclose(cfg2, 1.0):
+            return [c1, c2, neg], lambda d: d[2] + ((d[1] + (d[0] - d[1]) * cfg1) - d[2]) * cfg2, 2
+        if math.isclose(cfg2, 1.0) and not need_uncond:
             if math.isclose(cfg1, 1.0):
-                return [c1], lambda d: d[0]
-            return [c1, c2], lambda d: d[1] + (d[0] - d[1]) * cfg1
-        return [c1, c2, neg], lambda d: d[2] + (d[1] - d[2]) * cfg2 + (d[0] - d[1]) * cfg1
+                return [c1], lambda d: d[0], None
+            return [c1, c2], lambda d: d[1] + (d[0] - d[1]) * cfg1, None
+        return [c1, c2, neg], lambda d: d[2] + (d[1] - d[2]) * cfg2 + (d[0] - d[1]) * cfg1, 2
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -148,20 +150,23 @@ class Guider:
         return ("positive", "negative") if self.style == "cfg" else ("cond1", "cond2", "negative")
 
     def denoiser(self, latent_in: torch.Tensor, noise: torch.Tensor | None, noise_mask: torch.Tensor | None,
-                 image_size: tuple[int, int]) -> "CFGDenoiser":
-        groups, combine = self.plan()
+                 image_size: tuple[int, int], need_uncond: bool = False) -> "CFGDenoiser":
+        groups, combine, uncond = self.plan(need_uncond)
         return CFGDenoiser(self.model, groups, combine, latent_in, noise, noise_mask, image_size,
-                           self.input_names[:len(groups)])
+                           self.input_names[:len(groups)], uncond_index=uncond)
 
 
 class CFGDenoiser:
     """``denoiser(x, sigma_batch) -> denoised`` for the samplers in :mod:`nodes.sampling`: the UNet's predictions
-    under each conditioning group, combined by ``combine`` (see :class:`Guider`)."""
+    under each conditioning group, combined by ``combine`` (see :class:`Guider`).
+    ``denoiser.denoise_with_uncond(x, sigma_batch) -> (denoised, uncond_denoised)`` also returns the unconditional
+    (negative) prediction, for the CFG++ samplers (the denoised prediction again when there is no negative)."""
 
     def __init__(self, model: ModelHandle, groups: list, combine, latent_in: torch.Tensor,
                  noise: torch.Tensor | None, noise_mask: torch.Tensor | None, image_size: tuple[int, int],
-                 group_names: tuple[str, ...] = ("positive", "negative")):
+                 group_names: tuple[str, ...] = ("positive", "negative"), uncond_index: int | None = None):
         self.model = model
+        self.uncond_index = uncond_index
         self.ms = model.model_sampling
         self.unet = model.unet.runner()  # the module, or its compiled form (nodes.memory.compile)
         self.device = model.unet.device
@@ -292,6 +297,9 @@ class CFGDenoiser:
 
     # -- the per-step call ------------------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
+        return self.denoise_with_uncond(x, sigma)[0]
+
+    def denoise_with_uncond(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any):
         m = self.mask
         if m is not None:
             s = sigma.reshape(-1, 1, 1, 1).to(x.dtype)
@@ -300,10 +308,14 @@ class CFGDenoiser:
         counts = [torch.full_like(x, 1e-37) for _ in range(self.n_groups)]
         for entries in self.buckets.values():
             self._run_bucket(x, sigma, entries, sums, counts)
-        den = self.combine([s / c for s, c in zip(sums, counts)])
+        preds = [s / c for s, c in zip(sums, counts)]
+        den = self.combine(preds)
+        uncond = None if self.uncond_index is None else preds[self.uncond_index]
         if m is not None:
             den = den * m + self.latent * (1.0 - m)
-        return den
+            if uncond is not None:
+                uncond = uncond * m + self.latent * (1.0 - m)
+        return den, den if uncond is None else uncond
 
     def _run_bucket(self, x, sigma, entries: list[_Entry], sums, counts) -> None:
         b = x.shape[0]

@@ -43,7 +43,8 @@ class Previewer:
                 else:
                     preview = self._to_pil(rgb.cpu())
         if self.ctx is not None:
-            self.ctx.progress(i + 1, self.total, preview=preview)
+            # a sampler that makes its own steps (dpm_fast) reports its own total
+            self.ctx.progress(i + 1, int(info.get("total", self.total)), preview=preview)
 
     def _collect(self, block: bool):
         if self.pending is None:

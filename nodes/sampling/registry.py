@@ -35,6 +35,9 @@ class SamplerSpec:
     # ComfyUI's ddim re-noises the kept (unmasked) area of an inpainting run with noise of seed + 1, not the
     # starting noise; None for every other sampler.
     inpaint_noise_seed_offset: int | None = None
+    # CFG++ samplers re-noise with the unconditional prediction: the guider then always runs the negative pass
+    # (also at cfg 1) and the denoiser exposes ``denoise_with_uncond``
+    needs_uncond: bool = False
 
     def __post_init__(self):
         if self.noise not in NOISE_KINDS:
@@ -57,25 +60,51 @@ def _spec(name, function, noise="none", **kw) -> SamplerSpec:
     return SamplerSpec(name, function, noise=noise, **kw)
 
 
+def _cfg_pp(name, function, noise="none", options=None) -> SamplerSpec:
+    """A CFG++ variant (Chung et al. 2024): the sampler's ``cfg_pp`` option, with the unconditional pass."""
+    return SamplerSpec(name, function, noise=noise, options={**(options or {}), "cfg_pp": True}, needs_uncond=True)
+
+
 # ComfyUI's KSampler names, in ComfyUI's order, for the samplers Chisel implements.
 _ENTRIES = (
     _spec("euler", fn.sample_euler),
+    _cfg_pp("euler_cfg_pp", fn.sample_euler),
     _spec("euler_ancestral", fn.sample_euler_ancestral, "seeded"),
+    _cfg_pp("euler_ancestral_cfg_pp", fn.sample_euler_ancestral, "seeded"),
     _spec("heun", fn.sample_heun),
     _spec("dpm_2", fn.sample_dpm_2, discard_penultimate_sigma=True),
     _spec("dpm_2_ancestral", fn.sample_dpm_2_ancestral, "seeded", discard_penultimate_sigma=True),
     _spec("lms", fn.sample_lms),
+    _spec("dpm_fast", fn.sample_dpm_fast),
+    _spec("dpm_adaptive", fn.sample_dpm_adaptive),
     _spec("dpmpp_2s_ancestral", fn.sample_dpmpp_2s_ancestral, "seeded"),
+    _cfg_pp("dpmpp_2s_ancestral_cfg_pp", fn.sample_dpmpp_2s_ancestral, "seeded"),
     _spec("dpmpp_sde", fn.sample_dpmpp_sde, "brownian"),
     _spec("dpmpp_sde_gpu", fn.sample_dpmpp_sde, "brownian_device"),
     _spec("dpmpp_2m", fn.sample_dpmpp_2m),
+    _cfg_pp("dpmpp_2m_cfg_pp", fn.sample_dpmpp_2m),
     _spec("dpmpp_2m_sde", fn.sample_dpmpp_2m_sde, "brownian"),
     _spec("dpmpp_2m_sde_gpu", fn.sample_dpmpp_2m_sde, "brownian_device"),
     _spec("dpmpp_2m_sde_heun", fn.sample_dpmpp_2m_sde, "brownian", options={"solver_type": "heun"}),
     _spec("dpmpp_2m_sde_heun_gpu", fn.sample_dpmpp_2m_sde, "brownian_device", options={"solver_type": "heun"}),
     _spec("dpmpp_3m_sde", fn.sample_dpmpp_3m_sde, "brownian"),
     _spec("dpmpp_3m_sde_gpu", fn.sample_dpmpp_3m_sde, "brownian_device"),
+    _spec("ddpm", fn.sample_ddpm, "seeded"),
     _spec("lcm", fn.sample_lcm, "seeded"),
+    _spec("ipndm", fn.sample_ipndm),
+    _spec("ipndm_v", fn.sample_ipndm_v),
+    _spec("deis", fn.sample_deis),
+    _spec("res_multistep", fn.sample_res_multistep),
+    _cfg_pp("res_multistep_cfg_pp", fn.sample_res_multistep),
+    _spec("res_multistep_ancestral", fn.sample_res_multistep, "seeded", options={"eta": 1.0}),
+    _cfg_pp("res_multistep_ancestral_cfg_pp", fn.sample_res_multistep, "seeded", options={"eta": 1.0}),
+    _spec("gradient_estimation", fn.sample_gradient_estimation),
+    _cfg_pp("gradient_estimation_cfg_pp", fn.sample_gradient_estimation),
+    _spec("er_sde", fn.sample_er_sde, "seeded"),
+    _spec("seeds_2", fn.sample_seeds_2, "brownian"),
+    _spec("seeds_3", fn.sample_seeds_3, "brownian"),
+    _spec("sa_solver", fn.sample_sa_solver, "seeded"),
+    _spec("sa_solver_pece", fn.sample_sa_solver, "seeded", options={"use_pece": True}),
     # DDIM (eta = 0) in sigma space is exactly Euler's step, which is what ComfyUI runs for it
     _spec("ddim", fn.sample_euler, inpaint_noise_seed_offset=1),
     _spec("uni_pc", fn.sample_uni_pc, discard_penultimate_sigma=True),

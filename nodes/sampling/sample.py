@@ -147,7 +147,7 @@ def sample_custom(guider: Guider, sampler: SamplerSpec, sigmas: torch.Tensor, la
             kept_area_noise = initial_noise(samples.shape, (seed + sampler.inpaint_noise_seed_offset) % _SEED_MOD)
             kept_area_noise = kept_area_noise.to(dev)
         image_size = (samples.shape[-2] * 8, samples.shape[-1] * 8)
-        den = guider.denoiser(lat, kept_area_noise, mask, image_size)
+        den = guider.denoiser(lat, kept_area_noise, mask, image_size, need_uncond=sampler.needs_uncond)
         if parts is None:
             previewer = Previewer(ctx, model, len(sigmas) - 1)
             noise_sampler = step_noise_sampler(sampler.noise, x, sigmas, seed)

@@ -14,6 +14,8 @@ steps + 1 of them except where ComfyUI's rule gives another count (``ddim_unifor
 - ``kl_optimal``: Sabour et al. 2024: sigmas evenly spaced in atan(sigma).
 - ``beta``: Lee et al. 2024, "Beta Sampling is All You Need": timesteps at the quantiles of a Beta(0.6, 0.6)
   distribution, rounded to integer training timesteps, repeats dropped.
+- ``linear_quadratic``: Movie Gen's (Polyak et al. 2024) schedule: sigma falls linearly by 2.5 % of sigma_max over the
+  first half of the steps, then along the quadratic that continues it smoothly (same value and slope) down to 0.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "simple_scheduler",
     "ddim_uniform_scheduler",
     "beta_scheduler",
+    "linear_quadratic_scheduler",
     "get_sigmas_karras",
     "get_sigmas_exponential",
     "get_sigmas_polyexponential",
@@ -241,6 +244,27 @@ def beta_scheduler(ms: ModelSampling, steps: int, alpha: float = 0.6, beta: floa
     return _finish([table[t] for t in kept])
 
 
+def linear_quadratic_scheduler(ms: ModelSampling, steps: int, threshold: float = 0.025,
+                               linear_steps: int | None = None) -> torch.Tensor:
+    """Movie Gen's linear-quadratic schedule, as a fraction u_i of the way from sigma_max to 0 (sigma_i =
+    sigma_max (1 - u_i), i = 0 .. steps): u rises linearly to ``threshold`` over the first L = steps // 2 steps
+    (u_i = threshold i / L), then follows the quadratic with the same value and slope at i = L that reaches
+    u = 1 at i = steps. One step is [sigma_max, 0]."""
+    n = _check_steps(steps)
+    if n == 0:
+        return torch.zeros(1)
+    if n == 1:
+        return _finish([ms.sigma_max])
+    big_l = n // 2 if linear_steps is None else int(linear_steps)
+    if not 0 < big_l < n:
+        raise ValueError(f"linear_steps must be between 1 and steps - 1 ({n - 1}), got {big_l}")
+    slope = threshold / big_l
+    curve = (1.0 - threshold - slope * (n - big_l)) / (n - big_l) ** 2  # u(n) = 1
+    u = [slope * i for i in range(big_l)]
+    u += [threshold + slope * (i - big_l) + curve * (i - big_l) ** 2 for i in range(big_l, n)]
+    return _finish([ms.sigma_max * (1.0 - v) for v in u])
+
+
 SCHEDULERS: dict[str, Callable[[ModelSampling, int], torch.Tensor]] = {
     "normal": normal_scheduler,
     "karras": karras_scheduler,
@@ -249,6 +273,7 @@ SCHEDULERS: dict[str, Callable[[ModelSampling, int], torch.Tensor]] = {
     "simple": simple_scheduler,
     "ddim_uniform": ddim_uniform_scheduler,
     "beta": beta_scheduler,
+    "linear_quadratic": linear_quadratic_scheduler,
     "kl_optimal": kl_optimal_scheduler,
 }
 SCHEDULER_NAMES = list(SCHEDULERS)

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-__all__ = ["GaussianDenoiser", "MixtureDenoiser"]
+__all__ = ["GaussianDenoiser", "MixtureDenoiser", "GuidedDenoiser"]
 
 
 def _per_sample(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -105,3 +105,19 @@ class MixtureDenoiser:
                                 generator=generator)
         x0 = torch.tensor(self.points, dtype=dtype)[idx].reshape(shape)
         return x0 + sigma * torch.randn(shape, generator=generator, dtype=dtype)
+
+
+class GuidedDenoiser:
+    """Classifier-free guidance over two exact denoisers, as a guider combines a UNet's conditional and
+    unconditional predictions: D = U + cfg (C - U). ``denoise_with_uncond`` returns (D, U) (the interface the CFG++
+    samplers use)."""
+
+    def __init__(self, cond, uncond, cfg: float):
+        self.cond, self.uncond, self.cfg = cond, uncond, float(cfg)
+
+    def denoise_with_uncond(self, x: torch.Tensor, sigma: torch.Tensor, **extra):
+        u = self.uncond(x, sigma)
+        return u + (self.cond(x, sigma) - u) * self.cfg, u
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra) -> torch.Tensor:
+        return self.denoise_with_uncond(x, sigma)[0]

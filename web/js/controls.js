@@ -26,6 +26,7 @@ export function bindToolbar(app) {
   $("#redo-btn").addEventListener("click", () => app.history.redo());
   $("#check-btn").addEventListener("click", () => app.validate());
   $("#export-btn").addEventListener("click", () => app.files.exportApi());
+  $("#export-ui-btn").addEventListener("click", () => app.files.exportComfyUi());
   $("#fit-btn").addEventListener("click", () => app.fitView());
   $("#help-btn").addEventListener("click", () => showShortcuts());
   $("#panels-btn").addEventListener("click", (e) => {

@@ -97,6 +97,42 @@ export class Files {
     return api;
   }
 
+  /** The workflow in ComfyUI's UI format (what ComfyUI's frontend saves and opens), as a file. The server writes
+   *  it, exactly as `chisel export --comfy-ui` does; returns the exported workflow, or null when it could not. */
+  async exportComfyUi() {
+    closeTextEditor(true);
+    let r;
+    try {
+      r = await this.api.request("POST", "v1/workflow/export", {
+        json: { workflow: graphToWorkflow(this.app.graph), format: "comfy_ui" }, allowError: true,
+      });
+    } catch (e) {
+      r = { ok: false, status: 0, data: { error: { kind: "network", message: `the server could not be reached (${e.message})` } } };
+    }
+    if (r.ok && r.data?.workflow) {
+      this.download(r.data.workflow, `${this.app.name || "workflow"}.comfyui.json`);
+      return r.data.workflow;
+    }
+    this.exportFailed(r);
+    return null;
+  }
+
+  /** A refused export, said in a toast: what failed, the server's reason and kind, and each node's problem
+   *  (those are also outlined on their nodes). */
+  exportFailed(r) {
+    const error = (r.data && typeof r.data === "object" ? r.data.error : null) || {};
+    const errors = (r.data && Array.isArray(r.data.errors)) ? r.data.errors : [];
+    const reason = error.message || (typeof r.data === "string" && r.data.trim()) || `HTTP ${r.status}`;
+    const details = errors.map((e) => el("li", {}, [e.node_id && `node ${e.node_id}`, e.input, e.message]
+      .filter(Boolean).join(": ")));
+    const t = toast("", "error", 12000);
+    t.classList.add("export-error");
+    t.dataset.kind = error.kind || (r.status ? `http_${r.status}` : "network");
+    t.append(el("strong", {}, "Export as a ComfyUI workflow failed"), el("div", {}, `${reason} (${t.dataset.kind})`));
+    if (details.length) t.append(el("ul", {}, ...details));
+    if (errors.length) this.app.showServerErrors(errors);
+  }
+
   download(data, filename) {
     const blob = new Blob([JSON.stringify(data, null, 2) + "\n"], { type: "application/json" });
     const a = el("a", { href: URL.createObjectURL(blob), download: filename });
