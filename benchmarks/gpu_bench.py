@@ -5,6 +5,8 @@
 2. Chisel: the txt2img graph through ``Engine.run`` (load, encode, empty latent, KSampler euler/normal, VAE decode to
    a host tensor), steady state (a new seed each run, so sampling and decoding always run), batch 1 and batch N,
    for each ``--compile`` mode asked; peak device memory; the first call (compiling) timed on its own.
+   Batching across prompts: N batch-1 prompts with their own seeds and texts through ``Engine.run_many`` (what the
+   server does with compatible queued prompts), images per second (``promptsN_batched``).
 3. Second start: a new process, same file and shapes, compile cache kept in the Chisel root: seconds from process
    start to the first image.
 4. diffusers in the same run: eager fp16, and compiled with ``mode="reduce-overhead"`` (CUDA graphs), UNet and VAE.
@@ -135,6 +137,24 @@ def engine_image(engine, ckpt: str, args, batch: int, seed: int) -> tuple[float,
     return wall, sum(result.timings.values())
 
 
+def engine_prompts(engine, ckpt: str, args, seed: int) -> float:
+    """``args.batch`` batch-1 prompts (own seeds and texts) as the server batches them (``Engine.run_many``): wall
+    seconds until every image is on the host."""
+    jobs = []
+    for i in range(args.batch):
+        wf = txt2img(ckpt, args.size, args.steps, args.cfg, 1, seed + i)
+        wf["nodes"]["6"]["inputs"]["text"] = f"{PROMPT}, variation {i}"
+        jobs.append(dict(workflow=wf, outputs=["8"]))
+    t0 = time.perf_counter()
+    results = engine.run_many(jobs)
+    for r in results:
+        if r.status != "success":
+            raise RuntimeError(f"a batched prompt failed: {[e.to_dict() for e in r.errors]}")
+        r.values["8"][0].cpu()
+    sync()
+    return time.perf_counter() - t0
+
+
 def measure_chisel(root: Path, ckpt: str, args, mode: str) -> dict:
     engine = make_engine(root, mode)
     out: dict = {}
@@ -155,6 +175,10 @@ def measure_chisel(root: Path, ckpt: str, args, mode: str) -> dict:
                                 "engine_overhead_pct": 100 * statistics.median(
                                     [(w - n) / w for w, n in zip(walls, inside)]),
                                 "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30}
+    engine_prompts(engine, ckpt, args, 10_000)  # warm-up (the fused batch has batch N's UNet shapes)
+    walls = [engine_prompts(engine, ckpt, args, 20_000 + 100 * i) for i in range(args.runs)]
+    med = statistics.median(walls)
+    out[f"prompts{args.batch}_batched"] = {"seconds_per_run": med, "images_per_s": args.batch / med, "all_s": walls}
     engine.services.models.free(unload=True)
     del engine
     gc.collect()

@@ -56,20 +56,23 @@ class _KeyContext:
 
 
 class _Context:
-    """The ``ctx`` a node's ``run`` receives."""
+    """The ``ctx`` a node's ``run`` receives. In a fused batch (:mod:`graph.fused`) one call may serve several runs
+    that asked for the same computation (``also``): its progress goes to each, and an interrupt of any stops it."""
 
-    def __init__(self, engine: "Engine", run: "_Run", node_id: str, files: dict[str, Path]):
+    def __init__(self, engine: "Engine", run: "_Run", node_id: str, files: dict[str, Path], also: tuple = ()):
         self._engine, self._run, self.node_id, self._files = engine, run, node_id, files
+        self._runs = (run, *also)
         self.services = engine.services
         self.registry = engine.registry
         self.run_id = run.run_id
 
     def check_interrupted(self) -> None:
-        if self._run.interrupt.is_set():
+        if any(r.interrupt.is_set() for r in self._runs):
             raise Interrupted()
 
     def progress(self, value: float, total: float, preview: Any = None) -> None:
-        self._run.emit(ev.PROGRESS, self.node_id, value=value, max=total, preview=preview)
+        for r in self._runs:
+            r.emit(ev.PROGRESS, self.node_id, value=value, max=total, preview=preview)
         self.check_interrupted()
 
     def file_path(self, input_name: str) -> Path:
@@ -123,7 +126,7 @@ class Engine:
         self.cache = cache if cache is not None else ResultCache()
         self._last_components: dict[str, tuple[str, dict[str, str]]] = {}  # node id -> (type, components)
         self._lock = threading.Lock()
-        self._current: _Run | None = None
+        self._current: list[_Run] = []
         self.rng = random.SystemRandom()
 
     # -- public API -------------------------------------------------------------------------------------
@@ -135,31 +138,52 @@ class Engine:
         return validate(wf, self.registry, self.paths, outputs, rng=self.rng)
 
     def interrupt(self) -> bool:
-        """Interrupt the run in progress, if any."""
-        run = self._current
-        if run is None:
-            return False
-        run.interrupt.set()
-        return True
+        """Interrupt the run in progress (every run of a fused batch), if any."""
+        runs = list(self._current)
+        for run in runs:
+            run.interrupt.set()
+        return bool(runs)
 
     def run(self, workflow: Workflow | dict, outputs: list[str] | None = None, on_event: ev.EventCallback | None = None,
             interrupt: threading.Event | None = None, run_id: str | None = None,
             extra: dict[str, Any] | None = None) -> RunResult:
-        run_id = run_id or uuid.uuid4().hex
-        try:
-            wf = workflow if isinstance(workflow, Workflow) else self.load(workflow)
-        except WorkflowError as exc:
-            return self._failed_early(run_id, exc.errors, on_event)
-        plan, errors = validate(wf, self.registry, self.paths, outputs, rng=self.rng)
-        if plan is None:
-            return self._failed_early(run_id, errors, on_event)
-        run = _Run(self, wf, plan, run_id, on_event, interrupt or threading.Event(), extra or {})
-        with self._lock:  # one run at a time per engine: nodes share models and the cache
-            self._current = run
+        return self.run_many([dict(workflow=workflow, outputs=outputs, on_event=on_event, interrupt=interrupt,
+                                   run_id=run_id, extra=extra)])[0]
+
+    def run_many(self, jobs: list[dict[str, Any]]) -> list[RunResult]:
+        """Run several prompts as one batch (:mod:`graph.fused`): each job is ``run``'s keyword arguments, and each
+        gets the result, events and errors it would get alone; a computation they share runs once, and a node with a
+        batched form (``Node.run_batch``) runs once for all of them. A prompt that fails validation fails alone."""
+        results: list[RunResult | None] = [None] * len(jobs)
+        runs: list[tuple[int, _Run]] = []
+        for i, job in enumerate(jobs):
+            run_id = job.get("run_id") or uuid.uuid4().hex
+            on_event, workflow = job.get("on_event"), job["workflow"]
             try:
-                return self._execute(run)
-            finally:
-                self._current = None
+                wf = workflow if isinstance(workflow, Workflow) else self.load(workflow)
+            except WorkflowError as exc:
+                results[i] = self._failed_early(run_id, exc.errors, on_event)
+                continue
+            plan, errors = validate(wf, self.registry, self.paths, job.get("outputs"), rng=self.rng)
+            if plan is None:
+                results[i] = self._failed_early(run_id, errors, on_event)
+                continue
+            runs.append((i, _Run(self, wf, plan, run_id, on_event, job.get("interrupt") or threading.Event(),
+                                 job.get("extra") or {})))
+        if runs:
+            with self._lock:  # one run (or fused batch) at a time per engine: nodes share models and the cache
+                self._current = [run for _, run in runs]
+                try:
+                    if len(runs) == 1:
+                        done = [self._execute(runs[0][1])]
+                    else:
+                        from .fused import execute_fused
+                        done = execute_fused(self, [run for _, run in runs])
+                finally:
+                    self._current = []
+            for (i, _), result in zip(runs, done):
+                results[i] = result
+        return results  # type: ignore[return-value]
 
     # -- internals --------------------------------------------------------------------------------------
     def _failed_early(self, run_id: str, errors: list[ChiselError], on_event) -> RunResult:
@@ -200,16 +224,21 @@ class Engine:
                 reasons.append(f"input {name!r} changed")
         return "; ".join(reasons) if reasons else "not cached before"
 
-    def _execute(self, run: _Run) -> RunResult:
+    def _begin(self, run: _Run) -> tuple[RunResult, dict, dict[str, tuple], list[str]]:
+        """Start a run: its result, cache keys, the values the cache serves, and the nodes left to execute."""
         plan = run.plan
         result = RunResult(run.run_id, "success", resolved=plan.resolved)
         keys = self._keys(plan)
         run.emit(ev.STARTED, nodes=list(plan.order), outputs=list(plan.outputs), resolved=plan.resolved)
         hits = {nid: self.cache.get(keys[nid][0]) for nid in plan.order}
         values = self._serve_cached(run, result, hits)
+        return result, keys, values, _nodes_to_run(plan, hits)
 
+    def _execute(self, run: _Run) -> RunResult:
+        plan = run.plan
+        result, keys, values, to_run = self._begin(run)
         failed: set[str] = set()  # nodes that raised, and (below) the nodes downstream of them
-        for nid in _nodes_to_run(plan, hits):
+        for nid in to_run:
             pn = plan.nodes[nid]
             if any(src in failed for src, _ in pn.links.values()):
                 failed.add(nid)
@@ -218,10 +247,7 @@ class Engine:
             if run.interrupt.is_set():
                 self._record_interrupt(run, result, nid, "interrupted before this node ran")
                 break
-            key, components = keys[nid]
-            reason = self._explain(plan, nid, key, components)
-            result.explain[nid] = reason
-            run.emit(ev.EXECUTING, nid, node_type=pn.cls.type, reason=reason)
+            self._announce(run, result, nid, keys[nid])
             started = time.perf_counter()
             try:
                 outputs, ui = self._call_node(run, nid, values)
@@ -230,23 +256,38 @@ class Engine:
                 self._record_interrupt(run, result, nid, "interrupted while running")
                 break
             except Exception as exc:  # a node's failure fails its branch only
-                result.timings[nid] = time.perf_counter() - started
                 failed.add(nid)
-                err = ChiselError(E.EXECUTION_FAILED, f"{type(exc).__name__}: {exc}", node_id=nid,
-                                  node_type=pn.cls.type, details={"exception_type": type(exc).__name__,
-                                                                  "traceback": traceback.format_exc(limit=8)})
-                result.errors.append(err)
-                run.emit(ev.ERROR, nid, error=err.to_dict())
+                self._record_failure(run, result, nid, exc, time.perf_counter() - started)
                 continue
-            elapsed = result.timings[nid] = time.perf_counter() - started
-            values[nid] = outputs
-            self.cache.put(key, outputs, ui)
-            self._last_components[nid] = (pn.cls.type, components)
-            result.executed.append(nid)
-            if ui:
-                result.outputs[nid] = ui
-            run.emit(ev.EXECUTED, nid, ui=ui, cached=False, seconds=elapsed)
+            self._record_done(run, result, nid, keys[nid], values, outputs, ui, time.perf_counter() - started)
         return self._finish(run, result, keys, values, failed_any=len(failed) > len(result.skipped))
+
+    def _announce(self, run: _Run, result: RunResult, nid: str, key: tuple[str, dict[str, str]]) -> None:
+        """Say why ``nid`` runs, and that it starts."""
+        reason = self._explain(run.plan, nid, key[0], key[1])
+        result.explain[nid] = reason
+        run.emit(ev.EXECUTING, nid, node_type=run.plan.nodes[nid].cls.type, reason=reason)
+
+    def _record_done(self, run: _Run, result: RunResult, nid: str, key: tuple[str, dict[str, str]],
+                     values: dict[str, tuple], outputs: tuple, ui: dict[str, Any], elapsed: float) -> None:
+        result.timings[nid] = elapsed
+        values[nid] = outputs
+        self.cache.put(key[0], outputs, ui)
+        self._last_components[nid] = (run.plan.nodes[nid].cls.type, key[1])
+        result.executed.append(nid)
+        if ui:
+            result.outputs[nid] = ui
+        run.emit(ev.EXECUTED, nid, ui=ui, cached=False, seconds=elapsed)
+
+    @staticmethod
+    def _record_failure(run: _Run, result: RunResult, nid: str, exc: BaseException, elapsed: float) -> None:
+        """A node raised (call inside the ``except`` block, for the traceback): the error, on its run only."""
+        result.timings[nid] = elapsed
+        err = ChiselError(E.EXECUTION_FAILED, f"{type(exc).__name__}: {exc}", node_id=nid,
+                          node_type=run.plan.nodes[nid].cls.type, details={"exception_type": type(exc).__name__,
+                                                                          "traceback": traceback.format_exc(limit=8)})
+        result.errors.append(err)
+        run.emit(ev.ERROR, nid, error=err.to_dict())
 
     def _serve_cached(self, run: _Run, result: RunResult, hits: dict[str, Any]) -> dict[str, tuple]:
         """Take every cache hit's outputs; announce them. Returns node id -> output values so far."""
@@ -264,21 +305,35 @@ class Engine:
                     run.emit(ev.EXECUTED, nid, ui=result.outputs[nid], cached=True, seconds=0.0)
         return values
 
-    def _call_node(self, run: _Run, nid: str, values: dict[str, tuple]) -> tuple[tuple, dict[str, Any]]:
-        """Run one node on its literals and upstream values; its outputs as a tuple of the declared length."""
+    @staticmethod
+    def _inputs(run: _Run, nid: str, values: dict[str, tuple]) -> dict[str, Any]:
+        """A node's ``run`` keyword arguments: its literals and upstream values (an optional input left out: None)."""
         pn = run.plan.nodes[nid]
-        kwargs: dict[str, Any] = {i.name: None for i in pn.cls.inputs}  # an optional input left out is None
+        kwargs: dict[str, Any] = {i.name: None for i in pn.cls.inputs}
         kwargs.update(pn.literals)
         for name, (src, idx) in pn.links.items():
             kwargs[name] = values[src][idx]
-        out = pn.cls().run(_Context(self, run, nid, pn.files), **kwargs)
+        return kwargs
+
+    def _context(self, run: _Run, nid: str, also: tuple = ()) -> _Context:
+        return _Context(self, run, nid, run.plan.nodes[nid].files, also)
+
+    def _call_node(self, run: _Run, nid: str, values: dict[str, tuple], also: tuple = ()) -> tuple[tuple, dict[str, Any]]:
+        """Run one node on its literals and upstream values; its outputs as a tuple of the declared length."""
+        pn = run.plan.nodes[nid]
+        out = pn.cls().run(self._context(run, nid, also), **self._inputs(run, nid, values))
+        return self._normalize(pn.cls, out)
+
+    @staticmethod
+    def _normalize(cls: type[Node], out: Any) -> tuple[tuple, dict[str, Any]]:
+        """A node's return value as (outputs tuple of the declared length, ui)."""
         outputs, ui = (out.outputs, out.ui) if isinstance(out, NodeResult) else (out, {})
         if outputs is None:
             outputs = ()
         if not isinstance(outputs, tuple):
             outputs = tuple(outputs) if isinstance(outputs, list) else (outputs,)
-        if len(outputs) != len(pn.cls.outputs):
-            raise RuntimeError(f"{pn.cls.type}.run returned {len(outputs)} values for {len(pn.cls.outputs)} outputs")
+        if len(outputs) != len(cls.outputs):
+            raise RuntimeError(f"{cls.type}.run returned {len(outputs)} values for {len(cls.outputs)} outputs")
         return outputs, ui
 
     @staticmethod

@@ -161,9 +161,20 @@ class Node:
     inputs: ClassVar[tuple[Input, ...]] = ()
     outputs: ClassVar[tuple[Output, ...]] = ()
     output_node: ClassVar[bool] = False
+    # Batching across prompts (see graph.batching): the literal inputs that may differ between prompts run as one
+    # batch (a seed, a prompt text, a file name prefix). Prompts that differ elsewhere never share a batch.
+    per_sample_inputs: ClassVar[tuple[str, ...]] = ()
 
     def run(self, ctx: RunContext, **inputs: Any) -> tuple | NodeResult:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @classmethod
+    def run_batch(cls, ctxs: list[RunContext], calls: list[dict[str, Any]]) -> list[tuple] | None:
+        """Run several calls of this node (one per prompt of a batch, each with its own ``ctx`` and inputs) as one
+        computation; return each call's outputs, in order, exactly as :meth:`run` would give them alone (up to the
+        rounding of a batched computation). Return None to decline (the calls then run one by one); the default
+        declines. An exception also makes each call run alone, so one prompt's failure stays its own."""
+        return None
 
     @classmethod
     def fingerprint(cls, ctx: RunContext, **inputs: Any) -> Any:

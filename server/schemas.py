@@ -317,6 +317,8 @@ class HistoryEntry(Response):
     started: float | None = None
     finished: float | None = None
     attempts: int = Field(description="times a worker started it (2 after a crash re-run)")
+    batch: list[str] | None = Field(None, description="when it was sampled in one batch with other prompts: the "
+                                                      "batch's prompt ids, in order (itself included)")
 
 
 class HistoryPage(Response):

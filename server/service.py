@@ -23,6 +23,7 @@ from . import store as S
 from .errors import ApiError
 from .files import ThumbCache
 from .hub import Hub
+from .batching import BatchPolicy
 from .worker import FileWriter, Worker
 
 log = logging.getLogger("chisel.server")
@@ -55,6 +56,8 @@ class ServerConfig:
     web_dir: Path = field(default_factory=lambda: REPO / "web")
     workflows_dir: Path = field(default_factory=lambda: REPO / "workflows")
     writer_threads: int = 2
+    max_batch: int = 8  # server.batching: prompts sampled together (1: off)
+    batch_window: float = 0.02  # seconds the worker waits for compatible prompts
     preview_max_size: int = 512
     queue_throttle: float = 0.05
     preview_method: str = "none"  # ComfyUI's /ws: binary previews only when not "none" (the native WS always)
@@ -110,7 +113,8 @@ class ChiselServer:
             return
         self.worker = Worker(self.engine, self.store, self.writer, self.notify, wants_preview=self.hub.wants_preview,
                              preview_max_size=self.config.preview_max_size,
-                             on_free=partial(do_free, self.engine, self.services))
+                             on_free=partial(do_free, self.engine, self.services),
+                             batching=BatchPolicy(self.config.max_batch, self.config.batch_window))
         self.worker.start()
 
     async def shutdown(self, app: Any = None) -> None:
@@ -265,7 +269,8 @@ class ChiselServer:
                 "resolved": result.get("resolved", {}), "executed": result.get("executed", []),
                 "cached": result.get("cached", []), "skipped": result.get("skipped", []),
                 "created": row.get("created"), "started": row.get("started"), "finished": row.get("finished"),
-                "attempts": row.get("attempts", 0), **({"cluster": result["cluster"]} if "cluster" in result else {})}
+                "attempts": row.get("attempts", 0), **({"cluster": result["cluster"]} if "cluster" in result else {}),
+                **({"batch": result["batch"]} if "batch" in result else {})}
 
     def prompt_api(self, row: dict[str, Any]) -> dict[str, Any]:
         if row.get("prompt_api") is not None:
@@ -310,6 +315,8 @@ def config_from_settings(settings: Any, **kw: Any) -> ServerConfig:
     cfg.allowed_origins = tuple(settings.allow_origin)
     cfg.auth_max_failures = settings.auth_max_failures
     cfg.auth_lockout = settings.auth_lockout_seconds
+    cfg.max_batch = settings.max_batch
+    cfg.batch_window = settings.batch_window_ms / 1000.0
     return cfg
 
 

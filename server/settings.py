@@ -38,6 +38,12 @@ class Settings(BaseModel):
     allow_origin: list[str] = Field(default_factory=list, description="a web origin (scheme://host[:port]) allowed "
                                                                       "to call the API cross-origin (CORS); repeat "
                                                                       "for more")
+    max_batch: int = Field(8, ge=1, le=64, description="most queued prompts sampled together as one batch when they "
+                                                     "differ only in seeds, prompt texts or file name prefixes (1: "
+                                                     "no batching)")
+    batch_window_ms: float = Field(20, ge=0, le=10_000, description="how long the worker waits, after taking a "
+                                                                    "prompt, for compatible prompts to batch with it "
+                                                                    "(0: only those already queued)")
     auth_max_failures: int = Field(10, ge=1, description="failed token checks from one address within "
                                                          "auth_lockout_seconds before it is refused (429) for the "
                                                          "rest of that time")

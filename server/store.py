@@ -203,6 +203,26 @@ class Store:
                        (RUNNING, row["started"], row["attempts"], row["number"]))
             return row
 
+    def claim_matching(self, fits: Callable[[dict[str, Any]], bool], limit: int, scan: int = 64) -> list[dict[str, Any]]:
+        """Mark running, and return, up to ``limit`` queued prompts for which ``fits(row)`` holds, looking at the
+        first ``scan`` of the queue, in queue order (the prompts that join a batch: server.batching)."""
+        if limit <= 0:
+            return []
+        claimed = []
+        with self._tx() as db:
+            cur = db.execute("SELECT * FROM prompts WHERE status=? ORDER BY priority, number LIMIT ?", (QUEUED, scan))
+            for found in cur.fetchall():
+                row = _row(cur, found)
+                if not fits(row):
+                    continue
+                row["status"], row["started"], row["attempts"] = RUNNING, time.time(), row["attempts"] + 1
+                db.execute("UPDATE prompts SET status=?, started=?, attempts=? WHERE number=?",
+                           (RUNNING, row["started"], row["attempts"], row["number"]))
+                claimed.append(row)
+                if len(claimed) >= limit:
+                    break
+        return claimed
+
     def requeue(self, prompt_id: str, count_attempt: bool = False) -> None:
         """Put a running prompt back at its place in the queue. A graceful stop interrupted it: no attempt used;
         ``count_attempt``: the worker running it died (a cluster re-runs it), the attempt counts."""

@@ -35,9 +35,9 @@ from graph import events as ev
 from graph.atomic_files import write_atomically
 from graph.engine import RunResult
 from graph.errors import ChiselError
-from graph.workflow import parse_workflow
 
 from . import store as S
+from .batching import BatchPolicy, gather
 
 log = logging.getLogger("chisel.server")
 
@@ -79,7 +79,8 @@ class FileWriter:
         self._pending: dict[str, Future] = {}
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_pending)  # back-pressure: RAM held by queued images is bounded
-        self._batch: list[PendingWrite] | None = None
+        self._batches: dict[str, list[PendingWrite]] | None = None  # prompt id -> its writes
+        self.prompt_id: str | None = None  # the prompt whose node runs now (set by the worker): its writes
         self.node_id: str | None = None  # the node running now (set by the worker), to name it in a write error
 
     @staticmethod
@@ -89,7 +90,7 @@ class FileWriter:
     def submit(self, path: str | Path, write: Callable[[Path], Any]) -> Future:
         path = Path(path)
         key = self._key(path)
-        batch = self._batch
+        batch = self._batches.get(self.prompt_id) if self._batches is not None else None
         if batch is not None and self.max_per_prompt is not None and len(batch) >= self.max_per_prompt:
             raise TooManyFiles(f"this prompt has written {len(batch)} files, the server's limit "
                                "(--max-images-per-prompt); no more are written")
@@ -103,8 +104,8 @@ class FileWriter:
         except BaseException:
             self._slots.release()
             raise
-        if self._batch is not None:
-            self._batch.append(PendingWrite(path, self.node_id, future))
+        if batch is not None:
+            batch.append(PendingWrite(path, self.node_id, future))
         self._pool.submit(self._write, path, key, write, future)
         return future
 
@@ -125,14 +126,21 @@ class FileWriter:
         with self._lock:
             return self._pending.get(self._key(Path(path)))
 
-    def begin(self) -> None:
-        """Start collecting the writes of one prompt (worker thread)."""
-        self._batch = []
+    def begin(self, prompt_ids: list[str] | None = None) -> None:
+        """Start collecting the writes of the prompts about to run (one, or a batch; worker thread). A write goes
+        to the prompt named by :attr:`prompt_id` (the first one until the worker says otherwise)."""
+        ids = list(prompt_ids) if prompt_ids else [""]
+        self._batches = {pid: [] for pid in ids}
+        self.prompt_id = ids[0]
         self.node_id = None
 
     def end(self) -> list[PendingWrite]:
-        batch, self._batch = self._batch or [], None
-        return batch
+        """The writes collected since :meth:`begin`, of every prompt (see :meth:`end_all` for them by prompt)."""
+        return [w for writes in self.end_all().values() for w in writes]
+
+    def end_all(self) -> dict[str, list[PendingWrite]]:
+        batches, self._batches = self._batches or {}, None
+        return batches
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
@@ -183,14 +191,15 @@ class Worker:
 
     def __init__(self, engine: Any, store: S.Store, writer: FileWriter, notify: Callable[..., None],
                  wants_preview: Callable[[str | None], bool] = lambda client: False, preview_max_size: int = 512,
-                 on_free: Callable[[bool, bool], None] | None = None):
+                 on_free: Callable[[bool, bool], None] | None = None, batching: BatchPolicy | None = None):
         self.engine, self.store, self.writer = engine, store, writer
         self.notify, self.wants_preview, self.preview_max_size = notify, wants_preview, preview_max_size
         self.on_free = on_free
+        self.batching = batching if batching is not None else BatchPolicy(max_batch=1, window=0.0)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self.current: _Current | None = None
+        self.current: list[_Current] = []  # the prompts running now (several when batched)
         self._free_requests: list[tuple[bool, bool, Future]] = []
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chisel-finisher")
         self._thread = threading.Thread(target=self._loop, name="chisel-worker", daemon=True)
@@ -203,17 +212,17 @@ class Worker:
         self._wake.set()
 
     def interrupt(self, prompt_id: str | None = None) -> str | None:
-        """Interrupt the running prompt (only if it is ``prompt_id``, when given); return the id interrupted."""
+        """Interrupt the running prompt (only ``prompt_id`` when given; every prompt of a running batch when not);
+        return the (first) id interrupted. The other prompts of a batch go on without an interrupted one."""
         with self._lock:
-            cur = self.current
-            if cur is None or (prompt_id is not None and cur.prompt_id != prompt_id):
-                return None
-            cur.interrupt.set()
-            return cur.prompt_id
+            hit = [c for c in self.current if prompt_id is None or c.prompt_id == prompt_id]
+            for cur in hit:
+                cur.interrupt.set()
+            return hit[0].prompt_id if hit else None
 
     def running(self) -> str | None:
         cur = self.current
-        return cur.prompt_id if cur is not None else None
+        return cur[0].prompt_id if cur else None
 
     def request_free(self, unload_models: bool, free_memory: bool) -> Future:
         """Free models/caches between prompts (never under a running one); the future completes when done."""
@@ -227,8 +236,8 @@ class Worker:
         """Graceful stop: interrupt the running prompt (it goes back to the queue), drain the finisher and writer."""
         self._stopping.set()
         with self._lock:
-            if self.current is not None:
-                self.current.interrupt.set()
+            for cur in self.current:
+                cur.interrupt.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -245,10 +254,12 @@ class Worker:
             item = claim_next(self.store, self._wake, self._stopping)
             if item is None:
                 continue
+            items = [item]
             try:
-                self._run(item)
+                items = gather(self.store, item, self.engine.registry, self.batching, self._wake, self._stopping)
+                self._run(items)
             except Exception:  # the worker must survive anything
-                log.exception("worker failed on prompt %s", item["prompt_id"])
+                log.exception("worker failed on prompt %s", ", ".join(i["prompt_id"] for i in items))
 
     def _apply_free(self) -> None:
         with self._lock:
@@ -267,47 +278,60 @@ class Worker:
             for _, _, fut in requests:
                 fut.set_result({"unload_models": unload, "free_memory": free})
 
-    def _run(self, item: dict[str, Any]) -> None:
-        pid, client = item["prompt_id"], item.get("client_id")
-        cur = _Current(pid, client, threading.Event())
+    def _run(self, items: list[dict[str, Any]]) -> None:
+        """Run one prompt, or a batch of compatible prompts as one fused run (server.batching)."""
+        curs = [_Current(item["prompt_id"], item.get("client_id"), threading.Event()) for item in items]
         with self._lock:
-            self.current = cur
+            self.current = curs
             if self._stopping.is_set():
-                cur.interrupt.set()
+                for cur in curs:
+                    cur.interrupt.set()
         self.notify("queue", None)
-        workflow_dict = item["workflow"]
-        node_types = {nid: spec.get("type") for nid, spec in (workflow_dict.get("nodes") or {}).items()}
+        jobs = []
+        for item, cur in zip(items, curs):
+            extra = dict(item.get("extra_data") or {})
+            extra.update(prompt_id=cur.prompt_id, client_id=cur.client_id)
+            jobs.append(dict(workflow=item["workflow"], outputs=item.get("outputs"), interrupt=cur.interrupt,
+                             run_id=cur.prompt_id, extra=extra, on_event=self._event_sink(item)))
+        self.writer.begin([cur.prompt_id for cur in curs])
+        try:
+            results = self.engine.run_many(jobs)
+        except Exception as exc:  # a bug outside any node: record it, keep serving
+            log.exception("prompts %s failed outside their nodes", ", ".join(c.prompt_id for c in curs))
+            error = ChiselError("internal_error", f"{type(exc).__name__}: {exc}",
+                                details={"exception_type": type(exc).__name__, "traceback": traceback.format_exc(limit=8)})
+            results = [RunResult(cur.prompt_id, "error", errors=[error]) for cur in curs]
+        writes = self.writer.end_all()
+        with self._lock:
+            self.current = []
+        batch = [cur.prompt_id for cur in curs]
+        for item, result in zip(items, results):
+            pid = item["prompt_id"]
+            if self._stopping.is_set() and result.status == "interrupted":
+                for w in writes.get(pid, []):  # let what was written land, then hand the prompt back to the queue
+                    _wait(w.future)
+                self.store.requeue(pid)
+                self.notify("queue", None)
+                continue
+            if len(batch) > 1:
+                item = dict(item, batch=batch)
+            self._finish_when_written(item, result, writes.get(pid, []))
+
+    def _event_sink(self, item: dict[str, Any]) -> Callable[[ev.Event], None]:
+        """One prompt's engine events as hub notifications; its file writes are attributed to it."""
+        pid, client = item["prompt_id"], item.get("client_id")
+        node_types = {nid: spec.get("type") for nid, spec in (item["workflow"].get("nodes") or {}).items()}
 
         def on_event(event: ev.Event) -> None:
             if event.type == ev.FINISHED:
                 return  # the finisher sends `finished` once the prompt's files and record are on disk
             if event.type == ev.EXECUTING:
                 self.writer.node_id = event.node_id
+                self.writer.prompt_id = pid
             wants = event.type == ev.PROGRESS and self.wants_preview(client)
             self.notify("event", event_payload(event, pid, client, node_types, wants, self.preview_max_size))
 
-        self.writer.begin()
-        try:
-            workflow = parse_workflow(workflow_dict, self.engine.registry)
-            extra = dict(item.get("extra_data") or {})
-            extra.update(prompt_id=pid, client_id=client)
-            result = self.engine.run(workflow, outputs=item.get("outputs"), on_event=on_event,
-                                     interrupt=cur.interrupt, run_id=pid, extra=extra)
-        except Exception as exc:  # a bug outside any node: record it, keep serving
-            log.exception("prompt %s failed outside its nodes", pid)
-            result = RunResult(pid, "error", errors=[ChiselError(
-                "internal_error", f"{type(exc).__name__}: {exc}",
-                details={"exception_type": type(exc).__name__, "traceback": traceback.format_exc(limit=8)})])
-        writes = self.writer.end()
-        with self._lock:
-            self.current = None
-        if self._stopping.is_set() and result.status == "interrupted":
-            for w in writes:  # let what was written land, then hand the prompt back to the queue
-                _wait(w.future)
-            self.store.requeue(pid)
-            self.notify("queue", None)
-            return
-        self._finish_when_written(item, result, writes)
+        return on_event
 
     def _finish_when_written(self, item: dict[str, Any], result: RunResult, writes: list[PendingWrite]) -> None:
         """Finish the prompt once its own files are written (prompts with nothing left to write finish at once,
@@ -343,6 +367,8 @@ class Worker:
         payload = {"outputs": result.outputs, "timings": result.timings, "errors": errors,
                    "resolved": result.resolved, "executed": result.executed, "cached": result.cached,
                    "skipped": result.skipped, "explain": result.explain}
+        if item.get("batch"):
+            payload["batch"] = item["batch"]  # the prompts it was sampled with (itself included), in order
         self._annotate(pid, payload)
         try:
             self.store.finish(pid, status, payload)

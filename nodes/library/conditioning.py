@@ -33,6 +33,7 @@ class CLIPTextEncode(Node):
         Input("clip", CLIP, tooltip="The text encoder (from a checkpoint loader)."),
     )
     outputs = (Output("CONDITIONING", CONDITIONING),)
+    per_sample_inputs = ("text",)
 
     @classmethod
     def fingerprint(cls, ctx, text=None, **_):
@@ -242,6 +243,7 @@ class CLIPTextEncodeSDXL(Node):
         Input("text_l", STRING, multiline=True),
     )
     outputs = (Output("CONDITIONING", CONDITIONING),)
+    per_sample_inputs = ("text_g", "text_l")
 
     @classmethod
     def fingerprint(cls, ctx, text_g=None, text_l=None, **_):
@@ -268,6 +270,7 @@ class CLIPTextEncodeSDXLRefiner(Node):
         Input("clip", CLIP),
     )
     outputs = (Output("CONDITIONING", CONDITIONING),)
+    per_sample_inputs = ("text",)
 
     @classmethod
     def fingerprint(cls, ctx, text=None, **_):

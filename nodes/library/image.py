@@ -45,6 +45,7 @@ class SaveImage(Node):
               tooltip="File name prefix; may include subfolders (a/b/name) inside the output folder."),
     )
     outputs = ()
+    per_sample_inputs = ("filename_prefix",)
 
     def run(self, ctx, images, filename_prefix):
         folder = ctx.services.paths.dir("output")

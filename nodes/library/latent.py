@@ -160,6 +160,15 @@ class VAEDecode(Node):
     def run(self, ctx, samples, vae):
         return (decode_with_fallback(vae, samples["samples"]),)
 
+    @classmethod
+    def run_batch(cls, ctxs, calls):
+        """Several prompts' latents decoded in one call (the same VAE, the same latent size), split back."""
+        lats = [c["samples"]["samples"] for c in calls]
+        if any(c["vae"] is not calls[0]["vae"] or lat.shape[1:] != lats[0].shape[1:] for c, lat in zip(calls, lats)):
+            return None
+        images = decode_with_fallback(calls[0]["vae"], torch.cat(lats))
+        return [(part,) for part in torch.split(images, [lat.shape[0] for lat in lats])]
+
 
 class VAEEncode(Node):
     type = "VAEEncode"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from graph.node import Input, Node, Output
 from graph.types import COMBO, CONDITIONING, FLOAT, INT, LATENT, MAX_SEED, MODEL
 from nodes.sampling import SAMPLER_NAMES, SCHEDULER_NAMES
+from nodes.sampling.batch import sample_batch
 from nodes.sampling.sample import sample
 
 # ComfyUI's scheduler order, limited to what Chisel implements; the sampler choices are the registry's names (in
@@ -37,11 +38,18 @@ class KSampler(Node):
               tooltip="How much of the schedule to run: below 1 keeps some of the input latent (img2img)."),
     )
     outputs = (Output("LATENT", LATENT),)
+    per_sample_inputs = ("seed",)
 
     def run(self, ctx, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
             denoise):
         return (sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
                        denoise, ctx),)
+
+    @classmethod
+    def run_batch(cls, ctxs, calls):
+        out = sample_batch(ctxs, [dict(c, latent=c["latent_image"], add_noise=True, start_step=None, last_step=None,
+                                       force_full_denoise=False) for c in calls])
+        return None if out is None else [(latent,) for latent in out]
 
 
 class KSamplerAdvanced(Node):
@@ -73,6 +81,16 @@ class KSamplerAdvanced(Node):
               tooltip="enable: return the latent at end_at_step's noise level instead of denoising it fully."),
     )
     outputs = (Output("LATENT", LATENT),)
+    per_sample_inputs = ("noise_seed",)
+
+    @classmethod
+    def run_batch(cls, ctxs, calls):
+        out = sample_batch(ctxs, [dict(c, seed=c["noise_seed"], latent=c["latent_image"], denoise=1.0,
+                                       add_noise=c["add_noise"] != "disable", start_step=c["start_at_step"],
+                                       last_step=c["end_at_step"],
+                                       force_full_denoise=c["return_with_leftover_noise"] != "enable")
+                                for c in calls])
+        return None if out is None else [(latent,) for latent in out]
 
     def run(self, ctx, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
             latent_image, start_at_step, end_at_step, return_with_leftover_noise):

@@ -37,7 +37,7 @@ from nodes.memory.handles import ModelHandle
 @dataclass
 class _Entry:
     group: int  # index of its conditioning in the guider's plan (0 = positive)
-    emb: torch.Tensor  # [1, T, D] on device, unet dtype
+    emb: torch.Tensor  # [1, T, D] on device, unet dtype; [B, T, D] when stacked from several prompts
     area: tuple[int, int, int, int] | None  # (h, w, y, x) latent cells, None = full frame
     mult: torch.Tensor | float  # [1 or B, 1, h, w] or a scalar
     pooled: torch.Tensor | None  # [1, P]
@@ -326,7 +326,9 @@ class CFGDenoiser:
                 pooled = self._revision_pooled(unclip, pdim, group)
             if pooled is None:
                 pooled = torch.zeros(1, pdim)
-            pooled = pooled.to(self.device, self.dtype).reshape(1, -1)
+            pooled = pooled.to(self.device, self.dtype)
+            # one row, or one per latent row (a conditioning stacked from several prompts: nodes.sampling.batch)
+            pooled = pooled.reshape(b if pooled.ndim > 1 and pooled.shape[0] == b else 1, -1)
             if pooled.shape[-1] != pdim:
                 raise ValueError(f"the conditioning's pooled output is {pooled.shape[-1]} wide; this model needs "
                                  f"{pdim}")

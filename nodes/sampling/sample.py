@@ -9,6 +9,7 @@ device tensor.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -98,11 +99,25 @@ def sample(model, seed: int, steps: int, cfg: float, sampler_name: str, schedule
     return sample_custom(Guider.cfg(model, positive, negative, cfg), sampler, sigmas, latent, noise, seed, ctx)[0]
 
 
+@dataclass(frozen=True)
+class Part:
+    """One prompt's rows in a sampling run that serves several prompts at once (:mod:`nodes.sampling.batch`): how
+    many rows, the seed of its per-step noise, and the context its progress and previews go to."""
+
+    rows: int
+    seed: int
+    ctx: Any = None
+
+
 def sample_custom(guider: Guider, sampler: SamplerSpec, sigmas: torch.Tensor, latent: dict, noise: torch.Tensor,
-                  seed: int, ctx=None) -> tuple[dict, dict]:
+                  seed: int, ctx=None, parts: list[Part] | None = None) -> tuple[dict, dict]:
     """Run ``sampler`` over ``sigmas`` from ``latent`` plus ``noise`` (scaled to the first sigma), guided by
     ``guider``; ``seed`` seeds the per-step noise. Returns (the sampled LATENT, the LATENT of the last step's
-    denoised prediction); with fewer than two sigmas nothing runs and both are the input."""
+    denoised prediction); with fewer than two sigmas nothing runs and both are the input.
+
+    With ``parts`` the batch's rows belong to several prompts, in order: each part's per-step noise comes from its
+    own seed exactly as in a run of its rows alone, and its progress and previews go to its own context (``seed``
+    and ``ctx`` are then unused)."""
     out = dict(latent)
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32).flatten().cpu()
     if len(sigmas) < 2:
@@ -124,6 +139,9 @@ def sample_custom(guider: Guider, sampler: SamplerSpec, sigmas: torch.Tensor, la
         s0 = float(sigmas[0])
         x = ms.noise_scaling(torch.tensor(s0), noise_d, lat, max_denoise=s0 >= ms.sigma_max * (1 - 1e-5))
         mask = latent.get("noise_mask")
+        if parts is not None and (mask is not None or sum(p.rows for p in parts) != samples.shape[0]):
+            raise ValueError("a sampling run of several prompts takes no noise mask, and its parts must cover "
+                             "the batch")
         kept_area_noise = noise_d
         if mask is not None and sampler.inpaint_noise_seed_offset is not None:
             kept_area_noise = initial_noise(samples.shape, (seed + sampler.inpaint_noise_seed_offset) % _SEED_MOD)
@@ -131,14 +149,18 @@ def sample_custom(guider: Guider, sampler: SamplerSpec, sigmas: torch.Tensor, la
         image_size = (samples.shape[-2] * 8, samples.shape[-1] * 8)
         den = guider.denoiser(lat, kept_area_noise, mask, image_size, sigmas, need_uncond=sampler.needs_uncond,
                               seed=seed)
-        previewer = Previewer(ctx, model, len(sigmas) - 1)
+        if parts is None:
+            previewer = Previewer(ctx, model, len(sigmas) - 1)
+            noise_sampler = step_noise_sampler(sampler.noise, x, sigmas, seed)
+        else:
+            previewer = _parts_previewer(parts, model, len(sigmas) - 1)
+            noise_sampler = _parts_noise_sampler(parts, sampler.noise, x, sigmas)
         last = {}
 
         def callback(info):
             last["denoised"] = info["denoised"]
             previewer(info)
 
-        noise_sampler = step_noise_sampler(sampler.noise, x, sigmas, seed)
         # sigmas stay on the host: samplers read them once as Python floats (no per-step device reads)
         result = sampler(den, x, sigmas, extra_args={}, callback=callback, noise_sampler=noise_sampler)
         result = ms.inverse_noise_scaling(sigmas[-1], result)
@@ -147,3 +169,35 @@ def sample_custom(guider: Guider, sampler: SamplerSpec, sigmas: torch.Tensor, la
         if "denoised" in last:
             denoised["samples"] = model.latent_format.process_out(last["denoised"]).float().cpu()
     return out, denoised
+
+
+def _spans(parts: list[Part]) -> list[slice]:
+    out, start = [], 0
+    for p in parts:
+        out.append(slice(start, start + p.rows))
+        start += p.rows
+    return out
+
+
+def _parts_noise_sampler(parts: list[Part], kind: str, x: torch.Tensor, sigmas: torch.Tensor):
+    """Per-step noise of a batch of prompts: each part's rows drawn from its own seed, as alone."""
+    samplers = [step_noise_sampler(kind, x[span], sigmas, int(p.seed) % _SEED_MOD)
+                for p, span in zip(parts, _spans(parts))]
+    if any(s is None for s in samplers):
+        return None
+
+    def noise_sampler(sigma=None, sigma_next=None) -> torch.Tensor:
+        return torch.cat([s(sigma, sigma_next) for s in samplers])
+
+    return noise_sampler
+
+
+def _parts_previewer(parts: list[Part], model, total: int):
+    """Progress and previews of a batch of prompts: each part's own rows, to its own context."""
+    previewers = [(Previewer(p.ctx, model, total), span) for p, span in zip(parts, _spans(parts))]
+
+    def previewer(info: dict) -> None:
+        for prev, span in previewers:
+            prev({**info, "denoised": info["denoised"][span], "x": info["x"][span] if "x" in info else None})
+
+    return previewer
