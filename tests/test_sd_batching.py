@@ -60,12 +60,18 @@ def test_fused_run_equals_runs_alone(tmp_path, sampler, monkeypatch, one_torch_t
     assert all("4" in r.executed for r in fused)
 
 
-def test_a_prompt_that_differs_in_steps_is_sampled_on_its_own(tmp_path, monkeypatch, one_torch_thread):
+@pytest.mark.parametrize("case", ["other steps", "dpm_adaptive"])
+def test_prompts_that_cannot_share_a_batch_are_sampled_on_their_own(tmp_path, monkeypatch, one_torch_thread, case):
+    """Other steps; or dpm_adaptive, whose step sizes follow an error norm over the whole batch (batched rows would
+    change each other's steps)."""
     import nodes.library.sampling as library
 
     root = models_root(tmp_path, ("tiny.safetensors", tiny_file("sd1", "fp16")))
-    wfs = prompts("euler")[:2]
-    wfs[1]["nodes"]["3"]["inputs"]["steps"] = 2
+    if case == "other steps":
+        wfs = prompts("euler")[:2]
+        wfs[1]["nodes"]["3"]["inputs"]["steps"] = 2
+    else:
+        wfs = prompts("dpm_adaptive")[:2]
     alone_engine, _ = make_engine(root)
     alone = [alone_engine.run(wf) for wf in wfs]
     calls = []
@@ -73,7 +79,7 @@ def test_a_prompt_that_differs_in_steps_is_sampled_on_its_own(tmp_path, monkeypa
     monkeypatch.setattr(library, "sample_batch", lambda ctxs, c: calls.append(len(c)) or real(ctxs, c))
     engine, _ = make_engine(root)
     fused = engine.run_many([dict(workflow=wf) for wf in wfs])
-    assert calls == [2]  # offered, declined (other steps): each sampled alone, the same as alone
+    assert calls == [2]  # offered, declined: each sampled alone, the same as alone
     for a, f in zip(alone, fused):
         assert f.status == "success"
         assert_close_to_scale(f.values["3"][0]["samples"], a.values["3"][0]["samples"])
