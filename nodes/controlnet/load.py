@@ -27,8 +27,14 @@ import torch
 
 from nodes.controlnet import t2i_load
 from nodes.loading.configs import metadata_fields
+from nodes.loading.errors import (
+    CorruptCheckpoint,
+    IncompleteCheckpoint,
+    UnrecognisedArchitecture,
+    WrongFileKind,
+    check_parameters_match,
+)
 from nodes.loading.weights import read_tensors
-from nodes.loading.errors import CorruptCheckpoint, IncompleteCheckpoint, UnrecognisedArchitecture, WrongFileKind
 
 LDM_PREFIX = "control_model."
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -128,7 +134,7 @@ def _add_difference(state: dict[str, torch.Tensor], unet, unet_config: Mapping, 
     for k, v in state.items():
         if k == "difference":
             continue
-        name = k[len(LDM_PREFIX):] if k.startswith(LDM_PREFIX) else k
+        name = k.removeprefix(LDM_PREFIX)
         base = ldm_to_own.get(name)
         if base is not None and tuple(own[base].shape) == tuple(v.shape):
             v = v.float() + own[base].float().to(v.device)
@@ -216,19 +222,7 @@ def load_controlnet(path: str | Path, *, unet=None, unet_config: Mapping | None 
     with init_empty_weights(include_buffers=False):
         module = ControlNetModel.from_config(cfg)
     own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unused = sorted(set(state) - set(own))
-    if missing:
-        raise IncompleteCheckpoint(f"{path.name}: {len(missing)} ControlNet parameters are not in the file "
-                                   f"({', '.join(missing[:4])}); refusing to leave them random.", path,
-                                   missing={"controlnet": missing})
-    if unused:
-        raise UnrecognisedArchitecture(f"{path.name}: {len(unused)} tensors fit no ControlNet parameter "
-                                       f"({', '.join(unused[:4])}); the layout is not one Chisel reads.", path)
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise UnrecognisedArchitecture(f"{path.name}: tensor {k} is {list(v.shape)} in the file but the inferred "
-                                           f"architecture needs {list(own[k].shape)}.", path)
+    check_parameters_match(own, state, path, "ControlNet", "controlnet")
     module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, assign=True)
     module.requires_grad_(False).eval()
     return LoadedControlNet(module, dict(module.config), family_of(module.config), layout)

@@ -26,7 +26,11 @@ from pathlib import Path
 
 import torch
 
-from nodes.loading.errors import IncompleteCheckpoint, UnrecognisedArchitecture
+from nodes.loading.errors import (
+    IncompleteCheckpoint,
+    UnrecognisedArchitecture,
+    check_parameters_match,
+)
 
 ORIGINAL_RES_BLOCKS = 2  # resnet blocks per level in the original full layout (every published file; ComfyUI's too)
 HINT_CHANNELS = (3, 1)  # an RGB hint (depth, pose, canny as RGB ...) or a grey one (sketch, canny)
@@ -144,20 +148,8 @@ def load_state(state: Mapping[str, torch.Tensor], path: Path, config: Mapping | 
     with init_empty_weights(include_buffers=False):
         module = T2IAdapter.from_config(cfg)
     own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unused = sorted(set(state) - set(own))
-    if missing:
-        raise IncompleteCheckpoint(f"{path.name}: {len(missing)} T2I-Adapter parameters are not in the file "
-                                   f"({', '.join(missing[:4])}); refusing to leave them random.", path,
-                                   missing={"t2i_adapter": missing})
-    if unused:
-        raise UnrecognisedArchitecture(f"{path.name}: {len(unused)} tensors fit no T2I-Adapter parameter "
-                                       f"({', '.join(unused[:4])}); the layout is not one Chisel reads.", path)
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise UnrecognisedArchitecture(f"{path.name}: tensor {k} is {list(v.shape)} in the file but the "
-                                           f"adapter's layout needs {list(own[k].shape)} (a T2I-Adapter variant "
-                                           "diffusers' T2IAdapter does not have).", path)
+    check_parameters_match(own, state, path, "T2I-Adapter", "t2i_adapter",
+                           " (a T2I-Adapter variant diffusers' T2IAdapter does not have)")
     module.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
     return module.requires_grad_(False).eval(), dict(module.config)
 

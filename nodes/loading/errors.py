@@ -42,3 +42,22 @@ class IncompleteCheckpoint(CheckpointError):
     def __init__(self, message: str, path: str | Path | None = None, missing: dict | None = None):
         self.missing = missing or {}
         super().__init__(message, path)
+
+
+def check_parameters_match(own: dict, state: dict, path: Path, what: str, component: str, mismatch_hint: str = "") -> None:
+    """Every parameter of the module (``own``: name -> tensor) comes from the file (``state``), no tensor of the file
+    is left over, and every shape fits: else IncompleteCheckpoint / UnrecognisedArchitecture naming the file, the
+    module (``what``, e.g. "ControlNet") and the first offending names. ``component`` keys ``missing``."""
+    missing = sorted(set(own) - set(state))
+    unused = sorted(set(state) - set(own))
+    if missing:
+        raise IncompleteCheckpoint(f"{path.name}: {len(missing)} {what} parameters are not in the file "
+                                   f"({', '.join(missing[:4])}); refusing to leave them random.", path,
+                                   missing={component: missing})
+    if unused:
+        raise UnrecognisedArchitecture(f"{path.name}: {len(unused)} tensors fit no {what} parameter "
+                                       f"({', '.join(unused[:4])}); the layout is not one Chisel reads.", path)
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise UnrecognisedArchitecture(f"{path.name}: tensor {k} is {list(v.shape)} in the file but the "
+                                           f"{what}'s layout needs {list(own[k].shape)}{mismatch_hint}.", path)

@@ -27,7 +27,12 @@ from typing import Any
 import torch
 
 from nodes.loading.configs import metadata_fields
-from nodes.loading.errors import IncompleteCheckpoint, UnrecognisedArchitecture, WrongFileKind
+from nodes.loading.errors import (
+    IncompleteCheckpoint,
+    UnrecognisedArchitecture,
+    WrongFileKind,
+    check_parameters_match,
+)
 from nodes.vision.preprocess import clip_preprocess
 
 META_KEY = "chisel.clip_vision"
@@ -170,7 +175,11 @@ def load_clip_vision_state(state: Mapping[str, torch.Tensor], metadata: Mapping[
                            prefix: str | None = None) -> LoadedClipVision:
     """The vision tower among ``state``'s tensors (a whole file, or a checkpoint holding one under ``prefix``)."""
     from accelerate import init_empty_weights
-    from transformers import CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection
+    from transformers import (
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        CLIPVisionModelWithProjection,
+    )
 
     found = find_layout(state) if prefix is None else ("open_clip", prefix)
     if found is None:
@@ -187,19 +196,7 @@ def load_clip_vision_state(state: Mapping[str, torch.Tensor], metadata: Mapping[
     with init_empty_weights(include_buffers=False):
         module = cls(config)
     own = {k: v for k, v in module.state_dict().items() if not k.endswith("position_ids")}
-    missing = sorted(set(own) - set(tensors))
-    unused = sorted(set(tensors) - set(own))
-    if missing:
-        raise IncompleteCheckpoint(f"{path.name}: {len(missing)} CLIP vision parameters are not in the file "
-                                   f"({', '.join(missing[:4])}); refusing to leave them random.", path,
-                                   missing={"clip_vision": missing})
-    if unused:
-        raise UnrecognisedArchitecture(f"{path.name}: {len(unused)} vision tensors fit no CLIP vision parameter "
-                                       f"({', '.join(unused[:4])}); the layout is not one Chisel reads.", path)
-    for k, v in tensors.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise UnrecognisedArchitecture(f"{path.name}: tensor {k} is {list(v.shape)} in the file but the inferred "
-                                           f"architecture needs {list(own[k].shape)}.", path)
+    check_parameters_match(own, tensors, path, "CLIP vision", "clip_vision")
     module.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False, assign=True)
     left = [n for n, p in module.named_parameters() if p.is_meta]
     if left:
