@@ -21,14 +21,19 @@ fuser and position-net parameter must come from the file.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from nodes.loading.errors import CorruptCheckpoint, IncompleteCheckpoint, UnrecognisedArchitecture, WrongFileKind
+from nodes.loading.configs import metadata_fields
+from nodes.loading.errors import (
+    CorruptCheckpoint,
+    IncompleteCheckpoint,
+    UnrecognisedArchitecture,
+    WrongFileKind,
+)
 from nodes.loading.weights import read_tensors
 
 FUSER = ".fuser."
@@ -101,14 +106,7 @@ def _what_else(keys: list[str], path: Path) -> WrongFileKind:
 
 
 def _heads_from_metadata(metadata: dict) -> dict[str, int]:
-    raw = metadata.get(META_KEY)
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return {}
-    heads = data.get("heads") if isinstance(data, dict) else None
+    heads = metadata_fields(metadata, META_KEY, ("heads",)).get("heads")
     return {str(k): int(v) for k, v in heads.items()} if isinstance(heads, dict) else {}
 
 

@@ -20,7 +20,11 @@ import torch
 from torch import nn
 
 from nodes.loading.configs import metadata_fields
-from nodes.loading.errors import IncompleteCheckpoint, UnrecognisedArchitecture, WrongFileKind
+from nodes.loading.errors import (
+    UnrecognisedArchitecture,
+    WrongFileKind,
+    check_parameters_match,
+)
 
 META_KEY = "chisel.style_model"
 PUBLISHED_HEADS = 8
@@ -136,17 +140,7 @@ def load_style_model(path: str | Path, allow_pickle: bool | None = None) -> Styl
     module = StyleAdapter(width, context, heads, len(layers), tokens, mlp)
     tensors = to_module_keys(state)
     own = module.state_dict()
-    missing, unused = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
-    if missing:
-        raise IncompleteCheckpoint(f"{path.name}: {len(missing)} style adapter parameters are not in the file "
-                                   f"({', '.join(missing[:4])}).", path, missing={"style_model": missing})
-    if unused:
-        raise UnrecognisedArchitecture(f"{path.name}: {len(unused)} tensors fit no style adapter parameter "
-                                       f"({', '.join(unused[:4])}).", path)
-    for k, v in tensors.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise UnrecognisedArchitecture(f"{path.name}: tensor {k} is {list(v.shape)}, expected "
-                                           f"{list(own[k].shape)}.", path)
+    check_parameters_match(own, tensors, path, "style adapter", "style_model")
     module.load_state_dict({k: v.float() for k, v in tensors.items()})
     return module.requires_grad_(False).eval()
 
