@@ -339,14 +339,15 @@ async def post_free(request: web.Request) -> web.Response:
 
 
 # -- WebSocket ---------------------------------------------------------------------------------------------------------------------
-async def websocket(request: web.Request, dialect: str, client_id: str | None) -> web.WebSocketResponse:
+async def websocket(request: web.Request, dialect: str, client_id: str | None,
+                    previews: bool = True) -> web.WebSocketResponse:
     from .hub import comfy_status
 
     server = srv(request)
     client_id = _client_id(client_id) or uuid.uuid4().hex
     ws = web.WebSocketResponse(heartbeat=30, max_msg_size=65536)
     await ws.prepare(request)
-    conn = Connection(ws, client_id, dialect)
+    conn = Connection(ws, client_id, dialect, previews=previews)
     # The first frame, before any broadcast can reach the connection: `hello` (native) or `status` with the sid.
     if dialect == NATIVE:
         conn.put(json.dumps({"type": "hello", "data": {"client_id": client_id, "version": CHISEL_VERSION}}))
@@ -365,7 +366,9 @@ async def websocket(request: web.Request, dialect: str, client_id: str | None) -
 
 
 async def ws_native(request: web.Request) -> web.WebSocketResponse:
-    return await websocket(request, NATIVE, request.query.get("client_id"))
+    # ``previews=none`` (the canvas's "no previews" setting): no binary preview frames, and none are made for it
+    previews = request.query.get("previews", "latent2rgb").lower() not in ("none", "0", "false")
+    return await websocket(request, NATIVE, request.query.get("client_id"), previews=previews)
 
 
 # -- the canvas -----------------------------------------------------------------------------------------------------------------------

@@ -333,6 +333,19 @@ def test_previews_reach_the_websocket_as_binary_frames(root):
     run(main())
 
 
+def test_a_websocket_that_asks_for_no_previews_gets_none(root):
+    async def main():
+        async with client(root) as c:
+            ws = await c.ws_connect("/v1/ws?client_id=np&previews=none")
+            pid = await submit(c, wf({"1": ("Number", {"value": 1}), "2": ("PreviewSteps", {"x": ("1", "INT")}),
+                                      "3": ("Show", {"value": ("2", "INT")})}), client_id="np")
+            frames = await until(ws, finished(pid))
+            assert [f for f in frames if f["type"] == "<binary>"] == []
+            assert any(f["type"] == "progress" for f in frames)
+            await ws.close()
+    run(main())
+
+
 def test_internal_errors_are_structured_and_traceback_only_in_debug(root):
     async def boom(request):
         raise RuntimeError("secret detail")
