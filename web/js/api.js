@@ -122,7 +122,9 @@ export class Api {
   }
 
   connect() {
-    const u = this.url("v1/ws", { client_id: this.clientId, token: this.token || undefined });
+    // the user's preview setting: "none" asks the server for no preview frames (any other method gets latent2rgb)
+    const previews = this.previews === "none" ? "none" : undefined;
+    const u = this.url("v1/ws", { client_id: this.clientId, token: this.token || undefined, previews });
     u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
     const ws = new WebSocket(u);
     ws.binaryType = "arraybuffer";

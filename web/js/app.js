@@ -20,6 +20,7 @@ import { bindToolbar, bindKeys, bindDrop } from "./controls.js";
 import { MODE_ALWAYS } from "./modes.js";
 import { registerNotes } from "./notes.js";
 import { MaskEditor } from "./maskeditor.js";
+import { Settings } from "./settings.js";
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -42,6 +43,7 @@ export class App {
     this.results = new Results(this);
     this.socket = new RunEvents(this);
     this.maskEditor = new MaskEditor(this);
+    this.settings = new Settings(this);
   }
 
   async start() {
@@ -51,6 +53,7 @@ export class App {
     try {
       await this.api.init();
       this.schemas = await this.api.get("v1/nodes");
+      await this.settings.load();
     } catch (e) {
       this.setStatus("offline");
       this.fatal(`Could not load the node types from the server: ${e.message}`);
@@ -60,6 +63,7 @@ export class App {
     registerSchemas(this.schemas, this);
     registerNotes();
     createCanvas(this);
+    this.settings.applyCanvas();
     this.sidebar = new Sidebar(this);
     this.sidebar.setRunning(null);
     this.history = new History({

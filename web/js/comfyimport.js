@@ -4,7 +4,7 @@
 
 import { MODE_NAMES } from "./modes.js";
 
-const CONTROLS = ["fixed", "increment", "randomize"];
+const CONTROLS = ["fixed", "increment", "decrement", "randomize"];
 
 function plural(n, one, many = `${one}s`) {
   return `${n} ${n === 1 ? one : many}`;
@@ -18,7 +18,7 @@ export function prepareComfyUi(data, schemas) {
   const copy = JSON.parse(JSON.stringify(data));
   const kept = { modes: {}, notes: [], controls: {}, looks: {} };
   const lost = [];
-  const counts = { reroute: 0, primitive: 0, decrement: 0, subgraph: 0, unknownMode: 0 };
+  const counts = { reroute: 0, primitive: 0, subgraph: 0, unknownMode: 0 };
   copy.nodes = (copy.nodes || []).filter((n) => {
     if (!n || typeof n !== "object") return false;
     const id = String(n.id);
@@ -53,9 +53,8 @@ export function prepareComfyUi(data, schemas) {
         i++;
         if (!inp.seed) continue;
         const c = n.widgets_values[i];
-        if (typeof c === "string" && (CONTROLS.includes(c) || c === "decrement")) {
-          if (c === "decrement") counts.decrement++;
-          else (kept.controls[id] ||= {})[inp.name] = c;
+        if (typeof c === "string" && CONTROLS.includes(c)) {
+          (kept.controls[id] ||= {})[inp.name] = c;
           i++;
         }
       }
@@ -65,7 +64,6 @@ export function prepareComfyUi(data, schemas) {
   if (copy.definitions?.subgraphs?.length) counts.subgraph = copy.definitions.subgraphs.length;
   if (counts.reroute) lost.push(`${plural(counts.reroute, "reroute node")} (now direct links)`);
   if (counts.primitive) lost.push(`${plural(counts.primitive, "primitive node")} (their values are now in the inputs they fed)`);
-  if (counts.decrement) lost.push(`${plural(counts.decrement, "“decrement” seed control")} (now “fixed”)`);
   if (counts.subgraph) lost.push(`${plural(counts.subgraph, "subgraph")} (not supported yet)`);
   if (counts.unknownMode) lost.push(`${plural(counts.unknownMode, "node")} in a mode other than bypass or mute (now active)`);
   return { copy, kept, lost };

@@ -29,6 +29,7 @@ export function bindToolbar(app) {
   $("#export-ui-btn").addEventListener("click", () => app.files.exportComfyUi());
   $("#fit-btn").addEventListener("click", () => app.fitView());
   $("#help-btn").addEventListener("click", () => showShortcuts());
+  $("#settings-btn").addEventListener("click", () => app.settings.toggle());
   $("#panels-btn").addEventListener("click", (e) => {
     const open = document.body.classList.toggle("panels-open");
     e.currentTarget.setAttribute("aria-expanded", String(open));

@@ -6,7 +6,7 @@ import { makeImageWidget, makeMultilineWidget } from "./widgets.js";
 import { MODE_BYPASS, MODE_MUTE } from "./modes.js";
 
 export const WIDGET_TYPES = new Set(["INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"]);
-export const SEED_CONTROLS = ["fixed", "increment", "randomize"];
+export const SEED_CONTROLS = ["fixed", "increment", "decrement", "randomize"];
 export const CONTROL_SUFFIX = " control";
 export const MAX_SAFE_SEED = Number.MAX_SAFE_INTEGER;
 
@@ -144,7 +144,8 @@ export function registerSchemas(schemas, app) {
             up.chiselUploadFor = inp.name;
           }
           if (inp.seed && w) {
-            const ctl = this.addWidget("combo", inp.name + CONTROL_SUFFIX, "randomize", () => {},
+            const first = app?.settings?.get("seedControl") || "randomize"; // the user's setting for new nodes
+            const ctl = this.addWidget("combo", inp.name + CONTROL_SUFFIX, first, () => {},
               { values: SEED_CONTROLS });
             ctl.chiselControlFor = inp.name;
             ctl.label = "control after queue";

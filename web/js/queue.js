@@ -73,7 +73,7 @@ export class Runner {
     if (errors.some((e) => e.kind === "file_not_found")) this.app.refreshModels();
   }
 
-  /** After queueing: each seed moves on as its control says (fixed / increment / randomize). */
+  /** After queueing: each seed moves on as its control says (fixed / increment / decrement / randomize). */
   applySeedControls() {
     this.app.history.absorb(() => this.moveSeeds());
   }
@@ -88,6 +88,7 @@ export class Runner {
         if (!w || slot?.link != null) continue;
         const inp = w.chiselInput;
         if (ctl.value === "increment") w.value = w.value === -1 ? -1 : normalizeNumber(inp, Number(w.value) + 1);
+        else if (ctl.value === "decrement") w.value = w.value === -1 ? -1 : normalizeNumber(inp, Number(w.value) - 1);
         else if (ctl.value === "randomize") w.value = randomSeed(inp);
         changed = true;
       }

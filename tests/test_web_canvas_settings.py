@@ -1,0 +1,146 @@
+"""The canvas's settings panel in a real browser (Debian's Chromium, Playwright) against a real ``chisel serve``:
+live previews, the seed control of new nodes, the link style and the theme, kept per user through the server's
+ComfyUI-compatible ``/settings`` (in the Chisel root's user folder), so that a reload keeps them and they take effect.
+Screenshots go to test-artifacts/web-canvas/.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from test_web_canvas import REPO, Page, Server, provide_checkpoint
+
+pytestmark = pytest.mark.browser
+sync_api = pytest.importorskip("playwright.sync_api")
+LIGHT_BG = "rgb(238, 240, 244)"  # --bg of the light theme
+DARK_BG = "rgb(21, 24, 30)"  # --bg of the dark theme
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("canvas-settings-root")
+    provide_checkpoint(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(root):
+    srv = Server(root)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from test_web_canvas import CHROMIUM, LAUNCH_ARGS
+
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server, root):
+    (root / "user" / "default" / "comfy.settings.json").unlink(missing_ok=True)  # each test starts from defaults
+    p = Page(browser, server.url)
+    yield p
+    errors = list(p.errors)
+    p.close()
+    assert not errors, "console errors:\n" + "\n".join(errors)
+
+
+def state(page: Page) -> dict:
+    return page.js("""() => ({
+        theme: [...document.body.classList].filter(c => c.startsWith('theme-')),
+        background: getComputedStyle(document.body).backgroundColor,
+        canvasBackground: chisel.app.lgcanvas.clear_background_color,
+        links: chisel.app.lgcanvas.links_render_mode,
+        socket: chisel.app.api.ws.url,
+    })""")
+
+
+def seed_control(page: Page, node_id: str) -> str:
+    return page.js("i => chisel.app.nodeFor(i).widgets.find(w => w.name === 'seed control').value", node_id)
+
+
+def open_settings(page: Page):
+    page.page.get_by_role("button", name="Settings").click()
+    panel = page.page.get_by_role("dialog", name="Settings")
+    panel.wait_for(state="visible", timeout=5000)
+    return panel
+
+
+def wait_stored(server: Server, key: str, value) -> None:
+    for _ in range(100):
+        if server.get("settings").get(key) == value:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{key} was not stored as {value!r}: {server.get('settings')}")
+
+
+def test_defaults_when_the_server_has_no_settings(page):
+    s = state(page)
+    assert s["theme"] == ["theme-dark"] and s["background"] == DARK_BG
+    assert s["links"] == 2  # spline
+    assert "previews=" not in s["socket"]
+    ksampler = page.add_node(700, 420, "KSampler")
+    assert seed_control(page, ksampler) == "randomize"
+    panel = open_settings(page)
+    assert panel.get_by_label("Theme").input_value() == "dark"
+    assert panel.get_by_label("Live previews").input_value() == "auto"
+
+
+def test_settings_are_stored_per_user_survive_a_reload_and_take_effect(page, server, root):
+    panel = open_settings(page)
+    panel.get_by_label("Live previews").select_option("none")
+    panel.get_by_label("Seed control of new nodes").select_option("decrement")
+    panel.get_by_label("Links").select_option("straight")
+    panel.get_by_label("Theme").select_option("light")
+    # stored on the server, under ComfyUI's keys where ComfyUI has them
+    wait_stored(server, "Comfy.ColorPalette", "light")
+    wait_stored(server, "Comfy.LinkRenderMode", 0)
+    wait_stored(server, "Chisel.SeedControlDefault", "decrement")
+    wait_stored(server, "Chisel.PreviewMethod", "none")
+    assert json.loads((root / "user" / "default" / "comfy.settings.json").read_text())["Comfy.ColorPalette"] == "light"
+    # they take effect at once
+    assert state(page)["background"] == LIGHT_BG
+    page.shot("40-settings-panel.png")
+    page.page.keyboard.press("Escape")  # Escape closes the panel
+    page.page.get_by_role("dialog", name="Settings").wait_for(state="detached", timeout=5000)
+    assert page.js("document.activeElement.id") == "settings-btn"
+
+    page.page.reload()
+    page.ready()
+    s = state(page)
+    assert s["theme"] == ["theme-light"] and s["background"] == LIGHT_BG
+    assert s["canvasBackground"] == "#eef0f4"
+    assert s["links"] == 0  # straight
+    assert "previews=none" in s["socket"]
+    ksampler = page.add_node(700, 420, "KSampler")
+    assert seed_control(page, ksampler) == "decrement"
+    panel = open_settings(page)
+    assert panel.get_by_label("Links").input_value() == "straight"
+    assert panel.get_by_label("Seed control of new nodes").input_value() == "decrement"
+    page.page.keyboard.press("Escape")
+    page.shot("41-settings-light.png")
+
+    # a run: no previews were asked for, none come; the decrement control moves the seed down after queueing
+    wf = json.loads((REPO / "workflows" / "txt2img.json").read_text())
+    for node in wf["nodes"].values():
+        if node["type"] == "KSampler":
+            node["inputs"]["steps"] = 2
+    path = root / "settings-run.json"
+    path.write_text(json.dumps(wf))
+    page.page.set_input_files("#file-input", str(path))
+    page.page.wait_for_function("n => chisel.nodes().length === n", arg=len(wf["nodes"]))
+    sampler = next(n["id"] for n in page.nodes() if n["type"] == "KSampler")
+    page.choose(sampler, "seed control", "decrement")
+    seed = page.node(sampler)["widgets"]["seed"]
+    page.page.click("#queue-btn")
+    done = page.wait_finished(1, timeout=120000)
+    assert done["status"] == "success"
+    assert not page.js("chisel.previews || 0")
+    assert page.node(sampler)["widgets"]["seed"] == seed - 1
