@@ -86,6 +86,7 @@ def test_defaults_when_the_server_has_no_settings(page):
     assert s["theme"] == ["theme-dark"] and s["background"] == DARK_BG
     assert s["links"] == 2  # spline
     assert "previews=" not in s["socket"]
+    assert page.page.get_by_role("img", name="Minimap of the workflow").is_visible()
     ksampler = page.add_node(700, 420, "KSampler")
     assert seed_control(page, ksampler) == "randomize"
     panel = open_settings(page)
@@ -99,11 +100,13 @@ def test_settings_are_stored_per_user_survive_a_reload_and_take_effect(page, ser
     panel.get_by_label("Seed control of new nodes").select_option("decrement")
     panel.get_by_label("Links").select_option("straight")
     panel.get_by_label("Theme").select_option("light")
+    panel.get_by_label("Minimap").select_option("off")
     # stored on the server, under ComfyUI's keys where ComfyUI has them
     wait_stored(server, "Comfy.ColorPalette", "light")
     wait_stored(server, "Comfy.LinkRenderMode", 0)
     wait_stored(server, "Chisel.SeedControlDefault", "decrement")
     wait_stored(server, "Chisel.PreviewMethod", "none")
+    wait_stored(server, "Comfy.Minimap.Visible", False)
     assert json.loads((root / "user" / "default" / "comfy.settings.json").read_text())["Comfy.ColorPalette"] == "light"
     # they take effect at once
     assert state(page)["background"] == LIGHT_BG
@@ -119,6 +122,7 @@ def test_settings_are_stored_per_user_survive_a_reload_and_take_effect(page, ser
     assert s["canvasBackground"] == "#eef0f4"
     assert s["links"] == 0  # straight
     assert "previews=none" in s["socket"]
+    assert not page.page.locator("#minimap").is_visible()
     ksampler = page.add_node(700, 420, "KSampler")
     assert seed_control(page, ksampler) == "decrement"
     panel = open_settings(page)
@@ -144,3 +148,43 @@ def test_settings_are_stored_per_user_survive_a_reload_and_take_effect(page, ser
     assert done["status"] == "success"
     assert not page.js("chisel.previews || 0")
     assert page.node(sampler)["widgets"]["seed"] == seed - 1
+
+
+# -- the minimap -----------------------------------------------------------------------------------------------------
+def settle(page: Page) -> None:
+    """Two animation frames: the canvas and the minimap have drawn what changed."""
+    page.js("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
+def view_centre(page: Page) -> list[float]:
+    return page.js("() => { const [x, y, w, h] = chisel.app.minimap.view(); return [x + w / 2, y + h / 2]; }")
+
+
+def node_centre(page: Page, node_id: str) -> list[float]:
+    return page.js("i => { const n = chisel.app.nodeFor(i); return [n.pos[0] + n.size[0] / 2, n.pos[1] + n.size[1] / 2]; }",
+                   node_id)
+
+
+def test_the_minimap_moves_the_view_by_click_and_drag(page):
+    ids = {n["type"]: n["id"] for n in page.nodes()}
+    settle(page)
+    page.page.wait_for_function("chisel.app.minimap.map !== null")
+    # one minimap pixel, in graph units: how close a click can put the view
+    tolerance = 2 / page.js("chisel.app.minimap.map.scale")
+    before = view_centre(page)
+    target = node_centre(page, ids["CheckpointLoaderSimple"])
+    page.page.mouse.click(*page.js("([x, y]) => chisel.app.minimap.toClient(x, y)", target))
+    settle(page)
+    after = view_centre(page)
+    assert after != before
+    assert abs(after[0] - target[0]) <= tolerance and abs(after[1] - target[1]) <= tolerance, (after, target)
+    page.shot("42-minimap-click.png")
+    # a drag: the view follows the pointer to where it is let go
+    settle(page)
+    a = page.js("([x, y]) => chisel.app.minimap.toClient(x, y)", node_centre(page, ids["EmptyLatentImage"]))
+    goal = node_centre(page, ids["SaveImage"])
+    b = page.js("([x, y]) => chisel.app.minimap.toClient(x, y)", goal)
+    page.drag(a, b)
+    settle(page)
+    after = view_centre(page)
+    assert abs(after[0] - goal[0]) <= tolerance and abs(after[1] - goal[1]) <= tolerance, (after, goal)

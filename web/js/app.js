@@ -21,6 +21,7 @@ import { MODE_ALWAYS } from "./modes.js";
 import { registerNotes } from "./notes.js";
 import { MaskEditor } from "./maskeditor.js";
 import { Settings } from "./settings.js";
+import { Minimap } from "./minimap.js";
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -63,6 +64,8 @@ export class App {
     registerSchemas(this.schemas, this);
     registerNotes();
     createCanvas(this);
+    this.minimap = new Minimap(this, $("#minimap"));
+    this.lgcanvas.onDrawForeground = () => this.minimap.schedule(); // after every frame of the canvas
     this.settings.applyCanvas();
     this.sidebar = new Sidebar(this);
     this.sidebar.setRunning(null);

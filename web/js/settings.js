@@ -1,6 +1,6 @@
 // The user's settings, kept by the server per user (ComfyUI's /settings, in the Chisel root's user folder) so a
-// reload or another browser keeps them: live previews, the seed control of new nodes, how links are drawn, and the
-// theme. A panel from the toolbar changes them; each change is saved at once and takes effect at once.
+// reload or another browser keeps them: live previews, the seed control of new nodes, how links are drawn, the
+// minimap and the theme. A panel from the toolbar changes them; each change is saved at once and takes effect at once.
 
 import { LiteGraph } from "../vendor/litegraph/litegraph.es.js";
 import { el, toast } from "./panels.js";
@@ -27,6 +27,12 @@ export const SETTINGS = {
     choices: [["spline", "Spline"], ["straight", "Straight"], ["linear", "Linear"]],
     toStored: (v) => LINK_MODES[v],
     fromStored: (v) => Object.keys(LINK_MODES).find((k) => LINK_MODES[k] === v),
+  },
+  minimap: {
+    key: "Comfy.Minimap.Visible", label: "Minimap", default: "on",
+    choices: [["on", "Shown"], ["off", "Hidden"]],
+    toStored: (v) => v === "on",
+    fromStored: (v) => (v === true ? "on" : v === false ? "off" : undefined),
   },
   theme: {
     key: "Comfy.ColorPalette", label: "Theme", default: "dark",
@@ -86,6 +92,8 @@ export class Settings {
     document.body.classList.toggle("theme-light", theme === "light");
     document.body.classList.toggle("theme-dark", theme !== "light");
     this.app.api.previews = this.values.previews;
+    const minimap = document.querySelector("#minimap");
+    if (minimap) minimap.hidden = this.values.minimap === "off";
   }
 
   /** What the canvas draws: link style and background. */
@@ -98,6 +106,7 @@ export class Settings {
     if (this.gridImage === undefined) this.gridImage = lg.background_image;
     lg.background_image = c.grid ? this.gridImage : null;
     lg.setDirty(true, true);
+    this.app.minimap?.schedule();
   }
 
   // -- the panel ---------------------------------------------------------------------------------
