@@ -62,15 +62,17 @@ export class Minimap {
     const x0 = bx - ((w - 2 * PAD) / scale - bw) / 2, y0 = by - ((h - 2 * PAD) / scale - bh) / 2;
     this.map = { x0, y0, scale };
     const at = (x, y) => [PAD + (x - x0) * scale, PAD + (y - y0) * scale];
+    const style = getComputedStyle(el);
+    const plain = style.getPropertyValue("--muted").trim() || LiteGraph.NODE_DEFAULT_BGCOLOR;
     for (const n of this.app.graph._nodes) {
       const b = n.boundingRect;
       const [x, y] = at(b[0], b[1]);
-      ctx.fillStyle = n.bgcolor || n.color || LiteGraph.NODE_DEFAULT_BGCOLOR;
+      ctx.fillStyle = n.bgcolor || plain; // a node's own colour, else one that shows on the panel
       ctx.fillRect(x, y, Math.max(2, b[2] * scale), Math.max(2, b[3] * scale));
     }
     const [vx, vy, vw, vh] = this.view();
     const [x, y] = at(vx, vy);
-    ctx.strokeStyle = getComputedStyle(el).getPropertyValue("--accent") || "#7aa2f7";
+    ctx.strokeStyle = style.getPropertyValue("--accent").trim() || "#7aa2f7";
     ctx.lineWidth = 1.5;
     ctx.strokeRect(x, y, vw * scale, vh * scale);
   }
