@@ -57,6 +57,7 @@ def state(page: Page) -> dict:
         theme: [...document.body.classList].filter(c => c.startsWith('theme-')),
         background: getComputedStyle(document.body).backgroundColor,
         canvasBackground: chisel.app.lgcanvas.clear_background_color,
+        nodeBackground: chisel.app.graph._nodes[0].renderingBgColor ?? chisel.app.graph._nodes[0].bgcolor,
         links: chisel.app.lgcanvas.links_render_mode,
         socket: chisel.app.api.ws.url,
     })""")
@@ -85,6 +86,7 @@ def test_defaults_when_the_server_has_no_settings(page):
     s = state(page)
     assert s["theme"] == ["theme-dark"] and s["background"] == DARK_BG
     assert s["links"] == 2  # spline
+    assert s["nodeBackground"] == "#353535"  # LiteGraph's own
     assert "previews=" not in s["socket"]
     assert page.page.get_by_role("img", name="Minimap of the workflow").is_visible()
     ksampler = page.add_node(700, 420, "KSampler")
@@ -120,6 +122,7 @@ def test_settings_are_stored_per_user_survive_a_reload_and_take_effect(page, ser
     s = state(page)
     assert s["theme"] == ["theme-light"] and s["background"] == LIGHT_BG
     assert s["canvasBackground"] == "#eef0f4"
+    assert s["nodeBackground"] == "#f8f9fb"  # nodes are drawn light too
     assert s["links"] == 0  # straight
     assert "previews=none" in s["socket"]
     assert not page.page.locator("#minimap").is_visible()

@@ -41,11 +41,19 @@ export const SETTINGS = {
   },
 };
 
-// the canvas's own colours per theme (the page's come from CSS variables on body.theme-*)
+// the canvas's own colours per theme (the page's come from CSS variables on body.theme-*); nodes and widgets are
+// drawn with LiteGraph's defaults, which the light theme replaces (a node's own colour stays)
 const CANVAS_COLOURS = {
   dark: { background: "#15181e", grid: true },
   light: { background: "#eef0f4", grid: false },
 };
+const LIGHT_NODES = {
+  NODE_TITLE_COLOR: "#2a2f3a", NODE_SELECTED_TITLE_COLOR: "#000", NODE_TEXT_COLOR: "#333a46",
+  NODE_DEFAULT_COLOR: "#cdd3de", NODE_DEFAULT_BGCOLOR: "#f8f9fb", NODE_DEFAULT_BOXCOLOR: "#7d8594",
+  WIDGET_BGCOLOR: "#ffffff", WIDGET_OUTLINE_COLOR: "#a3aab6", WIDGET_TEXT_COLOR: "#1f2430",
+  WIDGET_SECONDARY_TEXT_COLOR: "#5d6574",
+};
+const DARK_NODES = Object.fromEntries(Object.keys(LIGHT_NODES).map((k) => [k, LiteGraph[k]]));
 
 export class Settings {
   constructor(app) {
@@ -105,6 +113,8 @@ export class Settings {
     lg.clear_background_color = c.background;
     if (this.gridImage === undefined) this.gridImage = lg.background_image;
     lg.background_image = c.grid ? this.gridImage : null;
+    Object.assign(LiteGraph, this.values.theme === "light" ? LIGHT_NODES : DARK_NODES);
+    lg.node_title_color = LiteGraph.NODE_TITLE_COLOR;
     lg.setDirty(true, true);
     this.app.minimap?.schedule();
   }

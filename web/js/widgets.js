@@ -2,6 +2,8 @@
 // area for results and live previews. Both are plain LiteGraph custom widgets (draw / computeLayoutSize /
 // onPointerDown); the library's built-in widgets cover numbers, one-line text, toggles and combos.
 
+import { LiteGraph } from "../vendor/litegraph/litegraph.es.js";
+
 const MARGIN = 15;
 
 function wrapLines(ctx, text, width, maxLines) {
@@ -67,8 +69,9 @@ export function makeMultilineWidget(node, name, value, options = {}) {
       const h = Math.max((this.computedHeight || 64) - 6, 20);
       const disabled = this.computedDisabled;
       ctx.save();
-      ctx.fillStyle = "#1b1b1b";
-      ctx.strokeStyle = this.chiselError ? "#ff5050" : "#555";
+      // LiteGraph's widget colours (the theme sets them)
+      ctx.fillStyle = LiteGraph.WIDGET_BGCOLOR;
+      ctx.strokeStyle = this.chiselError ? "#ff5050" : LiteGraph.WIDGET_OUTLINE_COLOR;
       ctx.lineWidth = this.chiselError ? 2 : 1;
       ctx.beginPath();
       ctx.roundRect(MARGIN, y, width - MARGIN * 2, h, 6);
@@ -82,13 +85,13 @@ export function makeMultilineWidget(node, name, value, options = {}) {
       ctx.rect(MARGIN, y, width - MARGIN * 2, h);
       ctx.clip();
       if (disabled) {
-        ctx.fillStyle = "#777";
+        ctx.fillStyle = LiteGraph.WIDGET_SECONDARY_TEXT_COLOR;
         ctx.fillText(`${name} (from a link)`, MARGIN + 6, y + 15);
       } else if (!this.value) {
-        ctx.fillStyle = "#777";
+        ctx.fillStyle = LiteGraph.WIDGET_SECONDARY_TEXT_COLOR;
         ctx.fillText(name, MARGIN + 6, y + 15);
       } else {
-        ctx.fillStyle = "#ddd";
+        ctx.fillStyle = LiteGraph.WIDGET_TEXT_COLOR;
         const lines = wrapLines(ctx, this.value, width - MARGIN * 2 - 12, maxLines);
         lines.forEach((line, i) => ctx.fillText(line, MARGIN + 6, y + 15 + i * lineH));
       }
