@@ -191,3 +191,20 @@ def test_the_minimap_moves_the_view_by_click_and_drag(page):
     settle(page)
     after = view_centre(page)
     assert abs(after[0] - goal[0]) <= tolerance and abs(after[1] - goal[1]) <= tolerance, (after, goal)
+
+
+def test_stored_values_the_canvas_does_not_know_fall_back_to_the_defaults(browser, server, root):
+    # what ComfyUI's frontend may have written: another palette, hidden links, a method name from elsewhere
+    path = root / "user" / "default" / "comfy.settings.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"Comfy.ColorPalette": "solarized", "Comfy.LinkRenderMode": -1,
+                                "Chisel.PreviewMethod": 7, "Comfy.Minimap.Visible": "yes"}))
+    page = Page(browser, server.url)
+    try:
+        s = state(page)
+        assert s["theme"] == ["theme-dark"] and s["links"] == 2 and "previews=" not in s["socket"]
+        assert page.page.locator("#minimap").is_visible()
+        assert not page.errors
+    finally:
+        page.close()
+        path.unlink(missing_ok=True)

@@ -53,8 +53,8 @@ export class App {
     this.api.onStatus = (s) => this.setStatus(s);
     try {
       await this.api.init();
-      this.schemas = await this.api.get("v1/nodes");
-      await this.settings.load();
+      // the user's settings load alongside the node types (they never fail the start: defaults apply)
+      [this.schemas] = await Promise.all([this.api.get("v1/nodes"), this.settings.load()]);
     } catch (e) {
       this.setStatus("offline");
       this.fatal(`Could not load the node types from the server: ${e.message}`);
