@@ -98,7 +98,7 @@ op("GET", "/v1/ws", "WebSocket. JSON frames {type, data}: hello {client_id}; que
    "for this client's prompts started, cached, executing, progress {value, max}, executed {ui}, error {error}, "
    "interrupted, finished {status, outputs, errors, ...}; each data has prompt_id and node_id. Binary frames: "
    "4-byte big-endian type (1 = preview), 4-byte format (1 JPEG, 2 PNG), the image. A plain GET is refused (400).",
-   query=m.WebSocketQuery, ok=None, ok_status=101, errors=(400,))
+   query=m.NativeWebSocketQuery, ok=None, ok_status=101, errors=(400,))
 
 # -- ComfyUI-compatible routes -------------------------------------------------------------------------------------------
 comfy("POST", "/prompt", "Queue a workflow in ComfyUI's API format", body=m.ComfyPromptRequest,

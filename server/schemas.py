@@ -210,6 +210,11 @@ class WebSocketQuery(Query):
     token: str | None = None
 
 
+class NativeWebSocketQuery(WebSocketQuery):
+    previews: str | None = Field(None, description="none: no binary preview frames for this connection "
+                                                    "(any other value, or none given: latent-to-RGB previews)")
+
+
 # -- responses ---------------------------------------------------------------------------------------------------------
 class ErrorInfo(Response):
     kind: str = Field(description="stable error kind, e.g. invalid_request")
