@@ -2,7 +2,7 @@
 // grouped by category, found by fuzzy search (typos, initials). Arrow keys move, Enter adds, Escape closes.
 
 import { LiteGraph } from "../vendor/litegraph/litegraph.es.js";
-import { fuzzyScore } from "./fuzzy.js";
+import { fuzzyScore, words } from "./fuzzy.js";
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -75,8 +75,10 @@ export class Palette {
       list.replaceChildren();
       items = [];
       if (q) {
-        // best matches first, category shown beside each
-        found.sort((a, b) => score(a) - score(b) || a.title.localeCompare(b.title));
+        // best matches first; on a tie the shorter name, in words, of title or type ("chekpoint": Load Checkpoint
+        // before Image Only Checkpoint Loader; "cte": CLIPTextEncode before CLIPTextEncodeSDXL); category beside each
+        const size = (e) => Math.min(words(e.title).length, words(e.type).length);
+        found.sort((a, b) => score(a) - score(b) || size(a) - size(b) || a.title.localeCompare(b.title));
         for (const e of found) items.push(e);
         for (const e of items) list.append(this.row(e, true));
       } else {
