@@ -27,3 +27,11 @@ def build_runtime(args: argparse.Namespace, allow_paths: bool = True):
     cache = ResultCache(ram_bytes=int(getattr(args, "cache_ram_gb", 8.0) * 2**30),
                         device_bytes=int(getattr(args, "cache_device_gb", 4.0) * 2**30))
     return registry, services, Engine(registry, services=services, paths=paths, cache=cache)
+
+
+def import_model_libraries_in_background():
+    """Start importing diffusers, transformers and accelerate on a daemon thread, so that the first checkpoint load
+    does not pay for it (a loader that starts meanwhile waits for that import; :mod:`nodes.loading.libraries`)."""
+    from nodes.loading.libraries import import_in_background
+
+    return import_in_background()

@@ -27,6 +27,7 @@ import torch
 
 from nodes.controlnet import t2i_load
 from nodes.loading.configs import metadata_fields
+from nodes.loading.libraries import import_model_libraries
 from nodes.loading.errors import (
     CorruptCheckpoint,
     IncompleteCheckpoint,
@@ -193,6 +194,7 @@ def infer_config(state: Mapping[str, torch.Tensor], meta: Mapping | None = None,
 def load_controlnet(path: str | Path, *, unet=None, unet_config: Mapping | None = None,
                     allow_pickle: bool | None = None) -> LoadedControlNet:
     """Load a ControlNet file or diffusers folder; ``unet``/``unet_config`` (a MODEL's) for difference files."""
+    import_model_libraries()  # waits for a background import under way rather than importing beside it
     from accelerate import init_empty_weights
     from diffusers import ControlNetModel
 
@@ -229,6 +231,7 @@ def load_controlnet(path: str | Path, *, unet=None, unet_config: Mapping | None 
 
 
 def _load_folder(folder: Path) -> LoadedControlNet:
+    import_model_libraries()
     from diffusers import ControlNetModel
 
     if not (folder / "config.json").is_file():
