@@ -102,3 +102,43 @@ def test_save_image_stops_between_images_and_lists_what_it_wrote(tmp_path):
     result = engine.run(workflow)
     assert result.status == "success"
     assert [i["filename"] for i in result.outputs["2"]["images"]] == [f"cut_0000{i}_.png" for i in range(2, 6)]
+
+
+WARM_START = r"""
+import json, sys
+from pathlib import Path
+from nodes.loading.libraries import import_in_background, import_model_libraries
+
+thread = import_in_background()
+import_model_libraries()  # at once, from this thread too: it waits for the other, never imports beside it
+thread.join(120)
+before = set(sys.modules)
+sys.path.insert(0, sys.argv[2])
+from sd_fixtures import make_engine
+engine, _ = make_engine(Path(sys.argv[1]))
+wf = json.loads(Path("workflows/txt2img.json").read_text())
+wf["nodes"]["4"]["inputs"]["ckpt_name"] = "tiny.safetensors"
+wf["nodes"]["3"]["inputs"]["steps"] = 1
+wf["nodes"]["5"]["inputs"].update(width=64, height=64)
+result = engine.run(wf)
+late = sorted(m for m in set(sys.modules) - before
+              if m.split(".")[0] in ("diffusers", "transformers", "accelerate", "peft", "scipy", "sympy")
+              or m.startswith("torch._dynamo"))
+print(json.dumps({"status": result.status, "thread_alive": thread.is_alive(), "late": late}))
+"""
+
+
+def test_the_warm_start_import_covers_what_the_first_prompt_needs(root):
+    """In a fresh interpreter: the background import and a loader's own call meet on one import (no deadlock, no
+    second import), and after it a whole txt2img run (load, encode, sample, decode, save) imports nothing more of
+    the model libraries — what chisel serve imports ahead is what the first prompt would have paid for."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", WARM_START, str(root), str(Path(__file__).parent)], cwd=repo,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["status"] == "success" and not out["thread_alive"]
+    assert out["late"] == [], f"imported only when the prompt ran: {out['late'][:20]}"
