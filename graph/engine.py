@@ -339,7 +339,8 @@ class Engine:
         return outputs, ui
 
     @staticmethod
-    def _record_interrupt(run: _Run, result: RunResult, nid: str, message: str, ui: dict[str, Any] | None = None) -> None:
+    def _record_interrupt(run: _Run, result: RunResult, nid: str, message: str,
+                          ui: dict[str, Any] | None = None) -> None:
         """The run stops at ``nid``; ``ui``: what the node wrote before it stopped (kept among the outputs)."""
         result.status = "interrupted"
         result.errors.append(ChiselError(E.INTERRUPTED, message, node_id=nid, node_type=run.plan.nodes[nid].cls.type))

@@ -224,7 +224,8 @@ def _sd2_is_v_prediction(src: WeightFile, shapes: Mapping[str, tuple]) -> bool:
 
 
 def load_checkpoint(path: str | Path, *, allow_pickle: bool | None = None, dtype: torch.dtype | None = None,
-                    state: Mapping[str, torch.Tensor] | None = None, progress: Report | None = None) -> LoadedCheckpoint:
+                    state: Mapping[str, torch.Tensor] | None = None,
+                    progress: Report | None = None) -> LoadedCheckpoint:
     """Load a single-file checkpoint. ``dtype`` casts the weights (None keeps the file's); ``allow_pickle`` governs
     ``.ckpt``-style files (:mod:`nodes.loading.weights`; default: allowed, weights only, unless ``CHISEL_NO_PICKLE``).
     ``progress`` (a node's ``ctx.progress``) hears each of :data:`CHECKPOINT_STAGES` start."""
