@@ -27,8 +27,6 @@ import torch
 
 from nodes.controlnet import t2i_load
 from nodes.loading.configs import metadata_fields
-from nodes.loading.libraries import import_model_libraries
-from nodes.loading.progress import IMPORTING, READING, Report, Stages
 from nodes.loading.errors import (
     CorruptCheckpoint,
     IncompleteCheckpoint,
@@ -36,6 +34,8 @@ from nodes.loading.errors import (
     WrongFileKind,
     check_parameters_match,
 )
+from nodes.loading.libraries import import_model_libraries
+from nodes.loading.progress import IMPORTING, READING, Report, Stages
 from nodes.loading.weights import read_tensors
 
 LDM_PREFIX = "control_model."

@@ -32,14 +32,14 @@ import torch
 from nodes.loading import keymaps as km
 from nodes.loading.configs import infer_configs
 from nodes.loading.detect import Detection, TextEncoderSpec, detect, not_a_checkpoint
-from nodes.loading.libraries import import_model_libraries
-from nodes.loading.progress import IMPORTING, READING, Report, Stages
 from nodes.loading.errors import (
     CheckpointNotFound,
     CorruptCheckpoint,
     IncompleteCheckpoint,
     UnrecognisedArchitecture,
 )
+from nodes.loading.libraries import import_model_libraries
+from nodes.loading.progress import IMPORTING, READING, Report, Stages
 from nodes.loading.weights import PICKLE_SUFFIXES, WeightFile, read_header  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ FOLDER_STAGES = (IMPORTING, "loading the UNet", "loading the VAE", "loading the 
 
 def _part(component: str) -> str:
     return component if component in ("unet", "vae") else "text"
+
 
 IGNORED_PATTERNS = [re.compile(p) for p in (
     r"^(betas|alphas_cumprod|alphas_cumprod_prev|sqrt_alphas_cumprod|sqrt_one_minus_alphas_cumprod|"
