@@ -128,7 +128,7 @@ async def _run(app: web.Application, host: str, port: int, config: ServerConfig)
         print(f"chisel: serving on http://{shown}:{bound} (queue: {server.db_path})"
               + (" with a token" if config.token else ""), flush=True)
         if config.cluster is None:  # prompts run here: have the model libraries imported before the first one
-            import_model_libraries_in_background()
+            import_model_libraries_in_background(server.paths)
         await stop.wait()
         print("chisel: stopping (the running prompt goes back to the queue)", flush=True)
     finally:

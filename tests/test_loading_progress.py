@@ -142,3 +142,20 @@ def test_the_warm_start_import_covers_what_the_first_prompt_needs(root):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["status"] == "success" and not out["thread_alive"]
     assert out["late"] == [], f"imported only when the prompt ran: {out['late'][:20]}"
+
+
+def test_serve_imports_ahead_only_where_there_is_a_model_to_load(tmp_path):
+    from graph.paths import ModelPaths
+    from server.runtime import has_model_files
+
+    paths = ModelPaths(root=tmp_path)
+    assert not has_model_files(paths)  # a server of plain nodes: nothing to import ahead
+    (tmp_path / "models" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "models" / "checkpoints" / "notes.txt").write_text("not a model")
+    (tmp_path / "models" / "loras").mkdir()
+    (tmp_path / "models" / "loras" / "style.safetensors").write_bytes(b"")  # LoRAs need a checkpoint first
+    assert not has_model_files(paths)
+    folder = tmp_path / "models" / "checkpoints" / "pipeline"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{}")
+    assert has_model_files(paths)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,15 @@ def import_model_libraries() -> float:
         return _seconds
 
 
-def import_in_background() -> threading.Thread:
-    """Start :func:`import_model_libraries` on a daemon thread (a failure is logged; the loader that needs the
-    libraries then raises it itself)."""
+def import_in_background(wanted: Callable[[], bool] = lambda: True) -> threading.Thread:
+    """Start :func:`import_model_libraries` on a daemon thread, if ``wanted()`` (asked on that thread) says so; a
+    failure is logged (the loader that needs the libraries then raises it itself)."""
 
     def run() -> None:
         try:
+            if not wanted():
+                log.debug("no model file to load: the model libraries are imported when first needed")
+                return
             seconds = import_model_libraries()
         except Exception as exc:  # noqa: BLE001 - reported again, with its traceback, by the first loader
             log.warning("the model libraries could not be imported ahead of use: %s: %s", type(exc).__name__, exc)

@@ -144,7 +144,7 @@ class WorkerActor:
         if not self.spec.plain:  # the SD nodes run here: import their libraries before the first prompt needs them
             from ..runtime import import_model_libraries_in_background
 
-            import_model_libraries_in_background()
+            import_model_libraries_in_background(self.engine.paths)
 
     # -- control (answered while a prompt runs) -----------------------------------------------------------------
     def ready(self) -> dict[str, Any]:
