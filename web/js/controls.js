@@ -21,7 +21,8 @@ export function bindToolbar(app) {
     e.target.value = "";
     if (f) await app.openFile(f);
   });
-  $("#new-btn").addEventListener("click", () => app.files.newWorkflow());
+  $("#new-btn").addEventListener("click", () => app.tabs.open());
+  $("#workflows-btn").addEventListener("click", () => app.browser.toggle());
   $("#undo-btn").addEventListener("click", () => app.history.undo());
   $("#redo-btn").addEventListener("click", () => app.history.redo());
   $("#check-btn").addEventListener("click", () => app.validate());
@@ -96,6 +97,7 @@ function handlePlainKey(app, e) {
   if (e.key === "/") app.openPalette(null, null);
   else if (e.key === ".") app.fitView();
   else if (e.key === "?") showShortcuts();
+  else if (e.key === "w" || e.key === "W") app.browser.toggle();
   else return false;
   return true;
 }
@@ -113,6 +115,7 @@ export const SHORTCUTS = [
   ["Alt+click a link", "Add a reroute dot"],
   [".", "Fit the view to the workflow"],
   ["Ctrl+S, Ctrl+O", "Save, open a workflow file"],
+  ["W", "Saved and bundled workflows (open, save as, rename, delete)"],
   ["?", "This list"],
 ];
 
