@@ -171,3 +171,60 @@ def test_a_comfyui_workflow_saved_there_opens_from_the_list(page, saved_dir, roo
     # ComfyUI's file stays ComfyUI's: this tab is not tied to it (saving asks for a name)
     assert tabs(page)[0]["saved"] == ""
     assert page.js("document.querySelector('#browser-save-btn').disabled")
+
+
+def test_tabs_keep_their_own_graph_undo_and_unsaved_state_across_a_reload(page):
+    first = {n["id"]: n for n in page.nodes()}
+    ks = next(i for i, n in first.items() if n["type"] == "KSampler")
+    page.set_number(ks, "steps", 9)  # an edit in the first tab: one undo step, unsaved
+    page.page.wait_for_function("chisel.undoDepth() === 1")
+    # a new tab: empty, its own (empty) history
+    page.page.get_by_role("button", name="New tab").click()
+    page.page.wait_for_function("document.querySelectorAll('#tabbar [role=tab]').length === 2 && chisel.nodes().length === 0")
+    assert page.js("chisel.undoDepth()") == 0 and page.js("document.querySelector('#undo-btn').disabled")
+    latent = page.add_node(500, 400, "Empty Latent Image")
+    page.page.wait_for_function("chisel.undoDepth() === 1")
+    assert [t["modified"] for t in tabs(page)] == [True, True]
+    assert [t["name"] for t in tabs(page)] == ["txt2img", "workflow"]
+
+    # back to the first: its graph and its undo step
+    page.page.get_by_role("tab", name="txt2img").click()
+    page.page.wait_for_function("chisel.nodes().length === 7")
+    assert page.node(ks)["widgets"]["steps"] == 9 and page.js("chisel.undoDepth()") == 1
+    page.page.keyboard.press("Control+z")
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).widgets.steps !== 9", arg=ks)
+    page.page.wait_for_function("!document.querySelector('#tabbar .tab.active').classList.contains('modified')")  # back as opened
+    # the second tab still has its node and its own undo
+    page.page.get_by_role("tab", name="workflow").click()
+    page.page.wait_for_function("chisel.nodes().length === 1")
+    assert page.nodes()[0]["id"] == latent and page.js("chisel.undoDepth()") == 1
+    page.shot("52-tabs.png")
+
+    # a third tab, then a reload: every tab comes back, the same one active, unsaved marks kept
+    page.page.get_by_role("button", name="New tab").click()
+    page.page.wait_for_function("document.querySelectorAll('#tabbar [role=tab]').length === 3")
+    page.page.locator('#tabbar [role=tab][data-name="workflow"]').click()
+    page.page.wait_for_function("chisel.nodes().length === 1")
+    page.page.reload()
+    page.ready()
+    assert [(t["name"], t["active"], t["modified"]) for t in tabs(page)] == [
+        ("txt2img", False, False), ("workflow", True, True), ("workflow 2", False, False)]
+    assert [n["type"] for n in page.nodes()] == ["EmptyLatentImage"]
+    page.page.get_by_role("tab", name="txt2img").click()
+    page.page.wait_for_function("chisel.nodes().length === 7")
+    assert page.node(ks)["widgets"]["steps"] == first[ks]["widgets"]["steps"]
+
+    # closing: an unsaved tab asks first; Cancel keeps it, confirming closes it
+    page.page.get_by_role("button", name="Close workflow", exact=True).click()
+    dialog = page.page.get_by_role("dialog", name="Unsaved changes")
+    dialog.get_by_role("button", name="Cancel").click()
+    dialog.wait_for(state="detached")
+    assert len(tabs(page)) == 3 and tabs(page)[1]["active"]
+    page.page.get_by_role("button", name="Close workflow", exact=True).click()
+    dialog.get_by_role("button", name="Close without saving").click()
+    page.page.wait_for_function("document.querySelectorAll('#tabbar [role=tab]').length === 2")
+    assert [t["name"] for t in tabs(page)] == ["txt2img", "workflow 2"]
+    # an unedited tab closes at once; the last one closed leaves a fresh empty tab
+    page.page.get_by_role("button", name="Close workflow 2").click()
+    page.page.get_by_role("button", name="Close txt2img").click()
+    page.page.wait_for_function("document.querySelectorAll('#tabbar [role=tab]').length === 1 && chisel.nodes().length === 0")
