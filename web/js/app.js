@@ -23,6 +23,7 @@ import { MaskEditor } from "./maskeditor.js";
 import { Settings } from "./settings.js";
 import { Minimap } from "./minimap.js";
 import { Tabs } from "./tabs.js";
+import { QueuePanel } from "./queuepanel.js";
 import { WorkflowBrowser } from "./browser.js";
 
 const $ = (sel) => document.querySelector(sel);
@@ -48,6 +49,7 @@ export class App {
     this.maskEditor = new MaskEditor(this);
     this.settings = new Settings(this);
     this.tabs = new Tabs(this);
+    this.queuePanel = new QueuePanel(this);
     this.browser = new WorkflowBrowser(this);
   }
 
