@@ -24,6 +24,7 @@ import { Settings } from "./settings.js";
 import { Minimap } from "./minimap.js";
 import { Tabs } from "./tabs.js";
 import { QueuePanel } from "./queuepanel.js";
+import { ImagesIn } from "./images.js";
 import { WorkflowBrowser } from "./browser.js";
 
 const $ = (sel) => document.querySelector(sel);
@@ -50,6 +51,7 @@ export class App {
     this.settings = new Settings(this);
     this.tabs = new Tabs(this);
     this.queuePanel = new QueuePanel(this);
+    this.imagesIn = new ImagesIn(this);
     this.browser = new WorkflowBrowser(this);
   }
 
@@ -85,6 +87,7 @@ export class App {
     bindToolbar(this);
     bindKeys(this);
     bindDrop(this);
+    this.imagesIn.bind(); // pictures pasted from the clipboard
     this.socket.bind(this.api);
     await this.tabs.start(); // the open tabs kept in the browser, else the start workflow
     this.refreshQueue();

@@ -159,8 +159,10 @@ export function bindDrop(app) {
         await app.uploadFor(node, w, file);
         return;
       }
+      // on empty canvas: a new Load Image node with it (a PNG that carries a workflow opens that instead)
+      if (!node && (await app.imagesIn.drop(file, [x, y]))) return;
     }
     if (/\.(png|json)$/i.test(file.name) || file.type === "image/png" || file.type === "application/json") await app.openFile(file);
-    else toast("Drop a Chisel PNG or a workflow .json file.", "warn");
+    else toast("Drop a Chisel PNG, a workflow .json file, or a picture on the canvas.", "warn");
   });
 }
