@@ -3,6 +3,7 @@
 import { isTextEditorOpen } from "./widgets.js";
 import { toast, el } from "./panels.js";
 import { MODE_BYPASS, MODE_MUTE } from "./modes.js";
+import { zoomToSelection } from "./view.js";
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -92,12 +93,16 @@ export function bindKeys(app) {
   }, true);
 }
 
-/** Single keys on the canvas: "/" searches, "." fits the view, "?" lists the shortcuts. */
+/** Single keys on the canvas: "/" searches, "." fits the view, "F" zooms to the selection, "W" opens the workflow
+ *  browser, "?" lists the shortcuts. */
 function handlePlainKey(app, e) {
   if (e.key === "/") app.openPalette(null, null);
   else if (e.key === ".") app.fitView();
   else if (e.key === "?") showShortcuts();
   else if (e.key === "w" || e.key === "W") app.browser.toggle();
+  else if (e.key === "f" || e.key === "F") {
+    if (!zoomToSelection(app)) toast("Select the nodes to zoom to first (. fits the whole workflow).", "warn");
+  }
   else return false;
   return true;
 }
@@ -114,6 +119,7 @@ export const SHORTCUTS = [
   ["Alt+C", "Collapse or expand the selected nodes"],
   ["Alt+click a link", "Add a reroute dot"],
   [".", "Fit the view to the workflow"],
+  ["F", "Zoom to the selected nodes"],
   ["Ctrl+S, Ctrl+O", "Save, open a workflow file"],
   ["W", "Saved and bundled workflows (open, save as, rename, delete)"],
   ["?", "This list"],
