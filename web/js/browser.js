@@ -76,7 +76,7 @@ export class WorkflowBrowser {
       el("h3", { id: "saved-title" }, "Saved"), this.savedList,
       el("h3", { id: "bundled-title" }, "Bundled with Chisel"), this.bundledList);
     this.onKey = (e) => {
-      if (e.key !== "Escape" || document.querySelector(".modal-back")) return;
+      if (e.key !== "Escape" || document.querySelector(".modal-back") || this.app.palette.isOpen) return;
       if (e.target?.closest?.(".browser-rename")) return; // Escape there cancels the rename only
       e.preventDefault();
       e.stopPropagation();
