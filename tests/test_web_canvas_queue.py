@@ -40,8 +40,9 @@ def test_rerun_with_a_new_seed_then_reorder_and_cancel_pending_prompts(page, ser
     assert page.js("chisel.workflow()") == before
     assert ks["id"] not in second.get("cached", []) and ks["id"] in second["executed"]  # a new seed: the sampler ran
 
-    # four long runs: one runs, three wait
-    page.set_number(ks["id"], "steps", 400)
+    # four long runs (the longest the sampler takes: the first is still running when this test is done with the
+    # queue, and is interrupted then): one runs, three wait
+    page.set_number(ks["id"], "steps", 10000)
     page.page.fill("#batch-count", "4")
     page.page.click("#queue-btn")
     page.page.wait_for_function("document.querySelectorAll('#queue-list .queue-item.pending').length === 3", timeout=60000)
