@@ -73,3 +73,11 @@ def test_rerun_with_a_new_seed_then_reorder_and_cancel_pending_prompts(page, ser
     page.page.click("#interrupt-btn")
     page.page.locator("#queue-list .queue-item").wait_for(state="detached", timeout=30000)
     assert server.get("v1/queue") == {"running": [], "pending": []}
+
+    # a past run opens in a new tab, since this one has edits: that run's workflow, this tab kept as it is
+    page.page.locator(f"#history-list .history-item[data-prompt='{first['prompt_id']}']").click()
+    page.page.wait_for_function("document.querySelectorAll('#tabbar [role=tab]').length === 2")
+    assert page.js("document.querySelector('#tabbar .tab.active').dataset.name").startswith("run ")
+    assert page.node(ks["id"])["widgets"]["steps"] == 2 and page.node(ks["id"])["widgets"]["seed"] == seed
+    page.page.get_by_role("tab", name="txt2img").click()
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).widgets.steps === 10000", arg=ks["id"])

@@ -200,7 +200,8 @@ export class Sidebar {
       el("span", { class: "history-text" }, el("span", {}, `#${h.number ?? "?"} `, el("span", { class: "history-status" }, h.status)),
         el("span", { class: "history-when" }, when)));
       btn.disabled = !h.workflow;
-      btn.addEventListener("click", () => this.app.loadWorkflow(h.workflow, { name: `run ${h.number ?? h.prompt_id.slice(0, 6)}` }));
+      // in a new tab, unless the current one holds nothing worth keeping
+      btn.addEventListener("click", () => this.app.tabs.openWorkflow(h.workflow, { name: `run ${h.number ?? h.prompt_id.slice(0, 6)}` }));
       const li = el("li", { class: "history-row" }, btn);
       this.app.queuePanel?.historyActions(li, h); // re-run with a new seed
       ul.append(li);
