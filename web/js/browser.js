@@ -84,6 +84,11 @@ export class WorkflowBrowser {
     };
     document.addEventListener("keydown", this.onKey, true);
     document.body.append(this.root);
+    this.placePanel ||= () => { // under the toolbar and the tabs, however many rows the toolbar wraps to
+      if (this.root) this.root.style.top = `${Math.round(document.querySelector("main").getBoundingClientRect().top + 6)}px`;
+    };
+    this.placePanel();
+    window.addEventListener("resize", this.placePanel);
     document.querySelector("#workflows-btn")?.setAttribute("aria-expanded", "true");
     this.updateSaveButton();
     name.focus();
@@ -96,6 +101,7 @@ export class WorkflowBrowser {
     this.root.remove();
     this.root = null;
     document.removeEventListener("keydown", this.onKey, true);
+    window.removeEventListener("resize", this.placePanel);
     const btn = document.querySelector("#workflows-btn");
     btn?.setAttribute("aria-expanded", "false");
     btn?.focus();
