@@ -3,9 +3,12 @@
 Each node keeps its position, size, collapsed state, colour and title; ``widgets_values`` are written in ComfyUI's
 slot order (:mod:`graph.comfy_ui_widgets`: an input left out gets its default; control slots get "fixed"); a linked
 widget input appears among the node's inputs with its widget name, as a converted widget. Groups stay groups, notes
-become Note nodes. What the UI format has no place for travels in ``extra.chisel`` (the requested outputs, meta,
-other layout keys) and in node properties (a node id that is not a number, extra layout keys), so importing the
-export gives the workflow back.
+become Note nodes. A bypassed or muted node (the canvas's ``layout.nodes[id].mode``) is written with ComfyUI's mode 4
+or 2 and with the links the user drew (``layout.nodes[id].links``: the canvas's links into bypassed nodes), so ComfyUI's
+frontend shows the same graph. What the UI format has no place for travels in ``extra.chisel`` (the requested
+outputs, meta, other layout keys, and ``keep_modes``: bypassed and muted nodes come back as nodes with their mode in
+the layout) and in node properties (a node id that is not a number, extra layout keys), so importing the export
+gives the workflow back.
 """
 from __future__ import annotations
 
@@ -17,12 +20,14 @@ from .comfy_ui_widgets import is_widget_input, write_widgets
 from .native import Link, NodeLayout, Workflow, natural_key
 
 UI_VERSION = 0.4
+UI_MODES = {"mute": 2, "bypass": 4}  # the canvas's layout mode -> ComfyUI's node mode
 NODE_WIDTH, ROW_HEIGHT, COLUMN_GAP = 320, 26, 80
 
 
 def to_comfy_ui(workflow: Workflow, registry: Any) -> dict[str, Any]:
     ui_ids = _ui_ids(workflow)
     layout = workflow.layout
+    workflow = _drawn(workflow)
     positions = _auto_positions(workflow)
     nodes: dict[str, dict[str, Any]] = {}
     for order, (nid, spec) in enumerate(workflow.nodes.items()):
@@ -36,7 +41,7 @@ def to_comfy_ui(workflow: Workflow, registry: Any) -> dict[str, Any]:
         out_nodes.append(_note_node(note, next_id, len(out_nodes)))
         next_id += 1
     extra: dict[str, Any] = {}
-    chisel: dict[str, Any] = {}
+    chisel: dict[str, Any] = {"keep_modes": True}
     if workflow.outputs is not None:
         chisel["outputs"] = workflow.outputs
     if workflow.meta is not None:
@@ -48,6 +53,35 @@ def to_comfy_ui(workflow: Workflow, registry: Any) -> dict[str, Any]:
     return {"last_node_id": next_id - 1, "last_link_id": len(links), "nodes": out_nodes, "links": links,
             "groups": list(layout.groups) if layout is not None else [], "config": {}, "extra": extra,
             "version": UI_VERSION}
+
+
+def _drawn(workflow: Workflow) -> Workflow:
+    """The workflow with the links the user drew: each node's links into bypassed nodes (kept in its layout) in
+    place of the links that run past them."""
+    layout = workflow.layout
+    if layout is None:
+        return workflow
+    nodes = {}
+    for nid, spec in workflow.nodes.items():
+        lay = layout.nodes.get(nid)
+        drawn = (lay.model_extra or {}).get("links") if lay is not None else None
+        if not isinstance(drawn, dict):
+            nodes[nid] = spec
+            continue
+        inputs = dict(spec.inputs)
+        for name, value in drawn.items():
+            link = _as_link(value)
+            if link is not None and link.node in workflow.nodes:
+                inputs[name] = link
+        nodes[nid] = spec.model_copy(update={"inputs": inputs})
+    return workflow.model_copy(update={"nodes": nodes})
+
+
+def _as_link(value: Any) -> Link | None:
+    try:
+        return Link.model_validate(value)
+    except ValueError:
+        return None
 
 
 def _ui_ids(workflow: Workflow) -> dict[str, int]:
@@ -141,8 +175,20 @@ def _apply_layout(node: dict[str, Any], lay: NodeLayout) -> None:
         node["flags"] = {"collapsed": True}
     if lay.color is not None:
         node["color"] = lay.color
-    if lay.model_extra:
-        node["properties"]["chisel_layout"] = dict(lay.model_extra)
+    extra = dict(lay.model_extra or {})
+    mode = extra.get("mode")
+    if isinstance(mode, str) and mode in UI_MODES:
+        node["mode"] = UI_MODES[mode]
+        del extra["mode"]
+    links = extra.get("links")
+    if isinstance(links, dict):  # written as links; what is not a link stays here
+        rest = {k: v for k, v in links.items() if _as_link(v) is None}
+        if rest:
+            extra["links"] = rest
+        else:
+            del extra["links"]
+    if extra:
+        node["properties"]["chisel_layout"] = extra
 
 
 def _size(cls: Any) -> list[float]:

@@ -158,3 +158,65 @@ def test_http_export(tmp_path):
                 r = await c.post("/v1/workflow/export", json=bad)
                 assert r.status == 400, bad
     run(main())
+
+
+@st.composite
+def workflows_with_modes(draw):
+    """A workflow as the user drew it (links into bypassed nodes in the nodes) with some nodes bypassed or muted."""
+    workflow = draw(workflows())
+    data = workflow.to_dict()
+    for nid in data["nodes"]:
+        mode = draw(st.sampled_from([None, None, "bypass", "mute"]))
+        if mode:
+            data["layout"]["nodes"][nid]["mode"] = mode
+    data.pop("outputs", None)
+    return parse_workflow(data)
+
+
+def running(workflow: Workflow) -> dict:
+    """The nodes that run (what the requested outputs need), as plain dicts."""
+    data = workflow.to_dict()
+    wanted = data.get("outputs")
+    if wanted is None:
+        wanted = [nid for nid, s in data["nodes"].items() if REGISTRY.get(s["type"]).output_node]
+    keep, stack = set(), list(wanted)
+    while stack:
+        nid = stack.pop()
+        if nid in keep or nid not in data["nodes"]:
+            continue
+        keep.add(nid)
+        stack += [v["node"] for v in data["nodes"][nid]["inputs"].values() if isinstance(v, dict) and "node" in v]
+    return {nid: data["nodes"][nid] for nid in keep}
+
+
+def drawn_links(ui: dict) -> dict:
+    by_link = {link[0]: link for link in ui["links"]}
+    return {(n["id"], i["name"]): tuple(by_link[i["link"]][1:3]) for n in ui["nodes"] for i in n.get("inputs", [])
+            if i.get("link") is not None}
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workflows_with_modes())
+def test_bypass_and_mute_export_as_modes_4_and_2(drawn):
+    ui = json.loads(json.dumps(to_comfy_ui(drawn, REGISTRY)))
+    modes = {nid: lay.model_extra.get("mode") for nid, lay in drawn.layout.nodes.items()}
+    by_native = {n["properties"].get("chisel_id", str(n["id"])): n for n in ui["nodes"] if n["type"] not in ("Note", "MarkdownNote")}
+    for nid, node in by_native.items():
+        assert node["mode"] == {"bypass": 4, "mute": 2}.get(modes.get(nid), 0)
+        assert "mode" not in node["properties"].get("chisel_layout", {})
+    # back as the canvas saves it: runs past bypassed nodes, the drawn links in the layout
+    back = parse_workflow(ui, REGISTRY)
+    again = json.loads(json.dumps(to_comfy_ui(back, REGISTRY)))
+    assert drawn_links(again) == drawn_links(ui)
+    assert [n["mode"] for n in again["nodes"]] == [n["mode"] for n in ui["nodes"]]
+    assert parse_workflow(again, REGISTRY).to_dict() == back.to_dict()  # lossless from here on
+    # what runs is what ComfyUI's frontend would run from the same file (bypassed and muted nodes left out)
+    plain = dict(ui, extra={})
+    comfy = parse_workflow(plain, REGISTRY)
+    ours = running(back)
+    assert all(modes.get(nid) is None for nid in ours)
+    theirs = running(comfy)
+    assert {nid: theirs[nid] for nid in ours} == ours
+    muted = [nid for nid, m in modes.items() if m == "mute"]
+    for nid in set(theirs) - set(ours):  # ComfyUI would refuse these: they need a muted node's result
+        assert muted and nid not in ours
