@@ -97,3 +97,110 @@ def test_bypassed_and_muted_nodes_export_as_modes_4_and_2_with_the_links_drawn(p
             assert after["layout"]["nodes"][nid].get(key) == before["layout"]["nodes"][nid].get(key), (nid, key)
     assert page.node(upscale)["mode"] == 4 and page.node(preview)["mode"] == 2
     page.shot("40-modes-export-reopened.png")
+
+
+# -- subgraphs -------------------------------------------------------------------------------------------------------
+def select_many(page: Page, node_ids) -> None:
+    select(page, node_ids[0])
+    page.page.keyboard.down("Shift")
+    for nid in node_ids[1:]:
+        page.page.mouse.click(*page.js("i => chisel.titlePos(i)", nid))
+    page.page.keyboard.up("Shift")
+    page.page.wait_for_function("n => Object.keys(chisel.app.lgcanvas.selected_nodes).length === n", arg=len(node_ids))
+
+
+def node_menu(page: Page, node_id: str, entry: str) -> None:
+    page.page.mouse.click(*page.js("i => chisel.titlePos(i)", node_id), button="right")
+    page.page.locator(".litecontextmenu .litemenu-entry", has_text=entry).first.click()
+
+
+def shown(page: Page) -> dict:
+    """What the canvas shows now: the graph's name and its nodes {id: type}."""
+    return page.js("""() => { const g = chisel.app.lgcanvas.graph;
+        return {root: g === chisel.app.graph, name: g.name ?? null,
+                nodes: Object.fromEntries(g._nodes.map(n => [String(n.id), n.type]))}; }""")
+
+
+def test_a_selection_becomes_a_subgraph_that_runs_saves_undoes_and_opens(page, server, root):
+    from test_web_canvas_edit import finished, txt2img
+
+    ids = open_workflow(page, root, txt2img(steps=2), "subgraph")
+    sampler, decode, save, loader = ids["KSampler"], ids["VAEDecode"], ids["SaveImage"], ids["CheckpointLoaderSimple"]
+    before = page.js("chisel.workflow()")
+    select_many(page, [sampler, decode])
+    node_menu(page, sampler, "Convert to subgraph")
+    page.page.wait_for_function("k => !chisel.app.graph._nodes.some(n => String(n.id) === k)", arg=sampler)
+    wf = page.js("chisel.workflow()")
+    [instance] = [i for i, lay in wf["layout"]["nodes"].items() if lay.get("subgraph")]
+    [sg] = wf["layout"]["subgraphs"]
+    # the workflow that runs is the flattened one, with ComfyUI's ids for inner nodes
+    assert f"{instance}:{sampler}" in wf["nodes"] and f"{instance}:{decode}" in wf["nodes"] and sampler not in wf["nodes"]
+    inner_sampler = wf["nodes"][f"{instance}:{sampler}"]
+    assert inner_sampler["inputs"] == before["nodes"][sampler]["inputs"]  # links from outside come straight in
+    assert wf["nodes"][f"{instance}:{decode}"]["inputs"]["samples"] == {"node": f"{instance}:{sampler}", "output": "LATENT"}
+    assert wf["nodes"][save]["inputs"]["images"] == {"node": f"{instance}:{decode}", "output": "IMAGE"}
+    # the drawn structure: links crossing the selection's edge are the subgraph's inputs and outputs
+    assert sorted(i["type"] for i in sg["inputs"]) == sorted(["MODEL", "CONDITIONING", "CONDITIONING", "LATENT", "VAE"])
+    assert [o["type"] for o in sg["outputs"]] == ["IMAGE"]
+    assert wf["layout"]["nodes"][save]["links"]["images"]["node"] == instance
+    assert server.request("POST", "v1/validate", {"workflow": wf})["valid"] is True
+    page.shot("41-subgraph-created.png")
+
+    # it runs (the demo model, 2 steps), as the flattened workflow
+    page.page.click("#queue-btn")
+    run = finished(page, 1)
+    assert run["status"] == "success", run
+    assert f"{instance}:{sampler}" in run["executed"] and save in run["executed"]
+
+    # open it (double-click), edit inside, come back
+    x, y = page.js("i => { const n = chisel.app.nodeFor(i); const r = chisel.app.lgcanvas.ds; "
+                   "return [(n.pos[0] + n.size[0] / 2 + r.offset[0]) * r.scale, (n.pos[1] + n.size[1] / 2 + r.offset[1]) * r.scale]; }",
+                   instance)
+    box = page.page.locator("#graph-canvas").bounding_box()
+    page.page.mouse.dblclick(box["x"] + x, box["y"] + y)
+    page.page.wait_for_function("!chisel.app.lgcanvas.graph.isRootGraph")
+    inside = shown(page)
+    assert inside["nodes"] == {sampler: "KSampler", decode: "VAEDecode"} and inside["name"] == sg["name"]
+    assert page.page.locator("#subgraph-bar").is_visible()
+    page.shot("42-subgraph-opened.png")
+    page.set_number(sampler, "steps", 3)
+    page.page.wait_for_function("k => chisel.workflow().nodes[k].inputs.steps === 3", arg=f"{instance}:{sampler}")
+    page.page.locator("#subgraph-bar .subgraph-back").click()
+    page.page.wait_for_function("chisel.app.lgcanvas.graph === chisel.app.graph")
+    assert not page.page.locator("#subgraph-bar").is_visible()
+    edited = page.js("chisel.workflow()")
+    assert edited["nodes"][f"{instance}:{sampler}"]["inputs"]["steps"] == 3
+
+    # undo takes the edit back, then the subgraph; redo brings both again
+    page.page.click("#undo-btn")
+    page.page.wait_for_function("k => chisel.workflow().nodes[k].inputs.steps === 2", arg=f"{instance}:{sampler}")
+    page.page.click("#undo-btn")
+    page.page.wait_for_function("k => chisel.app.graph._nodes.some(n => String(n.id) === k)", arg=sampler)
+    assert page.js("chisel.workflow()")["nodes"] == before["nodes"]
+    page.page.click("#redo-btn")
+    page.page.click("#redo-btn")
+    page.page.wait_for_function("k => chisel.workflow().nodes[k]?.inputs.steps === 3", arg=f"{instance}:{sampler}")
+    assert page.js("chisel.workflow()")["nodes"] == edited["nodes"]
+
+    # save + reload keeps it (the page reopens the autosaved workflow)
+    page.page.wait_for_timeout(600)
+    page.page.reload()
+    page.ready()
+    again = page.js("chisel.workflow()")
+    assert again["nodes"] == edited["nodes"] and again["layout"]["subgraphs"][0]["id"] == sg["id"]
+    assert shown(page)["nodes"][instance] == sg["id"]
+
+    # ComfyUI's UI format: definitions.subgraphs, the instance's type is the subgraph's id; it reads back the same
+    ui = export_ui(page)
+    [definition] = ui["definitions"]["subgraphs"]
+    assert definition["id"] == sg["id"] and {n["type"] for n in definition["nodes"]} == {"KSampler", "VAEDecode"}
+    assert [n["type"] for n in ui["nodes"] if str(n["id"]) == instance] == [sg["id"]]
+    assert all(link[1] == -10 or link[3] == -20 or isinstance(link[1], int) for link in
+               [(lk["id"], lk["origin_id"], lk["origin_slot"], lk["target_id"]) for lk in definition["links"]])
+    plain = dict(ui, extra={})
+    converted = server.request("POST", "v1/workflow/convert", {"workflow": plain})["workflow"]
+    assert converted["nodes"] == edited["nodes"]
+    reopened = reopen(page, root, ui, "subgraph-reopened")
+    assert reopened["nodes"] == edited["nodes"]
+    assert shown(page)["nodes"][instance] == sg["id"]
+    page.shot("43-subgraph-reopened.png")

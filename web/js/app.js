@@ -22,6 +22,7 @@ import { registerNotes } from "./notes.js";
 import { MaskEditor } from "./maskeditor.js";
 import { Settings } from "./settings.js";
 import { Minimap } from "./minimap.js";
+import { Subgraphs, nodeAtPath } from "./subgraphs.js";
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -45,6 +46,7 @@ export class App {
     this.socket = new RunEvents(this);
     this.maskEditor = new MaskEditor(this);
     this.settings = new Settings(this);
+    this.subgraphs = new Subgraphs(this);
   }
 
   async start() {
@@ -64,6 +66,7 @@ export class App {
     registerSchemas(this.schemas, this);
     registerNotes();
     createCanvas(this);
+    this.subgraphs.bind();
     this.minimap = new Minimap(this, $("#minimap"));
     this.lgcanvas.onDrawForeground = () => this.minimap.schedule(); // after every frame of the canvas
     this.settings.applyCanvas();
@@ -117,7 +120,7 @@ export class App {
   save() { return this.files.save(); }
   openPalette(e, from) { return openPalette(this, e, from); }
   addNodeAt(type, pos, from) { return addNodeAt(this, type, pos, from); }
-  fitView() { return fitView(this.graph, this.lgcanvas); }
+  fitView() { return fitView(this.lgcanvas.graph, this.lgcanvas); }
   openLightbox(urls, index = 0) { this.lightbox.open(urls, index); }
   openGallery(key) { return this.results.openGallery(key); }
 
@@ -170,7 +173,7 @@ export class App {
       return null;
     }
     const group = new LGraphGroup("Group");
-    this.graph.add(group);
+    this.lgcanvas.graph.add(group);
     group.resizeTo(nodes, 12);
     this.lgcanvas.setDirty(true, true);
     this.history.check({ force: true });
@@ -192,7 +195,7 @@ export class App {
   }
 
   nodeFor(id) {
-    return id == null ? null : this.graph.getNodeById(lgId(id));
+    return id == null ? null : nodeAtPath(this.graph, id);
   }
 
   focusNode(id) {
@@ -206,7 +209,9 @@ export class App {
   loadWorkflow(wf, { history = true, keepView = false, name, quiet = false } = {}) {
     closeTextEditor(false);
     this.clearRunState();
+    const path = keepView ? this.subgraphs.path() : [];
     const problems = workflowToGraph(this.graph, wf, this.schemas);
+    this.subgraphs.afterLoad(path);
     if (name) {
       this.name = name;
       document.title = `${name} · Chisel`;
