@@ -17,6 +17,7 @@ from typing import Any
 
 from .comfy_ui_flatten import BYPASS, MUTED, NODE, NOTE_TYPES, NO_VALUE, FlatGraph, FlatNode
 from .comfy_ui_model import UiNode, UiWorkflow
+from .comfy_ui_subgraphs import drawn_subgraphs
 from .comfy_ui_widgets import read_widgets
 from .errors import INVALID_WORKFLOW, UNKNOWN_NODE_TYPE, ChiselError, WorkflowError, brief
 from .native import FORMAT, VERSION
@@ -47,11 +48,25 @@ def from_comfy_ui(data: Any, registry: Any, source: str | None = None) -> dict[s
     nodes, layout_nodes = _nodes(flat, registry)
     out: dict[str, Any] = {"format": FORMAT, "version": VERSION, "nodes": nodes,
                            "layout": _layout(doc, layout_nodes)}
+    _subgraph_layout(flat, registry, out["layout"])
     outputs = _running_outputs(nodes, layout_nodes, registry)
     if outputs is not None:
         out["outputs"] = outputs
     _restore_exported_extras(doc, out)
     return out
+
+
+def _subgraph_layout(flat: FlatGraph, registry: Any, layout: dict[str, Any]) -> None:
+    """The subgraphs as drawn (the canvas shows them; what runs is the flattened graph)."""
+    defs, instances, drawn = drawn_subgraphs(flat, registry, _native_ids(flat), _node_layout)
+    if not defs:
+        return
+    layout["subgraphs"] = defs
+    nodes = layout["nodes"]
+    nodes.update(instances)
+    for nid, links in drawn.items():
+        lay = nodes.setdefault(nid, {})
+        lay["links"] = {**(lay.get("links") if isinstance(lay.get("links"), dict) else {}), **links}
 
 
 def _exported_by_chisel(doc: UiWorkflow) -> bool:
@@ -138,7 +153,7 @@ def _restore_exported_extras(doc: UiWorkflow, out: dict[str, Any]) -> None:
         if chisel.get(key) is not None:
             out[key] = chisel[key]
     if isinstance(chisel.get("layout"), dict):
-        out["layout"].update({k: v for k, v in chisel["layout"].items() if k not in ("nodes", "groups", "notes")})
+        out["layout"].update({k: v for k, v in chisel["layout"].items() if k not in ("nodes", "groups", "notes", "subgraphs")})
 
 
 def _native_ids(flat: FlatGraph) -> dict[str, str]:

@@ -17,6 +17,7 @@ from typing import Any
 from .comfy_api import output_slot
 from .comfy_ui import CHISEL_ID
 from .comfy_ui_widgets import is_widget_input, write_widgets
+from .comfy_ui_subgraphs import SUBGRAPH_INPUT, SUBGRAPH_OUTPUT, WithSubgraphs, bounding, slot_uuid, split
 from .native import Link, NodeLayout, Workflow, natural_key
 
 UI_VERSION = 0.4
@@ -25,16 +26,12 @@ NODE_WIDTH, ROW_HEIGHT, COLUMN_GAP = 320, 26, 80
 
 
 def to_comfy_ui(workflow: Workflow, registry: Any) -> dict[str, Any]:
-    ui_ids = _ui_ids(workflow)
+    workflow, subgraphs = split(workflow)
+    if subgraphs:
+        registry = WithSubgraphs(registry, subgraphs)
     layout = workflow.layout
-    workflow = _drawn(workflow)
-    positions = _auto_positions(workflow)
-    nodes: dict[str, dict[str, Any]] = {}
-    for order, (nid, spec) in enumerate(workflow.nodes.items()):
-        cls = registry.get(spec.type) if registry is not None else None
-        lay = layout.nodes.get(nid) if layout is not None else None
-        nodes[nid] = _node(nid, spec, cls, ui_ids[nid], order, lay, positions[nid])
-    links = _links(workflow, registry, nodes, ui_ids)
+    ui_ids = _ui_ids(workflow)
+    nodes, links = _scope(_drawn(workflow), layout, registry, ui_ids)
     out_nodes = list(nodes.values())
     next_id = max(ui_ids.values(), default=0) + 1
     for note in (layout.notes if layout is not None else []):
@@ -46,13 +43,75 @@ def to_comfy_ui(workflow: Workflow, registry: Any) -> dict[str, Any]:
         chisel["outputs"] = workflow.outputs
     if workflow.meta is not None:
         chisel["meta"] = workflow.meta
-    if layout is not None and layout.model_extra:
-        chisel["layout"] = dict(layout.model_extra)
+    rest = {k: v for k, v in (layout.model_extra or {}).items() if k != "subgraphs"} if layout is not None else {}
+    if rest:
+        chisel["layout"] = rest
     if chisel:
         extra["chisel"] = chisel
-    return {"last_node_id": next_id - 1, "last_link_id": len(links), "nodes": out_nodes, "links": links,
-            "groups": list(layout.groups) if layout is not None else [], "config": {}, "extra": extra,
-            "version": UI_VERSION}
+    out = {"last_node_id": next_id - 1, "last_link_id": len(links), "nodes": out_nodes, "links": links,
+           "groups": list(layout.groups) if layout is not None else [], "config": {}, "extra": extra,
+           "version": UI_VERSION}
+    if subgraphs:
+        out["definitions"] = {"subgraphs": [_definition(d, registry) for d in subgraphs]}
+    return out
+
+
+def _scope(workflow: Workflow, layout: Any, registry: Any,
+           ui_ids: dict[str, int]) -> tuple[dict[str, dict[str, Any]], list[list[Any]]]:
+    """One graph's UI nodes and links (the root graph, or a subgraph's inside)."""
+    positions = _auto_positions(workflow)
+    nodes: dict[str, dict[str, Any]] = {}
+    for order, (nid, spec) in enumerate(workflow.nodes.items()):
+        cls = registry.get(spec.type) if registry is not None else None
+        lay = layout.nodes.get(nid) if layout is not None else None
+        nodes[nid] = _node(nid, spec, cls, ui_ids[nid], order, lay, positions[nid])
+    return nodes, _links(workflow, registry, nodes, ui_ids)
+
+
+def _definition(definition: dict[str, Any], registry: Any) -> dict[str, Any]:
+    """A subgraph as ComfyUI's frontend saves it in ``definitions.subgraphs``: its nodes and links, the links from
+    its input node (-10) and into its output node (-20)."""
+    sid = definition["id"]
+    inner = Workflow.model_validate({"nodes": definition["nodes"], "layout": {
+        "nodes": definition.get("layout") if isinstance(definition.get("layout"), dict) else {}}})
+    ui_ids = _ui_ids(inner)
+    nodes, links = _scope(_drawn(inner), inner.layout, registry, ui_ids)
+    inputs = [{"id": slot_uuid(sid, "input", k), "name": i["name"], "type": i["type"], "linkIds": []}
+              for k, i in enumerate(definition.get("inputs") or [])]
+    outputs = [{"id": slot_uuid(sid, "output", k), "name": o["name"], "type": o["type"], "linkIds": []}
+               for k, o in enumerate(definition.get("outputs") or [])]
+    for nid, spec in inner.nodes.items():
+        for slot, entry in enumerate(nodes[nid]["inputs"]):
+            value = spec.inputs.get(entry["name"])
+            if isinstance(value, Link) and value.node == SUBGRAPH_INPUT and isinstance(value.output, int) \
+                    and 0 <= value.output < len(inputs):
+                link_id = len(links) + 1
+                links.append([link_id, int(SUBGRAPH_INPUT), value.output, ui_ids[nid], slot, inputs[value.output]["type"]])
+                entry["link"] = link_id
+                inputs[value.output]["linkIds"].append(link_id)
+    for k, o in enumerate(definition.get("outputs") or []):
+        link = _as_link(o.get("link"))
+        if link is None:
+            continue
+        if link.node == SUBGRAPH_INPUT and isinstance(link.output, int):
+            origin, origin_slot = int(SUBGRAPH_INPUT), link.output
+        elif link.node in nodes:
+            origin, origin_slot = ui_ids[link.node], output_slot(inner, link, registry)
+            outs = nodes[link.node]["outputs"]
+            if 0 <= origin_slot < len(outs):
+                outs[origin_slot]["links"].append(len(links) + 1)
+        else:
+            continue
+        links.append([len(links) + 1, origin, origin_slot, int(SUBGRAPH_OUTPUT), k, outputs[k]["type"]])
+        outputs[k]["linkIds"].append(len(links))
+    keys = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
+    return {"id": sid, "version": 1, "revision": 0, "name": str(definition.get("name") or "Subgraph"),
+            "state": {"lastNodeId": max(ui_ids.values(), default=0), "lastLinkId": len(links), "lastGroupId": 0,
+                      "lastRerouteId": 0},
+            "config": {}, "inputNode": {"id": int(SUBGRAPH_INPUT), "bounding": bounding(definition.get("input_node"), -200)},
+            "outputNode": {"id": int(SUBGRAPH_OUTPUT), "bounding": bounding(definition.get("output_node"), 600)},
+            "inputs": inputs, "outputs": outputs, "widgets": [], "nodes": list(nodes.values()),
+            "links": [dict(zip(keys, link)) for link in links], "groups": [], "extra": {}}
 
 
 def _drawn(workflow: Workflow) -> Workflow:

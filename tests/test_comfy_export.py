@@ -220,3 +220,57 @@ def test_bypass_and_mute_export_as_modes_4_and_2(drawn):
     muted = [nid for nid, m in modes.items() if m == "mute"]
     for nid in set(theirs) - set(ours):  # ComfyUI would refuse these: they need a muted node's result
         assert muted and nid not in ours
+
+
+def canvas_subgraph_workflow() -> dict:
+    """A workflow as the canvas saves one with a subgraph (Add then Scale, fed by a Number, read by a Show): the
+    flattened graph runs; the subgraph as drawn is in the layout."""
+    return {"format": "chisel-workflow", "version": 1, "nodes": {
+        "1": {"type": "Number", "inputs": {"value": 3}},
+        "5:2": {"type": "Add", "inputs": {"a": {"node": "1", "output": "INT"}, "b": 4}},
+        "5:3": {"type": "Scale", "inputs": {"x": {"node": "5:2", "output": "sum"}, "factor": 2.0, "mode": "round"}},
+        "4": {"type": "Show", "inputs": {"value": {"node": "5:3", "output": "FLOAT"}}}},
+        "layout": {"nodes": {
+            "1": {"pos": [0, 0], "size": [200, 80]},
+            "5": {"pos": [300, 0], "size": [220, 80], "subgraph": "sg-add-scale",
+                  "inputs": {"a": {"node": "1", "output": "INT"}}},
+            "4": {"pos": [600, 0], "size": [200, 80], "links": {"value": {"node": "5", "output": "FLOAT"}}}},
+            "subgraphs": [{"id": "sg-add-scale", "name": "Add and scale",
+                           "inputs": [{"name": "a", "type": "INT"}],
+                           "outputs": [{"name": "FLOAT", "type": "FLOAT", "link": {"node": "3", "output": "FLOAT"}}],
+                           "input_node": [-200, 0, 120, 80], "output_node": [700, 0, 120, 80],
+                           "nodes": {"2": {"type": "Add", "inputs": {"a": {"node": "-10", "output": 0}, "b": 4}},
+                                     "3": {"type": "Scale", "inputs": {"x": {"node": "2", "output": "sum"},
+                                                                      "factor": 2.0, "mode": "round"}}},
+                           "layout": {"2": {"pos": [0, 0], "size": [200, 80], "mode": "bypass"},
+                                      "3": {"pos": [300, 0], "size": [200, 80]}}}]}}
+
+
+def test_subgraphs_export_as_definitions_and_come_back(toy_registry, toy_paths):
+    from graph.engine import Engine
+
+    native = canvas_subgraph_workflow()
+    native["layout"]["subgraphs"][0]["layout"]["2"].pop("mode")
+    workflow = parse_workflow(native)
+    ui = json.loads(json.dumps(to_comfy_ui(workflow, toy_registry)))
+    [definition] = ui["definitions"]["subgraphs"]
+    by_id = {n["id"]: n for n in ui["nodes"]}
+    assert sorted(by_id) == [1, 4, 5] and by_id[5]["type"] == "sg-add-scale"
+    assert [i["type"] for i in by_id[5]["inputs"]] == ["INT"] and [o["type"] for o in by_id[5]["outputs"]] == ["FLOAT"]
+    assert sorted(tuple(link[1:]) for link in ui["links"]) == [(1, 0, 5, 0, "INT"), (5, 0, 4, 0, "FLOAT")]  # drawn
+    assert {(lk["origin_id"], lk["target_id"]) for lk in definition["links"]} == {(-10, 2), (2, 3), (3, -20)}
+    assert definition["inputs"][0]["linkIds"] and definition["outputs"][0]["linkIds"]
+    assert {n["type"]: n["widgets_values"] for n in definition["nodes"]} == {"Add": [0, 4], "Scale": [0, 2.0, "round"]}
+    back = parse_workflow(ui, toy_registry)
+    assert back.to_dict()["nodes"] == workflow.to_dict()["nodes"]  # ComfyUI's ids for the inner nodes
+    assert back.to_dict()["layout"] == workflow.to_dict()["layout"]  # the subgraph as drawn, back
+    shown = Engine(toy_registry, paths=toy_paths).run(back)
+    assert shown.status == "success" and shown.outputs["4"]["text"] == ["14.0"]
+    # a node bypassed inside: ComfyUI's mode 4 there; what runs passes through it
+    bypassed = parse_workflow(canvas_subgraph_workflow())
+    ui = json.loads(json.dumps(to_comfy_ui(bypassed, toy_registry)))
+    assert {n["type"]: n["mode"] for n in ui["definitions"]["subgraphs"][0]["nodes"]} == {"Add": 4, "Scale": 0}
+    back = parse_workflow(ui, toy_registry)
+    assert "5:2" not in back.nodes and back.nodes["5:3"].inputs["x"].node == "1"
+    assert Engine(toy_registry, paths=toy_paths).run(back).outputs["4"]["text"] == ["6.0"]
+    assert back.to_dict()["layout"]["subgraphs"] == bypassed.to_dict()["layout"]["subgraphs"]
