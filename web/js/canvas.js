@@ -58,6 +58,7 @@ function bindPalette(app, lg, canvasEl) {
   };
   // The browser's own double-click (its timing, the user's settings) opens the palette on empty canvas.
   canvasEl.addEventListener("dblclick", (e) => {
+    if (app.subgraphs.justOpened()) return; // this double-click opened a subgraph
     const [x, y] = lg.convertEventToCanvasOffset(e);
     const graph = lg.graph;
     const group = graph.getGroupTitlebarOnPos?.(x, y);

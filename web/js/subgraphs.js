@@ -32,6 +32,8 @@ function registerType(subgraph) {
   const cls = class extends SubgraphNode {
     constructor() {
       super(subgraph.rootGraph, subgraph, instanceData);
+      // the library's "enter" title button draws an icon font this page does not load: a plain arrow instead
+      for (const b of this.title_buttons || []) if (b.name === "enter_subgraph") b.text = "⤵";
     }
   };
   Object.defineProperty(cls, "title", { value: subgraph.name });
@@ -387,11 +389,17 @@ export class Subgraphs {
       }
     });
     canvasEl.addEventListener("subgraph-opened", (e) => {
+      this.openedAt = performance.now();
       this.stack.push(e.detail.closingGraph);
       this.app.lgcanvas.deselectAll?.();
       this.render();
       this.app.fitView();
     });
+  }
+
+  /** Whether a subgraph was opened a moment ago (the double-click that opened it is not one on its inside). */
+  justOpened() {
+    return performance.now() - (this.openedAt ?? -Infinity) < 600;
   }
 
   get current() {
