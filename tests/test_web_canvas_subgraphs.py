@@ -204,3 +204,56 @@ def test_a_selection_becomes_a_subgraph_that_runs_saves_undoes_and_opens(page, s
     assert reopened["nodes"] == edited["nodes"]
     assert shown(page)["nodes"][instance] == sg["id"]
     page.shot("43-subgraph-reopened.png")
+
+
+def convert(page: Page, node_ids) -> str:
+    """Convert the nodes (of the graph shown) into a subgraph; returns the new subgraph node's id."""
+    before = set(shown(page)["nodes"])
+    select_many(page, node_ids) if len(node_ids) > 1 else select(page, node_ids[0])
+    node_menu(page, node_ids[0], "Convert to subgraph")
+    page.page.wait_for_function("k => !(k in Object.fromEntries(chisel.app.lgcanvas.graph._nodes.map(n => [String(n.id), 1])))",
+                                arg=node_ids[0])
+    [new] = set(shown(page)["nodes"]) - before
+    return new
+
+
+def test_nested_subgraphs_and_a_pasted_copy_run_flattened_and_export(page, server, root):
+    from test_web_canvas_edit import txt2img
+
+    ids = open_workflow(page, root, txt2img(steps=2), "nested")
+    sampler, decode, save = ids["KSampler"], ids["VAEDecode"], ids["SaveImage"]
+    outer = convert(page, [sampler, decode])
+    page.js("i => chisel.app.subgraphs.open(chisel.app.nodeFor(i))", outer)
+    page.page.wait_for_function("!chisel.app.lgcanvas.graph.isRootGraph")
+    inner = convert(page, [decode])  # a selection inside a subgraph: a subgraph of its own
+    wf = page.js("chisel.workflow()")
+    assert f"{outer}:{inner}:{decode}" in wf["nodes"] and f"{outer}:{sampler}" in wf["nodes"]
+    assert wf["nodes"][f"{outer}:{inner}:{decode}"]["inputs"]["samples"] == {"node": f"{outer}:{sampler}", "output": "LATENT"}
+    assert wf["nodes"][save]["inputs"]["images"] == {"node": f"{outer}:{inner}:{decode}", "output": "IMAGE"}
+    assert len(wf["layout"]["subgraphs"]) == 2
+    assert [b.inner_text() for b in page.page.locator("#subgraph-bar .crumb").all()] == ["Workflow", "Subgraph"]
+    page.shot("44-subgraph-nested.png")
+    page.page.keyboard.press("Escape")
+    page.page.wait_for_function("chisel.app.lgcanvas.graph === chisel.app.graph")
+    # copy and paste the subgraph node with its input links (Ctrl+Shift+V): a second instance, flattened on its own
+    count = len(shown(page)["nodes"])
+    select(page, outer)
+    page.page.keyboard.press("Control+c")
+    page.page.mouse.move(900, 800)
+    page.page.keyboard.press("Control+Shift+v")
+    page.page.wait_for_function("n => chisel.app.graph._nodes.length === n", arg=count + 1)
+    wf = page.js("chisel.workflow()")
+    instances = [i for i, lay in wf["layout"]["nodes"].items() if lay.get("subgraph")]
+    assert len(instances) == 2
+    copy = next(i for i in instances if i != outer)
+    assert f"{copy}:{sampler}" in wf["nodes"] and f"{copy}:{inner}:{decode}" in wf["nodes"]
+    assert wf["nodes"][f"{copy}:{sampler}"]["inputs"] == wf["nodes"][f"{outer}:{sampler}"]["inputs"]
+    assert server.request("POST", "v1/validate", {"workflow": wf})["valid"] is True
+    # the UI format holds every definition, nested; Chisel's importer reads the same graph back
+    ui = export_ui(page)
+    assert len(ui["definitions"]["subgraphs"]) >= 2
+    converted = server.request("POST", "v1/workflow/convert", {"workflow": dict(ui, extra={})})["workflow"]
+    assert converted["nodes"] == wf["nodes"]
+    back = reopen(page, root, ui, "nested-reopened")
+    assert back["nodes"] == wf["nodes"]
+    assert len([lay for lay in back["layout"]["nodes"].values() if lay.get("subgraph")]) == 2

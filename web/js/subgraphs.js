@@ -254,9 +254,8 @@ export function buildSubgraphs(graph, defs, populate, problems) {
       inputs: (d.inputs || []).map(slot), outputs: (d.outputs || []).map(slot), widgets: [],
       nodes: [], links: [], groups: [], reroutes: [],
     };
-    const sg = graph.createSubgraph(data);
-    registerType(sg);
-    made.push([d, sg]);
+    made.push([d, graph.createSubgraph(data)]); // its node type: see Subgraphs.bind
+
   }
   for (const [d, sg] of made) {
     const created = populate(sg, d.nodes, d.layout || {});
@@ -267,7 +266,6 @@ export function buildSubgraphs(graph, defs, populate, problems) {
       if (src && i >= 0 && src.outputs[i]) sg.outputs[k].connect(src.outputs[i], src);
       else problems.push({ text: `the output “${o.name}” of subgraph “${sg.name}” could not be connected.` });
     });
-    hookEdits(sg, graph);
   }
 }
 
@@ -376,14 +374,21 @@ export class Subgraphs {
   }
 
   bind() {
+    // every subgraph made (loaded, converted, pasted, Alt-dragged) gets its node type, and its edits count
+    this.app.graph.events.addEventListener("subgraph-created", (e) => {
+      registerType(e.detail.subgraph);
+      hookEdits(e.detail.subgraph, this.app.graph);
+    });
     const canvasEl = this.app.lgcanvas.canvas;
     this.bar = document.createElement("nav");
     this.bar.id = "subgraph-bar";
     this.bar.setAttribute("aria-label", "Subgraph you are editing");
     this.bar.hidden = true;
     canvasEl.parentElement.appendChild(this.bar);
-    canvasEl.addEventListener("keydown", (e) => {
-      if (e.key === "Escape" && this.current) {
+    document.addEventListener("keydown", (e) => {
+      // Esc on the canvas (or nowhere in particular) leaves the subgraph; dialogs and fields keep their own Esc
+      if (e.key !== "Escape" || e.defaultPrevented || (e.target !== canvasEl && e.target !== document.body)) return;
+      if (this.current) {
         e.preventDefault();
         this.leave();
       }
