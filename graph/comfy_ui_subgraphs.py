@@ -20,7 +20,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .native import Link, NodeSpec, Workflow
+from pydantic import BaseModel, ConfigDict, Field
+
+from .native import MAX_ID_LENGTH, Link, NodeLayout, NodeSpec, Workflow
+from .schema_errors import validate_model
 
 SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = "-10", "-20"
 INSTANCE_KEYS = ("subgraph", "inputs", "title")  # an instance's layout keys that the UI format states itself
@@ -73,14 +76,42 @@ class WithSubgraphs:
         return self.instances.get(type_name) or (self.registry.get(type_name) if self.registry is not None else None)
 
 
+class _Slot(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(default="", max_length=MAX_ID_LENGTH)
+    type: str = Field(default="*", max_length=MAX_ID_LENGTH)
+
+
+class _OutSlot(_Slot):
+    link: Link | None = None
+
+
+class SubgraphDef(BaseModel):
+    """One entry of the native ``layout.subgraphs`` (checked before export)."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    name: str = ""
+    inputs: list[_Slot] = Field(default_factory=list)
+    outputs: list[_OutSlot] = Field(default_factory=list)
+    nodes: dict[str, NodeSpec]
+    layout: dict[str, NodeLayout] = Field(default_factory=dict)
+    input_node: list[float] | None = None
+    output_node: list[float] | None = None
+
+
+class _Defs(BaseModel):
+    subgraphs: list[SubgraphDef]
+
+
 def _definitions(workflow: Workflow) -> list[dict[str, Any]]:
+    """``layout.subgraphs``, checked (a malformed entry is a clear error, never a crash)."""
     layout = workflow.layout
     found = (layout.model_extra or {}).get("subgraphs") if layout is not None else None
-    if not isinstance(found, list):
+    if found is None:
         return []
-    return [d for d in found if isinstance(d, dict) and isinstance(d.get("id"), str) and d["id"]
-            and isinstance(d.get("nodes"), dict) and isinstance(d.get("inputs", []), list)
-            and isinstance(d.get("outputs", []), list)]
+    defs = validate_model(_Defs, {"subgraphs": found}, prefix="layout.")
+    return [d.model_dump(mode="json", exclude_none=True) for d in defs.subgraphs]
 
 
 def split(workflow: Workflow) -> tuple[Workflow, list[dict[str, Any]]]:

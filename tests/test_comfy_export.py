@@ -274,3 +274,17 @@ def test_subgraphs_export_as_definitions_and_come_back(toy_registry, toy_paths):
     assert "5:2" not in back.nodes and back.nodes["5:3"].inputs["x"].node == "1"
     assert Engine(toy_registry, paths=toy_paths).run(back).outputs["4"]["text"] == ["6.0"]
     assert back.to_dict()["layout"]["subgraphs"] == bypassed.to_dict()["layout"]["subgraphs"]
+
+
+def test_a_malformed_subgraph_in_the_layout_is_a_clear_export_error(tmp_path):
+    async def main():
+        async with client(make_root(tmp_path)) as c:
+            for bad in ([{"id": "x", "nodes": 5}], [{"id": "", "nodes": {}}], ["x"],
+                        [{"id": "x", "nodes": {}, "inputs": [{"name": ["no"]}]}]):
+                native = canvas_subgraph_workflow()
+                native["nodes"] = {"1": {"type": "Number", "inputs": {"value": 3}}}
+                native["layout"]["subgraphs"] = bad
+                r = await c.post("/v1/workflow/export", json={"workflow": native, "format": "comfy_ui"})
+                body = await r.json()
+                assert r.status == 400 and "layout.subgraphs" in json.dumps(body), (bad, body)
+    run(main())
