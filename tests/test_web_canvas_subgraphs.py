@@ -223,7 +223,7 @@ def test_nested_subgraphs_and_a_pasted_copy_run_flattened_and_export(page, serve
     ids = open_workflow(page, root, txt2img(steps=2), "nested")
     sampler, decode, save = ids["KSampler"], ids["VAEDecode"], ids["SaveImage"]
     outer = convert(page, [sampler, decode])
-    page.js("i => chisel.app.subgraphs.open(chisel.app.nodeFor(i))", outer)
+    node_menu(page, outer, "Open subgraph")
     page.page.wait_for_function("!chisel.app.lgcanvas.graph.isRootGraph")
     inner = convert(page, [decode])  # a selection inside a subgraph: a subgraph of its own
     wf = page.js("chisel.workflow()")
@@ -257,3 +257,18 @@ def test_nested_subgraphs_and_a_pasted_copy_run_flattened_and_export(page, serve
     back = reopen(page, root, ui, "nested-reopened")
     assert back["nodes"] == wf["nodes"]
     assert len([lay for lay in back["layout"]["nodes"].values() if lay.get("subgraph")]) == 2
+
+    # an error inside a subgraph: clicking it opens the subgraph at the node
+    broken = json.loads(json.dumps(back))
+    broken["nodes"][f"{outer}:{sampler}"]["inputs"]["steps"] = 0
+    [definition] = [d for d in broken["layout"]["subgraphs"] if sampler in d["nodes"] and d["id"] == broken["layout"]["nodes"][outer]["subgraph"]]
+    definition["nodes"][sampler]["inputs"]["steps"] = 0
+    reopen(page, root, broken, "broken-inside")
+    page.page.click("#check-btn")
+    item = page.page.locator("#error-list .error-item").first
+    item.wait_for(timeout=20000)
+    assert "steps" in item.inner_text()
+    item.click()
+    page.page.wait_for_function("!chisel.app.lgcanvas.graph.isRootGraph")
+    assert sampler in shown(page)["nodes"]
+    page.shot("45-subgraph-error-revealed.png")

@@ -22,7 +22,7 @@ import { registerNotes } from "./notes.js";
 import { MaskEditor } from "./maskeditor.js";
 import { Settings } from "./settings.js";
 import { Minimap } from "./minimap.js";
-import { Subgraphs, nodeAtPath } from "./subgraphs.js";
+import { Subgraphs, nodeAtPath, allNodes } from "./subgraphs.js";
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -194,6 +194,11 @@ export class App {
     return Object.values(this.lgcanvas.selected_nodes || {});
   }
 
+  /** Every node, inside subgraphs too. */
+  allNodes() {
+    return this.graph ? allNodes(this.graph) : [];
+  }
+
   nodeFor(id) {
     return id == null ? null : nodeAtPath(this.graph, id);
   }
@@ -201,6 +206,7 @@ export class App {
   focusNode(id) {
     const node = this.nodeFor(id);
     if (!node) return;
+    this.subgraphs.reveal(id); // a node inside a subgraph: open it
     this.lgcanvas.centerOnNode(node);
     this.lgcanvas.selectNode(node);
   }
@@ -225,7 +231,7 @@ export class App {
 
   // -- node states and error marks ----------------------------------------------------------------
   clearRunState() {
-    for (const node of this.graph?._nodes || []) {
+    for (const node of this.allNodes()) {
       if (!node.chisel) continue;
       node.chisel.status = null;
       node.chisel.seconds = null;
@@ -250,7 +256,7 @@ export class App {
   }
 
   clearErrors() {
-    for (const node of this.graph?._nodes || []) {
+    for (const node of this.allNodes()) {
       if (!node.chisel) continue;
       node.chisel.errors = [];
       node.has_errors = false;

@@ -59,6 +59,11 @@ export function usedSubgraphs(graph) {
   return [...used.values()];
 }
 
+/** The nodes of the root graph and of every subgraph's inside. */
+export function allNodes(graph) {
+  return [graph, ...usedSubgraphs(graph)].flatMap((g) => g._nodes);
+}
+
 // -- saving: graph -> flattened workflow -----------------------------------------------------------------------------
 function outputLink(sg, k) {
   const id = sg.outputs[k]?.linkIds?.[0];
@@ -478,6 +483,20 @@ export class Subgraphs {
       g = inst.subgraph;
     }
     this.render();
+  }
+
+  /** Show the graph that holds a node given by its flattened id (opening its subgraphs). */
+  reveal(id) {
+    const parts = String(id).split(":");
+    const path = [];
+    let g = this.app.graph;
+    for (const part of parts.slice(0, -1)) {
+      const inst = g.getNodeById(lgId(part));
+      if (!inst?.subgraph) return;
+      path.push(inst.id);
+      g = inst.subgraph;
+    }
+    if (g !== this.app.lgcanvas.graph) this.afterLoad(path);
   }
 
   /** Collapse the selected nodes of the graph shown into a new subgraph node. */
