@@ -17,7 +17,8 @@ from typing import Any
 from .comfy_api import output_slot
 from .comfy_ui import CHISEL_ID
 from .comfy_ui_widgets import is_widget_input, write_widgets
-from .comfy_ui_subgraphs import SUBGRAPH_INPUT, SUBGRAPH_OUTPUT, WithSubgraphs, bounding, slot_uuid, split
+from .comfy_ui_subgraphs import (SUBGRAPH_INPUT, SUBGRAPH_OUTPUT, InstanceType, WithSubgraphs, bounding, promote,
+                                 slot_uuid, split)
 from .native import Link, NodeLayout, Workflow, natural_key
 
 UI_VERSION = 0.4
@@ -65,6 +66,8 @@ def _scope(workflow: Workflow, layout: Any, registry: Any,
         cls = registry.get(spec.type) if registry is not None else None
         lay = layout.nodes.get(nid) if layout is not None else None
         nodes[nid] = _node(nid, spec, cls, ui_ids[nid], order, lay, positions[nid])
+        if isinstance(cls, InstanceType):
+            promote(nodes[nid], spec)
     return nodes, _links(workflow, registry, nodes, ui_ids)
 
 

@@ -135,10 +135,10 @@ def split(workflow: Workflow) -> tuple[Workflow, list[dict[str, Any]]]:
         if inner(nid):
             continue
         extra = lay.model_extra or {}
-        inputs = {k: v for k, v in (extra.get("inputs") or {}).items() if _is_link(v)} \
-            if isinstance(extra.get("inputs"), dict) else {}
+        # links as drawn, and the values of promoted widgets (inputs that nothing links)
+        inputs = dict(extra["inputs"]) if isinstance(extra.get("inputs"), dict) else {}
         title = extra.get("title") if isinstance(extra.get("title"), str) else None
-        nodes[nid] = NodeSpec(type=extra["subgraph"], inputs=inputs, title=title)
+        nodes[nid] = NodeSpec.model_validate({"type": extra["subgraph"], "inputs": inputs, "title": title})
         lay_nodes[nid] = lay.model_copy(update={}, deep=True)
         for key in INSTANCE_KEYS:
             (lay_nodes[nid].model_extra or {}).pop(key, None)
@@ -146,8 +146,16 @@ def split(workflow: Workflow) -> tuple[Workflow, list[dict[str, Any]]]:
     return workflow.model_copy(update={"nodes": nodes, "layout": new_layout}), defs
 
 
-def _is_link(value: Any) -> bool:
-    return isinstance(value, dict) and set(value) <= {"node", "output"} and "node" in value
+def promote(node: dict[str, Any], spec: NodeSpec) -> None:
+    """An instance's inputs that hold a value (no link) as ComfyUI's promoted widgets: the socket names its widget,
+    and ``widgets_values`` holds the values in socket order."""
+    values = []
+    for socket in node["inputs"]:
+        value = spec.inputs.get(socket["name"])
+        if socket["name"] in spec.inputs and not isinstance(value, Link):
+            socket["widget"] = {"name": socket["name"]}
+            values.append(value)
+    node["widgets_values"] = values
 
 
 def slot_uuid(definition_id: str, kind: str, index: int) -> str:
@@ -190,10 +198,14 @@ def drawn_subgraphs(flat: Any, registry: Any, ids: dict[str, str], node_layout: 
         lay["subgraph"] = node.ui.type
         lay["inputs"] = {}
         slots = by_id[node.ui.type]["inputs"]
+        promoted = iter(node.ui.widgets_values if isinstance(node.ui.widgets_values, list) else [])
         for k, inp in enumerate(node.inputs[:len(slots)]):
+            value = next(promoted, None) if inp.widget is not None else None
             link = _top_hop(flat, inp.source, ids, by_id)
             if link is not None:
                 lay["inputs"][slots[k]["name"]] = link
+            elif value is not None and "proxyWidgets" not in node.ui.properties:
+                lay["inputs"][slots[k]["name"]] = value
         instance_layouts[ids.get(fid, fid)] = lay
     drawn: dict[str, dict[str, Any]] = {}
     for fid, node in top.items():

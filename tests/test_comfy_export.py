@@ -288,3 +288,24 @@ def test_a_malformed_subgraph_in_the_layout_is_a_clear_export_error(tmp_path):
                 body = await r.json()
                 assert r.status == 400 and "layout.subgraphs" in json.dumps(body), (bad, body)
     run(main())
+
+
+def test_a_promoted_widget_value_travels_as_the_instances_widget(toy_registry, toy_paths):
+    from graph.engine import Engine
+
+    native = canvas_subgraph_workflow()
+    sg = native["layout"]["subgraphs"][0]
+    sg["layout"]["2"].pop("mode")
+    sg["inputs"].append({"name": "b", "type": "INT"})
+    sg["nodes"]["2"]["inputs"]["b"] = {"node": "-10", "output": 1}
+    native["layout"]["nodes"]["5"]["inputs"]["b"] = 5  # the instance's value for it (nothing links it)
+    native["nodes"]["5:2"]["inputs"]["b"] = 5
+    workflow = parse_workflow(native)
+    ui = json.loads(json.dumps(to_comfy_ui(workflow, toy_registry)))
+    [instance] = [n for n in ui["nodes"] if n["id"] == 5]
+    assert [(i["name"], i.get("widget")) for i in instance["inputs"]] == [("a", None), ("b", {"name": "b"})]
+    assert instance["widgets_values"] == [5]
+    back = parse_workflow(ui, toy_registry)
+    assert back.to_dict()["nodes"] == workflow.to_dict()["nodes"]
+    assert back.to_dict()["layout"] == workflow.to_dict()["layout"]
+    assert Engine(toy_registry, paths=toy_paths).run(back).outputs["4"]["text"] == ["16.0"]  # (3 + 5) * 2

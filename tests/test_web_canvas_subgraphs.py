@@ -272,3 +272,34 @@ def test_nested_subgraphs_and_a_pasted_copy_run_flattened_and_export(page, serve
     page.page.wait_for_function("!chisel.app.lgcanvas.graph.isRootGraph")
     assert sampler in shown(page)["nodes"]
     page.shot("45-subgraph-error-revealed.png")
+
+
+def test_a_promoted_widget_sets_its_inner_input_per_instance(page, server, root):
+    from test_web_canvas_edit import txt2img
+
+    ids = open_workflow(page, root, txt2img(steps=2), "promoted")
+    sampler = ids["KSampler"]
+    instance = convert(page, [sampler])
+    wf = page.js("chisel.workflow()")
+    # the subgraph's KSampler takes its seed from a new subgraph input that nothing outside links: a widget
+    [sg] = wf["layout"]["subgraphs"]
+    sg["inputs"].append({"name": "seed", "type": "INT"})
+    sg["nodes"][sampler]["inputs"]["seed"] = {"node": "-10", "output": len(sg["inputs"]) - 1}
+    wf["layout"]["nodes"][instance]["inputs"]["seed"] = 7
+    wf["nodes"][f"{instance}:{sampler}"]["inputs"]["seed"] = 7
+    reopen(page, root, wf, "promoted-seed")
+    assert page.node(instance)["widgets"]["seed"] == 7
+    page.set_number(instance, "seed", 9)
+    page.page.wait_for_function("k => chisel.workflow().nodes[k].inputs.seed === 9", arg=f"{instance}:{sampler}")
+    edited = page.js("chisel.workflow()")
+    assert edited["layout"]["nodes"][instance]["inputs"]["seed"] == 9
+    assert server.request("POST", "v1/validate", {"workflow": edited})["valid"] is True
+    page.shot("46-subgraph-promoted-widget.png")
+    ui = export_ui(page)
+    [node] = [n for n in ui["nodes"] if str(n["id"]) == instance]
+    assert node["widgets_values"] == [9]
+    converted = server.request("POST", "v1/workflow/convert", {"workflow": dict(ui, extra={})})["workflow"]
+    assert converted["nodes"] == edited["nodes"]
+    # undo takes the edit back
+    page.page.click("#undo-btn")
+    page.page.wait_for_function("k => chisel.workflow().nodes[k].inputs.seed === 7", arg=f"{instance}:{sampler}")

@@ -59,7 +59,11 @@ export function scopeToWorkflow(graph, { layout = true } = {}) {
         else if (raw.inputs?.[slot.name] && typeof raw.inputs[slot.name] === "object") delete spec.inputs[slot.name];
       }
       if (raw.title) spec.title = raw.title;
-      if (node.isSubgraphNode?.() && node.title && node.title !== node.subgraph.name) spec.title = node.title;
+      if (node.isSubgraphNode?.()) {
+        if (node.title && node.title !== node.subgraph.name) spec.title = node.title;
+        // promoted widgets: the values this instance gives its subgraph's inputs that nothing links
+        for (const w of node.widgets || []) if (!(w.name in spec.inputs) && w.value !== undefined) spec.inputs[w.name] = w.value;
+      }
     } else {
       spec = { type: node.type, inputs: {} };
       for (const inp of schema.inputs) {
@@ -267,6 +271,10 @@ function populateGraph(graph, nodes, lay, schemas, problems, auto) {
     let node = schemas[spec.type] || instance ? LiteGraph.createNode(spec.type) : null;
     if (instance && node) {
       if (spec.title) node.title = spec.title;
+      for (const [name, v] of Object.entries(spec.inputs || {})) {
+        const w = isLink(v) ? null : node.widgets?.find((x) => x.name === name);
+        if (w) w.value = v;
+      }
     } else if (!node) {
       node = new MissingNode(`${spec.title || spec.type} (unknown type)`);
       node.chisel.raw = JSON.parse(JSON.stringify(spec));

@@ -27,13 +27,17 @@ const round1 = (x) => Math.round(x * 10) / 10;
 
 // -- node types ------------------------------------------------------------------------------------------------------
 /** LiteGraph creates a subgraph's instances by its id as a node type. */
-function registerType(subgraph) {
+function registerType(subgraph, app) {
   const instanceData = { id: -1, type: subgraph.id, pos: [0, 0], size: [100, 100], inputs: [], outputs: [], flags: {}, order: 0, mode: 0 };
   const cls = class extends SubgraphNode {
     constructor() {
       super(subgraph.rootGraph, subgraph, instanceData);
       // the library's "enter" title button draws an icon font this page does not load: a plain arrow instead
       for (const b of this.title_buttons || []) if (b.name === "enter_subgraph") b.text = "⤵";
+    }
+
+    onWidgetChanged() {
+      app.onGraphEdited?.(); // a promoted widget's value: an edit
     }
   };
   Object.defineProperty(cls, "title", { value: subgraph.name });
@@ -90,6 +94,13 @@ function defFromGraph(sg, scopeFn) {
   };
 }
 
+/** A literal that reaches an inner input through a subgraph's boundary (an instance's promoted widget). */
+class Value {
+  constructor(value) {
+    this.value = value;
+  }
+}
+
 function slotIndex(slots, output) {
   return typeof output === "number" ? output : slots.findIndex((s) => s.name === output);
 }
@@ -107,7 +118,11 @@ export function flattenNodes(rootNodes, defs) {
     const def = defs[spec.type];
     return {
       nodes: def.nodes || {}, layout: def.layout || {}, prefix: `${scope.prefix}${id}:`, depth: scope.depth + 1,
-      boundary: (def.inputs || []).map((i) => (isLink(spec.inputs?.[i.name]) ? resolve(spec.inputs[i.name], scope) : null)),
+      boundary: (def.inputs || []).map((i) => {
+        const v = spec.inputs?.[i.name];
+        if (isLink(v)) return resolve(v, scope);
+        return v === undefined ? null : new Value(v); // a promoted widget's value
+      }),
     };
   };
   function resolve(link, scope) {
@@ -133,7 +148,8 @@ export function flattenNodes(rootNodes, defs) {
         if (!isLink(v)) inputs[name] = v;
         else {
           const r = resolve(v, scope);
-          if (r) inputs[name] = r;
+          if (r instanceof Value) inputs[name] = r.value;
+          else if (r) inputs[name] = r;
         }
       }
       out[`${scope.prefix}${id}`] = { ...spec, inputs };
@@ -161,7 +177,7 @@ export function flattenJson(wf, defList) {
     if (!defs[spec.type]) continue;
     const entry = (lay[id] ||= {});
     entry.subgraph = spec.type;
-    entry.inputs = Object.fromEntries(Object.entries(spec.inputs || {}).filter(([, v]) => isLink(v)));
+    entry.inputs = { ...(spec.inputs || {}) }; // links as drawn, and promoted widgets' values
     if (spec.title) entry.title = spec.title;
   }
   wf.layout.subgraphs = defList;
@@ -232,7 +248,9 @@ export function nestedScopes(saved, nodes, problems) {
     for (const [i, spec] of Object.entries(def.nodes)) {
       const flat = saved.nodes[`${p}:${i}`];
       if (!flat || defs[spec.type]) continue;
-      for (const [name, v] of Object.entries(flat.inputs || {})) if (!isLink(v)) (spec.inputs ||= {})[name] = v;
+      for (const [name, v] of Object.entries(flat.inputs || {})) {
+        if (!isLink(v) && !isLink(spec.inputs?.[name])) (spec.inputs ||= {})[name] = v; // drawn links stay
+      }
     }
   }
   return { nodes: root, layout: layNodes, subgraphs: Object.values(defs) };
@@ -381,7 +399,7 @@ export class Subgraphs {
   bind() {
     // every subgraph made (loaded, converted, pasted, Alt-dragged) gets its node type, and its edits count
     this.app.graph.events.addEventListener("subgraph-created", (e) => {
-      registerType(e.detail.subgraph);
+      registerType(e.detail.subgraph, this.app);
       hookEdits(e.detail.subgraph, this.app.graph);
     });
     const canvasEl = this.app.lgcanvas.canvas;
