@@ -233,6 +233,15 @@ def test_nested_subgraphs_and_a_pasted_copy_run_flattened_and_export(page, serve
     assert len(wf["layout"]["subgraphs"]) == 2
     assert [b.inner_text() for b in page.page.locator("#subgraph-bar .crumb").all()] == ["Workflow", "Subgraph"]
     page.shot("44-subgraph-nested.png")
+    # the bar names the subgraph being edited; clicking its name renames it
+    page.page.locator("#subgraph-bar .crumb[aria-current]").click()
+    box = page.page.locator(".graphdialog input")
+    box.wait_for(state="visible", timeout=5000)
+    box.fill("Sample")
+    box.press("Enter")
+    page.page.wait_for_function("() => chisel.app.lgcanvas.graph.name === 'Sample'")
+    assert [b.inner_text() for b in page.page.locator("#subgraph-bar .crumb").all()] == ["Workflow", "Sample"]
+    page.page.wait_for_function("o => chisel.workflow().layout.subgraphs.some(d => d.name === 'Sample')", arg=outer)
     page.page.keyboard.press("Escape")
     page.page.wait_for_function("chisel.app.lgcanvas.graph === chisel.app.graph")
     # copy and paste the subgraph node with its input links (Ctrl+Shift+V): a second instance, flattened on its own

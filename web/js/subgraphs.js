@@ -467,11 +467,27 @@ export class Subgraphs {
       const crumb = document.createElement("button");
       crumb.className = "crumb";
       crumb.textContent = i === 0 ? "Workflow" : g.name;
-      crumb.disabled = i === graphs.length - 1;
-      if (i === graphs.length - 1) crumb.setAttribute("aria-current", "location");
-      crumb.addEventListener("click", () => this.leave(graphs.length - 1 - i));
+      if (i === graphs.length - 1) {
+        crumb.setAttribute("aria-current", "location");
+        crumb.title = "Rename this subgraph";
+        crumb.addEventListener("click", (e) => this.rename(g, e));
+      } else {
+        crumb.addEventListener("click", () => this.leave(graphs.length - 1 - i));
+      }
       bar.appendChild(crumb);
     });
+  }
+
+  /** Give a subgraph a new name (its nodes that showed the old name show the new one). */
+  rename(sg, e) {
+    this.app.lgcanvas.prompt("Subgraph name", sg.name, (v) => {
+      const name = String(v ?? "").trim();
+      if (!name || name === sg.name) return;
+      for (const n of this.app.allNodes()) if (n.subgraph === sg && n.title === sg.name) n.title = name;
+      sg.name = name;
+      this.render();
+      this.app.edited();
+    }, e);
   }
 
   /** Back out of `levels` subgraphs (all the way with Infinity). */
