@@ -312,3 +312,13 @@ def test_a_promoted_widget_sets_its_inner_input_per_instance(page, server, root)
     # undo takes the edit back
     page.page.click("#undo-btn")
     page.page.wait_for_function("k => chisel.workflow().nodes[k].inputs.seed === 7", arg=f"{instance}:{sampler}")
+    # unpacked, its nodes are back in the graph, fed as the subgraph node was (the promoted value included)
+    node_menu(page, instance, "Unpack subgraph")
+    page.page.wait_for_function("k => chisel.app.graph._nodes.some(n => String(n.id) === k)", arg=sampler)
+    unpacked = page.js("chisel.workflow()")
+    assert "subgraphs" not in unpacked["layout"] and instance not in unpacked["layout"]["nodes"]
+    want = txt2img(steps=2)["nodes"]
+    want[sampler]["inputs"]["seed"] = 7
+    assert unpacked["nodes"] == want
+    page.page.click("#undo-btn")
+    page.page.wait_for_function("k => !chisel.app.graph._nodes.some(n => String(n.id) === k)", arg=sampler)

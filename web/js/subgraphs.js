@@ -389,6 +389,59 @@ export function collapse(app, scopes, graphId, selected, instanceId, name) {
   return def;
 }
 
+/**
+ * The drawn structure with a subgraph node replaced by the nodes inside it (ids that are taken get new numbers),
+ * its inputs' links and values going straight to the inner inputs they fed. Returns {old id: new id}.
+ */
+export function unpack(scopes, graphId, instanceId) {
+  const defs = Object.fromEntries(scopes.subgraphs.map((d) => [d.id, d]));
+  const host = graphId == null ? null : defs[graphId];
+  const scope = host ? { nodes: host.nodes, layout: (host.layout ||= {}) } : { nodes: scopes.nodes, layout: scopes.layout };
+  const inst = scope.nodes[instanceId];
+  const def = defs[inst?.type];
+  if (!def) return null;
+  let next = Math.max(0, ...Object.keys(scope.nodes).map(Number).filter(Number.isFinite)) + 1;
+  const ids = {};
+  for (const i of Object.keys(def.nodes)) ids[i] = i in scope.nodes ? String(next++) : i;
+  const outer = (k) => inst.inputs?.[def.inputs[Number(k)]?.name]; // what fed the subgraph's input k
+  const mapLink = (v) => {
+    if (String(v.node) === String(SUBGRAPH_INPUT)) return outer(v.output);
+    return ids[String(v.node)] != null ? { ...v, node: ids[String(v.node)] } : undefined;
+  };
+  const lay = def.layout || {};
+  const pts = Object.keys(def.nodes).map((i) => lay[i]?.pos || [0, 0]);
+  const x0 = Math.min(...pts.map((p) => p[0])), y0 = Math.min(...pts.map((p) => p[1]));
+  const [px, py] = scope.layout[instanceId]?.pos || [x0, y0];
+  for (const [i, spec] of Object.entries(def.nodes)) {
+    const inputs = {};
+    for (const [name, v] of Object.entries(spec.inputs || {})) {
+      const m = isLink(v) ? mapLink(v) : v;
+      if (m !== undefined) inputs[name] = m;
+    }
+    scope.nodes[ids[i]] = { ...JSON.parse(JSON.stringify(spec)), inputs: JSON.parse(JSON.stringify(inputs)) };
+    const l = { ...(lay[i] || {}) };
+    const [x, y] = l.pos || [0, 0];
+    l.pos = [round1(px + x - x0), round1(py + y - y0)];
+    scope.layout[ids[i]] = l;
+  }
+  const mapOutput = (v) => {
+    const link = def.outputs?.[slotIndex(def.outputs, v.output)]?.link;
+    return isLink(link) ? mapLink(link) : undefined;
+  };
+  for (const [id, spec] of Object.entries(scope.nodes)) {
+    for (const [name, v] of Object.entries(spec.inputs || {})) {
+      if (!isLink(v) || String(v.node) !== String(instanceId)) continue;
+      const m = mapOutput(v);
+      if (m === undefined) delete spec.inputs[name];
+      else spec.inputs[name] = m;
+    }
+  }
+  if (host) host.outputs.forEach((o) => { if (isLink(o.link) && String(o.link.node) === String(instanceId)) o.link = mapOutput(o.link) ?? null; });
+  delete scope.nodes[instanceId];
+  delete scope.layout[instanceId];
+  return ids;
+}
+
 // -- the app's side: commands, menus, the bar above the canvas -----------------------------------------------------
 export class Subgraphs {
   constructor(app) {
@@ -542,28 +595,47 @@ export class Subgraphs {
       toast("Select the nodes to put in a subgraph first.", "warn");
       return null;
     }
-    const saved = graphToWorkflow(app.graph);
-    const scopes = scopesOf(saved);
-    for (const l of Object.values(scopes.layout)) delete l.links; // the nodes below hold the links drawn
     const instanceId = String(Math.max(graph.state.lastNodeId, ...graph._nodes.map((n) => Number(n.id) || 0)) + 1);
-    const path = this.path();
-    const def = collapse(app, scopes, this.current?.id ?? null, nodes.map((n) => String(n.id)), instanceId, name);
-    // the drawn structure as a saved workflow (modes apply again once it is on the canvas)
-    const wf = { ...saved, nodes: scopes.nodes, layout: { ...saved.layout, nodes: scopes.layout } };
-    delete wf.outputs;
-    flattenJson(wf, scopes.subgraphs).drawn();
-    app.loadWorkflow(wf, { history: false, keepView: true, quiet: true });
-    this.afterLoad(path);
-    app.history.check({ force: true });
+    let def;
+    this.restructure((scopes) => {
+      def = collapse(app, scopes, this.current?.id ?? null, nodes.map((n) => String(n.id)), instanceId, name);
+    });
     const inst = app.lgcanvas.graph.getNodeById(lgId(instanceId));
     if (inst) app.lgcanvas.selectNode(inst);
     return def.id;
   }
 
+  /** Put the nodes inside a subgraph node back in its place. */
+  unpackNode(node) {
+    if (!node?.subgraph) return;
+    this.restructure((scopes) => unpack(scopes, this.current?.id ?? null, String(node.id)));
+  }
+
+  /** Change the drawn structure (root graph and subgraphs as JSON) and put the result on the canvas: one step. */
+  restructure(change) {
+    const app = this.app;
+    const saved = graphToWorkflow(app.graph);
+    const scopes = scopesOf(saved);
+    for (const l of Object.values(scopes.layout)) delete l.links; // the nodes below hold the links drawn
+    const path = this.path();
+    change(scopes);
+    // the drawn structure as a saved workflow (modes apply again once it is on the canvas)
+    const wf = { ...saved, nodes: scopes.nodes, layout: { ...saved.layout, nodes: scopes.layout } };
+    delete wf.outputs;
+    delete wf.layout.subgraphs;
+    if (scopes.subgraphs.length) flattenJson(wf, scopes.subgraphs).drawn();
+    app.loadWorkflow(wf, { history: false, keepView: true, quiet: true });
+    this.afterLoad(path);
+    app.history.check({ force: true });
+  }
+
   /** Node menu entries: collapse the selection; open a subgraph node. */
   menu(node, targets) {
     const opts = [];
-    if (node.subgraph) opts.push({ content: "Open subgraph", callback: () => this.open(node) });
+    if (node.subgraph) {
+      opts.push({ content: "Open subgraph", callback: () => this.open(node) },
+        { content: "Unpack subgraph", callback: () => this.unpackNode(node) });
+    }
     opts.push({ content: `Convert to subgraph${targets.length > 1 ? ` (${targets.length} nodes)` : ""}`, callback: () => this.createFromSelection() });
     return opts;
   }
