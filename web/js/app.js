@@ -23,6 +23,10 @@ import { MaskEditor } from "./maskeditor.js";
 import { Settings } from "./settings.js";
 import { Minimap } from "./minimap.js";
 import { Subgraphs, nodeAtPath, allNodes } from "./subgraphs.js";
+import { Tabs } from "./tabs.js";
+import { QueuePanel } from "./queuepanel.js";
+import { ImagesIn } from "./images.js";
+import { WorkflowBrowser } from "./browser.js";
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -47,6 +51,10 @@ export class App {
     this.maskEditor = new MaskEditor(this);
     this.settings = new Settings(this);
     this.subgraphs = new Subgraphs(this);
+    this.tabs = new Tabs(this);
+    this.queuePanel = new QueuePanel(this);
+    this.imagesIn = new ImagesIn(this);
+    this.browser = new WorkflowBrowser(this);
   }
 
   async start() {
@@ -82,8 +90,9 @@ export class App {
     bindToolbar(this);
     bindKeys(this);
     bindDrop(this);
+    this.imagesIn.bind(); // pictures pasted from the clipboard
     this.socket.bind(this.api);
-    await this.files.openInitialWorkflow();
+    await this.tabs.start(); // the open tabs kept in the browser, else the start workflow
     this.refreshQueue();
     this.results.loadGallery();
     this.refreshModels();
@@ -91,6 +100,11 @@ export class App {
     window.addEventListener("focus", () => this.refreshModels());
     document.body.dataset.ready = "1";
     window.chisel.ready = true;
+  }
+
+  setTitle(name) {
+    this.name = name;
+    document.title = `${name} · Chisel`;
   }
 
   fatal(text) {
@@ -136,7 +150,7 @@ export class App {
   onHistory(h) {
     $("#undo-btn").disabled = !h.canUndo;
     $("#redo-btn").disabled = !h.canRedo;
-    this.files.autosave(h.current);
+    this.tabs.changed(h); // kept in the browser with every open tab
   }
 
   /**
@@ -144,6 +158,7 @@ export class App {
    * badges of the changed nodes and of everything downstream of them (their timings no longer hold).
    */
   onEdit(before, after) {
+    if (this.tabs.current) this.tabs.current.edited = true;
     const changed = changedNodes(before, after);
     const removed = Object.keys(before.nodes || {}).some((id) => !(id in (after.nodes || {})));
     if (!changed.length && !removed) return; // moved, resized, recoloured: nothing that runs
@@ -215,16 +230,16 @@ export class App {
   loadWorkflow(wf, { history = true, keepView = false, name, quiet = false } = {}) {
     closeTextEditor(false);
     this.clearRunState();
-    const path = keepView ? this.subgraphs.path() : [];
+    const path = keepView && !name ? this.subgraphs.path() : []; // undo/redo stay in the subgraph shown
     const problems = workflowToGraph(this.graph, wf, this.schemas);
     this.subgraphs.afterLoad(path);
-    if (name) {
-      this.name = name;
-      document.title = `${name} · Chisel`;
-    }
+    if (name) this.setTitle(name);
     if (!keepView) this.fitView();
     this.lgcanvas.setDirty(true, true);
-    if (history) this.history.reset();
+    if (history) {
+      this.history.reset();
+      this.tabs.opened(this.name);
+    }
     if (!quiet) this.showProblems(problems);
     return problems;
   }
