@@ -140,7 +140,7 @@ export class RunEvents {
 
   finished(d) {
     const app = this.app;
-    for (const node of app.graph._nodes) {
+    for (const node of app.allNodes()) {
       if (node.chisel?.status === "running") node.chisel.status = d.status === "success" ? "done" : null;
       node.progress = 0;
       if (node.chisel?.previewUrl) {
