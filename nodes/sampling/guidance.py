@@ -487,7 +487,7 @@ class CFGDenoiser:
             kwargs["added_cond_kwargs"] = {"text_embeds": torch.cat(pooled), "time_ids": torch.cat(adm)}
         if labels:
             kwargs["class_labels"] = torch.cat(labels)
-        t = self.ms.nearest_timestep(s_in.float())  # the UNet gets integer timesteps (as ComfyUI)
+        t = self.ms.network_timestep(s_in.float())  # the UNet gets integer timesteps (as ComfyUI)
         if any(e.extra is not None for e in entries):
             kwargs.update(_extra_inputs(entries, b, net_in[:, :x_in.shape[1]], s_in, t, torch.cat(ctx),
                                         kwargs.get("added_cond_kwargs")))
