@@ -59,14 +59,16 @@ class ManagedModule:
         self.sequential = False
         self.pins = 0
         self.hooked = 0  # module patches attached now (nodes.patches): compiled graphs would not see their hooks
+        self.storage_dtype: torch.dtype | None = None  # fp8 weight storage (nodes.memory.weight_storage): eager only
         self.last_used = 0.0
         self._compiled: CompiledModule | None = None
 
     def runner(self):
         """What to call for a forward pass: the module, or its compiled form (on the device, compile on, weights
-        not streamed, no forward hooks attached by a module patch: torch.compile does not guard on hooks)."""
+        not streamed, no forward hooks attached by a module patch: torch.compile does not guard on hooks; weights
+        not kept in another dtype than they compute in: their casting hooks change parameters mid-forward)."""
         mode = self.manager.compile_mode
-        if mode == "off" or self.sequential or not self.on_device or self.hooked:
+        if mode == "off" or self.sequential or not self.on_device or self.hooked or self.storage_dtype is not None:
             return self.module
         if self._compiled is None or self._compiled.mode != mode:
             if self.manager.device.type == "cuda":
