@@ -363,8 +363,9 @@ class CFGDenoiser:
             sigma_range = (self.ms.percent_to_sigma(end), self.ms.percent_to_sigma(start))
         extra = opts.get("unet_inputs")
         if extra is not None and area is not None:
-            raise ValueError(f"the {('positive', 'negative')[group]} conditioning is limited to an area and carries "
-                             "a ControlNet: ControlNets on area conditioning are not supported yet")
+            held = extra.describe() if hasattr(extra, "describe") else "extra UNet inputs"
+            raise ValueError(f"the {self.group_names[group]} conditioning is limited to an area and carries {held}: "
+                             "ControlNets and T2I-Adapters on area conditioning are not supported yet")
         if extra is not None:
             if id(extra) not in self._bound:
                 self._bound[id(extra)] = extra.bind(self.model, self.shape, self.group_names[group])
