@@ -57,10 +57,10 @@ def sd1():
     return ModelManager("cpu").load_checkpoint(tiny_file("sd1", "fp32"))
 
 
-def _sample(model, positive, negative):
+def _sample(model, positive, negative, cfg=1.0):
     from nodes.library.sampling import KSampler
 
-    return KSampler().run(FakeContext(), model, 4, 2, 3.0, "euler", "normal", positive, negative,
+    return KSampler().run(FakeContext(), model, 4, 2, cfg, "euler", "normal", positive, negative,
                           {"samples": torch.zeros(1, 4, 8, 8)}, 1.0)[0]["samples"]
 
 
@@ -75,6 +75,9 @@ def test_a_log_bias_counts_tokens_as_repeated_through_the_sampler(sd1):
     def biased(strength):
         return [[appended, {OPTION: append_bias({}, text.shape[1], 4, strength)}]]
 
+    # with CFG the biased positive rows share a UNet call with the unbiased negative ones (of another token count)
+    twice_cfg = _sample(sd1.model, [[torch.cat([text, style, style], 1), {}]], negative, cfg=3.0)
+    assert_close_to_scale(_sample(sd1.model, biased(2.0), negative, cfg=3.0), twice_cfg)
     twice = _sample(sd1.model, [[torch.cat([text, style, style], 1), {}]], negative)
     assert_close_to_scale(_sample(sd1.model, biased(2.0), negative), twice)
     half = _sample(sd1.model, [[torch.cat([text, text, style], 1), {}]], negative)  # the text twice: style halved
