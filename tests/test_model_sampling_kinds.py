@@ -132,7 +132,7 @@ def test_lcm_kind_through_ksampler_matches_lcm_scheduler_on_the_tiny_unet():
     sch = diffusers.LCMScheduler(**SD)
     sch.set_timesteps(steps)
     latents = initial_noise((1, 4, 8, 8), seed)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + 1)  # KSampler's step noise on the CPU (nodes.sampling.noise)
     emb = cond[0][0].to(unet.dtype)
     with torch.no_grad():
         for t in sch.timesteps:
