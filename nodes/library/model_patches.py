@@ -11,7 +11,6 @@ of every node downstream.
 """
 from __future__ import annotations
 
-
 from graph.node import Input, Node, Output
 from graph.types import BOOLEAN, COMBO, CONDITIONING, FLOAT, INT, MODEL
 from nodes.patches.deep_shrink import SCALE_METHODS, DeepShrinkPatch
