@@ -190,3 +190,21 @@ def test_lcm_lora_workflow_validates_and_runs_on_the_tiny_model(tmp_path):
     assert res.status == "success", [e.message for e in res.errors]
     [item] = next(iter(res.outputs.values()))["images"]
     assert (services.paths.dir("output") / item["subfolder"] / item["filename"]).is_file()
+
+
+def test_lcm_percentages_and_sd_turbo_timesteps_speak_training_timesteps():
+    from nodes.sampling.schedulers import sd_turbo_sigmas
+
+    full, lcm = ModelSampling(), LCMModelSampling(ModelSampling())
+    assert lcm.train_steps == 1000 and lcm.num_timesteps == 50
+    for t in (19, 259, 999):  # grid points: their own training sigma
+        assert lcm.training_sigma(t) == pytest.approx(float(full.sigmas[t]), rel=1e-6)
+    assert lcm.training_sigma(0) == pytest.approx(float(full.sigmas[19]), rel=1e-6)  # below the grid: its first point
+    # half way through sampling is training timestep 499.5 on either schedule: just past grid point 24 (timestep 499)
+    assert lcm.percent_to_sigma(0.5) == pytest.approx(lcm.training_sigma(499.5), rel=1e-9)
+    assert float(lcm.sigmas[24]) < lcm.percent_to_sigma(0.5) < float(lcm.sigmas[25])
+    assert lcm.percent_to_sigma(0.0) > lcm.sigma_max and lcm.percent_to_sigma(1.0) == 0.0
+    turbo = sd_turbo_sigmas(lcm, 4)  # timesteps 999, 899, 799, 699 on the grid (899 = grid point 44)
+    assert turbo[0] == pytest.approx(float(full.sigmas[999]), rel=1e-6)
+    assert turbo[1] == pytest.approx(float(full.sigmas[899]), rel=1e-6) and turbo[-1] == 0.0
+    assert torch.equal(sd_turbo_sigmas(full, 4)[:-1], full.sigmas[[999, 899, 799, 699]])

@@ -55,6 +55,16 @@ class LCMModelSampling(ModelSampling):
     def __repr__(self) -> str:
         return "LCM" + super().__repr__()
 
+    @property
+    def train_steps(self) -> int:
+        return int(self.betas.numel())
+
+    def training_sigma(self, t: float) -> float:
+        """Sigma at training timestep ``t``: on the distilled grid, interpolated between its neighbouring points
+        (grid point i is timestep (i + 1) k - 1; clamped to the grid's ends)."""
+        position = min(max((float(t) - (self.skip - 1)) / self.skip, 0.0), self.num_timesteps - 1.0)
+        return float(self.sigma(torch.tensor(position, dtype=torch.float64)))
+
     def network_timestep(self, sigma) -> torch.Tensor:
         """The training timestep of the nearest distilled grid point (index i -> (i + 1) * k - 1)."""
         return self.nearest_timestep(sigma) * self.skip + (self.skip - 1)

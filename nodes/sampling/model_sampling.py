@@ -192,7 +192,16 @@ class ModelSampling:
             return 999999999.9
         if percent >= 1.0:
             return 0.0
-        return float(self.sigma(torch.tensor((1.0 - percent) * (self.num_timesteps - 1), dtype=torch.float64)))
+        return self.training_sigma((1.0 - percent) * (self.train_steps - 1))
+
+    @property
+    def train_steps(self) -> int:
+        """The number of training timesteps (the sigma table may hold fewer: a distilled grid)."""
+        return self.num_timesteps
+
+    def training_sigma(self, t: float) -> float:
+        """Sigma at training timestep ``t`` (0 .. train_steps - 1; log-sigma interpolation between integers)."""
+        return float(self.sigma(torch.tensor(float(t), dtype=torch.float64)))
 
     # -- the network's view -----------------------------------------------------------------------------------
     def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
