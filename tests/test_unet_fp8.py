@@ -89,6 +89,8 @@ def test_fp8_unet_stores_a_quarter_and_computes_like_rounded_weights(unet_file, 
     ratio = fp8.unet.nbytes / full.unet.nbytes
     print(f"{weight_dtype}: stored weights {fp8.unet.nbytes} B = {ratio:.3f} of fp32 ({full.unet.nbytes} B)")
     assert 0.25 <= ratio < 0.27
+    rows = [r for r in fp8.manager.stats()["models"] if r["bytes"] == fp8.unet.nbytes and r["name"] == "unet"]
+    assert rows and all(r["weights_dtype"].startswith("float8") and r["dtype"] == "float32" for r in rows)
 
     args = _inputs(full.unet.module)
     got, exact, rounded = _out(fp8, args), _out(full, args), ref(*args).sample

@@ -292,7 +292,8 @@ class ModelManager:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             mods = [{"name": m.name, "source": m.source, "bytes": m.nbytes, "device": str(m.device),
-                     "dtype": str(m.dtype).replace("torch.", ""), "in_use": m.pins > 0,
+                     "dtype": str(m.dtype).replace("torch.", ""),
+                     "weights_dtype": str(m.storage_dtype or m.dtype).replace("torch.", ""), "in_use": m.pins > 0,
                      "streamed": m.sequential} for m in self._modules.values()]
         out: dict[str, Any] = {
             "device": str(self.device),
