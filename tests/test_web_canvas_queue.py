@@ -81,3 +81,25 @@ def test_rerun_with_a_new_seed_then_reorder_and_cancel_pending_prompts(page, ser
     assert page.node(ks["id"])["widgets"]["steps"] == 2 and page.node(ks["id"])["widgets"]["seed"] == seed
     page.page.get_by_role("tab", name="txt2img").click()
     page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).widgets.steps === 10000", arg=ks["id"])
+
+
+def test_a_runs_events_mark_only_the_tab_it_was_queued_from(page, server):
+    """Two tabs holding the same workflow have nodes with the same ids: the run queued from the first must not draw
+    its progress, states or errors on the second's nodes while the second is on screen."""
+    ks = next(n["id"] for n in page.nodes() if n["type"] == "KSampler")
+    page.set_number(ks, "steps", 10000)  # long enough to switch tabs during it; interrupted below
+    wf = page.js("chisel.workflow()")
+    page.page.keyboard.press("Control+Enter")
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).status === 'running'", arg=ks, timeout=90000)
+
+    page.js("wf => chisel.app.tabs.open(wf, { name: 'twin' })", wf)
+    page.page.wait_for_function("document.querySelectorAll('#tabbar [role=tab]').length === 2")
+    seen = page.js("chisel.events().filter(e => e.type === 'progress').length")
+    page.page.wait_for_function("n => chisel.events().filter(e => e.type === 'progress').length >= n + 2", arg=seen,
+                                timeout=60000)
+    assert [n["status"] for n in page.nodes()] == [None] * len(page.nodes())
+    assert page.js("i => chisel.app.nodeFor(i).progress || 0", ks) == 0
+    page.page.click("#interrupt-btn")
+    assert page.wait_finished(1)["status"] == "interrupted"
+    assert all(n["status"] is None and not n["errors"] and not n["images"] for n in page.nodes())
+    page.shot("72-run-stays-on-its-tab.png")

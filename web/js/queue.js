@@ -23,6 +23,7 @@ export class Runner {
     const app = this.app;
     closeTextEditor(true);
     const n = Math.max(1, Math.min(100, Number(count ?? $("#batch-count").value) || 1));
+    const tab = app.tabs.current; // the run's events mark this tab's nodes only
     for (let i = 0; i < n; i++) {
       const wf = graphToWorkflow(app.graph);
       // check first: a broken graph gets its errors from a 200 reply, not a failed request in the console
@@ -41,7 +42,7 @@ export class Runner {
         this.refused(errors);
         return false;
       }
-      app.prompts.set(r.data.prompt_id, { number: r.data.number });
+      app.prompts.set(r.data.prompt_id, { ...app.prompts.get(r.data.prompt_id), number: r.data.number, tab: tab?.id ?? null });
       this.applySeedControls();
     }
     this.refreshQueue();

@@ -73,7 +73,8 @@ export class QueuePanel {
       if (errors.length) this.app.showServerErrors(errors);
       return null;
     }
-    this.app.prompts.set(r.data.prompt_id, { number: r.data.number, seeds });
+    // not run from a tab: its events mark no node on the canvas (tab null), its images reach the gallery
+    this.app.prompts.set(r.data.prompt_id, { ...this.app.prompts.get(r.data.prompt_id), number: r.data.number, seeds, tab: null });
     const n = Object.keys(seeds).length;
     toast(n ? `Queued #${entry.number ?? "?"} again as #${r.data.number}, seed ${Object.values(seeds).join(", ")}.`
       : `Queued #${entry.number ?? "?"} again as #${r.data.number} (it has no seed to change).`);

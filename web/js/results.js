@@ -41,6 +41,14 @@ export class Results {
     app.lgcanvas.setDirty(true, true);
   }
 
+  /** A run queued from another tab (or none): its images go to the gallery, nothing on this tab's nodes. */
+  addToGallery(promptId, h) {
+    for (const [id, out] of Object.entries(h.outputs || {})) {
+      const images = out?.images || [];
+      if (images.length) this.app.sidebar.addToGallery(images.map((image) => ({ image, prompt_id: promptId, node_id: id })));
+    }
+  }
+
   /** The gallery and the history panel, from the server's history. */
   async loadGallery() {
     try {

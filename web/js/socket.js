@@ -19,7 +19,9 @@ export class RunEvents {
     for (const type of LOGGED) {
       api.on(type, (d) => {
         this.log(type, d);
-        if (this.mine(d)) this[type](d);
+        if (!this.mine(d)) return;
+        this.here = this.shownHere(d.prompt_id);
+        this[type](d);
       });
     }
     api.on("preview", (blob) => this.preview(blob));
@@ -37,12 +39,19 @@ export class RunEvents {
     // names the prompt (a fast first node), so any prompt id counts.
     if (!data?.prompt_id) return false;
     const prompts = this.app.prompts;
-    if (!prompts.has(data.prompt_id)) prompts.set(data.prompt_id, {});
+    if (!prompts.has(data.prompt_id)) prompts.set(data.prompt_id, { tab: this.app.tabs.current?.id ?? null });
     return true;
   }
 
+  /** Whether the prompt was queued from the tab on screen: only then do its events mark the canvas's nodes (another
+   *  tab may hold nodes with the same ids). A prompt queued without a tab (a re-run from the history) marks none. */
+  shownHere(promptId) {
+    const tab = this.app.prompts.get(promptId)?.tab;
+    return tab != null && tab === this.app.tabs.current?.id;
+  }
+
   node(id) {
-    return this.app.nodeFor(id);
+    return this.here ? this.app.nodeFor(id) : null;
   }
 
   redraw() {
@@ -51,7 +60,7 @@ export class RunEvents {
 
   started(d) {
     const app = this.app;
-    app.clearRunState();
+    if (this.here) app.clearRunState();
     app.running = { prompt_id: d.prompt_id };
     app.sidebar.setRunning({ title: "Starting…", note: `prompt #${app.prompts.get(d.prompt_id)?.number ?? ""}` });
     app.sidebar.setPreview(null);
@@ -96,7 +105,7 @@ export class RunEvents {
     if (!app.running) return;
     const url = URL.createObjectURL(blob);
     app.sidebar.setPreview(url);
-    const n = this.node(app.running.node_id);
+    const n = this.shownHere(app.running.prompt_id) ? this.app.nodeFor(app.running.node_id) : null;
     if (n?.chisel) {
       const old = n.chisel.previewUrl;
       n.chisel.previewUrl = url;
@@ -130,7 +139,7 @@ export class RunEvents {
     const err = { ...(d.error || {}), node_id: d.node_id ?? d.error?.node_id };
     const n = this.node(err.node_id);
     if (n?.chisel) n.chisel.status = "error";
-    this.app.showServerErrors([err], { clear: false });
+    if (this.here) this.app.showServerErrors([err], { clear: false });
     toast(describeError(err, n), "error", 8000);
   }
 
@@ -140,7 +149,7 @@ export class RunEvents {
 
   finished(d) {
     const app = this.app;
-    for (const node of app.allNodes()) {
+    for (const node of this.here ? app.allNodes() : []) {
       if (node.chisel?.status === "running") node.chisel.status = d.status === "success" ? "done" : null;
       node.progress = 0;
       if (node.chisel?.previewUrl) {
@@ -154,9 +163,10 @@ export class RunEvents {
     app.sidebar.setPreview(null);
     $("#last-run").textContent = `Last run: ${d.status}`;
     $("#last-run").dataset.status = d.status;
-    if (d.outputs || d.timings) app.results.apply(d.prompt_id, d);
+    if (!this.here) app.results.addToGallery(d.prompt_id, d);
+    else if (d.outputs || d.timings) app.results.apply(d.prompt_id, d);
     else app.results.afterRun(d.prompt_id);
-    if (d.status === "error" && d.errors?.length) app.showServerErrors(d.errors);
+    if (this.here && d.status === "error" && d.errors?.length) app.showServerErrors(d.errors);
     app.results.refreshHistory();
     this.redraw();
   }
