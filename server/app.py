@@ -79,13 +79,13 @@ def serve(args: argparse.Namespace) -> int:
         if not ray_available():
             print("chisel serve: --cluster needs Ray: pip install 'chisel[ray]'", file=sys.stderr)
             return 2
-    registry, services, engine = build_runtime(args, allow_paths=False)
+    registry, services, engine = build_runtime(args, allow_paths=False, threads=settings.threads)
     config = config_from_settings(settings, token=token, debug=bool(args.debug), host=host, port=port,
                                   preview_method=getattr(args, "preview_method", "none"),
                                   frontend=getattr(args, "frontend", "chisel"))
     if cluster is not None:
         config.cluster = cluster
-        config.cluster_runtime = RuntimeSpec.from_args(args, engine.paths.root)
+        config.cluster_runtime = RuntimeSpec.from_args(args, engine.paths.root, threads=settings.threads)
     try:
         app = create_app(registry, engine, services, config)
     except comfy_frontend.FrontendMissing as exc:

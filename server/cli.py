@@ -197,6 +197,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args)
 
 
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expects a whole number of at least 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="chisel", description="Chisel: node-based Stable Diffusion workflows")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -233,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path)
     p.add_argument("--json", action="store_true", help="print one JSON report per run")
     p.add_argument("--explain", action="store_true", help="say why each node ran")
+    p.add_argument("--threads", type=_threads, metavar="N",
+                   help="CPU threads torch uses within one operation (default: torch's choice, one per core)")
     cluster_flags(p)
     runtime_flags(p)
     p.set_defaults(func=cmd_run)
