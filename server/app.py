@@ -64,8 +64,8 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if token and getattr(args, "frontend", "chisel") == "comfyui":
-        print("chisel serve: warning: ComfyUI's frontend sends no token; with --token its requests are refused",
-              file=sys.stderr)
+        print("chisel serve: ComfyUI's frontend sends no token: open http://HOST:PORT/?token=TOKEN once per browser "
+              "session (a cookie then stands for the token)", file=sys.stderr)
     cluster = None
     if getattr(args, "cluster", None):
         from .cluster import ClusterOptions, RuntimeSpec, ray_available

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -291,7 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def passive_cpu_waiting() -> None:
+    """Have torch's OpenMP threads sleep, not spin, while they wait for work (``OMP_WAIT_POLICY=PASSIVE``, unless
+    set already). Read once, when torch loads: call before importing it. Spinning threads steal the CPU from the
+    thread they wait for whenever the machine has other work: the demo model ran 10-40x slower with two spinning
+    threads than with one on a busy 2-core machine, and about as fast with two sleeping ones
+    (``benchmarks/threads.py``)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None) -> int:
+    passive_cpu_waiting()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
