@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from server.security import cookie_key
-from test_server_support import ServeProcess, chain, make_root, wait_history
+from test_server_support import ServeProcess, chain, client, make_root, run, wait_history
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -100,13 +100,9 @@ def test_page_token_sets_a_cookie_that_stands_for_the_token(tmp_path):
 
 
 def test_without_a_token_the_page_ignores_token_and_sets_no_cookie(tmp_path):
-    server = ServeProcess(make_root(tmp_path))
-    try:
-        async def go():
-            async with aiohttp.ClientSession(server.url) as s:
-                r = await s.get("/?token=anything", allow_redirects=False)
-                assert r.status == 200 and "Set-Cookie" not in r.headers
+    async def go():
+        async with client(make_root(tmp_path)) as c:
+            r = await c.get("/?token=anything", allow_redirects=False)
+            assert r.status == 200 and "Set-Cookie" not in r.headers
 
-        asyncio.run(go())
-    finally:
-        server.stop()
+    run(go())
