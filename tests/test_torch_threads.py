@@ -108,3 +108,12 @@ def test_run_applies_threads_and_refuses_a_bad_count(root):
     assert (root / "output" / "threads.txt").read_text() == str(n)
     proc = subprocess.run(base + ["--threads", "0"], capture_output=True, text=True, timeout=120, cwd=HERE.parent)
     assert proc.returncode == 2 and "--threads" in proc.stderr and "at least 1" in proc.stderr
+
+
+def test_cluster_workers_get_the_threads_setting():
+    from server.cli import build_parser
+    from server.cluster.runtime import RuntimeSpec
+
+    assert RuntimeSpec.from_args(build_parser().parse_args(["serve", "--threads", "3"])).threads == 3
+    assert RuntimeSpec.from_args(build_parser().parse_args(["serve"]), threads=2).threads == 2  # the settings file's
+    assert RuntimeSpec.from_args(build_parser().parse_args(["serve"])).threads is None
