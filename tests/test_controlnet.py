@@ -369,3 +369,13 @@ def test_nodes_match_comfyui(type_name):
         for key in ("default", "min", "max", "step"):
             if key in opts:
                 assert getattr(inp, key) == opts[key], (inp.name, key)
+
+
+def test_loading_reports_its_stages(files):
+    from nodes.controlnet.load import CONTROLNET_STAGES
+
+    seen = []
+    load_controlnet(files[("sd1", "ldm", "control_model.")],
+                    progress=lambda value, total, **said: seen.append((value, total, said)))
+    assert seen == [(i, len(CONTROLNET_STAGES), {"activity": "loading", "stage": s})
+                    for i, s in enumerate(CONTROLNET_STAGES)]

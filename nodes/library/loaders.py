@@ -63,7 +63,7 @@ class CheckpointLoaderSimple(Node):
         path = ctx.file_path("ckpt_name")
         if path.name == DIFFUSERS_INDEX:
             path = path.parent  # a diffusers pipeline folder
-        bundle = manager(ctx).load_checkpoint(path)
+        bundle = manager(ctx).load_checkpoint(path, progress=ctx.progress)
         return (bundle.model, bundle.clip, bundle.vae)
 
 
@@ -85,7 +85,7 @@ class CheckpointLoader(Node):
         path = ctx.file_path("ckpt_name")
         if path.name == DIFFUSERS_INDEX:
             path = path.parent
-        bundle = manager(ctx).load_checkpoint(path)
+        bundle = manager(ctx).load_checkpoint(path, progress=ctx.progress)
         return (with_ldm_config(bundle.model, overrides), bundle.clip, bundle.vae)
 
 
@@ -125,7 +125,7 @@ class VAELoader(Node):
     outputs = (Output("VAE", VAE),)
 
     def run(self, ctx, vae_name):
-        return (manager(ctx).load_vae(ctx.file_path("vae_name")),)
+        return (manager(ctx).load_vae(ctx.file_path("vae_name"), progress=ctx.progress),)
 
 
 LORA_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pth", ".bin")

@@ -243,8 +243,10 @@ class ModelManager:
         (``kind`` may carry the identity of further files the value depends on)."""
         return self._once((kind, file_key(Path(path)), str(self.compute_dtype())), factory)
 
-    def load_checkpoint(self, path: str | Path) -> LoadedBundle:
-        """MODEL, CLIP and VAE handles of a checkpoint file or diffusers folder (loaded once per file identity)."""
+    def load_checkpoint(self, path: str | Path, progress=None) -> LoadedBundle:
+        """MODEL, CLIP and VAE handles of a checkpoint file or diffusers folder (loaded once per file identity).
+        ``progress`` (the node's ``ctx.progress``) hears the load's stages; an interrupt raised from it leaves
+        nothing loaded or registered (the modules are registered only once every stage is through)."""
         from nodes.loading.checkpoint import load_checkpoint  # diffusers and transformers: imported when used
 
         path = Path(path)
@@ -252,20 +254,20 @@ class ModelManager:
         allow = self.allow_pickle
 
         def factory():
-            loaded = load_checkpoint(path, allow_pickle=allow)
+            loaded = load_checkpoint(path, allow_pickle=allow, progress=progress)
             return make_bundle(self, loaded)
 
         return self._once(key, factory)
 
-    def load_vae(self, path: str | Path):
-        """A VAE handle from a standalone VAE file (LDM or diffusers key layout)."""
+    def load_vae(self, path: str | Path, progress=None):
+        """A VAE handle from a standalone VAE file (LDM or diffusers key layout); ``progress`` as for checkpoints."""
         from nodes.loading.vae_file import load_vae_file
 
         path = Path(path)
         key = ("vae", file_key(path), str(self.compute_dtype("vae")))
 
         def factory():
-            vae, cfg = load_vae_file(path, allow_pickle=self.allow_pickle)
+            vae, cfg = load_vae_file(path, allow_pickle=self.allow_pickle, progress=progress)
             return make_vae_handle(self, vae, cfg, str(path), family_hint=None)
 
         return self._once(key, factory)

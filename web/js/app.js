@@ -22,6 +22,11 @@ import { registerNotes } from "./notes.js";
 import { MaskEditor } from "./maskeditor.js";
 import { Settings } from "./settings.js";
 import { Minimap } from "./minimap.js";
+import { Subgraphs, nodeAtPath, allNodes } from "./subgraphs.js";
+import { Tabs } from "./tabs.js";
+import { QueuePanel } from "./queuepanel.js";
+import { ImagesIn } from "./images.js";
+import { WorkflowBrowser } from "./browser.js";
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -45,6 +50,11 @@ export class App {
     this.socket = new RunEvents(this);
     this.maskEditor = new MaskEditor(this);
     this.settings = new Settings(this);
+    this.subgraphs = new Subgraphs(this);
+    this.tabs = new Tabs(this);
+    this.queuePanel = new QueuePanel(this);
+    this.imagesIn = new ImagesIn(this);
+    this.browser = new WorkflowBrowser(this);
   }
 
   async start() {
@@ -64,6 +74,7 @@ export class App {
     registerSchemas(this.schemas, this);
     registerNotes();
     createCanvas(this);
+    this.subgraphs.bind();
     this.minimap = new Minimap(this, $("#minimap"));
     this.lgcanvas.onDrawForeground = () => this.minimap.schedule(); // after every frame of the canvas
     this.settings.applyCanvas();
@@ -79,8 +90,9 @@ export class App {
     bindToolbar(this);
     bindKeys(this);
     bindDrop(this);
+    this.imagesIn.bind(); // pictures pasted from the clipboard
     this.socket.bind(this.api);
-    await this.files.openInitialWorkflow();
+    await this.tabs.start(); // the open tabs kept in the browser, else the start workflow
     this.refreshQueue();
     this.results.loadGallery();
     this.refreshModels();
@@ -88,6 +100,11 @@ export class App {
     window.addEventListener("focus", () => this.refreshModels());
     document.body.dataset.ready = "1";
     window.chisel.ready = true;
+  }
+
+  setTitle(name) {
+    this.name = name;
+    document.title = `${name} · Chisel`;
   }
 
   fatal(text) {
@@ -117,7 +134,7 @@ export class App {
   save() { return this.files.save(); }
   openPalette(e, from) { return openPalette(this, e, from); }
   addNodeAt(type, pos, from) { return addNodeAt(this, type, pos, from); }
-  fitView() { return fitView(this.graph, this.lgcanvas); }
+  fitView() { return fitView(this.lgcanvas.graph, this.lgcanvas); }
   openLightbox(urls, index = 0) { this.lightbox.open(urls, index); }
   openGallery(key) { return this.results.openGallery(key); }
 
@@ -133,7 +150,7 @@ export class App {
   onHistory(h) {
     $("#undo-btn").disabled = !h.canUndo;
     $("#redo-btn").disabled = !h.canRedo;
-    this.files.autosave(h.current);
+    this.tabs.changed(h); // kept in the browser with every open tab
   }
 
   /**
@@ -141,6 +158,7 @@ export class App {
    * badges of the changed nodes and of everything downstream of them (their timings no longer hold).
    */
   onEdit(before, after) {
+    if (this.tabs.current) this.tabs.current.edited = true;
     const changed = changedNodes(before, after);
     const removed = Object.keys(before.nodes || {}).some((id) => !(id in (after.nodes || {})));
     if (!changed.length && !removed) return; // moved, resized, recoloured: nothing that runs
@@ -170,7 +188,7 @@ export class App {
       return null;
     }
     const group = new LGraphGroup("Group");
-    this.graph.add(group);
+    this.lgcanvas.graph.add(group);
     group.resizeTo(nodes, 12);
     this.lgcanvas.setDirty(true, true);
     this.history.check({ force: true });
@@ -191,13 +209,19 @@ export class App {
     return Object.values(this.lgcanvas.selected_nodes || {});
   }
 
+  /** Every node, inside subgraphs too. */
+  allNodes() {
+    return this.graph ? allNodes(this.graph) : [];
+  }
+
   nodeFor(id) {
-    return id == null ? null : this.graph.getNodeById(lgId(id));
+    return id == null ? null : nodeAtPath(this.graph, id);
   }
 
   focusNode(id) {
     const node = this.nodeFor(id);
     if (!node) return;
+    this.subgraphs.reveal(id); // a node inside a subgraph: open it
     this.lgcanvas.centerOnNode(node);
     this.lgcanvas.selectNode(node);
   }
@@ -206,21 +230,23 @@ export class App {
   loadWorkflow(wf, { history = true, keepView = false, name, quiet = false } = {}) {
     closeTextEditor(false);
     this.clearRunState();
+    const path = keepView && !name ? this.subgraphs.path() : []; // undo/redo stay in the subgraph shown
     const problems = workflowToGraph(this.graph, wf, this.schemas);
-    if (name) {
-      this.name = name;
-      document.title = `${name} · Chisel`;
-    }
+    this.subgraphs.afterLoad(path);
+    if (name) this.setTitle(name);
     if (!keepView) this.fitView();
     this.lgcanvas.setDirty(true, true);
-    if (history) this.history.reset();
+    if (history) {
+      this.history.reset();
+      this.tabs.opened(this.name);
+    }
     if (!quiet) this.showProblems(problems);
     return problems;
   }
 
   // -- node states and error marks ----------------------------------------------------------------
   clearRunState() {
-    for (const node of this.graph?._nodes || []) {
+    for (const node of this.allNodes()) {
       if (!node.chisel) continue;
       node.chisel.status = null;
       node.chisel.seconds = null;
@@ -245,7 +271,7 @@ export class App {
   }
 
   clearErrors() {
-    for (const node of this.graph?._nodes || []) {
+    for (const node of this.allNodes()) {
       if (!node.chisel) continue;
       node.chisel.errors = [];
       node.has_errors = false;

@@ -91,7 +91,7 @@ export class Sidebar {
 
   // -- progress -------------------------------------------------------------------------------------
   setRunning(info) {
-    // info: null (idle) or {title, value, max, prompt}
+    // info: null (idle) or {title, value, max, activity, stage, note}
     const p = this.progress;
     if (!info) {
       p.classList.add("idle");
@@ -102,7 +102,11 @@ export class Sidebar {
     }
     p.classList.remove("idle");
     $("#progress-title").textContent = info.title;
-    if (info.max) {
+    if (info.max && info.activity) {
+      // a stage of a load (or a save): "loading: building the UNet (3 of 8)"
+      $("#progress-step").textContent = `${info.activity}${info.stage ? `: ${info.stage}` : ""} (${info.value + 1} of ${info.max})`;
+      $("#progress-fill").style.width = `${Math.round((100 * info.value) / info.max)}%`;
+    } else if (info.max) {
       $("#progress-step").textContent = `step ${info.value} of ${info.max}`;
       $("#progress-fill").style.width = `${Math.round((100 * info.value) / info.max)}%`;
     } else {
@@ -176,6 +180,7 @@ export class Sidebar {
     };
     running.forEach((r) => row(r, "running"));
     pending.forEach((r) => row(r, "pending"));
+    this.app.queuePanel?.decorate(ul, pending); // move up / down
     if (!running.length && !pending.length) ul.append(el("li", { class: "muted" }, "The queue is empty."));
     $("#queue-count").textContent = running.length + pending.length ? `(${running.length + pending.length})` : "";
     $("#interrupt-btn").disabled = !running.length;
@@ -199,8 +204,11 @@ export class Sidebar {
       el("span", { class: "history-text" }, el("span", {}, `#${h.number ?? "?"} `, el("span", { class: "history-status" }, h.status)),
         el("span", { class: "history-when" }, when)));
       btn.disabled = !h.workflow;
-      btn.addEventListener("click", () => this.app.loadWorkflow(h.workflow, { name: `run ${h.number ?? h.prompt_id.slice(0, 6)}` }));
-      ul.append(el("li", {}, btn));
+      // in a new tab, unless the current one holds nothing worth keeping
+      btn.addEventListener("click", () => this.app.tabs.openWorkflow(h.workflow, { name: `run ${h.number ?? h.prompt_id.slice(0, 6)}` }));
+      const li = el("li", { class: "history-row" }, btn);
+      this.app.queuePanel?.historyActions(li, h); // re-run with a new seed
+      ul.append(li);
     }
     $("#history-empty").hidden = entries.length > 0;
   }
