@@ -22,6 +22,22 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def set_cpu_threads(threads: int | None) -> None:
+    """Have torch use ``threads`` CPU threads within one operation from now on, in every thread of this process
+    (each thread reads the setting when it first runs an operation; call this before starting threads that run
+    nodes). The inter-op pool gets the same number when it can still be sized (once per process, before any
+    inter-op work). None leaves torch's own choice (one thread per core, or ``OMP_NUM_THREADS``)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # sized already (by an earlier call or by inter-op work): only the intra-op count changes
+        pass
+
+
 class FileWriter(Protocol):
     """Writes output files off the sampling thread (the server offers one; without it nodes write in place)."""
 

@@ -65,8 +65,8 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if token and getattr(args, "frontend", "chisel") == "comfyui":
-        print("chisel serve: warning: ComfyUI's frontend sends no token; with --token its requests are refused",
-              file=sys.stderr)
+        print("chisel serve: ComfyUI's frontend sends no token: open http://HOST:PORT/?token=TOKEN once per browser "
+              "session (a cookie then stands for the token)", file=sys.stderr)
     cluster = None
     if getattr(args, "cluster", None):
         from .cluster import ClusterOptions, RuntimeSpec, ray_available
@@ -80,13 +80,13 @@ def serve(args: argparse.Namespace) -> int:
         if not ray_available():
             print("chisel serve: --cluster needs Ray: pip install 'chisel[ray]'", file=sys.stderr)
             return 2
-    registry, services, engine = build_runtime(args, allow_paths=False)
+    registry, services, engine = build_runtime(args, allow_paths=False, threads=settings.threads)
     config = config_from_settings(settings, token=token, debug=bool(args.debug), host=host, port=port,
                                   preview_method=getattr(args, "preview_method", "none"),
                                   frontend=getattr(args, "frontend", "chisel"))
     if cluster is not None:
         config.cluster = cluster
-        config.cluster_runtime = RuntimeSpec.from_args(args, engine.paths.root)
+        config.cluster_runtime = RuntimeSpec.from_args(args, engine.paths.root, threads=settings.threads)
     try:
         app = create_app(registry, engine, services, config)
     except comfy_frontend.FrontendMissing as exc:

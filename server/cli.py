@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args)
 
 
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expects a whole number of at least 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="chisel", description="Chisel: node-based Stable Diffusion workflows")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -237,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path)
     p.add_argument("--json", action="store_true", help="print one JSON report per run")
     p.add_argument("--explain", action="store_true", help="say why each node ran")
+    p.add_argument("--threads", type=_threads, metavar="N",
+                   help="CPU threads torch uses within one operation (default: torch's choice, one per core)")
     cluster_flags(p)
     runtime_flags(p)
     p.set_defaults(func=cmd_run)
@@ -283,7 +296,17 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def passive_cpu_waiting() -> None:
+    """Have torch's OpenMP threads sleep, not spin, while they wait for work (``OMP_WAIT_POLICY=PASSIVE``, unless
+    set already). Read once, when torch loads: call before importing it. Spinning threads steal the CPU from the
+    thread they wait for whenever the machine has other work: the demo model ran 10-40x slower with two spinning
+    threads than with one on a busy 2-core machine, and about as fast with two sleeping ones
+    (``benchmarks/threads.py``)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None) -> int:
+    passive_cpu_waiting()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -340,36 +340,26 @@ async def post_free(request: web.Request) -> web.Response:
 
 
 # -- WebSocket ---------------------------------------------------------------------------------------------------------------------
-async def websocket(request: web.Request, dialect: str, client_id: str | None,
-                    previews: bool = True) -> web.WebSocketResponse:
-    from .hub import comfy_status
-
+async def ws_native(request: web.Request) -> web.WebSocketResponse:
+    """Chisel's WebSocket ``/v1/ws`` (ComfyUI's ``/ws`` is :mod:`server.comfy_ws`). ``previews=none`` (the canvas's
+    "no previews" setting): no binary preview frames, and none are made for it."""
     server = srv(request)
-    client_id = _client_id(client_id) or uuid.uuid4().hex
+    previews = request.query.get("previews", "latent2rgb").lower() not in ("none", "0", "false")
+    client_id = _client_id(request.query.get("client_id")) or uuid.uuid4().hex
     ws = web.WebSocketResponse(heartbeat=30, max_msg_size=65536)
     await ws.prepare(request)
-    conn = Connection(ws, client_id, dialect, previews=previews)
-    # The first frame, before any broadcast can reach the connection: `hello` (native) or `status` with the sid.
-    if dialect == NATIVE:
-        conn.put(json.dumps({"type": "hello", "data": {"client_id": client_id, "version": CHISEL_VERSION}}))
-    else:
-        conn.put(json.dumps(comfy_status((await server.queue_snapshot(False))["remaining"], sid=client_id)))
+    conn = Connection(ws, client_id, NATIVE, previews=previews)
+    # The first frame, before any broadcast can reach the connection: `hello`, then the queue.
+    conn.put(json.dumps({"type": "hello", "data": {"client_id": client_id, "version": CHISEL_VERSION}}))
     server.hub.add(conn)
     try:
-        if dialect == NATIVE:
-            snap = await server.queue_snapshot(True)
-            conn.put(json.dumps({"type": "queue", "data": {"running": snap["running"], "pending": snap["pending"]}}))
+        snap = await server.queue_snapshot(True)
+        conn.put(json.dumps({"type": "queue", "data": {"running": snap["running"], "pending": snap["pending"]}}))
         async for _ in ws:  # clients have nothing to say; reading keeps the connection and its pings alive
             pass
     finally:
         server.hub.remove(conn)
     return ws
-
-
-async def ws_native(request: web.Request) -> web.WebSocketResponse:
-    # ``previews=none`` (the canvas's "no previews" setting): no binary preview frames, and none are made for it
-    previews = request.query.get("previews", "latent2rgb").lower() not in ("none", "0", "false")
-    return await websocket(request, NATIVE, request.query.get("client_id"), previews=previews)
 
 
 # -- the canvas -----------------------------------------------------------------------------------------------------------------------

@@ -11,9 +11,12 @@ from graph.paths import MODEL_EXTENSIONS, ModelPaths
 from graph.registry import NodeRegistry
 
 
-def build_runtime(args: argparse.Namespace, allow_paths: bool = True):
-    """Registry, services and engine for this process (one engine: every run shares its cache)."""
-    from nodes.services import create_services
+def build_runtime(args: argparse.Namespace, allow_paths: bool = True, threads: int | None = None):
+    """Registry, services and engine for this process (one engine: every run shares its cache). ``threads`` (else
+    ``args.threads``): torch's CPU threads per operation, set here, before any thread that runs nodes starts."""
+    from nodes.services import create_services, set_cpu_threads
+
+    set_cpu_threads(threads if threads is not None else getattr(args, "threads", None))
 
     folders = {}
     if getattr(args, "output_dir", None):

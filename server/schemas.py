@@ -381,6 +381,8 @@ class FreeResponse(Response):
 
 class SystemInfo(Response):
     versions: dict[str, str | None]
+    threads: dict[str, int] | None = Field(None, description="torch's CPU threads: intra_op (within one operation, "
+                                                              "--threads) and inter_op; null without torch")
     devices: list[dict[str, Any]]
     queue: dict[str, int]
 

@@ -3,6 +3,12 @@
 - Bearer token: with a token set, every request needs ``Authorization: Bearer TOKEN`` (GET requests, so that
   WebSockets and ``<img>`` URLs work from a browser, may pass ``?token=`` instead). The canvas page itself
   (``/``, ``/web/...``) and ``GET /v1/auth`` are served without it: the page has to load to ask for the token.
+- Browser sign-in, for pages that send no token (ComfyUI's frontend): opening a page (``/``, ``/index.html``,
+  ``/chisel``) with ``?token=TOKEN`` checks it like any token (failures count towards the lock-out), then answers
+  303 to the same URL without it and sets an HttpOnly, SameSite=Strict cookie (path /) that holds a key derived from
+  the token, not the token. The cookie then stands for the token on every request the browser sends from this
+  origin (``Sec-Fetch-Site`` absent, ``same-origin`` or ``none``: a page on another port of the same host gets
+  nothing from it); a wrong one is a failed check, and the reply deletes it.
 - Same origin only: a request whose ``Origin`` is not this server (or one listed in ``allowed_origins``), or that
   a browser marks ``Sec-Fetch-Site: cross-site``, is refused — WebSocket upgrades included.
 - DNS rebinding: without a token, the ``Host`` header must name a loopback address (``localhost``,
@@ -12,6 +18,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -26,7 +33,10 @@ from aiohttp import web
 
 from .errors import ApiError
 
-PUBLIC_PATHS = ("/", "/index.html", "/v1/auth", "/favicon.ico")
+PUBLIC_PATHS = ("/", "/index.html", "/chisel", "/v1/auth", "/favicon.ico")
+PAGE_PATHS = ("/", "/index.html", "/chisel")  # where ``?token=`` signs a browser in (sets the cookie)
+COOKIE = "chisel_auth"
+COOKIE_SITES = (None, "same-origin", "none")  # the Sec-Fetch-Site values with which the cookie counts
 PUBLIC_PREFIXES = ("/web/",)
 
 
@@ -154,7 +164,8 @@ def security_middleware(token: str | None, allowed_origins: tuple[str, ...] = ()
                 raise ApiError(403, "forbidden_origin", f"cross-origin request from {origin!r} refused")
         if request.headers.get("Sec-Fetch-Site") == "cross-site" and origin is None:
             raise ApiError(403, "forbidden_origin", "cross-site request refused")
-        if token and not _public(request):
+        signing_in = bool(token) and _signs_in(request)
+        if token and (signing_in or not _public(request)):
             address = request.remote or ""
             wait = throttle.retry_after(address)
             if wait > 0:
@@ -162,12 +173,49 @@ def security_middleware(token: str | None, allowed_origins: tuple[str, ...] = ()
                                f"again in {wait:.0f} s", headers={"Retry-After": str(max(1, round(wait)))})
             if not _token_ok(request, token):
                 throttle.failed(address)
+                headers = {"WWW-Authenticate": 'Bearer realm="chisel"'}
+                if cookie_name(request) in request.cookies:  # a stale or forged cookie: the browser drops it
+                    headers["Set-Cookie"] = _cookie(request, "", max_age=0)
                 raise ApiError(401, "unauthorized", "a valid token is required: send 'Authorization: Bearer TOKEN'"
-                               + (" (or ?token=TOKEN on GET)" if request.method == "GET" else ""),
-                               headers={"WWW-Authenticate": 'Bearer realm="chisel"'})
+                               + (" (or ?token=TOKEN on GET)" if request.method == "GET" else ""), headers=headers)
+            if signing_in:
+                return sign_in(request, token)
         return await handler(request)
 
     return middleware
+
+
+def cookie_name(request: web.Request) -> str:
+    """One cookie per port (browsers share cookies between the ports of a host): two servers do not overwrite each
+    other's."""
+    _, port = _split_host(request.headers.get("Host", ""))
+    return f"{COOKIE}_{port}" if port and port > 0 else COOKIE
+
+
+def cookie_key(token: str) -> str:
+    """What the cookie holds: a key derived from the token, so that the token itself never sits in a cookie store."""
+    return hmac.new(token.encode(), b"chisel browser cookie", hashlib.sha256).hexdigest()
+
+
+def _cookie(request: web.Request, value: str, max_age: int | None = None) -> str:
+    parts = [f"{cookie_name(request)}={value}", "Path=/", "HttpOnly", "SameSite=Strict"]
+    if request.secure:
+        parts.append("Secure")
+    if max_age is not None:
+        parts.append(f"Max-Age={max_age}")
+    return "; ".join(parts)
+
+
+def _signs_in(request: web.Request) -> bool:
+    return request.method == "GET" and request.path in PAGE_PATHS and "token" in request.query
+
+
+def sign_in(request: web.Request, token: str) -> web.Response:
+    """The page's URL without ``token`` (303), with the cookie that stands for it (the token was checked)."""
+    query = [(k, v) for k, v in request.query.items() if k != "token"]
+    location = str(request.rel_url.with_query(query or None))
+    return web.Response(status=303, headers={"Location": location, "Set-Cookie": _cookie(request, cookie_key(token)),
+                                             "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
 
 def _public(request: web.Request) -> bool:
@@ -185,6 +233,11 @@ def _token_ok(request: web.Request, token: str) -> bool:
         query = request.query.get("token")
         if query and hmac.compare_digest(query.encode(), token.encode()):
             return True
+        if _signs_in(request):  # only the token in the URL signs in, never a cookie already held
+            return False
+    cookie = request.cookies.get(cookie_name(request))
+    if cookie and request.headers.get("Sec-Fetch-Site") in COOKIE_SITES:
+        return hmac.compare_digest(cookie.encode(), cookie_key(token).encode())
     return False
 
 

@@ -9,7 +9,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -49,6 +49,9 @@ class Settings(BaseModel):
                                                          "rest of that time")
     auth_lockout_seconds: float = Field(60, gt=0, le=86_400, description="the window and lock-out time for failed "
                                                                          "token checks")
+    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads torch uses within one operation in "
+                                                                 "the process that runs nodes (default: torch's "
+                                                                 "choice, one per core)")
 
 
 ENV = {"max_queue": "CHISEL_MAX_QUEUE", "max_body_mb": "CHISEL_MAX_JSON_MB", "max_upload_mb": "CHISEL_MAX_UPLOAD_MB",
@@ -63,6 +66,11 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _value_type(annotation: Any) -> type:
+    """The type a flag's text converts to: ``int`` for ``int`` and for ``int | None``."""
+    return next((t for t in get_args(annotation) if t is not type(None)), annotation)
+
+
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """``--settings FILE`` and one flag per setting (default: not given, so that the file and environment count)."""
     parser.add_argument("--settings", type=Path, metavar="FILE",
@@ -70,7 +78,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("limits and policies (also in --settings FILE)")
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)
-        help_text = f"{field.description} (default: {default if not isinstance(default, list) else 'none'})"
+        help_text = field.description if default is None else \
+            f"{field.description} (default: {default if not isinstance(default, list) else 'none'})"
         if field.annotation is bool:
             group.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None,
                                help=help_text)
@@ -79,8 +88,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         else:
             unit = name.rsplit("_", 1)[-1]
             metavar = unit.upper() if unit in ("mb", "days", "hours", "seconds") else "N"
-            group.add_argument(_flag(name), dest=name, type=field.annotation, default=None, metavar=metavar,
-                               help=help_text)
+            group.add_argument(_flag(name), dest=name, type=_value_type(field.annotation), default=None,
+                               metavar=metavar, help=help_text)
 
 
 def read_file(path: Path) -> dict[str, Any]:

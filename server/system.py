@@ -68,6 +68,14 @@ def devices(services: Any) -> list[dict[str, Any]]:
     return out
 
 
+def torch_threads() -> dict[str, int] | None:
+    """torch's CPU thread counts (within and across operations); None without torch."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
+
+
 def system_info(engine: Any, services: Any, queue_counts: dict[str, int],
                 workers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The native system route; ``workers``: a cluster's workers (``chisel serve --cluster``)."""
@@ -92,6 +100,7 @@ def system_info(engine: Any, services: Any, queue_counts: dict[str, int],
         "memory": {"ram_total": ram_total, "ram_free": ram_free},
         "device": str(device) if device is not None else None,
         "dtype": str(getattr(services, "dtype", None)) if getattr(services, "dtype", None) is not None else None,
+        "threads": torch_threads(),
         "devices": devices(services),
         "cache": engine.cache.stats().to_dict() if isinstance(getattr(engine, "cache", None), ResultCache) else None,
         "models": models,

@@ -10,6 +10,9 @@ import pytest
 # nothing is downloaded at test time, whichever test module happens to run first
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# torch's idle threads sleep instead of spinning, as under `chisel` (server.cli): on a busy machine spinning threads
+# take the CPU from the thread they wait for (read when torch loads: before any test module imports it)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))

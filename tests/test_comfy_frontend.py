@@ -3,10 +3,12 @@
 checkpoint list shows the demo model, Run produces the image on the Save Image node, progress reaches the page, the
 queue/history (``/jobs``) shows the finished job, and no request to Chisel fails except the few ComfyUI answers with
 404 too. The widgets are set the way the page's own code sets them (``widget.value``); the Run button is clicked.
-Screenshots go to test-artifacts/comfy-frontend/."""
+With ``--token``, the page is opened once as ``/?token=TOKEN``: the server's cookie then carries every request and
+the WebSocket, and the token leaves the address bar. Screenshots go to test-artifacts/comfy-frontend/."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -32,17 +34,20 @@ pytest.importorskip("comfyui_frontend_package", reason="installed by the test ex
 NODES = "(window.app.graph.nodes || window.app.graph._nodes)"
 
 
-def test_comfyui_frontend_runs_the_default_graph_on_chisel(tmp_path):
+@pytest.mark.parametrize("token", [None, "tok-" + os.urandom(8).hex()], ids=["no-token", "token"])
+def test_comfyui_frontend_runs_the_default_graph_on_chisel(tmp_path, token):
     (tmp_path / "models" / "checkpoints").mkdir(parents=True)
     shutil.copy(DEMO, tmp_path / "models" / "checkpoints" / DEMO.name)
-    server = ServeProcess(tmp_path, "--frontend", "comfyui")
+    server = ServeProcess(tmp_path, "--frontend", "comfyui", *(["--token", token] if token else []))
+    prefix = "token-" if token else ""
     origin = server.url.rstrip("/")
     failed: list[str] = []
     frames: list[str] = []
     try:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-            page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
+            context = browser.new_context(viewport={"width": 1600, "height": 1000})
+            page = context.new_page()
 
             def on_response(r):
                 if r.status >= 400 and r.url.startswith(origin):
@@ -53,8 +58,12 @@ def test_comfyui_frontend_runs_the_default_graph_on_chisel(tmp_path):
                     if r.url.startswith(origin) and "ERR_ABORTED" not in (r.failure or "") else None)
             page.on("websocket", lambda ws: ws.on("framereceived", lambda f: frames.append(f)
                                                    if isinstance(f, str) else None))
-            page.goto(server.url)
+            page.goto(origin + "/" + (f"?token={token}" if token else ""))
             page.wait_for_function(f"window.app && window.app.graph && {NODES}.length > 0", timeout=90_000)
+            if token:  # signed in: the token left the address bar; an HttpOnly, SameSite=Strict cookie stands for it
+                assert page.url == origin + "/"
+                cookie, = context.cookies()
+                assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and token not in cookie["value"]
 
             types = page.evaluate(f"{NODES}.map(n => n.type).sort()")
             assert types == sorted(["CheckpointLoaderSimple", "CLIPTextEncode", "CLIPTextEncode", "EmptyLatentImage",
@@ -62,7 +71,7 @@ def test_comfyui_frontend_runs_the_default_graph_on_chisel(tmp_path):
             ckpt = page.evaluate(f"""(() => {{ const n = {NODES}.find(n => n.type === 'CheckpointLoaderSimple');
                 const w = n.widgets.find(w => w.name === 'ckpt_name'); return [w.value, w.options.values]; }})()""")
             assert ckpt == ["chisel-demo-v1.safetensors", ["chisel-demo-v1.safetensors"]]
-            shot(page, "1-default-graph.png")
+            shot(page, prefix + "1-default-graph.png")
 
             # a small image: 64 px and 4 steps (the demo model's size)
             page.evaluate(f"""(() => {{ const set = (t, name, v) => {{
@@ -92,12 +101,14 @@ def test_comfyui_frontend_runs_the_default_graph_on_chisel(tmp_path):
             page.get_by_role("button", name="Assets").first.click()
             page.wait_for_function("""[...document.querySelectorAll('img')].some(
                 i => i.src.includes('ComfyUI_00001_.png') && i.complete && i.naturalWidth > 0)""", timeout=30_000)
-            shot(page, "2-image-and-history.png")
+            shot(page, prefix + "2-image-and-history.png")
             browser.close()
     finally:
         assert server.stop() == 0
     unexpected = [f for f in failed if f.split(" ", 2)[2] not in ABSENT_AS_IN_COMFYUI]
     assert not unexpected, unexpected
+    if token:
+        assert token not in server.output()
 
 
 def shot(page, name: str) -> None:

@@ -414,16 +414,43 @@ def load_diffusers_folder(folder: str | Path, dtype: torch.dtype | None = None,
     stages = Stages(FOLDER_STAGES, progress)
     stages.enter(IMPORTING)
     import_model_libraries()
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
     t0 = time.perf_counter()
     folder = Path(folder)
+    index = _model_index(folder)
+    unet, vae = _load_unet_and_vae(folder, dtype, stages)
+    stages.enter(FOLDER_STAGES[3])
+    tes, specs = _load_text_encoders(folder, index, dtype)
+    ucfg = dict(unet.config)
+    family = _diffusers_family(ucfg, tes, specs)
+    sched = _scheduler_config(folder)
+    det = Detection(family=family, in_channels=int(ucfg["in_channels"]), text_encoders=specs,
+                    prediction_type=sched.get("prediction_type", "epsilon"))
+    configs = {"unet": ucfg, "vae": dict(vae.config), "scheduler": sched}
+    for name, m in tes.items():
+        configs[name] = m.config.to_dict()
+    unet.requires_grad_(False).eval()
+    vae.requires_grad_(False).eval()
+    report = LoadReport(path=str(folder), family=family, description=det.description + " (diffusers folder)",
+                        parameters={"unet": len(unet.state_dict()), "vae": len(vae.state_dict()),
+                                    **{n: len(m.state_dict()) for n, m in tes.items()}},
+                        timings={"load": time.perf_counter() - t0})
+    return LoadedCheckpoint(path=folder, detection=det, configs=configs, unet=unet, vae=vae, text_encoders=tes,
+                            report=report)
+
+
+def _model_index(folder: Path) -> dict[str, Any]:
+    """The folder's model_index.json (which components it has, and their classes)."""
     if not is_diffusers_folder(folder):
         raise UnrecognisedArchitecture(f"{folder} is not a diffusers pipeline folder (needs model_index.json and "
                                        "unet/).", folder)
-    index = json.loads((folder / "model_index.json").read_text())
-    kw = {"local_files_only": True}
+    return json.loads((folder / "model_index.json").read_text())
+
+
+def _load_unet_and_vae(folder: Path, dtype: torch.dtype | None, stages: Stages) -> tuple[Any, Any]:
+    """unet/ and vae/, every parameter from their weight files."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    kw: dict[str, Any] = {"local_files_only": True}
     if dtype is not None:
         kw["torch_dtype"] = dtype
     try:
@@ -438,53 +465,61 @@ def load_diffusers_folder(folder: str | Path, dtype: torch.dtype | None = None,
             raise IncompleteCheckpoint(f"{folder}/{comp} lacks {len(info['missing_keys'])} parameters "
                                        f"({', '.join(info['missing_keys'][:5])})", folder,
                                        missing={comp: info["missing_keys"]})
+    return unet, vae
+
+
+def _load_text_encoders(folder: Path, index: dict[str, Any],
+                        dtype: torch.dtype | None) -> tuple[dict[str, Any], list[TextEncoderSpec]]:
+    """text_encoder/ and text_encoder_2/ where the folder has them and model_index.json names a class."""
     tes: dict[str, Any] = {}
     specs: list[TextEncoderSpec] = []
-    stages.enter(FOLDER_STAGES[3])
     for name in ("text_encoder", "text_encoder_2"):
         if not (folder / name).is_dir() or not index.get(name) or index[name][0] is None:
             continue
-        cls_name = index[name][1]
-        cls = CLIPTextModelWithProjection if cls_name == "CLIPTextModelWithProjection" else CLIPTextModel
-        tkw = {"local_files_only": True, "attn_implementation": "sdpa"}
-        if dtype is not None:
-            tkw["dtype"] = dtype
-        try:
-            model, info = cls.from_pretrained(folder / name, output_loading_info=True, **tkw)
-        except (OSError, ValueError) as exc:
-            raise IncompleteCheckpoint(f"{folder}/{name}: {exc}", folder)
-        missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
-        if missing:
-            raise IncompleteCheckpoint(f"{folder}/{name} lacks {len(missing)} parameters ({', '.join(missing[:5])})",
-                                       folder, missing={name: missing})
-        model.requires_grad_(False).eval()
+        model, with_projection = _load_text_encoder(folder, name, index[name][1], dtype)
         tes[name] = model
         kind = "clip_l" if model.config.hidden_act == "quick_gelu" else "open_clip"
-        specs.append(TextEncoderSpec(name, kind, "", with_projection=cls is CLIPTextModelWithProjection))
-    ucfg = dict(unet.config)
-    if ucfg.get("addition_embed_type") == "text_time":
-        family = "sdxl" if "text_encoder" in tes else "sdxl_refiner"
-    elif specs and specs[0].kind == "open_clip":
-        family = "sd2"
-    else:
-        family = "sd1"
+        specs.append(TextEncoderSpec(name, kind, "", with_projection=with_projection))
+    return tes, specs
+
+
+def _load_text_encoder(folder: Path, name: str, cls_name: str, dtype: torch.dtype | None) -> tuple[Any, bool]:
+    """One text encoder, every parameter from its weight files (position ids may be missing); and whether it has
+    a projection."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    cls = CLIPTextModelWithProjection if cls_name == "CLIPTextModelWithProjection" else CLIPTextModel
+    tkw: dict[str, Any] = {"local_files_only": True, "attn_implementation": "sdpa"}
+    if dtype is not None:
+        tkw["dtype"] = dtype
+    try:
+        model, info = cls.from_pretrained(folder / name, output_loading_info=True, **tkw)
+    except (OSError, ValueError) as exc:
+        raise IncompleteCheckpoint(f"{folder}/{name}: {exc}", folder)
+    missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
+    if missing:
+        raise IncompleteCheckpoint(f"{folder}/{name} lacks {len(missing)} parameters ({', '.join(missing[:5])})",
+                                   folder, missing={name: missing})
+    model.requires_grad_(False).eval()
+    return model, cls is CLIPTextModelWithProjection
+
+
+def _diffusers_family(unet_config: dict[str, Any], tes: dict[str, Any], specs: list[TextEncoderSpec]) -> str:
+    """SDXL's UNet takes text-time embeddings (the refiner without the CLIP-L encoder); SD2 has an OpenCLIP
+    encoder; otherwise SD1."""
+    if unet_config.get("addition_embed_type") == "text_time":
+        return "sdxl" if "text_encoder" in tes else "sdxl_refiner"
+    if specs and specs[0].kind == "open_clip":
+        return "sd2"
+    return "sd1"
+
+
+def _scheduler_config(folder: Path) -> dict[str, Any]:
+    """The noise schedule's settings from scheduler/scheduler_config.json (empty without one)."""
     sched_file = folder / "scheduler" / "scheduler_config.json"
     sched = json.loads(sched_file.read_text()) if sched_file.is_file() else {}
-    sched = {k: sched[k] for k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps",
-                                   "prediction_type") if k in sched}
-    det = Detection(family=family, in_channels=int(ucfg["in_channels"]), text_encoders=specs,
-                    prediction_type=sched.get("prediction_type", "epsilon"))
-    configs = {"unet": ucfg, "vae": dict(vae.config), "scheduler": sched}
-    for name, m in tes.items():
-        configs[name] = m.config.to_dict()
-    unet.requires_grad_(False).eval()
-    vae.requires_grad_(False).eval()
-    report = LoadReport(path=str(folder), family=family, description=det.description + " (diffusers folder)",
-                        parameters={"unet": len(unet.state_dict()), "vae": len(vae.state_dict()),
-                                    **{n: len(m.state_dict()) for n, m in tes.items()}},
-                        timings={"load": time.perf_counter() - t0})
-    return LoadedCheckpoint(path=folder, detection=det, configs=configs, unet=unet, vae=vae, text_encoders=tes,
-                            report=report)
+    return {k: sched[k] for k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps",
+                                  "prediction_type") if k in sched}
 
 
 def describe_file(path: str | Path) -> dict[str, Any]:

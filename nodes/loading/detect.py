@@ -107,9 +107,22 @@ def not_a_checkpoint(shapes: Shapes, path=None) -> None:
 
 def detect(shapes: Shapes, metadata: Mapping[str, str] | None = None, path=None) -> Detection:
     """Family, variant and components of an LDM/SGM single-file checkpoint, from key names and shapes."""
-    metadata = metadata or {}
     not_a_checkpoint(shapes, path)
     where = path or "this file"
+    in_channels = _unet_in_channels(shapes, where, path)
+    family, tes = _text_encoders(shapes, where, path)
+    _check_vae(shapes, family, where, path)
+    if in_channels not in (4, 9):
+        raise UnrecognisedArchitecture(
+            f"{where}: a {FAMILY_NAMES[family]} UNet with {in_channels} input channels; Chisel knows 4 (text to "
+            "image) and 9 (inpainting).", path)
+    _check_context_width(shapes, family, tes, where, path)
+    return Detection(family=family, in_channels=in_channels, text_encoders=tes,
+                     prediction_type=_prediction_type(shapes, metadata or {}, family, in_channels))
+
+
+def _unet_in_channels(shapes: Shapes, where, path) -> int:
+    """The input channels of the UNet's first convolution (4: text to image, 9: inpainting)."""
     conv_in = shapes.get(km.UNET_PREFIX + "input_blocks.0.0.weight")
     if conv_in is None:
         raise UnrecognisedArchitecture(
@@ -119,77 +132,68 @@ def detect(shapes: Shapes, metadata: Mapping[str, str] | None = None, path=None)
     if len(conv_in) != 4:
         raise UnrecognisedArchitecture(f"{where}: the UNet's first convolution has shape {list(conv_in)}, "
                                        "expected a 4-d convolution kernel.", path)
-    in_channels = int(conv_in[1])
+    return int(conv_in[1])
 
-    g_base = km.SDXL_CLIP_G_PREFIX + "transformer.resblocks.0.ln_1.weight"
-    l_sdxl = km.SDXL_CLIP_L_PREFIX + "embeddings.token_embedding.weight"
-    g_ref = km.SDXL_REFINER_CLIP_G_PREFIX + "transformer.resblocks.0.ln_1.weight"
-    h_sd2 = km.SD2_CLIP_PREFIX + "transformer.resblocks.0.ln_1.weight"
-    l_sd1 = km.SD1_CLIP_PREFIX + "embeddings.token_embedding.weight"
-    l_sd1_old = "cond_stage_model.transformer.embeddings.token_embedding.weight"
 
-    if g_base in shapes and l_sdxl in shapes:
-        family = "sdxl"
-        tes = [TextEncoderSpec("text_encoder", "clip_l", km.SDXL_CLIP_L_PREFIX),
-               TextEncoderSpec("text_encoder_2", "open_clip", km.SDXL_CLIP_G_PREFIX, with_projection=True)]
-    elif g_ref in shapes:
-        family = "sdxl_refiner"
-        tes = [TextEncoderSpec("text_encoder_2", "open_clip", km.SDXL_REFINER_CLIP_G_PREFIX, with_projection=True)]
-    elif h_sd2 in shapes:
-        family = "sd2"
-        tes = [TextEncoderSpec("text_encoder", "open_clip", km.SD2_CLIP_PREFIX)]
-    elif l_sd1 in shapes:
-        family = "sd1"
-        tes = [TextEncoderSpec("text_encoder", "clip_l", km.SD1_CLIP_PREFIX)]
-    elif l_sd1_old in shapes:
-        family = "sd1"
-        tes = [TextEncoderSpec("text_encoder", "clip_l", "cond_stage_model.transformer.")]
-    else:
-        raise UnrecognisedArchitecture(
-            f"{where} has a Stable Diffusion UNet but no text encoder Chisel recognises (looked for OpenAI CLIP "
-            f"under 'cond_stage_model.transformer.', OpenCLIP under 'cond_stage_model.model.', SDXL's under "
-            f"'conditioner.embedders.'). It holds: {_prefix_summary(shapes)}. A UNet-only file cannot be loaded "
-            "with CheckpointLoaderSimple.", path)
+def _family_markers() -> list[tuple[tuple[str, ...], str, list[TextEncoderSpec]]]:
+    """(keys that must all be present, family, its text encoders), first match wins."""
+    return [
+        ((km.SDXL_CLIP_G_PREFIX + "transformer.resblocks.0.ln_1.weight",
+          km.SDXL_CLIP_L_PREFIX + "embeddings.token_embedding.weight"), "sdxl",
+         [TextEncoderSpec("text_encoder", "clip_l", km.SDXL_CLIP_L_PREFIX),
+          TextEncoderSpec("text_encoder_2", "open_clip", km.SDXL_CLIP_G_PREFIX, with_projection=True)]),
+        ((km.SDXL_REFINER_CLIP_G_PREFIX + "transformer.resblocks.0.ln_1.weight",), "sdxl_refiner",
+         [TextEncoderSpec("text_encoder_2", "open_clip", km.SDXL_REFINER_CLIP_G_PREFIX, with_projection=True)]),
+        ((km.SD2_CLIP_PREFIX + "transformer.resblocks.0.ln_1.weight",), "sd2",
+         [TextEncoderSpec("text_encoder", "open_clip", km.SD2_CLIP_PREFIX)]),
+        ((km.SD1_CLIP_PREFIX + "embeddings.token_embedding.weight",), "sd1",
+         [TextEncoderSpec("text_encoder", "clip_l", km.SD1_CLIP_PREFIX)]),
+        (("cond_stage_model.transformer.embeddings.token_embedding.weight",), "sd1",
+         [TextEncoderSpec("text_encoder", "clip_l", "cond_stage_model.transformer.")]),
+    ]
 
+
+def _text_encoders(shapes: Shapes, where, path) -> tuple[str, list[TextEncoderSpec]]:
+    """The family and its text encoders, told apart by the text encoders' keys."""
+    for keys, family, tes in _family_markers():
+        if all(k in shapes for k in keys):
+            return family, tes
+    raise UnrecognisedArchitecture(
+        f"{where} has a Stable Diffusion UNet but no text encoder Chisel recognises (looked for OpenAI CLIP "
+        f"under 'cond_stage_model.transformer.', OpenCLIP under 'cond_stage_model.model.', SDXL's under "
+        f"'conditioner.embedders.'). It holds: {_prefix_summary(shapes)}. A UNet-only file cannot be loaded "
+        "with CheckpointLoaderSimple.", path)
+
+
+def _check_vae(shapes: Shapes, family: str, where, path) -> None:
     if not any(k.startswith(km.VAE_PREFIX) for k in shapes):
         raise UnrecognisedArchitecture(f"{where} is a {FAMILY_NAMES[family]} checkpoint without VAE weights "
                                        f"(no '{km.VAE_PREFIX}*' tensors); Chisel needs a checkpoint with its VAE.",
                                        path)
-    if in_channels not in (4, 9):
-        raise UnrecognisedArchitecture(
-            f"{where}: a {FAMILY_NAMES[family]} UNet with {in_channels} input channels; Chisel knows 4 (text to "
-            "image) and 9 (inpainting).", path)
 
-    # Context width must match the text encoder(s).
-    ctx_dim = None
-    for k, s in shapes.items():
-        if k.startswith(km.UNET_PREFIX) and k.endswith("attn2.to_k.weight"):
-            ctx_dim = int(s[1])
-            break
-    widths = []
-    for te in tes:
-        key = te.prefix + ("embeddings.token_embedding.weight" if te.kind == "clip_l" else "token_embedding.weight")
-        if te.prefix == "cond_stage_model.transformer.":
-            key = te.prefix + "embeddings.token_embedding.weight"
-        widths.append(int(shapes[key][1]))
-    if family == "sdxl":
-        expected = widths[0] + widths[1]
-    else:
-        expected = widths[0]
+
+def _check_context_width(shapes: Shapes, family: str, tes: list[TextEncoderSpec], where, path) -> None:
+    """The UNet's cross-attention width must be the text encoders' (both together for SDXL)."""
+    ctx_dim = next((int(s[1]) for k, s in shapes.items()
+                    if k.startswith(km.UNET_PREFIX) and k.endswith("attn2.to_k.weight")), None)
+    widths = [int(shapes[te.prefix + ("embeddings.token_embedding.weight" if te.kind == "clip_l"
+                                      else "token_embedding.weight")][1]) for te in tes]
+    expected = widths[0] + widths[1] if family == "sdxl" else widths[0]
     if ctx_dim is not None and ctx_dim != expected:
         raise UnrecognisedArchitecture(
             f"{where}: the UNet's cross-attention takes {ctx_dim}-wide text features, but the text encoder(s) give "
             f"{'+'.join(map(str, widths))}; this is not a {FAMILY_NAMES[family]} layout Chisel knows.", path)
 
-    det = Detection(family=family, in_channels=in_channels, text_encoders=tes)
-    det.prediction_type = prediction_type_from_metadata(metadata)
-    if det.prediction_type is None and "v_pred" in shapes:
-        det.prediction_type = "v_prediction"
-    if det.prediction_type is None and family in ("sd1", "sdxl", "sdxl_refiner"):
-        det.prediction_type = "epsilon"
-    if det.prediction_type is None and in_channels == 9:
-        det.prediction_type = "epsilon"  # SD2 inpainting is epsilon
-    return det
+
+def _prediction_type(shapes: Shapes, metadata: Mapping[str, str], family: str, in_channels: int) -> str | None:
+    """From metadata, else a ``v_pred`` key, else epsilon for every family but SD2 base (None: the loader decides
+    from the weights)."""
+    found = prediction_type_from_metadata(metadata)
+    if found is None and "v_pred" in shapes:
+        found = "v_prediction"
+    if found is None and (family in ("sd1", "sdxl", "sdxl_refiner") or in_channels == 9):
+        found = "epsilon"  # SD2 inpainting is epsilon too
+    return found
 
 
 def prediction_type_from_metadata(metadata: Mapping[str, str]) -> str | None:

@@ -18,6 +18,7 @@ class RuntimeSpec:
     compile: str = "auto"
     no_pickle: bool = False
     output_dir: str | None = None
+    threads: int | None = None  # torch's CPU threads per operation (None: torch's choice; Ray sets one per CPU asked)
     allow_paths: bool = False  # `chisel run` accepts model files given by path; the server does not
     # Without the node library (no torch): the registry is the plug-in folders (and entry point group) only and the
     # services are bare (paths and the file writer). The server tests' toy nodes run this way.
@@ -27,7 +28,7 @@ class RuntimeSpec:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, root: str | Path | None = None,
-                  allow_paths: bool = False) -> "RuntimeSpec":
+                  allow_paths: bool = False, threads: int | None = None) -> "RuntimeSpec":
         """The worker's runtime from the command's flags; ``root``: the command's resolved root folder."""
         root = root or getattr(args, "root", None)
         output = getattr(args, "output_dir", None)
@@ -37,7 +38,8 @@ class RuntimeSpec:
                    cache_ram_gb=float(getattr(args, "cache_ram_gb", 8.0)),
                    cache_device_gb=float(getattr(args, "cache_device_gb", 4.0)),
                    compile=getattr(args, "compile", None) or "auto",
-                   no_pickle=bool(getattr(args, "no_pickle", False)))
+                   no_pickle=bool(getattr(args, "no_pickle", False)),
+                   threads=threads if threads is not None else getattr(args, "threads", None))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
