@@ -17,7 +17,7 @@ from .errors import error_middleware
 from .routes_native import SERVER
 from .runtime import build_runtime, import_model_libraries_in_background
 from .logs import AccessLogger, ProtocolLogger
-from .security import AuthThrottle, cors_middleware, is_loopback_host, security_middleware
+from .security import AuthThrottle, cors_middleware, is_loopback_host, security_middleware, static_name_middleware
 from . import settings as S
 from .service import ChiselServer, ServerConfig, config_from_settings
 from .cluster.options import ClusterUnavailable
@@ -32,7 +32,8 @@ def create_app(registry: Any, engine: Any, services: Any = None, config: ServerC
     # Bodies are read by the handlers with their own limits (JSON vs. uploads); this is the outer bound.
     throttle = AuthThrottle(config.auth_max_failures, config.auth_lockout)
     app = web.Application(middlewares=[cors_middleware(config.allowed_origins), error_middleware(config.debug),
-                                       security_middleware(config.token, config.allowed_origins, throttle)],
+                                       security_middleware(config.token, config.allowed_origins, throttle),
+                                       static_name_middleware()],
                           client_max_size=max(config.max_upload_bytes, config.max_json_bytes) + (1 << 20))
     app[SERVER] = server
     static = comfy_frontend.frontend_dir() if config.frontend == "comfyui" else None
@@ -103,10 +104,16 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_REQUEST_LINE = 128 * 1024
+
+
 async def _run(app: web.Application, host: str, port: int, config: ServerConfig) -> None:
     runner = web.AppRunner(app, handle_signals=False, access_log_class=AccessLogger,
                            access_log=logging.getLogger("chisel.access") if config.debug else None,
-                           shutdown_timeout=5.0, logger=ProtocolLogger())
+                           shutdown_timeout=5.0, logger=ProtocolLogger(),
+                           # a path of long percent-encoded names reaches the routes, which refuse it with a
+                           # structured error, instead of aiohttp's plain-text 400 for lines over 8 KiB
+                           max_line_size=MAX_REQUEST_LINE)
     await runner.setup()  # runs on_startup: opens the store, recovers, starts the worker
     try:
         site = web.TCPSite(runner, host, port)

@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from graph.paths import name_problem
+
 from .errors import ApiError
 
 PUBLIC_PATHS = ("/", "/index.html", "/chisel", "/v1/auth", "/favicon.ico")
@@ -185,6 +187,20 @@ def security_middleware(token: str | None, allowed_origins: tuple[str, ...] = ()
     return middleware
 
 
+def static_name_middleware():
+    """A static file route asked for a name no file can have (a part over 255 bytes, a NUL byte) answers 404, as
+    for any missing file, instead of failing in the file system."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        resource = getattr(request.match_info.route, "resource", None)
+        if isinstance(resource, web.StaticResource) and name_problem(request.path):
+            raise ApiError(404, "not_found", "no such file")
+        return await handler(request)
+
+    return middleware
+
+
 def cookie_name(request: web.Request) -> str:
     """One cookie per port (browsers share cookies between the ports of a host): two servers do not overwrite each
     other's."""
@@ -254,6 +270,9 @@ def safe_join(base: Path, subfolder: str, filename: str) -> Path:
     subfolder, filename = clean_name(subfolder or "", "subfolder"), clean_name(filename)
     if not filename or filename.endswith("/"):
         raise ApiError(400, "invalid_path", "a file name is required")
+    problem = name_problem(f"{subfolder}/{filename}" if subfolder else filename)
+    if problem:  # refused before the file system sees it (a name over its limits is an OSError there)
+        raise ApiError(400, "invalid_path", f"the path is not valid: {problem}")
     if subfolder.startswith("/") or filename.startswith("/") or PurePosixPath(filename).is_absolute():
         raise ApiError(403, "path_outside_folder", "absolute paths are not accepted")
     root = base.resolve()

@@ -98,6 +98,13 @@ BAD_REQUESTS = [
     ("GET", "/api/view?filename=escape.png", {}, 403, "path_outside_folder"),
     ("GET", "/web/../server/app.py", {}, 404, "not_found"),
     ("GET", "/web/%2E%2E/%2E%2E/secret.txt", {}, 404, "not_found"),
+    # names no file can have: refused before the file system (where they were OSErrors, i.e. 500s)
+    ("GET", "/web/" + "j" * 300, {}, 404, "not_found"),
+    ("GET", "/web/" + "ab/" * 1500 + "c.js", {}, 404, "not_found"),
+    ("GET", "/userdata/" + "j" * 300, {}, 400, "invalid_path"),
+    ("POST", "/userdata/" + "j" * 300, {"data": b"x"}, 400, "invalid_path"),
+    ("GET", "/v1/view?filename=" + "j" * 300, {}, 400, "invalid_path"),
+    ("GET", "/v1/view?filename=ok.png&subfolder=" + "j" * 300, {}, 400, "invalid_path"),
     ("POST", "/v1/upload", {"data": b"raw"}, 415, "unsupported_media_type"),
     ("POST", "/v1/upload", {"form": lambda: _form("x.png", b"not an image")}, 415, "not_an_image"),
     ("POST", "/v1/upload", {"form": lambda: _form("big.png", b"\x89PNG" + os.urandom(200 << 10))}, 413, "too_large"),
