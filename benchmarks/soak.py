@@ -2,7 +2,8 @@
 one SIGKILL + restart of the server in the middle, through a real ``chisel serve``.
 
     python benchmarks/soak.py [--prompts 1000] [--clients 8] [--in-flight 2] [--cancel 0.05] [--interrupt 0.05]
-                              [--steps 20] [--server-threads N] [--max-batch N] [--json]
+                              [--steps 20] [--kills 1] [--kill-at sampling|saving] [--server-threads N]
+                              [--max-batch N] [--json]
 
 Every client has its own WebSocket (``/v1/ws``) and keeps ``--in-flight`` prompts of its own outstanding: it queues
 one, waits for its ``finished`` event (or its history entry, for an event missed across the restart) and queues the
@@ -15,7 +16,8 @@ try got through.
   it sampling: at a random step of its ``progress`` events. Queued prompts of the same graph run as one batch
   (``--max-batch``), so the interrupt must stop that prompt only.
 - Halfway (when half the prompts have finished) the server is SIGKILLed while a prompt is sampling and started again
-  on the same root: the prompts it was running are re-run, the queue survives.
+  on the same root: the prompts it was running are re-run, the queue survives. ``--kills N`` spreads N kills evenly;
+  ``--kill-at saving`` kills right after a SaveImage ran, while its files are being written.
 
 Prints
 - ``lost``: acknowledged prompts missing from the history or never finished;
@@ -29,7 +31,7 @@ Prints
 - ``server_errors``: tracebacks and ERROR lines in the server's log;
 - ``memory_growth_pct``: the server's resident memory (sampled every second) averaged over the last hundred prompts
   of the restarted process against its first hundred (after its first prompt finished, the models loaded); the same
-  for the process before the kill as ``memory_growth_pct_before_kill``;
+  for the process before the (first) kill as ``memory_growth_pct_before_kill``;
 - wall time and prompts per second.
 """
 from __future__ import annotations
@@ -145,10 +147,11 @@ class Soak:
         self.rss: list[tuple[int, int, int]] = []  # (generation, finished count, bytes)
         self.generation = 0
         self.gen_start = [0]  # finished count when each generation started
-        self.kill_info: dict = {}
+        self.kills: list[dict] = []
         self.up = asyncio.Event()
         self.up.set()  # set = the server is up
-        self.sampling = asyncio.Event()  # set on any progress event (the crash waits for one)
+        self.sampling = asyncio.Event()  # set on any progress event (a kill at "sampling" waits for one)
+        self.saving = asyncio.Event()  # set when a SaveImage has run (its files are being written)
         self.rng = random.Random(args.seed)
 
     async def request(self, s: aiohttp.ClientSession, method: str, path: str, **kw) -> tuple[int, dict]:
@@ -194,6 +197,8 @@ class Soak:
             w.step = max(w.step, int(data.get("value") or 0))
             w.stepped.set()
             self.sampling.set()
+        elif frame["type"] == "executed" and data.get("node_id") == "9":
+            self.saving.set()
         elif frame["type"] == "finished":
             w.finished_events += 1
             w.finished.set()
@@ -248,23 +253,28 @@ class Soak:
                     return
 
     # -- the crash ----------------------------------------------------------------------------------------------
-    async def crash_halfway(self) -> None:
-        """SIGKILL once half the prompts have finished and one is sampling, then start again on the same root."""
-        while self.done < self.args.prompts // 2:
-            await asyncio.sleep(0.2)
-        self.sampling.clear()
-        await self.sampling.wait()
-        self.up.clear()
-        self.server.kill()
-        self.kill_info = {"finished_before": self.done, "acknowledged": len(self.acked)}
-        print(f"soak: SIGKILL after {self.done} prompts finished ({len(self.acked)} acknowledged); restarting",
-              file=sys.stderr, flush=True)
-        t = time.monotonic()
-        await asyncio.to_thread(self.server.start)
-        self.kill_info["restart_s"] = round(time.monotonic() - t, 1)
-        self.generation += 1
-        self.gen_start.append(self.done)
-        self.up.set()
+    async def crash(self) -> None:
+        """SIGKILL the server ``--kills`` times (once by default: when half the prompts have finished), each time
+        while a prompt is sampling (``--kill-at sampling``) or right after a SaveImage ran, its files being written
+        (``saving``), and start it again on the same root."""
+        for k in range(1, self.args.kills + 1):
+            while self.done < self.args.prompts * k // (self.args.kills + 1):
+                await asyncio.sleep(0.2)
+            moment = self.sampling if self.args.kill_at == "sampling" else self.saving
+            moment.clear()
+            await moment.wait()
+            self.up.clear()
+            self.server.kill()
+            info = {"finished_before": self.done, "acknowledged": len(self.acked), "at": self.args.kill_at}
+            print(f"soak: SIGKILL after {self.done} prompts finished ({len(self.acked)} acknowledged); restarting",
+                  file=sys.stderr, flush=True)
+            t = time.monotonic()
+            await asyncio.to_thread(self.server.start)
+            info["restart_s"] = round(time.monotonic() - t, 1)
+            self.kills.append(info)
+            self.generation += 1
+            self.gen_start.append(self.done)
+            self.up.set()
 
     async def watch_memory(self) -> None:
         """Sample the server's memory every second, with how many prompts have finished."""
@@ -282,7 +292,7 @@ async def soak(args: argparse.Namespace, root: Path) -> dict:
     try:
         async with aiohttp.ClientSession() as s:
             watcher = loop.create_task(run.watch_memory())
-            crasher = loop.create_task(run.crash_halfway())
+            crasher = loop.create_task(run.crash())
             clients = asyncio.gather(*(run.client(s, k) for k in range(args.clients)))
             while not clients.done():  # a stall (no prompt finishing for --stall seconds) ends the run
                 await asyncio.wait({clients}, timeout=5.0)
@@ -384,7 +394,7 @@ def report(args: argparse.Namespace, root: Path, run: Soak, entries: dict, elaps
             "cancels": cancels, "interrupts": interrupts, "stopped_unasked": len(stopped_unasked),
             "batchmates_of_interrupted": mates,
             "batched_prompts": sum(1 for e in entries.values() if len(e.get("batch", [])) > 1),
-            "kill": run.kill_info, "rerun_after_kill": sum(1 for e in entries.values() if e.get("attempts", 0) > 1),
+            "kills": run.kills, "rerun_after_kill": sum(1 for e in entries.values() if e.get("attempts", 0) > 1),
             "server_errors": server_errors,
             "rss_mb_first": mem[-1][0], "rss_mb_last": mem[-1][1], "memory_growth_pct": mem[-1][2],
             "memory_growth_pct_before_kill": mem[0][2] if len(mem) > 1 else None,
@@ -403,6 +413,9 @@ def main() -> int:
     ap.add_argument("--steps", type=int, help="sampling steps (default: the demo workflow's 20)")
     ap.add_argument("--server-threads", type=int, help="torch (OpenMP) threads in the server (default: its own)")
     ap.add_argument("--max-batch", type=int, help="the server's --max-batch (default: its own)")
+    ap.add_argument("--kills", type=int, default=1, help="SIGKILLs of the server, evenly spread (default 1: halfway)")
+    ap.add_argument("--kill-at", choices=["sampling", "saving"], default="sampling",
+                    help="kill while a prompt is sampling, or right after a SaveImage ran (its files being written)")
     ap.add_argument("--stall", type=float, default=600.0, help="stop when no prompt finishes for this many seconds")
     ap.add_argument("--keep", action="store_true", help="keep the temporary root (output, log, database)")
     ap.add_argument("--json", action="store_true")
