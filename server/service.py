@@ -24,7 +24,7 @@ from .errors import ApiError
 from .files import ThumbCache
 from .hub import Hub
 from .batching import BatchPolicy
-from .worker import FileWriter, Worker
+from .worker import FileWriter, Worker, publish_staged
 
 log = logging.getLogger("chisel.server")
 
@@ -71,7 +71,8 @@ class ChiselServer:
         self.registry, self.engine, self.services = registry, engine, services
         self.config = config or ServerConfig()
         self.paths = engine.paths
-        self.writer = FileWriter(self.config.writer_threads, max_per_prompt=self.config.max_images_per_prompt)
+        self.writer = FileWriter(self.config.writer_threads, max_per_prompt=self.config.max_images_per_prompt,
+                                 hold=True)
         if services is not None:
             services.file_writer = self.writer
         self.hub = Hub(self.queue_snapshot, debug=self.config.debug, throttle=self.config.queue_throttle)
@@ -94,6 +95,9 @@ class ChiselServer:
                              max_age=self.config.history_max_age,
                              on_drop=self.delete_files if self.config.history_delete_files else None)
         self.recovered = self.store.recover()
+        published = await asyncio.to_thread(publish_staged, self.store)  # before the .part files are cleared
+        if published:
+            log.warning("published %d file(s) of prompts that had finished before an unclean stop", len(published))
         await asyncio.to_thread(self.clean_folders, True)
         await asyncio.to_thread(self.store.prune)
         self._housekeeping = asyncio.create_task(self._keep_house())

@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS prompts (
 );
 CREATE INDEX IF NOT EXISTS prompts_queue ON prompts(status, priority, number);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- files of finished prompts written under a temporary name and not yet under their final one (see finish())
+CREATE TABLE IF NOT EXISTS staged_files (prompt_id TEXT NOT NULL, tmp TEXT NOT NULL, path TEXT NOT NULL);
 """
 
 _LIGHT = "number, prompt_id, priority, status, client_id, created, started, finished, attempts"
@@ -231,12 +233,29 @@ class Store:
             db.execute(f"UPDATE prompts SET status=?, started=NULL, attempts={used} "
                        "WHERE prompt_id=? AND status=?", (QUEUED, prompt_id, RUNNING))
 
-    def finish(self, prompt_id: str, status: str, result: dict[str, Any]) -> None:
+    def finish(self, prompt_id: str, status: str, result: dict[str, Any],
+               staged: list[tuple[str, str]] | None = None) -> None:
+        """Record a prompt's result; ``staged``: its files as (temporary name, final name), written but not yet
+        under their final names, recorded in the same transaction so that a restart publishes them
+        (:meth:`staged_files`) rather than the prompt being run again; :meth:`published` once they are in place."""
         with self._tx() as db:
             db.execute("UPDATE prompts SET status=?, finished=?, result=? WHERE prompt_id=?",
                        (status, time.time(), json.dumps(result, default=repr), prompt_id))
+            if staged:
+                db.executemany("INSERT INTO staged_files (prompt_id, tmp, path) VALUES (?, ?, ?)",
+                               [(prompt_id, tmp, path) for tmp, path in staged])
             dropped = self._prune(db)
         self._dropped(dropped)
+
+    def published(self, prompt_id: str) -> None:
+        """The staged files of ``prompt_id`` are under their final names."""
+        with self._tx() as db:
+            db.execute("DELETE FROM staged_files WHERE prompt_id=?", (prompt_id,))
+
+    def staged_files(self) -> list[tuple[str, str, str]]:
+        """(prompt id, temporary name, final name) of the files of finished prompts not yet published."""
+        with self._tx() as db:
+            return [tuple(r) for r in db.execute("SELECT prompt_id, tmp, path FROM staged_files ORDER BY rowid")]
 
     def prune(self) -> int:
         """Apply the retention limits now (entries age while nothing finishes); return how many were dropped."""

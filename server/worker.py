@@ -14,9 +14,12 @@ Saving nodes take part through :class:`FileWriter`, offered to every node as ``c
     writer.submit(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 ``submit`` reserves ``path`` at once (``FileExistsError`` if it exists or another write is pending for it: take
-the next counter), then runs ``write(tmp)`` on a writer thread, fsyncs, and renames ``tmp`` to ``path``. The
-prompt's history entry turns ``success`` only when all its files are on disk; ``/view`` of a file still being
-written waits for it.
+the next counter), then runs ``write(tmp)`` on a writer thread and fsyncs it: the file is *staged*. When all of a
+prompt's files are staged, the finisher records its result together with the staged names in one transaction, then
+links each to its final name (:meth:`FileWriter.publish`) and sends ``finished``. So a SIGKILL before the record
+leaves no file under a final name (the prompt is re-run once and writes it once), and one after it leaves the
+staged files to the next start, which publishes them (:func:`publish_staged`): a prompt never completes twice.
+``/view`` of a file not yet published waits for it.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from graph import events as ev
-from graph.atomic_files import write_atomically
+from graph import atomic_files
 from graph.engine import RunResult
 from graph.errors import ChiselError
 
@@ -71,12 +74,17 @@ class PendingWrite:
 
 
 class FileWriter:
-    """Writes files on background threads; paths are reserved from submission until the file is in place."""
+    """Writes files on background threads; paths are reserved from submission until the file is published (or
+    discarded). ``hold``: the files of a prompt (between :meth:`begin` and :meth:`end`) stay staged until
+    :meth:`publish` (the server's worker records the prompt first); otherwise each is published once written. The
+    future :meth:`submit` returns gives the staged (temporary) name."""
 
-    def __init__(self, threads: int = 2, max_pending: int = 64, max_per_prompt: int | None = None):
-        self.max_per_prompt = max_per_prompt
+    def __init__(self, threads: int = 2, max_pending: int = 64, max_per_prompt: int | None = None,
+                 hold: bool = False):
+        self.max_per_prompt, self.hold = max_per_prompt, hold
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="chisel-writer")
-        self._pending: dict[str, Future] = {}
+        self._pending: dict[str, Future] = {}  # reserved path -> published (or failed / discarded)
+        self._staged: dict[str, Path] = {}  # reserved path -> its staged temporary file
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_pending)  # back-pressure: RAM held by queued images is bounded
         self._batches: dict[str, list[PendingWrite]] | None = None  # prompt id -> its writes
@@ -99,30 +107,73 @@ class FileWriter:
             with self._lock:
                 if key in self._pending or os.path.lexists(path):
                     raise FileExistsError(str(path))
-                future: Future = Future()
-                self._pending[key] = future
+                self._pending[key] = Future()
         except BaseException:
             self._slots.release()
             raise
+        future: Future = Future()
         if batch is not None:
             batch.append(PendingWrite(path, self.node_id, future))
-        self._pool.submit(self._write, path, key, write, future)
+        # a write of no prompt (outside begin/end) has nobody to publish it: published as soon as it is staged
+        self._pool.submit(self._write, path, key, write, future, batch is None or not self.hold)
         return future
 
-    def _write(self, path: Path, key: str, write: Callable[[Path], Any], future: Future) -> None:
+    def _write(self, path: Path, key: str, write: Callable[[Path], Any], future: Future, publish: bool) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomically(path, write)
+            tmp = atomic_files.stage(path, write)
+            with self._lock:
+                self._staged[key] = tmp
+            if publish:
+                self.publish(path)
         except BaseException as exc:
+            self._release(key, exc)
             future.set_exception(exc)
         else:
-            future.set_result(path)
+            future.set_result(tmp)
         finally:
-            with self._lock:
-                self._pending.pop(key, None)
             self._slots.release()
 
+    def staged(self, path: str | Path) -> Path | None:
+        """The staged temporary file of ``path`` (None: not staged here, e.g. failed or written elsewhere)."""
+        with self._lock:
+            return self._staged.get(self._key(Path(path)))
+
+    def publish(self, path: str | Path) -> None:
+        """Link the staged file of ``path`` to ``path`` (nothing when it is not staged here); raises what linking
+        raised (the staged file is gone either way)."""
+        key = self._key(Path(path))
+        with self._lock:
+            tmp = self._staged.pop(key, None)
+        if tmp is None:
+            return
+        try:
+            atomic_files.publish(tmp, Path(path))
+        except BaseException as exc:
+            self._release(key, exc)
+            raise
+        self._release(key)
+
+    def discard(self, path: str | Path) -> None:
+        """Drop the staged file of ``path`` (a prompt that will run again writes its own)."""
+        key = self._key(Path(path))
+        with self._lock:
+            tmp = self._staged.pop(key, None)
+        if tmp is not None:
+            atomic_files.discard(tmp)
+            self._release(key, FileNotFoundError(str(path)))
+
+    def _release(self, key: str, exc: BaseException | None = None) -> None:
+        with self._lock:
+            done = self._pending.pop(key, None)
+        if done is not None:
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
+
     def pending(self, path: str | Path) -> Future | None:
+        """A future that is done once ``path`` is published (or will not be): None when nothing is pending."""
         with self._lock:
             return self._pending.get(self._key(Path(path)))
 
@@ -308,8 +359,9 @@ class Worker:
         for item, result in zip(items, results):
             pid = item["prompt_id"]
             if self._stopping.is_set() and result.status == "interrupted":
-                for w in writes.get(pid, []):  # let what was written land, then hand the prompt back to the queue
+                for w in writes.get(pid, []):  # drop what it wrote (its re-run writes its own), then requeue it
                     _wait(w.future)
+                    self.writer.discard(w.path)
                 self.store.requeue(pid)
                 self.notify("queue", None)
                 continue
@@ -356,11 +408,13 @@ class Worker:
     def _finish(self, item: dict[str, Any], result: RunResult, writes: list[PendingWrite]) -> None:
         pid = item["prompt_id"]
         errors = [e.to_dict() for e in result.errors]
+        staged: list[PendingWrite] = []
         for w in writes:
             exc = _wait(w.future)
             if exc is not None:
-                errors.append(ChiselError("write_failed", f"could not write {w.path.name}: {type(exc).__name__}: {exc}",
-                                          node_id=w.node_id, value=str(w.path)).to_dict())
+                errors.append(_write_error(w, exc))
+            elif self.writer.staged(w.path) is not None:
+                staged.append(w)
         status = result.status
         if status == "success" and len(errors) > len(result.errors):
             status = S.ERROR
@@ -370,16 +424,65 @@ class Worker:
         if item.get("batch"):
             payload["batch"] = item["batch"]  # the prompts it was sampled with (itself included), in order
         self._annotate(pid, payload)
-        try:
-            self.store.finish(pid, status, payload)
+        journal = [(str(self.writer.staged(w.path)), str(w.path)) for w in staged]
+        try:  # the result and the staged names in one transaction; then the files under their final names
+            self.store.finish(pid, status, payload, journal)
         except Exception:
             log.exception("could not record the result of prompt %s", pid)
+            journal = []
+        failed = []
+        for w in staged:
+            try:
+                self.writer.publish(w.path)
+            except Exception as exc:  # noqa: BLE001 - e.g. the folder went read-only between staging and now
+                failed.append(_write_error(w, exc))
+        if failed:
+            log.error("prompt %s: %d staged file(s) could not be published: %s", pid, len(failed),
+                      "; ".join(e["message"] for e in failed))
+            payload["errors"] = errors + failed
+            status = S.ERROR
+            try:
+                self.store.finish(pid, status, payload)
+            except Exception:
+                log.exception("could not record the result of prompt %s", pid)
+        if journal:
+            try:
+                self.store.published(pid)
+            except Exception:  # the next start finds the files published and only forgets the journal
+                log.exception("could not record that the files of prompt %s are in place", pid)
         self.notify("finished", {"client_id": item.get("client_id"), "prompt_id": pid, "status": status,
                                  "result": payload, "time": time.time()})
         self.notify("queue", None)
 
     def _annotate(self, prompt_id: str, payload: dict[str, Any]) -> None:
         """Add to a prompt's recorded result (the cluster records which worker ran it and any retry)."""
+
+
+def _write_error(w: PendingWrite, exc: BaseException) -> dict[str, Any]:
+    return ChiselError("write_failed", f"could not write {w.path.name}: {type(exc).__name__}: {exc}",
+                       node_id=w.node_id, value=str(w.path)).to_dict()
+
+
+def publish_staged(store: S.Store) -> list[str]:
+    """At start: publish the staged files of prompts recorded as finished before a kill (their final names are
+    free: nothing else has run since); return the final names published."""
+    done: list[str] = []
+    prompts = set()
+    for pid, tmp, path in store.staged_files():
+        prompts.add(pid)
+        if not os.path.exists(tmp):
+            continue  # published before the kill (and the journal not yet cleared), or its folder is gone
+        try:
+            if os.path.exists(path) and os.path.samefile(tmp, path):
+                atomic_files.discard(Path(tmp))  # linked before the kill, the temporary name not yet removed
+                continue
+            atomic_files.publish(Path(tmp), Path(path))
+            done.append(path)
+        except OSError as exc:
+            log.error("could not publish %s (a file of prompt %s): %s", path, pid, exc)
+    for pid in prompts:
+        store.published(pid)
+    return done
 
 
 def _wait(future: Future) -> BaseException | None:
