@@ -3,10 +3,10 @@
 folder fsynced. A write that fails, or a process killed mid-write, leaves no file under the final name — at most a
 ``.part`` file, which the server removes when it starts.
 
-The two halves are apart too (:func:`stage`, :func:`publish`): the server stages a prompt's files, records its result
-together with the staged names, then publishes them, so a kill at any point leaves either a prompt to re-run and no
-file under a final name, or a finished prompt whose staged files the next start publishes — never a file of a
-prompt that is then run again.
+The two halves are apart too (:func:`stage`, :func:`publish`): the server stages a prompt's files, journals its
+result together with the staged names, then publishes them, so a kill at any point leaves either a prompt to re-run
+and no file under a final name, or a finished prompt whose staged files the next start publishes — never a file of
+a prompt that is then run again.
 
 One helper for every writer: the server's background file writer and the nodes that write in place (the CLI).
 It lives in ``graph/`` because both ``nodes/`` and ``server/`` may import ``graph/`` (and ``nodes/`` never imports

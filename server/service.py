@@ -24,7 +24,7 @@ from .errors import ApiError
 from .files import ThumbCache
 from .hub import Hub
 from .batching import BatchPolicy
-from .worker import FileWriter, Worker, publish_staged
+from .worker import FileWriter, Worker, finish_journaled
 
 log = logging.getLogger("chisel.server")
 
@@ -94,10 +94,10 @@ class ChiselServer:
         self.store = S.Store(self.db_path, max_queue=self.config.max_queue, max_history=self.config.max_history,
                              max_age=self.config.history_max_age,
                              on_drop=self.delete_files if self.config.history_delete_files else None)
+        finished = await asyncio.to_thread(finish_journaled, self.store)  # before .part files are cleared
+        if finished:
+            log.warning("recorded %s: finished, their files being published, at an unclean stop", finished)
         self.recovered = self.store.recover()
-        published = await asyncio.to_thread(publish_staged, self.store)  # before the .part files are cleared
-        if published:
-            log.warning("published %d file(s) of prompts that had finished before an unclean stop", len(published))
         await asyncio.to_thread(self.clean_folders, True)
         await asyncio.to_thread(self.store.prune)
         self._housekeeping = asyncio.create_task(self._keep_house())

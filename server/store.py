@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS prompts (
 );
 CREATE INDEX IF NOT EXISTS prompts_queue ON prompts(status, priority, number);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
--- files of finished prompts written under a temporary name and not yet under their final one (see finish())
+-- prompts whose run is over and whose files are being published (see journal()): their result, then their files
+CREATE TABLE IF NOT EXISTS finishing (prompt_id TEXT PRIMARY KEY, status TEXT NOT NULL, result TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS staged_files (prompt_id TEXT NOT NULL, tmp TEXT NOT NULL, path TEXT NOT NULL);
 """
 
@@ -233,29 +234,36 @@ class Store:
             db.execute(f"UPDATE prompts SET status=?, started=NULL, attempts={used} "
                        "WHERE prompt_id=? AND status=?", (QUEUED, prompt_id, RUNNING))
 
-    def finish(self, prompt_id: str, status: str, result: dict[str, Any],
-               staged: list[tuple[str, str]] | None = None) -> None:
-        """Record a prompt's result; ``staged``: its files as (temporary name, final name), written but not yet
-        under their final names, recorded in the same transaction so that a restart publishes them
-        (:meth:`staged_files`) rather than the prompt being run again; :meth:`published` once they are in place."""
+    def finish(self, prompt_id: str, status: str, result: dict[str, Any]) -> None:
+        """Record a prompt's result (and forget its :meth:`journal`)."""
         with self._tx() as db:
             db.execute("UPDATE prompts SET status=?, finished=?, result=? WHERE prompt_id=?",
                        (status, time.time(), json.dumps(result, default=repr), prompt_id))
-            if staged:
-                db.executemany("INSERT INTO staged_files (prompt_id, tmp, path) VALUES (?, ?, ?)",
-                               [(prompt_id, tmp, path) for tmp, path in staged])
+            db.execute("DELETE FROM finishing WHERE prompt_id=?", (prompt_id,))
+            db.execute("DELETE FROM staged_files WHERE prompt_id=?", (prompt_id,))
             dropped = self._prune(db)
         self._dropped(dropped)
 
-    def published(self, prompt_id: str) -> None:
-        """The staged files of ``prompt_id`` are under their final names."""
+    def journal(self, prompt_id: str, status: str, result: dict[str, Any], staged: list[tuple[str, str]]) -> None:
+        """Before a finished prompt's files go under their final names: its result and its files as (temporary
+        name, final name), in one transaction. The prompt stays ``running`` until :meth:`finish`; a server killed in
+        between publishes the files and records the result at its next start (:meth:`journaled`) instead of
+        running the prompt again."""
         with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO finishing (prompt_id, status, result) VALUES (?, ?, ?)",
+                       (prompt_id, status, json.dumps(result, default=repr)))
             db.execute("DELETE FROM staged_files WHERE prompt_id=?", (prompt_id,))
+            db.executemany("INSERT INTO staged_files (prompt_id, tmp, path) VALUES (?, ?, ?)",
+                           [(prompt_id, tmp, path) for tmp, path in staged])
 
-    def staged_files(self) -> list[tuple[str, str, str]]:
-        """(prompt id, temporary name, final name) of the files of finished prompts not yet published."""
+    def journaled(self) -> list[tuple[str, str, dict[str, Any], list[tuple[str, str]]]]:
+        """(prompt id, status, result, staged files) of every prompt :meth:`journal` left unfinished."""
         with self._tx() as db:
-            return [tuple(r) for r in db.execute("SELECT prompt_id, tmp, path FROM staged_files ORDER BY rowid")]
+            rows = db.execute("SELECT prompt_id, status, result FROM finishing ORDER BY rowid").fetchall()
+            files: dict[str, list[tuple[str, str]]] = {}
+            for pid, tmp, path in db.execute("SELECT prompt_id, tmp, path FROM staged_files ORDER BY rowid"):
+                files.setdefault(pid, []).append((tmp, path))
+        return [(pid, status, json.loads(result), files.get(pid, [])) for pid, status, result in rows]
 
     def prune(self) -> int:
         """Apply the retention limits now (entries age while nothing finishes); return how many were dropped."""

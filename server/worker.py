@@ -16,10 +16,11 @@ Saving nodes take part through :class:`FileWriter`, offered to every node as ``c
 ``submit`` reserves ``path`` at once (``FileExistsError`` if it exists or another write is pending for it: take
 the next counter), then runs ``write(tmp)`` on a writer thread and fsyncs it: the file is *staged*. When all of a
 prompt's files are staged, the finisher records its result together with the staged names in one transaction, then
-links each to its final name (:meth:`FileWriter.publish`) and sends ``finished``. So a SIGKILL before the record
-leaves no file under a final name (the prompt is re-run once and writes it once), and one after it leaves the
-staged files to the next start, which publishes them (:func:`publish_staged`): a prompt never completes twice.
-``/view`` of a file not yet published waits for it.
+links each to its final name (:meth:`FileWriter.publish`), then records the prompt as finished and sends
+``finished`` (so its history entry turns ``success`` only when its files are in place). A SIGKILL before the journal
+leaves no file under a final name (the prompt is re-run once and writes it once); one after it leaves the journal to
+the next start, which publishes the files and records the result (:func:`finish_journaled`): a prompt never
+completes twice. ``/view`` of a file not yet published waits for it.
 """
 from __future__ import annotations
 
@@ -424,32 +425,25 @@ class Worker:
         if item.get("batch"):
             payload["batch"] = item["batch"]  # the prompts it was sampled with (itself included), in order
         self._annotate(pid, payload)
-        journal = [(str(self.writer.staged(w.path)), str(w.path)) for w in staged]
-        try:  # the result and the staged names in one transaction; then the files under their final names
-            self.store.finish(pid, status, payload, journal)
+        if staged:  # the result and the staged names first, then the files under their final names
+            try:
+                self.store.journal(pid, status, payload, [(str(self.writer.staged(w.path)), str(w.path))
+                                                          for w in staged])
+            except Exception:
+                log.exception("could not journal the result of prompt %s", pid)
+            failed = []
+            for w in staged:
+                try:
+                    self.writer.publish(w.path)
+                except Exception as exc:  # noqa: BLE001 - e.g. the folder went read-only since the file was written
+                    failed.append(_write_error(w, exc))
+            if failed:
+                payload["errors"] = errors = errors + failed
+                status = S.ERROR
+        try:
+            self.store.finish(pid, status, payload)
         except Exception:
             log.exception("could not record the result of prompt %s", pid)
-            journal = []
-        failed = []
-        for w in staged:
-            try:
-                self.writer.publish(w.path)
-            except Exception as exc:  # noqa: BLE001 - e.g. the folder went read-only between staging and now
-                failed.append(_write_error(w, exc))
-        if failed:
-            log.error("prompt %s: %d staged file(s) could not be published: %s", pid, len(failed),
-                      "; ".join(e["message"] for e in failed))
-            payload["errors"] = errors + failed
-            status = S.ERROR
-            try:
-                self.store.finish(pid, status, payload)
-            except Exception:
-                log.exception("could not record the result of prompt %s", pid)
-        if journal:
-            try:
-                self.store.published(pid)
-            except Exception:  # the next start finds the files published and only forgets the journal
-                log.exception("could not record that the files of prompt %s are in place", pid)
         self.notify("finished", {"client_id": item.get("client_id"), "prompt_id": pid, "status": status,
                                  "result": payload, "time": time.time()})
         self.notify("queue", None)
@@ -463,25 +457,29 @@ def _write_error(w: PendingWrite, exc: BaseException) -> dict[str, Any]:
                        node_id=w.node_id, value=str(w.path)).to_dict()
 
 
-def publish_staged(store: S.Store) -> list[str]:
-    """At start: publish the staged files of prompts recorded as finished before a kill (their final names are
-    free: nothing else has run since); return the final names published."""
-    done: list[str] = []
-    prompts = set()
-    for pid, tmp, path in store.staged_files():
-        prompts.add(pid)
-        if not os.path.exists(tmp):
-            continue  # published before the kill (and the journal not yet cleared), or its folder is gone
-        try:
-            if os.path.exists(path) and os.path.samefile(tmp, path):
-                atomic_files.discard(Path(tmp))  # linked before the kill, the temporary name not yet removed
-                continue
-            atomic_files.publish(Path(tmp), Path(path))
-            done.append(path)
-        except OSError as exc:
-            log.error("could not publish %s (a file of prompt %s): %s", path, pid, exc)
-    for pid in prompts:
-        store.published(pid)
+def finish_journaled(store: S.Store) -> list[str]:
+    """At start, before the prompts left running are re-queued: the prompts a kill caught between their journal and
+    their record get their staged files published (their final names are free: nothing has run since) and their
+    result recorded; return their ids."""
+    done = []
+    for pid, status, result, staged in store.journaled():
+        failed = []
+        for tmp, path in staged:
+            try:
+                if os.path.exists(path) and os.path.exists(tmp) and os.path.samefile(tmp, path):
+                    atomic_files.discard(Path(tmp))  # linked before the kill, the temporary name not yet removed
+                elif os.path.exists(tmp):
+                    atomic_files.publish(Path(tmp), Path(path))
+                elif not os.path.exists(path):
+                    raise FileNotFoundError(f"its staged file {Path(tmp).name} is gone")
+            except OSError as exc:
+                failed.append(ChiselError("write_failed", f"could not write {Path(path).name}: {type(exc).__name__}: "
+                                          f"{exc}", value=path).to_dict())
+        if failed:
+            result = dict(result, errors=list(result.get("errors") or []) + failed)
+            status = S.ERROR
+        store.finish(pid, status, result)
+        done.append(pid)
     return done
 
 

@@ -204,15 +204,16 @@ def test_store_recovery_rules(tmp_path):
 
 
 PAUSE_POINTS = '''
-"""Test plug-in (no nodes): the server's finisher stops for a minute just before or just after it records the result
-of a prompt whose id starts with "pause-before-record" / "pause-after-record", leaving a marker file beside the
-database, so that a test can SIGKILL the server at exactly that point (once: not where the marker is)."""
+"""Test plug-in (no nodes): the server's finisher stops for a minute just before or just after it first records the
+result of a prompt (its journal, files staged) whose id starts with "pause-before-record" / "pause-after-record",
+leaving a marker file beside the database, so that a test can SIGKILL the server at exactly that point (once: not
+where the marker is)."""
 import time
 from pathlib import Path
 
 from server import store as S
 
-_finish = S.Store.finish
+_journal = S.Store.journal
 
 
 def _pause(store, prompt_id):
@@ -222,24 +223,24 @@ def _pause(store, prompt_id):
         time.sleep(60)
 
 
-def finish(self, prompt_id, *args, **kwargs):
+def journal(self, prompt_id, *args, **kwargs):
     if prompt_id.startswith("pause-before-record"):
         _pause(self, prompt_id)
-    _finish(self, prompt_id, *args, **kwargs)
+    _journal(self, prompt_id, *args, **kwargs)
     if prompt_id.startswith("pause-after-record"):
         _pause(self, prompt_id)
 
 
-S.Store.finish = finish
+S.Store.journal = journal
 '''
 
 
 @pytest.mark.parametrize("point", ["before-record", "after-record"])
 def test_sigkill_while_a_prompt_is_being_recorded_neither_loses_nor_repeats_its_file(tmp_path, point):
-    """Its file is written; the server is killed just before (or just after) the prompt's result is recorded. Before:
-    the prompt is re-run once and there is one file (a file already under its final name would have been written a
-    second time by the re-run: found by benchmarks/soak.py); after: the next start publishes the staged file, and
-    the prompt is not run again."""
+    """Its file is written; the server is killed just before (or just after) the prompt's result is first recorded.
+    Before: the prompt is re-run once and there is one file (a file already under its final name would have been
+    written a second time by the re-run: found by benchmarks/soak.py); after: the next start publishes the staged
+    file and records the result, and the prompt is not run again."""
     root = make_root(tmp_path)
     (root / "custom_nodes" / "pause_points.py").write_text(PAUSE_POINTS)
     pid = f"pause-{point}"
