@@ -279,3 +279,36 @@ def test_sigkill_while_a_prompt_is_being_recorded_neither_loses_nor_repeats_its_
     assert sorted(p.name for p in (root / "output").iterdir()) == [ref["filename"]] == ["p5_00001_.txt"]
     assert (root / "output" / ref["filename"]).read_text() == "5"
     assert "Traceback" not in server.log_text()
+
+
+def test_a_start_finishes_the_prompts_a_kill_left_journaled(tmp_path):
+    """The recovery rule directly: a journaled prompt's staged files are published (one already linked before the
+    kill is only tidied; one whose staged file is gone is an error of that prompt), its result recorded, and it is
+    not re-queued; a running prompt without a journal is."""
+    from graph import atomic_files
+    from server.worker import finish_journaled
+
+    out = tmp_path / "output"
+    out.mkdir()
+    store = S.Store(tmp_path / "q.sqlite3")
+    for pid in ("done", "gone", "again"):
+        store.add(pid, {"nodes": {}})
+        store.claim_next()
+    staged = atomic_files.stage(out / "a.txt", lambda tmp: tmp.write_text("A"))
+    linked = atomic_files.stage(out / "b.txt", lambda tmp: tmp.write_text("B"))
+    (out / "b.txt").hardlink_to(linked)  # killed between the link and the removal of the temporary name
+    store.journal("done", S.SUCCESS, {"outputs": {"1": {"images": ["a", "b"]}}, "errors": []},
+                  [(str(staged), str(out / "a.txt")), (str(linked), str(out / "b.txt"))])
+    store.journal("gone", S.SUCCESS, {"outputs": {}, "errors": []}, [(str(out / ".c.txt.0000dead.part"),
+                                                                      str(out / "c.txt"))])
+    store.close()  # killed
+
+    store = S.Store(tmp_path / "q.sqlite3")
+    assert sorted(finish_journaled(store)) == ["done", "gone"]
+    assert store.recover() == {"requeued": ["again"], "failed": []}
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "b.txt"]  # no temporary names left
+    assert (out / "a.txt").read_text() == "A" and (out / "b.txt").read_text() == "B"
+    done, gone = store.get("done"), store.get("gone")
+    assert done["status"] == S.SUCCESS and done["result"]["outputs"] == {"1": {"images": ["a", "b"]}}
+    assert gone["status"] == S.ERROR and gone["result"]["errors"][0]["kind"] == "write_failed"
+    assert store.journaled() == [] and finish_journaled(store) == []
