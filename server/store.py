@@ -233,6 +233,8 @@ class Store:
         with self._tx() as db:
             db.execute(f"UPDATE prompts SET status=?, started=NULL, attempts={used} "
                        "WHERE prompt_id=? AND status=?", (QUEUED, prompt_id, RUNNING))
+            db.execute("DELETE FROM finishing WHERE prompt_id=?", (prompt_id,))
+            db.execute("DELETE FROM staged_files WHERE prompt_id=?", (prompt_id,))
 
     def finish(self, prompt_id: str, status: str, result: dict[str, Any]) -> None:
         """Record a prompt's result (and forget its :meth:`journal`)."""

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from graph import errors as E
 from graph import events as ev
 from graph import atomic_files
 from graph.engine import RunResult
@@ -252,6 +253,7 @@ class Worker:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self.current: list[_Current] = []  # the prompts running now (several when batched)
+        self._asked: set[str] = set()  # running prompts a client asked to interrupt (a graceful stop does not requeue)
         self._free_requests: list[tuple[bool, bool, Future]] = []
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chisel-finisher")
         self._thread = threading.Thread(target=self._loop, name="chisel-worker", daemon=True)
@@ -270,6 +272,7 @@ class Worker:
             hit = [c for c in self.current if prompt_id is None or c.prompt_id == prompt_id]
             for cur in hit:
                 cur.interrupt.set()
+                self._asked.add(cur.prompt_id)
             return hit[0].prompt_id if hit else None
 
     def running(self) -> str | None:
@@ -359,7 +362,9 @@ class Worker:
         batch = [cur.prompt_id for cur in curs]
         for item, result in zip(items, results):
             pid = item["prompt_id"]
-            if self._stopping.is_set() and result.status == "interrupted":
+            asked = pid in self._asked
+            self._asked.discard(pid)
+            if self._stopping.is_set() and result.status == "interrupted" and not asked:
                 for w in writes.get(pid, []):  # drop what it wrote (its re-run writes its own), then requeue it
                     _wait(w.future)
                     self.writer.discard(w.path)
@@ -378,6 +383,8 @@ class Worker:
         def on_event(event: ev.Event) -> None:
             if event.type == ev.FINISHED:
                 return  # the finisher sends `finished` once the prompt's files and record are on disk
+            if event.type == ev.INTERRUPTED and not self._stopping.is_set():
+                self._journal_interrupt(pid, event.node_id)
             if event.type == ev.EXECUTING:
                 self.writer.node_id = event.node_id
                 self.writer.prompt_id = pid
@@ -385,6 +392,18 @@ class Worker:
             self.notify("event", event_payload(event, pid, client, node_types, wants, self.preview_max_size))
 
         return on_event
+
+    def _journal_interrupt(self, prompt_id: str, node_id: str | None) -> None:
+        """An interrupt has stopped ``prompt_id`` (a prompt of a batch is recorded only when the batch is over):
+        journal it as interrupted at once, so that a kill meanwhile does not run it again."""
+        error = ChiselError(E.INTERRUPTED, "interrupted (the server stopped before the rest of the prompt's result "
+                            "was recorded)", node_id=node_id)
+        try:
+            self.store.journal(prompt_id, S.INTERRUPTED, {"outputs": {}, "timings": {}, "errors": [error.to_dict()],
+                                                          "resolved": {}, "executed": [], "cached": [],
+                                                          "skipped": []}, [])
+        except Exception:
+            log.exception("could not journal the interrupt of prompt %s", prompt_id)
 
     def _finish_when_written(self, item: dict[str, Any], result: RunResult, writes: list[PendingWrite]) -> None:
         """Finish the prompt once its own files are written (prompts with nothing left to write finish at once,

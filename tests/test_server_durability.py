@@ -206,8 +206,9 @@ def test_store_recovery_rules(tmp_path):
 PAUSE_POINTS = '''
 """Test plug-in (no nodes): the server's finisher stops for a minute just before or just after it first records the
 result of a prompt (its journal, files staged) whose id starts with "pause-before-record" / "pause-after-record",
-leaving a marker file beside the database, so that a test can SIGKILL the server at exactly that point (once: not
-where the marker is)."""
+or just before it records the final result of one whose id starts with "pause-in-finish", leaving a marker file
+beside the database, so that a test can SIGKILL the server at exactly that point (once: not where the marker
+is)."""
 import time
 from pathlib import Path
 
@@ -232,6 +233,16 @@ def journal(self, prompt_id, *args, **kwargs):
 
 
 S.Store.journal = journal
+_finish = S.Store.finish
+
+
+def finish(self, prompt_id, *args, **kwargs):
+    if prompt_id.startswith("pause-in-finish"):
+        _pause(self, prompt_id)
+    _finish(self, prompt_id, *args, **kwargs)
+
+
+S.Store.finish = finish
 '''
 
 
@@ -312,3 +323,45 @@ def test_a_start_finishes_the_prompts_a_kill_left_journaled(tmp_path):
     assert done["status"] == S.SUCCESS and done["result"]["outputs"] == {"1": {"images": ["a", "b"]}}
     assert gone["status"] == S.ERROR and gone["result"]["errors"][0]["kind"] == "write_failed"
     assert store.journaled() == [] and finish_journaled(store) == []
+
+
+def test_an_interrupt_the_server_acknowledged_survives_a_sigkill(tmp_path):
+    """A client interrupts a running prompt; the server is killed before that prompt's result is recorded (in a
+    batch, it is recorded only when the batch is over): at the next start the prompt is interrupted, not run again
+    (the soak found interrupted prompts of a batch re-run to success after a kill)."""
+    root = make_root(tmp_path)
+    (root / "custom_nodes" / "pause_points.py").write_text(PAUSE_POINTS)
+    pid = "pause-in-finish"
+    server = ServeProcess(root)
+    try:
+        async def before():
+            async with aiohttp.ClientSession(server.url) as s:
+                r = await s.post("/v1/prompts", json={"workflow": saving_chain(6, steps=400, delay=0.05),
+                                                      "prompt_id": pid})
+                assert r.status == 200, await r.text()
+                await _wait_running(s, pid)
+                r = await s.post("/v1/interrupt", json={"prompt_id": pid})
+                assert (await r.json())["interrupted"] == pid
+                deadline = time.monotonic() + 60
+                while not list(root.rglob(f"paused-{pid}")):
+                    assert time.monotonic() < deadline, "the finisher never reached the pause"
+                    await asyncio.sleep(0.02)
+
+        asyncio.run(before())
+        server.kill()
+    finally:
+        if server.proc.poll() is None:
+            server.kill()
+
+    server = ServeProcess(root)
+    try:
+        async def after():
+            async with aiohttp.ClientSession(server.url) as s:
+                return (await _wait_all(s, [pid]))[pid]
+
+        entry = asyncio.run(after())
+    finally:
+        assert server.stop() == 0
+    assert entry["status"] == "interrupted" and entry["attempts"] == 1, entry
+    assert entry["errors"][0]["kind"] == "interrupted" and entry["errors"][0]["node_id"] == "2"
+    assert list((root / "output").iterdir()) == []
