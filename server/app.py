@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import comfy_frontend, routes_comfy, routes_native
+from . import comfy_frontend, routes_comfy, routes_native, user_workflows
 from .errors import error_middleware
 from .routes_native import SERVER
 from .runtime import build_runtime
@@ -39,6 +39,7 @@ def create_app(registry: Any, engine: Any, services: Any = None, config: ServerC
     if static is not None:
         comfy_frontend.add_index(app, static)
     routes_native.add_routes(app)
+    user_workflows.add_routes(app)
     routes_comfy.add_routes(app)
     if static is not None:
         comfy_frontend.add_static(app, static)

@@ -83,6 +83,14 @@ op("POST", "/v1/upload", "Upload an image or a mask", body=m.UploadForm, body_ty
 op("GET", "/v1/workflows", "Bundled workflows", ok=list[m.BundledWorkflow])
 op("GET", "/v1/workflows/{name}", "A bundled workflow", ok=dict[str, Any], errors=(400, 404),
    path_params=(("name", {"type": "string", "pattern": m.WORKFLOW_NAME_PATTERN}),))
+op("GET", "/v1/user/workflows", "The user's saved workflows (user/default/workflows/*.json in the Chisel root, "
+   "shared with ComfyUI's frontend)", ok=list[m.SavedWorkflow])
+op("GET", "/v1/user/workflows/{name}", "A saved workflow, as it was saved", ok=dict[str, Any], errors=(400, 403, 404, 422))
+op("PUT", "/v1/user/workflows/{name}", "Save a workflow under a name (400 invalid_name says what is wrong with a "
+   "name)", body=m.SaveWorkflowRequest, query=m.SaveWorkflowQuery, ok=m.SavedWorkflow, errors=(403, 409))
+op("DELETE", "/v1/user/workflows/{name}", "Delete a saved workflow", ok=m.Deleted, errors=(400, 403, 404))
+op("POST", "/v1/user/workflows/{name}/rename", "Rename a saved workflow", body=m.RenameWorkflowRequest,
+   ok=m.SavedWorkflow, errors=(403, 404, 409))
 op("POST", "/v1/workflow/from-png", "The workflow stored in a PNG's text chunks", body=bytes, body_type="image/png",
    ok=m.WorkflowFromPng, errors=(404, 415, 422))
 op("POST", "/v1/workflow/convert", "A workflow in any format Chisel imports, in the native format",

@@ -103,6 +103,19 @@ class QueueMoveRequest(Request):
     position: JsonInt = Field(ge=0, le=10**9, description="0 runs next; past the end means last")
 
 
+class SaveWorkflowRequest(Request):
+    workflow: dict[str, Any] = Field(description="the workflow, stored as given (the canvas saves the native format)")
+
+
+class SaveWorkflowQuery(Query):
+    overwrite: Literal["true", "false"] = Field("true", description="'false' refuses (409) a name that is taken")
+
+
+class RenameWorkflowRequest(Request):
+    to: str = Field(description="the new name")
+    overwrite: bool = Field(False, description="replace a saved workflow of that name")
+
+
 class InterruptRequest(Request):
     prompt_id: str | None = Field(None, description="interrupt only this prompt, if it is the one running")
 
@@ -343,6 +356,12 @@ class FileRef(Response):
 class BundledWorkflow(Response):
     name: str
     title: str
+
+
+class SavedWorkflow(Response):
+    name: str
+    size: int
+    modified: float = Field(description="seconds since the epoch")
 
 
 class WorkflowFromPng(Response):

@@ -77,12 +77,23 @@ def test_the_unet_gets_the_nearest_integer_timestep():
 # -- per-step noise ------------------------------------------------------------------------------------------------
 
 
-def test_ancestral_noise_is_a_generator_seeded_with_the_seed_on_the_latents_device():
+def test_ancestral_noise_on_the_cpu_is_a_generator_seeded_with_the_seed_plus_one():
+    """ComfyUI (since its fix for ancestral samplers on the CPU): the step noise generator lives on the latent's
+    device and is seeded with seed + 1 there when that device is the CPU, so it never repeats the starting noise."""
     x = torch.zeros(2, 4, 5, 7)
     ns = step_noise_sampler(SAMPLERS["euler_ancestral"].noise, x, None, 123)
-    gen = torch.Generator(device=x.device).manual_seed(123)
-    for _ in range(3):
-        assert torch.equal(ns(1.0, 0.5), torch.randn(x.shape, generator=gen, device=x.device))
+    gen = torch.Generator(device="cpu").manual_seed(124)
+    first = ns(1.0, 0.5)
+    assert torch.equal(first, torch.randn(x.shape, generator=gen))
+    for _ in range(2):
+        assert torch.equal(ns(1.0, 0.5), torch.randn(x.shape, generator=gen))
+    assert not torch.equal(first, torch.randn(x.shape, generator=torch.Generator().manual_seed(123)))
+
+
+def test_ancestral_noise_seed_wraps_at_the_largest_seed():
+    x = torch.zeros(1, 4, 2, 2)
+    ns = step_noise_sampler(SAMPLERS["euler_ancestral"].noise, x, None, (1 << 64) - 1)
+    assert torch.equal(ns(1.0, 0.5), torch.randn(x.shape, generator=torch.Generator().manual_seed(0)))
 
 
 def test_brownian_tree_noise_is_torchsde_seeded_with_the_seed():
@@ -108,7 +119,7 @@ def test_sde_samplers_without_torchsde_fall_back_to_seeded_noise(monkeypatch, ca
     with caplog.at_level("WARNING"):
         ns = step_noise_sampler("brownian", x, torch.tensor([2.0, 1.0, 0.0]), 5)
     assert "torchsde is not installed" in caplog.text
-    assert torch.equal(ns(2.0, 1.0), torch.randn(x.shape, generator=torch.Generator().manual_seed(5)))
+    assert torch.equal(ns(2.0, 1.0), torch.randn(x.shape, generator=torch.Generator().manual_seed(6)))
 
 
 def test_lms_returns_the_denoised_prediction_on_its_last_step():
@@ -230,12 +241,12 @@ def _one_step(sd1, sampler_name, seed, s0, s1, shape=(1, 4, 5, 7)):
 
 
 def test_euler_ancestral_step_noise_is_the_seeds_generator(sd1):
-    """x1 = x0 + (x0 - D) / s0 (down - s0) + z up, with z the first draw of a CPU generator seeded with the seed:
-    on the CPU the same numbers as the starting noise (ComfyUI's behaviour)."""
+    """x1 = x0 + (x0 - D) / s0 (down - s0) + z up, with z the first draw of a CPU generator seeded with seed + 1
+    (ComfyUI's rule on the CPU: not the starting noise again)."""
     s0, s1, seed = 6.0, 2.0, 4242
     x0, d, x1 = _one_step(sd1, "euler_ancestral", seed, s0, s1)
     down, up = _ancestral(s0, s1)
-    z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + 1))
     want = x0 + (x0 - d) / s0 * (down - s0) + z * up
     assert_close_to_scale(x1, want, rel=1e-5)
 

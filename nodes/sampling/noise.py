@@ -3,8 +3,9 @@ contract, ComfyUI's):
 
 - the starting noise is drawn on the CPU in float32 from ``torch.Generator("cpu").manual_seed(seed)``, the whole
   batch at once, so a seed gives the same starting noise on any device;
-- ancestral samplers draw each step's noise from a generator seeded with the *same* seed on the latent's device
-  (:func:`seeded_noise_sampler`); on the CPU its first draw is the starting noise again, as in ComfyUI;
+- ancestral samplers draw each step's noise from a generator on the latent's device (:func:`seeded_noise_sampler`),
+  seeded with the seed, or with seed + 1 on the CPU so that the first step's noise is not the starting noise again
+  (ComfyUI's rule since its fix for noisy ancestral images on the CPU);
 - SDE samplers take Brownian-motion increments from a Brownian tree (torchsde) seeded with the seed and spanning
   the schedule's smallest positive and largest sigma (:class:`BrownianTreeNoiseSampler`).
 """
@@ -65,8 +66,13 @@ def default_noise_sampler(x: torch.Tensor) -> NoiseSampler:
 
 def seeded_noise_sampler(x: torch.Tensor, seed: int) -> NoiseSampler:
     """Per-step noise of ancestral samplers: successive ``torch.randn`` draws shaped like x, in x's dtype, from one
-    generator on x's device seeded with ``seed`` (device-dependent numbers, as in ComfyUI)."""
-    generator = torch.Generator(device=x.device).manual_seed(int(seed))
+    generator on x's device (device-dependent numbers, as in ComfyUI).
+
+    The generator is seeded with ``seed`` on an accelerator and with ``seed + 1`` on the CPU: the starting noise comes
+    from a CPU generator seeded with ``seed``, and the first step's noise must not repeat it (with the same seed the
+    first ancestral step re-adds the starting noise and the image stays visibly noisy)."""
+    offset = 1 if x.device.type == "cpu" else 0
+    generator = torch.Generator(device=x.device).manual_seed((int(seed) + offset) % (1 << 64))
 
     def noise_sampler(sigma=None, sigma_next=None) -> torch.Tensor:
         return torch.randn(x.shape, dtype=x.dtype, layout=x.layout, device=x.device, generator=generator)

@@ -22,6 +22,10 @@ import { registerNotes } from "./notes.js";
 import { MaskEditor } from "./maskeditor.js";
 import { Settings } from "./settings.js";
 import { Minimap } from "./minimap.js";
+import { Tabs } from "./tabs.js";
+import { QueuePanel } from "./queuepanel.js";
+import { ImagesIn } from "./images.js";
+import { WorkflowBrowser } from "./browser.js";
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -45,6 +49,10 @@ export class App {
     this.socket = new RunEvents(this);
     this.maskEditor = new MaskEditor(this);
     this.settings = new Settings(this);
+    this.tabs = new Tabs(this);
+    this.queuePanel = new QueuePanel(this);
+    this.imagesIn = new ImagesIn(this);
+    this.browser = new WorkflowBrowser(this);
   }
 
   async start() {
@@ -79,8 +87,9 @@ export class App {
     bindToolbar(this);
     bindKeys(this);
     bindDrop(this);
+    this.imagesIn.bind(); // pictures pasted from the clipboard
     this.socket.bind(this.api);
-    await this.files.openInitialWorkflow();
+    await this.tabs.start(); // the open tabs kept in the browser, else the start workflow
     this.refreshQueue();
     this.results.loadGallery();
     this.refreshModels();
@@ -88,6 +97,11 @@ export class App {
     window.addEventListener("focus", () => this.refreshModels());
     document.body.dataset.ready = "1";
     window.chisel.ready = true;
+  }
+
+  setTitle(name) {
+    this.name = name;
+    document.title = `${name} · Chisel`;
   }
 
   fatal(text) {
@@ -133,7 +147,7 @@ export class App {
   onHistory(h) {
     $("#undo-btn").disabled = !h.canUndo;
     $("#redo-btn").disabled = !h.canRedo;
-    this.files.autosave(h.current);
+    this.tabs.changed(h); // kept in the browser with every open tab
   }
 
   /**
@@ -141,6 +155,7 @@ export class App {
    * badges of the changed nodes and of everything downstream of them (their timings no longer hold).
    */
   onEdit(before, after) {
+    if (this.tabs.current) this.tabs.current.edited = true;
     const changed = changedNodes(before, after);
     const removed = Object.keys(before.nodes || {}).some((id) => !(id in (after.nodes || {})));
     if (!changed.length && !removed) return; // moved, resized, recoloured: nothing that runs
@@ -207,13 +222,13 @@ export class App {
     closeTextEditor(false);
     this.clearRunState();
     const problems = workflowToGraph(this.graph, wf, this.schemas);
-    if (name) {
-      this.name = name;
-      document.title = `${name} · Chisel`;
-    }
+    if (name) this.setTitle(name);
     if (!keepView) this.fitView();
     this.lgcanvas.setDirty(true, true);
-    if (history) this.history.reset();
+    if (history) {
+      this.history.reset();
+      this.tabs.opened(this.name);
+    }
     if (!quiet) this.showProblems(problems);
     return problems;
   }

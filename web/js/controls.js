@@ -3,6 +3,7 @@
 import { isTextEditorOpen } from "./widgets.js";
 import { toast, el } from "./panels.js";
 import { MODE_BYPASS, MODE_MUTE } from "./modes.js";
+import { zoomToSelection } from "./view.js";
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -21,7 +22,8 @@ export function bindToolbar(app) {
     e.target.value = "";
     if (f) await app.openFile(f);
   });
-  $("#new-btn").addEventListener("click", () => app.files.newWorkflow());
+  $("#new-btn").addEventListener("click", () => app.tabs.open());
+  $("#workflows-btn").addEventListener("click", () => app.browser.toggle());
   $("#undo-btn").addEventListener("click", () => app.history.undo());
   $("#redo-btn").addEventListener("click", () => app.history.redo());
   $("#check-btn").addEventListener("click", () => app.validate());
@@ -91,11 +93,16 @@ export function bindKeys(app) {
   }, true);
 }
 
-/** Single keys on the canvas: "/" searches, "." fits the view, "?" lists the shortcuts. */
+/** Single keys on the canvas: "/" searches, "." fits the view, "F" zooms to the selection, "W" opens the workflow
+ *  browser, "?" lists the shortcuts. */
 function handlePlainKey(app, e) {
   if (e.key === "/") app.openPalette(null, null);
   else if (e.key === ".") app.fitView();
   else if (e.key === "?") showShortcuts();
+  else if (e.key === "w" || e.key === "W") app.browser.toggle();
+  else if (e.key === "f" || e.key === "F") {
+    if (!zoomToSelection(app)) toast("Select the nodes to zoom to first (. fits the whole workflow).", "warn");
+  }
   else return false;
   return true;
 }
@@ -112,7 +119,9 @@ export const SHORTCUTS = [
   ["Alt+C", "Collapse or expand the selected nodes"],
   ["Alt+click a link", "Add a reroute dot"],
   [".", "Fit the view to the workflow"],
+  ["F", "Zoom to the selected nodes"],
   ["Ctrl+S, Ctrl+O", "Save, open a workflow file"],
+  ["W", "Saved and bundled workflows (open, save as, rename, delete)"],
   ["?", "This list"],
 ];
 
@@ -156,8 +165,10 @@ export function bindDrop(app) {
         await app.uploadFor(node, w, file);
         return;
       }
+      // on empty canvas: a new Load Image node with it (a PNG that carries a workflow opens that instead)
+      if (!node && (await app.imagesIn.drop(file, [x, y]))) return;
     }
     if (/\.(png|json)$/i.test(file.name) || file.type === "image/png" || file.type === "application/json") await app.openFile(file);
-    else toast("Drop a Chisel PNG or a workflow .json file.", "warn");
+    else toast("Drop a Chisel PNG, a workflow .json file, or a picture on the canvas.", "warn");
   });
 }

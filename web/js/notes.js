@@ -3,6 +3,7 @@
 
 import { LiteGraph, LGraphNode } from "../vendor/litegraph/litegraph.es.js";
 import { makeMultilineWidget } from "./widgets.js";
+import { drawMarkdown } from "./markdown.js";
 
 export const NOTE_TYPES = { note: "Note", markdown: "MarkdownNote" };
 
@@ -29,6 +30,8 @@ export class MarkdownNoteNode extends NoteNode {
     super(title || "Markdown Note");
     this.type = NOTE_TYPES.markdown;
     this.chisel.markdown = true;
+    const widget = this.textWidget; // drawn rendered (never as HTML); clicking it edits the Markdown text
+    widget.draw = (ctx, node, width, y) => drawMarkdown(ctx, node, width, y, widget);
   }
 }
 

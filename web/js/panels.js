@@ -176,6 +176,7 @@ export class Sidebar {
     };
     running.forEach((r) => row(r, "running"));
     pending.forEach((r) => row(r, "pending"));
+    this.app.queuePanel?.decorate(ul, pending); // move up / down
     if (!running.length && !pending.length) ul.append(el("li", { class: "muted" }, "The queue is empty."));
     $("#queue-count").textContent = running.length + pending.length ? `(${running.length + pending.length})` : "";
     $("#interrupt-btn").disabled = !running.length;
@@ -199,8 +200,11 @@ export class Sidebar {
       el("span", { class: "history-text" }, el("span", {}, `#${h.number ?? "?"} `, el("span", { class: "history-status" }, h.status)),
         el("span", { class: "history-when" }, when)));
       btn.disabled = !h.workflow;
-      btn.addEventListener("click", () => this.app.loadWorkflow(h.workflow, { name: `run ${h.number ?? h.prompt_id.slice(0, 6)}` }));
-      ul.append(el("li", {}, btn));
+      // in a new tab, unless the current one holds nothing worth keeping
+      btn.addEventListener("click", () => this.app.tabs.openWorkflow(h.workflow, { name: `run ${h.number ?? h.prompt_id.slice(0, 6)}` }));
+      const li = el("li", { class: "history-row" }, btn);
+      this.app.queuePanel?.historyActions(li, h); // re-run with a new seed
+      ul.append(li);
     }
     $("#history-empty").hidden = entries.length > 0;
   }

@@ -78,7 +78,7 @@ export class Results {
           const h = await this.api.get(`v1/history/${encodeURIComponent(it.prompt_id)}`);
           if (h.workflow) {
             app.lightbox.close();
-            app.loadWorkflow(h.workflow, { name: `run ${it.prompt_id.slice(0, 6)}` });
+            app.tabs.openWorkflow(h.workflow, { name: `run ${it.prompt_id.slice(0, 6)}` });
           }
         } catch (e) {
           toast(`Could not open it: ${e.message}`, "error");

@@ -1,0 +1,83 @@
+"""The canvas's queue and history panels in a real browser against a real ``chisel serve``: pending prompts moved up
+and down and removed (the server's order checked over HTTP), and a past prompt run again with a new seed.
+Screenshots go to test-artifacts/web-canvas/.
+"""
+from __future__ import annotations
+
+import pytest
+
+from test_web_canvas_workflows import browser, page, root, saved_dir, server  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.browser
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def pending_ids(server) -> list[str]:
+    return [p["prompt_id"] for p in server.get("v1/queue")["pending"]]
+
+
+def test_rerun_with_a_new_seed_then_reorder_and_cancel_pending_prompts(page, server):
+    ks = next(n for n in page.nodes() if n["type"] == "KSampler")
+    page.set_number(ks["id"], "steps", 2)
+    seed = page.node(ks["id"])["widgets"]["seed"]
+    page.page.keyboard.press("Control+Enter")
+    first = page.wait_finished(1)
+    assert first["status"] == "success"
+    rerun = page.page.locator("#history-list .history-rerun").first
+    rerun.wait_for(timeout=10000)
+    before = page.js("chisel.workflow()")
+
+    # re-run from the history panel: queued again with a new seed; the canvas is left as it is
+    rerun.click()
+    second = page.wait_finished(2)
+    assert second["status"] == "success" and second["prompt_id"] != first["prompt_id"]
+    old = server.get(f"v1/history/{first['prompt_id']}")["workflow"]
+    new = server.get(f"v1/history/{second['prompt_id']}")["workflow"]
+    assert old["nodes"][ks["id"]]["inputs"]["seed"] == seed
+    assert new["nodes"][ks["id"]]["inputs"]["seed"] != seed
+    new["nodes"][ks["id"]]["inputs"]["seed"] = seed
+    assert new["nodes"] == old["nodes"]  # nothing else changed
+    assert page.js("chisel.workflow()") == before
+    assert ks["id"] not in second.get("cached", []) and ks["id"] in second["executed"]  # a new seed: the sampler ran
+
+    # four long runs (the longest the sampler takes: the first is still running when this test is done with the
+    # queue, and is interrupted then): one runs, three wait
+    page.set_number(ks["id"], "steps", 10000)
+    page.page.fill("#batch-count", "4")
+    page.page.click("#queue-btn")
+    page.page.wait_for_function("document.querySelectorAll('#queue-list .queue-item.pending').length === 3", timeout=60000)
+    order = pending_ids(server)
+    assert len(order) == 3
+    numbers = page.js("[...document.querySelectorAll('#queue-list .queue-item.pending .queue-num')].map(e => e.textContent)")
+    # the first can not go up, the last can not go down
+    assert page.page.get_by_role("button", name=f"Move {numbers[0]} up").is_disabled()
+    assert page.page.get_by_role("button", name=f"Move {numbers[2]} down").is_disabled()
+    page.page.get_by_role("button", name=f"Move {numbers[2]} up").click()
+    page.page.wait_for_function("n => document.querySelectorAll('#queue-list .queue-item.pending .queue-num')[1].textContent === n",
+                                arg=numbers[2], timeout=10000)
+    assert pending_ids(server) == [order[0], order[2], order[1]]
+    page.page.get_by_role("button", name=f"Move {numbers[0]} down").click()
+    page.page.wait_for_function("n => document.querySelectorAll('#queue-list .queue-item.pending .queue-num')[1].textContent === n",
+                                arg=numbers[0], timeout=10000)
+    assert pending_ids(server) == [order[2], order[0], order[1]]
+    page.shot("55-queue-reordered.png")
+
+    # cancel one: it leaves the queue (and the server's), the others keep their order
+    page.page.get_by_role("button", name=f"Remove {numbers[0]} from the queue").click()
+    page.page.wait_for_function("document.querySelectorAll('#queue-list .queue-item.pending').length === 2", timeout=10000)
+    assert pending_ids(server) == [order[2], order[1]]
+    assert server.get(f"v1/history/{order[0]}")["status"] == "cancelled"
+    for n in (numbers[2], numbers[1]):
+        page.page.get_by_role("button", name=f"Remove {n} from the queue").click()
+    page.page.wait_for_function("document.querySelectorAll('#queue-list .queue-item.pending').length === 0", timeout=10000)
+    page.page.click("#interrupt-btn")
+    page.page.locator("#queue-list .queue-item").wait_for(state="detached", timeout=30000)
+    assert server.get("v1/queue") == {"running": [], "pending": []}
+
+    # a past run opens in a new tab, since this one has edits: that run's workflow, this tab kept as it is
+    page.page.locator(f"#history-list .history-item[data-prompt='{first['prompt_id']}']").click()
+    page.page.wait_for_function("document.querySelectorAll('#tabbar [role=tab]').length === 2")
+    assert page.js("document.querySelector('#tabbar .tab.active').dataset.name").startswith("run ")
+    assert page.node(ks["id"])["widgets"]["steps"] == 2 and page.node(ks["id"])["widgets"]["seed"] == seed
+    page.page.get_by_role("tab", name="txt2img").click()
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).widgets.steps === 10000", arg=ks["id"])

@@ -1,0 +1,40 @@
+// Small modal questions (instead of the browser's confirm/prompt, which block the page and cannot be styled):
+// each resolves to the answer, or to null/false when cancelled (Escape, Cancel, a click outside).
+
+import { el } from "./panels.js";
+
+function modal(title, body, buttons, { initialFocus } = {}) {
+  return new Promise((resolve) => {
+    const opener = document.activeElement;
+    const finish = (v) => {
+      back.remove();
+      document.removeEventListener("keydown", onKey, true);
+      opener?.focus?.();
+      resolve(v);
+    };
+    const onKey = (e) => {
+      if (e.key !== "Escape") return;
+      e.preventDefault();
+      e.stopPropagation();
+      finish(null);
+    };
+    const titleId = `dialog-title-${Math.random().toString(36).slice(2, 8)}`;
+    const box = el("form", { class: "modal", role: "dialog", "aria-modal": "true", "aria-labelledby": titleId },
+      el("h2", { id: titleId }, title), ...body, el("div", { class: "modal-buttons" }, ...buttons(finish)));
+    box.addEventListener("submit", (e) => { e.preventDefault(); box.querySelector("[data-default]")?.click(); });
+    const back = el("div", { class: "modal-back" }, box);
+    back.addEventListener("click", (e) => { if (e.target === back) finish(null); });
+    document.addEventListener("keydown", onKey, true);
+    document.body.append(back);
+    (initialFocus?.(box) || box.querySelector("[data-default]"))?.focus();
+  });
+}
+
+/** Yes or no: true when the user confirms. */
+export async function confirmDialog(text, { ok = "OK", cancel = "Cancel", title = "Are you sure?" } = {}) {
+  const answer = await modal(title, [el("p", {}, text)], (finish) => [
+    el("button", { type: "button", onclick: () => finish(false) }, cancel), " ",
+    el("button", { type: "button", class: "primary", "data-default": "", onclick: () => finish(true) }, ok),
+  ]);
+  return answer === true;
+}
