@@ -4,19 +4,27 @@ The file is read once into typed structures (:mod:`graph.comfy_ui_model`), flatt
 subgraphs, group nodes, reroutes, bypass, mute), and each real node's widget values are read in ComfyUI's slot order
 (:mod:`graph.comfy_ui_widgets`). Unknown node types are all reported, each with its id, title and type. Editor data
 is kept in ``layout``: positions, sizes, collapsed state and colours of top-level nodes, groups, and notes.
+
+A file written by Chisel's exporter (``extra.chisel.keep_modes``) keeps its bypassed (mode 4) and muted (mode 2)
+top-level nodes as the canvas saves them: each stays a node with its mode in ``layout.nodes[id].mode``; what it feeds
+runs past a bypassed node (the link drawn into it is kept in the consumer's ``layout.nodes[id].links``), and where an
+output node cannot run (bypassed, muted, or needing a muted node) ``outputs`` lists those that can. Other files
+follow ComfyUI's frontend: such nodes are left out.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from .comfy_ui_flatten import NODE, NOTE_TYPES, NO_VALUE, FlatGraph, FlatNode
+from .comfy_ui_flatten import BYPASS, MUTED, NODE, NOTE_TYPES, NO_VALUE, FlatGraph, FlatNode
 from .comfy_ui_model import UiNode, UiWorkflow
+from .comfy_ui_subgraphs import drawn_subgraphs
 from .comfy_ui_widgets import read_widgets
 from .errors import INVALID_WORKFLOW, UNKNOWN_NODE_TYPE, ChiselError, WorkflowError, brief
 from .native import FORMAT, VERSION
 from .schema_errors import validate_model
 
 CHISEL_ID = "chisel_id"  # node property holding a native id that is not a number (written by the exporter)
+MODE_NAMES = {MUTED: "mute", BYPASS: "bypass"}  # kept node kind -> the canvas's layout mode
 
 
 def _locate(data: Any):
@@ -36,12 +44,56 @@ def from_comfy_ui(data: Any, registry: Any, source: str | None = None) -> dict[s
     if registry is None:
         raise WorkflowError([ChiselError(INVALID_WORKFLOW, "a ComfyUI UI-format workflow needs the node registry")])
     doc = validate_model(UiWorkflow, data, source, _locate(data))
-    flat = FlatGraph(doc, registry)
+    flat = FlatGraph(doc, registry, keep_modes=_exported_by_chisel(doc))
     nodes, layout_nodes = _nodes(flat, registry)
     out: dict[str, Any] = {"format": FORMAT, "version": VERSION, "nodes": nodes,
                            "layout": _layout(doc, layout_nodes)}
+    _subgraph_layout(flat, registry, out["layout"])
+    outputs = _running_outputs(nodes, layout_nodes, registry)
+    if outputs is not None:
+        out["outputs"] = outputs
     _restore_exported_extras(doc, out)
     return out
+
+
+def _subgraph_layout(flat: FlatGraph, registry: Any, layout: dict[str, Any]) -> None:
+    """The subgraphs as drawn (the canvas shows them; what runs is the flattened graph)."""
+    defs, instances, drawn = drawn_subgraphs(flat, registry, _native_ids(flat), _node_layout)
+    if not defs:
+        return
+    layout["subgraphs"] = defs
+    nodes = layout["nodes"]
+    nodes.update(instances)
+    for nid, links in drawn.items():
+        lay = nodes.setdefault(nid, {})
+        lay["links"] = {**(lay.get("links") if isinstance(lay.get("links"), dict) else {}), **links}
+
+
+def _exported_by_chisel(doc: UiWorkflow) -> bool:
+    chisel = (doc.extra.model_extra or {}).get("chisel")
+    return isinstance(chisel, dict) and chisel.get("keep_modes") is True
+
+
+def _running_outputs(nodes: dict[str, Any], layout_nodes: dict[str, Any], registry: Any) -> list[str] | None:
+    """With kept modes: the output nodes that can run, where some cannot (None: all can)."""
+    modes = {nid: lay.get("mode") for nid, lay in layout_nodes.items() if nid in nodes}
+    dead = {nid for nid, mode in modes.items() if mode in MODE_NAMES.values()}
+    if not dead:
+        return None
+    consumers: dict[str, list[str]] = {}
+    for nid, spec in nodes.items():
+        for v in spec["inputs"].values():
+            if isinstance(v, dict) and "node" in v:
+                consumers.setdefault(str(v["node"]), []).append(nid)
+    stack = [nid for nid, mode in modes.items() if mode == "mute"]
+    while stack:
+        nid = stack.pop()
+        for c in consumers.get(nid, []):
+            if c not in dead:
+                dead.add(c)
+                stack.append(c)
+    outputs = [nid for nid, spec in nodes.items() if getattr(registry.get(spec["type"]), "output_node", False)]
+    return [nid for nid in outputs if nid not in dead] if any(nid in dead for nid in outputs) else None
 
 
 def _nodes(flat: FlatGraph, registry: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -51,18 +103,24 @@ def _nodes(flat: FlatGraph, registry: Any) -> tuple[dict[str, Any], dict[str, An
     layout_nodes: dict[str, Any] = {}
     errors: list[ChiselError] = []
     for node in flat.nodes.values():
-        if node.kind != NODE:
+        if node.kind != NODE and not flat.kept(node):
             continue
         cls = registry.get(node.ui.type)
         nid = ids[node.id]
         if cls is None:
             errors.append(_unknown_type(node.ui, nid))
             continue
-        entry: dict[str, Any] = {"type": node.ui.type, "inputs": _inputs(flat, node, cls, ids)}
+        drawn: dict[str, Any] = {}
+        entry: dict[str, Any] = {"type": node.ui.type, "inputs": _inputs(flat, node, cls, ids, drawn)}
         if node.ui.title:
             entry["title"] = node.ui.title
         nodes[nid] = entry
         lay = _node_layout(node.ui) if node.top_level else None
+        if flat.kept(node):
+            lay = {**(lay or {}), "mode": MODE_NAMES[node.kind]}
+        if drawn:
+            kept_links = (lay or {}).get("links")
+            lay = {**(lay or {}), "links": {**(kept_links if isinstance(kept_links, dict) else {}), **drawn}}
         if lay:
             layout_nodes[nid] = lay
     if errors:
@@ -95,7 +153,7 @@ def _restore_exported_extras(doc: UiWorkflow, out: dict[str, Any]) -> None:
         if chisel.get(key) is not None:
             out[key] = chisel[key]
     if isinstance(chisel.get("layout"), dict):
-        out["layout"].update({k: v for k, v in chisel["layout"].items() if k not in ("nodes", "groups", "notes")})
+        out["layout"].update({k: v for k, v in chisel["layout"].items() if k not in ("nodes", "groups", "notes", "subgraphs")})
 
 
 def _native_ids(flat: FlatGraph) -> dict[str, str]:
@@ -110,19 +168,30 @@ def _native_ids(flat: FlatGraph) -> dict[str, str]:
     return ids
 
 
-def _inputs(flat: FlatGraph, node: FlatNode, cls: Any, ids: dict[str, str]) -> dict[str, Any]:
+def _inputs(flat: FlatGraph, node: FlatNode, cls: Any, ids: dict[str, str], drawn: dict[str, Any]) -> dict[str, Any]:
+    """The node's native inputs; ``drawn`` gets its links into kept bypassed nodes (those run past them), as the
+    canvas saves them. A kept bypassed node's own inputs are the links drawn."""
     inputs = read_widgets(cls, node.ui.widgets_values)
     inputs.update(read_widgets(cls, flat.widget_values.get(node.id, {})))
+    bypassed = node.kind == BYPASS
     for inp in node.inputs:
         name = inp.widget or inp.name
-        src = flat.resolve(inp.source, inp.type)
+        first = flat.resolve(inp.source, inp.type, through_kept=False) if flat.keep_modes else None
+        if first is not None and first.node is not None and not bypassed and flat.kept(flat.nodes[first.node]) \
+                and flat.nodes[first.node].kind == BYPASS:
+            drawn[name] = _native_link(flat, first, ids)
+        src = first if bypassed else flat.resolve(inp.source, inp.type)
         if src is None:
             continue
         if src.value is not NO_VALUE:
             inputs[name] = src.value
         else:
-            inputs[name] = {"node": ids.get(src.node, src.node), "output": _output_name(flat, src)}
+            inputs[name] = _native_link(flat, src, ids)
     return inputs
+
+
+def _native_link(flat: FlatGraph, src: Any, ids: dict[str, str]) -> dict[str, Any]:
+    return {"node": ids.get(src.node, src.node), "output": _output_name(flat, src)}
 
 
 def _output_name(flat: FlatGraph, src: Any) -> str | int:

@@ -3,9 +3,12 @@
 Each node keeps its position, size, collapsed state, colour and title; ``widgets_values`` are written in ComfyUI's
 slot order (:mod:`graph.comfy_ui_widgets`: an input left out gets its default; control slots get "fixed"); a linked
 widget input appears among the node's inputs with its widget name, as a converted widget. Groups stay groups, notes
-become Note nodes. What the UI format has no place for travels in ``extra.chisel`` (the requested outputs, meta,
-other layout keys) and in node properties (a node id that is not a number, extra layout keys), so importing the
-export gives the workflow back.
+become Note nodes. A bypassed or muted node (the canvas's ``layout.nodes[id].mode``) is written with ComfyUI's mode 4
+or 2 and with the links the user drew (``layout.nodes[id].links``: the canvas's links into bypassed nodes), so ComfyUI's
+frontend shows the same graph. What the UI format has no place for travels in ``extra.chisel`` (the requested
+outputs, meta, other layout keys, and ``keep_modes``: bypassed and muted nodes come back as nodes with their mode in
+the layout) and in node properties (a node id that is not a number, extra layout keys), so importing the export
+gives the workflow back.
 """
 from __future__ import annotations
 
@@ -14,40 +17,133 @@ from typing import Any
 from .comfy_api import output_slot
 from .comfy_ui import CHISEL_ID
 from .comfy_ui_widgets import is_widget_input, write_widgets
+from .comfy_ui_subgraphs import (SUBGRAPH_INPUT, SUBGRAPH_OUTPUT, InstanceType, WithSubgraphs, bounding, promote,
+                                 slot_uuid, split)
 from .native import Link, NodeLayout, Workflow, natural_key
 
 UI_VERSION = 0.4
+UI_MODES = {"mute": 2, "bypass": 4}  # the canvas's layout mode -> ComfyUI's node mode
 NODE_WIDTH, ROW_HEIGHT, COLUMN_GAP = 320, 26, 80
 
 
 def to_comfy_ui(workflow: Workflow, registry: Any) -> dict[str, Any]:
-    ui_ids = _ui_ids(workflow)
+    workflow, subgraphs = split(workflow)
+    if subgraphs:
+        registry = WithSubgraphs(registry, subgraphs)
     layout = workflow.layout
-    positions = _auto_positions(workflow)
-    nodes: dict[str, dict[str, Any]] = {}
-    for order, (nid, spec) in enumerate(workflow.nodes.items()):
-        cls = registry.get(spec.type) if registry is not None else None
-        lay = layout.nodes.get(nid) if layout is not None else None
-        nodes[nid] = _node(nid, spec, cls, ui_ids[nid], order, lay, positions[nid])
-    links = _links(workflow, registry, nodes, ui_ids)
+    ui_ids = _ui_ids(workflow)
+    nodes, links = _scope(_drawn(workflow), layout, registry, ui_ids)
     out_nodes = list(nodes.values())
     next_id = max(ui_ids.values(), default=0) + 1
     for note in (layout.notes if layout is not None else []):
         out_nodes.append(_note_node(note, next_id, len(out_nodes)))
         next_id += 1
     extra: dict[str, Any] = {}
-    chisel: dict[str, Any] = {}
+    chisel: dict[str, Any] = {"keep_modes": True}
     if workflow.outputs is not None:
         chisel["outputs"] = workflow.outputs
     if workflow.meta is not None:
         chisel["meta"] = workflow.meta
-    if layout is not None and layout.model_extra:
-        chisel["layout"] = dict(layout.model_extra)
+    rest = {k: v for k, v in (layout.model_extra or {}).items() if k != "subgraphs"} if layout is not None else {}
+    if rest:
+        chisel["layout"] = rest
     if chisel:
         extra["chisel"] = chisel
-    return {"last_node_id": next_id - 1, "last_link_id": len(links), "nodes": out_nodes, "links": links,
-            "groups": list(layout.groups) if layout is not None else [], "config": {}, "extra": extra,
-            "version": UI_VERSION}
+    out = {"last_node_id": next_id - 1, "last_link_id": len(links), "nodes": out_nodes, "links": links,
+           "groups": list(layout.groups) if layout is not None else [], "config": {}, "extra": extra,
+           "version": UI_VERSION}
+    if subgraphs:
+        out["definitions"] = {"subgraphs": [_definition(d, registry) for d in subgraphs]}
+    return out
+
+
+def _scope(workflow: Workflow, layout: Any, registry: Any,
+           ui_ids: dict[str, int]) -> tuple[dict[str, dict[str, Any]], list[list[Any]]]:
+    """One graph's UI nodes and links (the root graph, or a subgraph's inside)."""
+    positions = _auto_positions(workflow)
+    nodes: dict[str, dict[str, Any]] = {}
+    for order, (nid, spec) in enumerate(workflow.nodes.items()):
+        cls = registry.get(spec.type) if registry is not None else None
+        lay = layout.nodes.get(nid) if layout is not None else None
+        nodes[nid] = _node(nid, spec, cls, ui_ids[nid], order, lay, positions[nid])
+        if isinstance(cls, InstanceType):
+            promote(nodes[nid], spec)
+    return nodes, _links(workflow, registry, nodes, ui_ids)
+
+
+def _definition(definition: dict[str, Any], registry: Any) -> dict[str, Any]:
+    """A subgraph as ComfyUI's frontend saves it in ``definitions.subgraphs``: its nodes and links, the links from
+    its input node (-10) and into its output node (-20)."""
+    sid = definition["id"]
+    inner = Workflow.model_validate({"nodes": definition["nodes"], "layout": {
+        "nodes": definition.get("layout") if isinstance(definition.get("layout"), dict) else {}}})
+    ui_ids = _ui_ids(inner)
+    nodes, links = _scope(_drawn(inner), inner.layout, registry, ui_ids)
+    inputs = [{"id": slot_uuid(sid, "input", k), "name": i["name"], "type": i["type"], "linkIds": []}
+              for k, i in enumerate(definition.get("inputs") or [])]
+    outputs = [{"id": slot_uuid(sid, "output", k), "name": o["name"], "type": o["type"], "linkIds": []}
+               for k, o in enumerate(definition.get("outputs") or [])]
+    for nid, spec in inner.nodes.items():
+        for slot, entry in enumerate(nodes[nid]["inputs"]):
+            value = spec.inputs.get(entry["name"])
+            if isinstance(value, Link) and value.node == SUBGRAPH_INPUT and isinstance(value.output, int) \
+                    and 0 <= value.output < len(inputs):
+                link_id = len(links) + 1
+                links.append([link_id, int(SUBGRAPH_INPUT), value.output, ui_ids[nid], slot, inputs[value.output]["type"]])
+                entry["link"] = link_id
+                inputs[value.output]["linkIds"].append(link_id)
+    for k, o in enumerate(definition.get("outputs") or []):
+        link = _as_link(o.get("link"))
+        if link is None:
+            continue
+        if link.node == SUBGRAPH_INPUT and isinstance(link.output, int):
+            origin, origin_slot = int(SUBGRAPH_INPUT), link.output
+        elif link.node in nodes:
+            origin, origin_slot = ui_ids[link.node], output_slot(inner, link, registry)
+            outs = nodes[link.node]["outputs"]
+            if 0 <= origin_slot < len(outs):
+                outs[origin_slot]["links"].append(len(links) + 1)
+        else:
+            continue
+        links.append([len(links) + 1, origin, origin_slot, int(SUBGRAPH_OUTPUT), k, outputs[k]["type"]])
+        outputs[k]["linkIds"].append(len(links))
+    keys = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
+    return {"id": sid, "version": 1, "revision": 0, "name": str(definition.get("name") or "Subgraph"),
+            "state": {"lastNodeId": max(ui_ids.values(), default=0), "lastLinkId": len(links), "lastGroupId": 0,
+                      "lastRerouteId": 0},
+            "config": {}, "inputNode": {"id": int(SUBGRAPH_INPUT), "bounding": bounding(definition.get("input_node"), -200)},
+            "outputNode": {"id": int(SUBGRAPH_OUTPUT), "bounding": bounding(definition.get("output_node"), 600)},
+            "inputs": inputs, "outputs": outputs, "widgets": [], "nodes": list(nodes.values()),
+            "links": [dict(zip(keys, link)) for link in links], "groups": [], "extra": {}}
+
+
+def _drawn(workflow: Workflow) -> Workflow:
+    """The workflow with the links the user drew: each node's links into bypassed nodes (kept in its layout) in
+    place of the links that run past them."""
+    layout = workflow.layout
+    if layout is None:
+        return workflow
+    nodes = {}
+    for nid, spec in workflow.nodes.items():
+        lay = layout.nodes.get(nid)
+        drawn = (lay.model_extra or {}).get("links") if lay is not None else None
+        if not isinstance(drawn, dict):
+            nodes[nid] = spec
+            continue
+        inputs = dict(spec.inputs)
+        for name, value in drawn.items():
+            link = _as_link(value)
+            if link is not None and link.node in workflow.nodes:
+                inputs[name] = link
+        nodes[nid] = spec.model_copy(update={"inputs": inputs})
+    return workflow.model_copy(update={"nodes": nodes})
+
+
+def _as_link(value: Any) -> Link | None:
+    try:
+        return Link.model_validate(value)
+    except ValueError:
+        return None
 
 
 def _ui_ids(workflow: Workflow) -> dict[str, int]:
@@ -141,8 +237,20 @@ def _apply_layout(node: dict[str, Any], lay: NodeLayout) -> None:
         node["flags"] = {"collapsed": True}
     if lay.color is not None:
         node["color"] = lay.color
-    if lay.model_extra:
-        node["properties"]["chisel_layout"] = dict(lay.model_extra)
+    extra = dict(lay.model_extra or {})
+    mode = extra.get("mode")
+    if isinstance(mode, str) and mode in UI_MODES:
+        node["mode"] = UI_MODES[mode]
+        del extra["mode"]
+    links = extra.get("links")
+    if isinstance(links, dict):  # written as links; what is not a link stays here
+        rest = {k: v for k, v in links.items() if _as_link(v) is None}
+        if rest:
+            extra["links"] = rest
+        else:
+            del extra["links"]
+    if extra:
+        node["properties"]["chisel_layout"] = extra
 
 
 def _size(cls: Any) -> list[float]:

@@ -13,6 +13,9 @@ What the frontend does and this module follows:
   link from the input node (-10) slot ``k`` continues from the instance's input ``k``, or, where that input is an
   unlinked promoted widget, takes the instance's widget value; where the instance lists ``proxyWidgets`` (inner node
   id, widget name), its widget values set those inner widgets;
+- with ``keep_modes`` (files written by Chisel's exporter), a top-level node in mode 2 or 4 is kept as a node of the
+  native graph (its mode goes to the layout, see :mod:`graph.comfy_ui`): a muted one is followed like any node, a
+  bypassed one is still passed through;
 - a legacy group node exposes, in its inner nodes' order, their inputs that no inner link feeds, their widgets
   (its ``widgets_values`` replace theirs in that order) and their outputs that no inner link uses or that
   ``external`` lists.
@@ -32,6 +35,7 @@ GROUP_PREFIXES = ("workflow>", "workflow/")
 MAX_NODES = 100_000  # after expansion: nested subgraphs multiply
 
 NODE, REROUTE, PASS, ALIAS, BYPASS, DROPPED = "node", "reroute", "pass", "alias", "bypass", "dropped"
+MUTED = "muted"  # a muted node kept in the native graph (keep_modes): links still lead to it
 
 NO_VALUE: Any = object()
 
@@ -65,8 +69,9 @@ class FlatNode:
 
 
 class FlatGraph:
-    def __init__(self, doc: UiWorkflow, registry: Any):
+    def __init__(self, doc: UiWorkflow, registry: Any, keep_modes: bool = False):
         self.registry = registry
+        self.keep_modes = keep_modes
         self.subgraphs: dict[str, Subgraph] = {}
         self._collect(doc.definitions)
         self.group_defs: dict[str, GroupNodeDef] = doc.extra.groupNodes
@@ -97,7 +102,7 @@ class FlatGraph:
             seen.add(full)
             inputs = [FlatInput(i.name, i.type, i.widget_name, self._source(table.get(i.link), prefix))
                       for i in node.inputs]
-            kind = self._kind(node)
+            kind = self._kind(node, top_level=not prefix)
             flat = FlatNode(full, node, kind, inputs, top_level=not prefix)
             if not self._add(flat):
                 return
@@ -114,7 +119,15 @@ class FlatGraph:
         self.nodes[flat.id] = flat
         return True
 
-    def _kind(self, node: UiNode) -> str:
+    def kept(self, node: FlatNode) -> bool:
+        """A bypassed or muted node that stays in the native graph (keep_modes)."""
+        return node.kind == MUTED or (node.kind == BYPASS and self.keep_modes and node.top_level
+                                      and self.registry.get(node.ui.type) is not None)
+
+    def _kind(self, node: UiNode, top_level: bool = False) -> str:
+        if (self.keep_modes and top_level and node.mode == MODE_MUTED and node.type not in NOTE_TYPES
+                and self.registry.get(node.type) is not None):
+            return MUTED
         if node.type in NOTE_TYPES or node.type == "PrimitiveNode" or node.mode == MODE_MUTED:
             return DROPPED
         if node.type == "Reroute":
@@ -178,9 +191,9 @@ class FlatGraph:
         self.errors.append(ChiselError(INVALID_WORKFLOW, message, node_id=node_id))
 
     # -- following links ---------------------------------------------------------------------------------------------
-    def resolve(self, source: Source | None, want_type: str) -> Source | None:
+    def resolve(self, source: Source | None, want_type: str, through_kept: bool = True) -> Source | None:
         """The real node output (or literal) that feeds an input of ``want_type`` linked to ``source`` (an input of
-        type "*" wants the link's type)."""
+        type "*" wants the link's type). ``through_kept=False`` stops at a kept bypassed node (the link drawn)."""
         if want_type == "*" and source is not None:
             want_type = source.type
         steps = 0
@@ -189,7 +202,7 @@ class FlatGraph:
             node = self.nodes.get(source.node)
             if node is None or steps > len(self.nodes) + 1:
                 return None
-            if node.kind == NODE:
+            if node.kind in (NODE, MUTED) or (not through_kept and self.kept(node)):
                 return source
             if node.kind == REROUTE:
                 source = node.inputs[0].source if node.inputs else None

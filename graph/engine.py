@@ -70,9 +70,11 @@ class _Context:
         if any(r.interrupt.is_set() for r in self._runs):
             raise Interrupted()
 
-    def progress(self, value: float, total: float, preview: Any = None) -> None:
+    def progress(self, value: float, total: float, preview: Any = None, *, activity: str | None = None,
+                 stage: str | None = None) -> None:
+        said = {k: v for k, v in (("activity", activity), ("stage", stage)) if v is not None}
         for r in self._runs:
-            r.emit(ev.PROGRESS, self.node_id, value=value, max=total, preview=preview)
+            r.emit(ev.PROGRESS, self.node_id, value=value, max=total, preview=preview, **said)
         self.check_interrupted()
 
     def file_path(self, input_name: str) -> Path:
@@ -251,9 +253,9 @@ class Engine:
             started = time.perf_counter()
             try:
                 outputs, ui = self._call_node(run, nid, values)
-            except Interrupted:
+            except Interrupted as exc:
                 result.timings[nid] = time.perf_counter() - started
-                self._record_interrupt(run, result, nid, "interrupted while running")
+                self._record_interrupt(run, result, nid, "interrupted while running", exc.ui)
                 break
             except Exception as exc:  # a node's failure fails its branch only
                 failed.add(nid)
@@ -337,10 +339,16 @@ class Engine:
         return outputs, ui
 
     @staticmethod
-    def _record_interrupt(run: _Run, result: RunResult, nid: str, message: str) -> None:
+    def _record_interrupt(run: _Run, result: RunResult, nid: str, message: str,
+                          ui: dict[str, Any] | None = None) -> None:
+        """The run stops at ``nid``; ``ui``: what the node wrote before it stopped (kept among the outputs)."""
         result.status = "interrupted"
         result.errors.append(ChiselError(E.INTERRUPTED, message, node_id=nid, node_type=run.plan.nodes[nid].cls.type))
-        run.emit(ev.INTERRUPTED, nid)
+        if ui:
+            result.outputs[nid] = ui
+            run.emit(ev.INTERRUPTED, nid, ui=ui)
+        else:
+            run.emit(ev.INTERRUPTED, nid)
 
     def _finish(self, run: _Run, result: RunResult, keys: dict, values: dict[str, tuple], failed_any: bool) -> RunResult:
         plan = run.plan

@@ -2,8 +2,9 @@
 
 Event types, in the order a run emits them:
 ``started`` (run_id, nodes planned) → ``cached`` (node ids served from the cache) → for each node that runs:
-``executing`` (node_id, reason) → ``progress`` (node_id, value, max, preview?) ... → ``executed`` (node_id, ui,
-seconds) or ``error`` (node_id, error) → finally ``interrupted`` (node_id) and/or ``finished`` (status).
+``executing`` (node_id, reason) → ``progress`` (node_id, value, max, preview?, activity?, stage?) ... →
+``executed`` (node_id, ui, seconds) or ``error`` (node_id, error) → finally ``interrupted`` (node_id, ui?: files a
+node wrote before it stopped) and/or ``finished`` (status).
 """
 from __future__ import annotations
 

@@ -69,8 +69,8 @@ def execute_fused(engine: "Engine", runs: list["_Run"]) -> list[RunResult]:
             for s in states]
 
 
-def _stop(engine: "Engine", s: _State, nid: str, message: str) -> None:
-    engine._record_interrupt(s.run, s.result, nid, message)
+def _stop(engine: "Engine", s: _State, nid: str, message: str, ui: dict | None = None) -> None:
+    engine._record_interrupt(s.run, s.result, nid, message, ui)
     s.active = False
 
 
@@ -145,12 +145,12 @@ def _run_node(engine: "Engine", nid: str, groups: list[list[_State]]) -> None:
         started = time.perf_counter()
         try:
             outputs, ui = engine._call_node(lead.run, nid, lead.values, others)
-        except Interrupted:
+        except Interrupted as exc:
             elapsed = time.perf_counter() - started
             stopped = [s for s in group if s.run.interrupt.is_set()] or group
             for s in stopped:
                 s.result.timings[nid] = elapsed
-                _stop(engine, s, nid, "interrupted while running")
+                _stop(engine, s, nid, "interrupted while running", exc.ui)
             rest = [s for s in group if s.active]
             if rest:
                 pending.append(rest)

@@ -120,7 +120,13 @@ class NodeResult:
 
 
 class Interrupted(Exception):
-    """Raised inside a node (by ``ctx.check_interrupted`` or ``ctx.progress``) when the run was interrupted."""
+    """Raised inside a node (by ``ctx.check_interrupted`` or ``ctx.progress``) when the run was interrupted. A node
+    stopped part-way through writing files raises it with ``ui``: the files it did write, which the run's result
+    still lists (so a history never misses a file that is on disk)."""
+
+    def __init__(self, ui: dict[str, Any] | None = None):
+        super().__init__("interrupted")
+        self.ui = ui or {}
 
 
 class RunContext(Protocol):
@@ -140,8 +146,11 @@ class RunContext(Protocol):
         """What the caller passed along with the run (the server: ``prompt_id``, ``client_id``, ComfyUI's
         ``extra_data``)."""
 
-    def progress(self, value: float, total: float, preview: Any = None) -> None:
-        """Report progress (step ``value`` of ``total``); raises :class:`Interrupted` if interrupted."""
+    def progress(self, value: float, total: float, preview: Any = None, *, activity: str | None = None,
+                 stage: str | None = None) -> None:
+        """Report progress (step ``value`` of ``total``); raises :class:`Interrupted` if interrupted. ``activity``
+        says what the node does when it is not the default "running" (e.g. "loading", "saving"), ``stage`` what it
+        does now ("building the UNet"); clients show both."""
 
     def check_interrupted(self) -> None:
         """Raise :class:`Interrupted` if the run was interrupted."""

@@ -15,7 +15,7 @@ from aiohttp import web
 from . import comfy_frontend, routes_comfy, routes_native, user_workflows
 from .errors import error_middleware
 from .routes_native import SERVER
-from .runtime import build_runtime
+from .runtime import build_runtime, import_model_libraries_in_background
 from .logs import AccessLogger, ProtocolLogger
 from .security import AuthThrottle, cors_middleware, is_loopback_host, security_middleware
 from . import settings as S
@@ -128,6 +128,8 @@ async def _run(app: web.Application, host: str, port: int, config: ServerConfig)
                   f"failed {len(rec['failed'])}", flush=True)
         print(f"chisel: serving on http://{shown}:{bound} (queue: {server.db_path})"
               + (" with a token" if config.token else ""), flush=True)
+        if config.cluster is None:  # prompts run here: have the model libraries imported before the first one
+            import_model_libraries_in_background(server.paths)
         await stop.wait()
         print("chisel: stopping (the running prompt goes back to the queue)", flush=True)
     finally:

@@ -44,7 +44,8 @@ def with_inputs(workflow: Workflow, values: dict[tuple[str, str], Any]) -> Workf
 
 
 class _Progress:
-    """Progress on stderr: a bar per sampling node on a terminal, a line per node otherwise."""
+    """Progress on stderr: a bar per node that reports progress (sampling steps, a loader's stages) on a terminal, a
+    line per node otherwise."""
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
@@ -62,6 +63,9 @@ class _Progress:
             from tqdm import tqdm
             if self.bar is None:
                 self.bar = tqdm(total=event.data["max"], desc=f"node {event.node_id}", file=sys.stderr, leave=False)
+            if event.data.get("stage"):  # a loader's stage: "node 4 loading: building the UNet"
+                self.bar.set_description(f"node {event.node_id} {event.data.get('activity', 'running')}: "
+                                         f"{event.data['stage']}", refresh=False)
             self.bar.n = event.data["value"]
             self.bar.refresh()
         elif event.type == EXECUTED:

@@ -103,9 +103,11 @@ op("GET", "/v1/system", "Devices, memory, cache statistics, versions", ok=m.Syst
 op("POST", "/v1/free", "Unload models and/or free memory (between prompts)", body=m.FreeRequest, body_required=False,
    ok=m.FreeResponse)
 op("GET", "/v1/ws", "WebSocket. JSON frames {type, data}: hello {client_id}; queue {running, pending} (to everyone); "
-   "for this client's prompts started, cached, executing, progress {value, max}, executed {ui}, error {error}, "
-   "interrupted, finished {status, outputs, errors, ...}; each data has prompt_id and node_id. Binary frames: "
-   "4-byte big-endian type (1 = preview), 4-byte format (1 JPEG, 2 PNG), the image. A plain GET is refused (400).",
+   "for this client's prompts started, cached, executing, progress {value, max, activity?, stage?} (activity "
+   "\"loading\" with stage \"building the UNet\" ... while a loader reads a model), executed {ui}, error {error}, "
+   "interrupted {ui?: files written before the stop}, finished {status, outputs, errors, ...}; each data has "
+   "prompt_id and node_id. Binary frames: 4-byte big-endian type (1 = preview), 4-byte format (1 JPEG, 2 PNG), the "
+   "image. A plain GET is refused (400).",
    query=m.NativeWebSocketQuery, ok=None, ok_status=101, errors=(400,))
 
 # -- ComfyUI-compatible routes -------------------------------------------------------------------------------------------

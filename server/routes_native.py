@@ -251,10 +251,11 @@ async def post_workflow_export(request: web.Request) -> web.Response:
     body = await parse_body(request, m.ExportRequest, server.config.max_json_bytes)
     try:
         wf = await asyncio.to_thread(parse_workflow, body.workflow, server.registry)
+        out = await asyncio.to_thread(export, wf, body.format, server.registry)
     except WorkflowError as exc:
         raise ApiError(400, "invalid_workflow", "the workflow cannot be read",
                        errors=[server.clean_error(e.to_dict()) for e in exc.errors]) from None
-    return json_response({"workflow": export(wf, body.format, server.registry), "format": body.format})
+    return json_response({"workflow": out, "format": body.format})
 
 
 def _workflow_files(server: ChiselServer) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from graph.cache import ResultCache
 from graph.engine import Engine
-from graph.paths import ModelPaths
+from graph.paths import MODEL_EXTENSIONS, ModelPaths
 from graph.registry import NodeRegistry
 
 
@@ -27,3 +27,22 @@ def build_runtime(args: argparse.Namespace, allow_paths: bool = True):
     cache = ResultCache(ram_bytes=int(getattr(args, "cache_ram_gb", 8.0) * 2**30),
                         device_bytes=int(getattr(args, "cache_device_gb", 4.0) * 2**30))
     return registry, services, Engine(registry, services=services, paths=paths, cache=cache)
+
+
+MODEL_FOLDERS = ("checkpoints", "unet", "clip", "vae", "controlnet")  # what the diffusers/transformers loaders read
+
+
+def has_model_files(paths: ModelPaths) -> bool:
+    """Whether any folder the model loaders read holds a model file (a diffusers folder counts by its json)."""
+    exts = (*MODEL_EXTENSIONS, ".json")
+    return any(p.is_file() and p.suffix.lower() in exts
+               for kind in MODEL_FOLDERS for base in paths.dirs(kind) if base.is_dir() for p in base.rglob("*"))
+
+
+def import_model_libraries_in_background(paths: ModelPaths):
+    """Start importing diffusers, transformers and accelerate on a daemon thread, so that the first checkpoint load
+    does not pay for it (a loader that starts meanwhile waits for that import; :mod:`nodes.loading.libraries`). A
+    root with no model file to load (a server of plain nodes) imports nothing ahead."""
+    from nodes.loading.libraries import import_in_background
+
+    return import_in_background(lambda: has_model_files(paths))

@@ -103,7 +103,7 @@ class FakeContext:
         self.workflow = workflow
         self.extra: dict = {}
 
-    def progress(self, value, total, preview=None):
+    def progress(self, value, total, preview=None, *, activity=None, stage=None):
         self.events.append((value, total, preview))
 
     def check_interrupted(self):

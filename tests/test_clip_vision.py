@@ -5,6 +5,7 @@ tokens; wrong files and wrong inputs fail with errors naming what is wrong; the 
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -249,9 +250,14 @@ def test_style_model_appends_the_published_tokens(files):
     same = StyleModelApply().run(ctx, conditioning=cond, style_model=sm, clip_vision_output=out, strength=1.0,
                                  strength_type="attn_bias")[0]
     assert torch.allclose(same[0][0][:, 77:], want.reshape(1, 8, 32), atol=1e-5)
-    with pytest.raises(ValueError, match="attn_bias"):
-        StyleModelApply().run(ctx, conditioning=cond, style_model=sm, clip_vision_output=out, strength=0.5,
-                              strength_type="attn_bias")
+    assert "attention_bias" not in same[0][1]  # strength 1: no bias (log 1 = 0)
+    biased = StyleModelApply().run(ctx, conditioning=cond, style_model=sm, clip_vision_output=out, strength=0.5,
+                                   strength_type="attn_bias")[0]
+    assert torch.equal(biased[0][0], same[0][0])  # the tokens unscaled; the strength is a logit bias
+    assert torch.allclose(biased[0][1]["attention_bias"], torch.tensor([0.0] * 77 + [math.log(0.5)] * 8))
+    off = StyleModelApply().run(ctx, conditioning=cond, style_model=sm, clip_vision_output=out, strength=0.0,
+                                strength_type="attn_bias")[0]
+    assert torch.equal(off[0][0], cond[0][0])  # log 0 = -inf: the tokens get no attention at all
     with pytest.raises(ValueError, match="StyleModelApply: input 'conditioning' is 48 wide"):
         StyleModelApply().run(ctx, conditioning=_cond(48), style_model=sm, clip_vision_output=out, strength=1.0,
                               strength_type="multiply")

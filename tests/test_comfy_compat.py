@@ -13,9 +13,9 @@ from graph.types import COMBO
 REFERENCES = [Path(__file__).resolve().parent / "data" / "comfyui" / name
               for name in ("comfyui-core-nodes.json", "comfyui-more-nodes.json")]
 # Combos whose ComfyUI list includes variants Chisel does not offer (yet): Chisel's must be a subset. By input name,
-# or (node, input) where ComfyUI lists model families or weight types Chisel does not load.
+# or (node, input) where ComfyUI lists model families or kinds Chisel does not offer.
 SUBSET_COMBOS = {"sampler_name", "scheduler", ("CLIPLoader", "type"), ("DualCLIPLoader", "type"),
-                 ("UNETLoader", "weight_dtype"), ("ModelSamplingDiscrete", "sampling")}
+                 ("ModelSamplingDiscrete", "sampling")}
 
 
 @pytest.fixture(scope="module")

@@ -158,3 +158,154 @@ def test_http_export(tmp_path):
                 r = await c.post("/v1/workflow/export", json=bad)
                 assert r.status == 400, bad
     run(main())
+
+
+@st.composite
+def workflows_with_modes(draw):
+    """A workflow as the user drew it (links into bypassed nodes in the nodes) with some nodes bypassed or muted."""
+    workflow = draw(workflows())
+    data = workflow.to_dict()
+    for nid in data["nodes"]:
+        mode = draw(st.sampled_from([None, None, "bypass", "mute"]))
+        if mode:
+            data["layout"]["nodes"][nid]["mode"] = mode
+    data.pop("outputs", None)
+    return parse_workflow(data)
+
+
+def running(workflow: Workflow) -> dict:
+    """The nodes that run (what the requested outputs need), as plain dicts."""
+    data = workflow.to_dict()
+    wanted = data.get("outputs")
+    if wanted is None:
+        wanted = [nid for nid, s in data["nodes"].items() if REGISTRY.get(s["type"]).output_node]
+    keep, stack = set(), list(wanted)
+    while stack:
+        nid = stack.pop()
+        if nid in keep or nid not in data["nodes"]:
+            continue
+        keep.add(nid)
+        stack += [v["node"] for v in data["nodes"][nid]["inputs"].values() if isinstance(v, dict) and "node" in v]
+    return {nid: data["nodes"][nid] for nid in keep}
+
+
+def drawn_links(ui: dict) -> dict:
+    by_link = {link[0]: link for link in ui["links"]}
+    return {(n["id"], i["name"]): tuple(by_link[i["link"]][1:3]) for n in ui["nodes"] for i in n.get("inputs", [])
+            if i.get("link") is not None}
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workflows_with_modes())
+def test_bypass_and_mute_export_as_modes_4_and_2(drawn):
+    ui = json.loads(json.dumps(to_comfy_ui(drawn, REGISTRY)))
+    modes = {nid: lay.model_extra.get("mode") for nid, lay in drawn.layout.nodes.items()}
+    by_native = {n["properties"].get("chisel_id", str(n["id"])): n for n in ui["nodes"] if n["type"] not in ("Note", "MarkdownNote")}
+    for nid, node in by_native.items():
+        assert node["mode"] == {"bypass": 4, "mute": 2}.get(modes.get(nid), 0)
+        assert "mode" not in node["properties"].get("chisel_layout", {})
+    # back as the canvas saves it: runs past bypassed nodes, the drawn links in the layout
+    back = parse_workflow(ui, REGISTRY)
+    again = json.loads(json.dumps(to_comfy_ui(back, REGISTRY)))
+    assert drawn_links(again) == drawn_links(ui)
+    assert [n["mode"] for n in again["nodes"]] == [n["mode"] for n in ui["nodes"]]
+    assert parse_workflow(again, REGISTRY).to_dict() == back.to_dict()  # lossless from here on
+    # what runs is what ComfyUI's frontend would run from the same file (bypassed and muted nodes left out)
+    plain = dict(ui, extra={})
+    comfy = parse_workflow(plain, REGISTRY)
+    ours = running(back)
+    assert all(modes.get(nid) is None for nid in ours)
+    theirs = running(comfy)
+    assert {nid: theirs[nid] for nid in ours} == ours
+    muted = [nid for nid, m in modes.items() if m == "mute"]
+    for nid in set(theirs) - set(ours):  # ComfyUI would refuse these: they need a muted node's result
+        assert muted and nid not in ours
+
+
+def canvas_subgraph_workflow() -> dict:
+    """A workflow as the canvas saves one with a subgraph (Add then Scale, fed by a Number, read by a Show): the
+    flattened graph runs; the subgraph as drawn is in the layout."""
+    return {"format": "chisel-workflow", "version": 1, "nodes": {
+        "1": {"type": "Number", "inputs": {"value": 3}},
+        "5:2": {"type": "Add", "inputs": {"a": {"node": "1", "output": "INT"}, "b": 4}},
+        "5:3": {"type": "Scale", "inputs": {"x": {"node": "5:2", "output": "sum"}, "factor": 2.0, "mode": "round"}},
+        "4": {"type": "Show", "inputs": {"value": {"node": "5:3", "output": "FLOAT"}}}},
+        "layout": {"nodes": {
+            "1": {"pos": [0, 0], "size": [200, 80]},
+            "5": {"pos": [300, 0], "size": [220, 80], "subgraph": "sg-add-scale",
+                  "inputs": {"a": {"node": "1", "output": "INT"}}},
+            "4": {"pos": [600, 0], "size": [200, 80], "links": {"value": {"node": "5", "output": "FLOAT"}}}},
+            "subgraphs": [{"id": "sg-add-scale", "name": "Add and scale",
+                           "inputs": [{"name": "a", "type": "INT"}],
+                           "outputs": [{"name": "FLOAT", "type": "FLOAT", "link": {"node": "3", "output": "FLOAT"}}],
+                           "input_node": [-200, 0, 120, 80], "output_node": [700, 0, 120, 80],
+                           "nodes": {"2": {"type": "Add", "inputs": {"a": {"node": "-10", "output": 0}, "b": 4}},
+                                     "3": {"type": "Scale", "inputs": {"x": {"node": "2", "output": "sum"},
+                                                                      "factor": 2.0, "mode": "round"}}},
+                           "layout": {"2": {"pos": [0, 0], "size": [200, 80], "mode": "bypass"},
+                                      "3": {"pos": [300, 0], "size": [200, 80]}}}]}}
+
+
+def test_subgraphs_export_as_definitions_and_come_back(toy_registry, toy_paths):
+    from graph.engine import Engine
+
+    native = canvas_subgraph_workflow()
+    native["layout"]["subgraphs"][0]["layout"]["2"].pop("mode")
+    workflow = parse_workflow(native)
+    ui = json.loads(json.dumps(to_comfy_ui(workflow, toy_registry)))
+    [definition] = ui["definitions"]["subgraphs"]
+    by_id = {n["id"]: n for n in ui["nodes"]}
+    assert sorted(by_id) == [1, 4, 5] and by_id[5]["type"] == "sg-add-scale"
+    assert [i["type"] for i in by_id[5]["inputs"]] == ["INT"] and [o["type"] for o in by_id[5]["outputs"]] == ["FLOAT"]
+    assert sorted(tuple(link[1:]) for link in ui["links"]) == [(1, 0, 5, 0, "INT"), (5, 0, 4, 0, "FLOAT")]  # drawn
+    assert {(lk["origin_id"], lk["target_id"]) for lk in definition["links"]} == {(-10, 2), (2, 3), (3, -20)}
+    assert definition["inputs"][0]["linkIds"] and definition["outputs"][0]["linkIds"]
+    assert {n["type"]: n["widgets_values"] for n in definition["nodes"]} == {"Add": [0, 4], "Scale": [0, 2.0, "round"]}
+    back = parse_workflow(ui, toy_registry)
+    assert back.to_dict()["nodes"] == workflow.to_dict()["nodes"]  # ComfyUI's ids for the inner nodes
+    assert back.to_dict()["layout"] == workflow.to_dict()["layout"]  # the subgraph as drawn, back
+    shown = Engine(toy_registry, paths=toy_paths).run(back)
+    assert shown.status == "success" and shown.outputs["4"]["text"] == ["14.0"]
+    # a node bypassed inside: ComfyUI's mode 4 there; what runs passes through it
+    bypassed = parse_workflow(canvas_subgraph_workflow())
+    ui = json.loads(json.dumps(to_comfy_ui(bypassed, toy_registry)))
+    assert {n["type"]: n["mode"] for n in ui["definitions"]["subgraphs"][0]["nodes"]} == {"Add": 4, "Scale": 0}
+    back = parse_workflow(ui, toy_registry)
+    assert "5:2" not in back.nodes and back.nodes["5:3"].inputs["x"].node == "1"
+    assert Engine(toy_registry, paths=toy_paths).run(back).outputs["4"]["text"] == ["6.0"]
+    assert back.to_dict()["layout"]["subgraphs"] == bypassed.to_dict()["layout"]["subgraphs"]
+
+
+def test_a_malformed_subgraph_in_the_layout_is_a_clear_export_error(tmp_path):
+    async def main():
+        async with client(make_root(tmp_path)) as c:
+            for bad in ([{"id": "x", "nodes": 5}], [{"id": "", "nodes": {}}], ["x"],
+                        [{"id": "x", "nodes": {}, "inputs": [{"name": ["no"]}]}]):
+                native = canvas_subgraph_workflow()
+                native["nodes"] = {"1": {"type": "Number", "inputs": {"value": 3}}}
+                native["layout"]["subgraphs"] = bad
+                r = await c.post("/v1/workflow/export", json={"workflow": native, "format": "comfy_ui"})
+                body = await r.json()
+                assert r.status == 400 and "layout.subgraphs" in json.dumps(body), (bad, body)
+    run(main())
+
+
+def test_a_promoted_widget_value_travels_as_the_instances_widget(toy_registry, toy_paths):
+    from graph.engine import Engine
+
+    native = canvas_subgraph_workflow()
+    sg = native["layout"]["subgraphs"][0]
+    sg["layout"]["2"].pop("mode")
+    sg["inputs"].append({"name": "b", "type": "INT"})
+    sg["nodes"]["2"]["inputs"]["b"] = {"node": "-10", "output": 1}
+    native["layout"]["nodes"]["5"]["inputs"]["b"] = 5  # the instance's value for it (nothing links it)
+    native["nodes"]["5:2"]["inputs"]["b"] = 5
+    workflow = parse_workflow(native)
+    ui = json.loads(json.dumps(to_comfy_ui(workflow, toy_registry)))
+    [instance] = [n for n in ui["nodes"] if n["id"] == 5]
+    assert [(i["name"], i.get("widget")) for i in instance["inputs"]] == [("a", None), ("b", {"name": "b"})]
+    assert instance["widgets_values"] == [5]
+    back = parse_workflow(ui, toy_registry)
+    assert back.to_dict()["nodes"] == workflow.to_dict()["nodes"]
+    assert back.to_dict()["layout"] == workflow.to_dict()["layout"]
+    assert Engine(toy_registry, paths=toy_paths).run(back).outputs["4"]["text"] == ["16.0"]  # (3 + 5) * 2

@@ -80,7 +80,12 @@ def test_comfyui_frontend_runs_the_default_graph_on_chisel(tmp_path):
 
             messages = [json.loads(f) for f in frames]
             progress = [m["data"] for m in messages if m["type"] == "progress"]
-            assert [p["value"] for p in progress] == [1, 2, 3, 4] and progress[-1]["max"] == 4
+            ids = page.evaluate(f"Object.fromEntries({NODES}.map(n => [n.type, String(n.id)]))")
+            sampling = [p for p in progress if p["node"] == ids["KSampler"]]
+            assert [p["value"] for p in sampling] == [1, 2, 3, 4] and sampling[-1]["max"] == 4
+            # the checkpoint loader's stages reach the page the same way, before the sampler's steps
+            loading = [p["value"] for p in progress if p["node"] == ids["CheckpointLoaderSimple"]]
+            assert loading == list(range(8)) and progress[:8] == [p for p in progress if p["node"] != ids["KSampler"]]
             assert any(m["type"] == "execution_success" for m in messages)
 
             # the queue/history panel reads /api/jobs: the finished job with its image shows in the assets panel

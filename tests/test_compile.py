@@ -63,3 +63,65 @@ def test_a_module_that_cannot_compile_runs_eagerly():
     compiled = CompiledModule(Odd(), "on", backend=broken)
     assert torch.equal(compiled(torch.zeros(2)), torch.ones(2)) and compiled.failed
     assert torch.equal(compiled(torch.zeros(2)), torch.ones(2))
+
+
+class _Recorder:
+    """A dynamo backend that runs the captured graphs eagerly and keeps them (what was traced, and how often)."""
+
+    def __init__(self):
+        self.graphs = []
+
+    def __call__(self, graph_module, example_inputs):
+        self.graphs.append(graph_module)
+        return graph_module.forward
+
+
+def _decoder_convs(graph) -> int:
+    return sum(1 for n in graph.graph.nodes if "conv" in str(n.target) or "decoder" in str(n.target))
+
+
+def test_the_vae_decoder_is_compiled_for_whole_images_and_tiles_run_eagerly():
+    from nodes.imaging.tiled_vae import decode_tiled
+
+    eager = ModelManager("cpu").load_checkpoint(tiny_file("sd1")).vae
+    assert eager.module.runner("vae_decode") is eager.module.part("vae_decode")  # compile off on the CPU
+    recorder = _Recorder()
+    traced = ModelManager("cpu", compile="on", compile_backend=recorder).load_checkpoint(tiny_file("sd1")).vae
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    want, got = eager.decode(z), traced.decode(z)
+    assert (got - want).abs().max().item() <= 1e-5
+    compiled = traced.module._compiled_parts["vae_decode"]
+    assert not compiled.failed and len(recorder.graphs) >= 1
+    assert sum(_decoder_convs(g) for g in recorder.graphs) > 5  # the decoder's convolutions were traced
+    assert traced.module._compiled is None  # the VAE's forward (encode + decode) is not what got compiled
+    seen = len(recorder.graphs)
+    tiled = decode_tiled(traced, torch.randn(1, 4, 12, 12), 64, 16)  # 8-cell tiles, edge tiles of other sizes
+    assert tiled.shape == (1, 96, 96, 3) and len(recorder.graphs) == seen  # no specialisation per tile size
+
+
+def test_a_streamed_or_hooked_vae_decodes_eagerly():
+    vae = ModelManager("cpu", compile="on", compile_backend="eager").load_checkpoint(tiny_file("sd1")).vae
+    mm = vae.module
+    with mm.manager.use(mm):
+        assert mm.runner("vae_decode") is not mm.part("vae_decode")  # compiled when nothing forbids it
+        mm.sequential = True
+        try:
+            assert mm.runner("vae_decode") is mm.part("vae_decode")
+        finally:
+            mm.sequential = False
+        mm.hooked += 1
+        try:
+            assert mm.runner("vae_decode") is mm.part("vae_decode")
+        finally:
+            mm.hooked -= 1
+
+
+def test_running_out_of_memory_is_not_a_compile_failure():
+    class Hungry(torch.nn.Module):
+        def forward(self, x):
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    compiled = CompiledModule(Hungry(), "on", backend="eager")
+    with pytest.raises(torch.OutOfMemoryError):
+        compiled(torch.zeros(2))
+    assert not compiled.failed  # the caller falls back (tiles) and the next call is compiled again

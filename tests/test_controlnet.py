@@ -238,7 +238,7 @@ def test_a_controlnet_on_area_conditioning_is_refused_before_sampling(sd1):
     pos = ConditioningSetArea().run(None, conditioning=pos, width=32, height=32, x=0, y=0, strength=1.0)[0]
     pos = ControlNetApply().run(None, conditioning=pos, control_net=cn, image=_hint(), strength=1.0)[0]
     lat = EmptyLatentImage().run(None, width=64, height=64, batch_size=1)[0]
-    with pytest.raises(ValueError, match="positive.*area.*not supported"):
+    with pytest.raises(ValueError, match="positive conditioning is limited to an area and carries a ControlNet:"):
         KSampler().run(None, model=bundle.model, seed=1, steps=2, cfg=5.0, sampler_name="euler",
                        scheduler="normal", positive=pos, negative=pos, latent_image=lat, denoise=1.0)
 
@@ -369,3 +369,13 @@ def test_nodes_match_comfyui(type_name):
         for key in ("default", "min", "max", "step"):
             if key in opts:
                 assert getattr(inp, key) == opts[key], (inp.name, key)
+
+
+def test_loading_reports_its_stages(files):
+    from nodes.controlnet.load import CONTROLNET_STAGES
+
+    seen = []
+    load_controlnet(files[("sd1", "ldm", "control_model.")],
+                    progress=lambda value, total, **said: seen.append((value, total, said)))
+    assert seen == [(i, len(CONTROLNET_STAGES), {"activity": "loading", "stage": s})
+                    for i, s in enumerate(CONTROLNET_STAGES)]

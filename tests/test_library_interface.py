@@ -27,7 +27,7 @@ IMAGE_CROP = {"input": {"required": {
     "y": ["INT", {"default": 0, "min": 0, "max": 16384, "step": 1}]}},
     "input_order": {"required": ["image", "width", "height", "x", "y"]}, "output": ["IMAGE"], "output_node": False, "category": "image/transform"}
 # ComfyUI lists model families Chisel does not load; Chisel's choices must be a subset.
-SUBSET_COMBOS = {("CLIPLoader", "type"), ("DualCLIPLoader", "type"), ("UNETLoader", "weight_dtype"),
+SUBSET_COMBOS = {("CLIPLoader", "type"), ("DualCLIPLoader", "type"),
                  ("ModelSamplingDiscrete", "sampling")}
 
 

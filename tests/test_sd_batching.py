@@ -53,9 +53,10 @@ def test_fused_run_equals_runs_alone(tmp_path, sampler, monkeypatch, one_torch_t
     for a, f in zip(alone, fused):
         assert a.status == f.status == "success", f.errors
         assert_close_to_scale(f.values["3"][0]["samples"], a.values["3"][0]["samples"])
-    for i in range(3):  # each prompt its own events: started, a progress per step, finished
+    for i in range(3):  # each prompt its own events: started, a progress per step (and the shared loader's), finished
         assert [t for j, t, _ in events if j == i and t in ("started", "finished")] == ["started", "finished"]
-        assert sum(1 for j, t, _ in events if j == i and t == "progress") == 3
+        assert sum(1 for j, t, n in events if j == i and t == "progress" and n == "3") == 3
+        assert sum(1 for j, t, n in events if j == i and t == "progress" and n == "4") == 8
     # the shared checkpoint loader and negative prompt ran once, reported by each prompt
     assert all("4" in r.executed for r in fused)
 

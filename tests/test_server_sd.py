@@ -39,7 +39,7 @@ def test_txt2img_through_comfyui_routes_and_native_api(tmp_path):
                 ws = await s.ws_connect("/ws?clientId=script")
                 r = await s.post("/prompt", json={"prompt": prompt, "client_id": "script"})
                 pid = (await r.json())["prompt_id"]
-                previews, types = 0, []
+                previews, types, progress = 0, [], []
                 while True:
                     msg = await ws.receive(timeout=120)
                     if msg.type == aiohttp.WSMsgType.BINARY:
@@ -47,9 +47,14 @@ def test_txt2img_through_comfyui_routes_and_native_api(tmp_path):
                         continue
                     m = json.loads(msg.data)
                     types.append(m["type"])
+                    if m["type"] == "progress":
+                        progress.append((m["data"]["node"], m["data"]["value"], m["data"]["max"]))
                     if m["type"] == "executing" and m["data"]["node"] is None and m["data"]["prompt_id"] == pid:
                         break
-                assert "execution_success" in types and types.count("progress") == 3 and previews == 3
+                assert "execution_success" in types and previews == 3
+                # the sampler's steps, after the loader's stages (nodes.loading.progress)
+                assert [p for p in progress if p[0] == "3"] == [("3", 1, 3), ("3", 2, 3), ("3", 3, 3)]
+                assert [p[0] for p in progress] == ["4"] * 8 + ["3"] * 3
                 item = (await (await s.get(f"/history/{pid}")).json())[pid]
                 [image] = item["outputs"]["9"]["images"]
                 r = await s.get("/view", params=image)

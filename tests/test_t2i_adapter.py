@@ -464,3 +464,20 @@ def test_wrong_family_and_impossible_hint_fail_before_the_first_step(root, monke
         assert "positive" in err.message and "T2I-Adapter image" in err.message, err.message
         assert all(w in err.message for w in words), err.message
     assert steps == []
+
+
+def test_an_adapter_on_area_conditioning_is_refused_by_its_name(sd1, files):
+    """The refusal names what the chain holds: a T2I-Adapter (and a ControlNet beside it), before any step."""
+    from nodes.library.conditioning import ConditioningSetArea
+
+    bundle, mgr = sd1
+    ad = handle.load(mgr, files[("sd1", "original")])
+    cn = handle.load(mgr, files["controlnet"])
+    pos, neg = _conds(bundle, "a circle")
+    pos = ConditioningSetArea().run(None, conditioning=pos, width=32, height=32, x=0, y=0, strength=1.0)[0]
+    adapted = ControlNetApply().run(None, conditioning=pos, control_net=ad, image=_hint(), strength=1.0)[0]
+    with pytest.raises(ValueError, match="positive conditioning is limited to an area and carries a T2I-Adapter:"):
+        _sample(bundle, adapted, neg, 1, 2, 5.0)
+    both = ControlNetApply().run(None, conditioning=adapted, control_net=cn, image=_hint(1), strength=1.0)[0]
+    with pytest.raises(ValueError, match="carries a T2I-Adapter and a ControlNet:"):
+        _sample(bundle, both, neg, 1, 2, 5.0)

@@ -302,6 +302,7 @@ def test_build_txt2img_from_an_empty_canvas_and_queue_it(page, server):
     seed_before = wf["nodes"][sampler]["inputs"]["seed"]
     page.shot("03-built-graph.png")
 
+    server.request("POST", "v1/free", {"unload_models": True, "free_memory": True})  # so the checkpoint loads now
     page.page.locator("#graph-canvas").focus()
     page.page.keyboard.press("Control+Enter")
     page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).images.length > 0", arg=save,
@@ -311,6 +312,10 @@ def test_build_txt2img_from_an_empty_canvas_and_queue_it(page, server):
     events = page.js("chisel.events()")
     steps = [e for e in events if e["type"] == "progress" and e["node_id"] == sampler]
     assert [e["value"] for e in steps][-1] == 4 and steps[-1]["max"] == 4
+    # the loader's stages reached the page as "loading" progress on its node
+    loading = [e for e in events if e["type"] == "progress" and e["node_id"] == loader]
+    assert loading and {e["activity"] for e in loading} == {"loading"}
+    assert loading[0]["stage"] == "importing the model libraries" and loading[-1]["value"] == loading[-1]["max"] - 1
     assert page.page.locator("#gallery-grid .gallery-item").count() >= 1
     image = page.node(save)["images"][0]
     assert "v1/view" in image and ".png" in image

@@ -50,6 +50,14 @@ class ControlChain:
             link = link.previous
         return out[::-1]  # applied first, first
 
+    def describe(self) -> str:
+        """What the chain holds, for messages: "a ControlNet", "a T2I-Adapter", "2 ControlNets and a T2I-Adapter"."""
+        counts: dict[str, int] = {}
+        for link in self.links():
+            counts[link.control.kind] = counts.get(link.control.kind, 0) + 1
+        parts = [f"a {KIND_NAMES[k]}" if n == 1 else f"{n} {KIND_NAMES[k]}s" for k, n in counts.items()]
+        return " and ".join(parts)
+
     def bind(self, model, latent_shape: tuple[int, int, int], what: str) -> "BoundChain":
         """Check every ControlNet against ``model`` and the latent (batch, height, width); prepare the hints."""
         return BoundChain([_BoundLink(link, model, latent_shape, what) for link in self.links()], model)

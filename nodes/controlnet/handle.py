@@ -43,16 +43,17 @@ class ControlNetHandle:
         return f"<CONTROL_NET {self.family} {self.kind} {self.source}>"
 
 
-def load(manager: ModelManager, path: str | Path, model=None) -> ControlNetHandle:
+def load(manager: ModelManager, path: str | Path, model=None, progress=None) -> ControlNetHandle:
     """The ControlNet in a file or diffusers folder, loaded once per file identity (and base model, for difference
-    files, which the loader adds to that model's UNet weights)."""
+    files, which the loader adds to that model's UNet weights); ``progress`` (the node's ``ctx.progress``) hears the
+    load's stages."""
     path = Path(path)
     kind = ("controlnet", str(manager.compute_dtype("unet")), model.source if model is not None else None)
 
     def factory() -> ControlNetHandle:
         unet = model.unet.module if model is not None else None
         loaded: LoadedControlNet = load_controlnet(path, unet=unet, unet_config=model.config if model else None,
-                                                   allow_pickle=manager.allow_pickle)
+                                                   allow_pickle=manager.allow_pickle, progress=progress)
         mm = manager.register(loaded.kind, loaded.module, str(path), manager.compute_dtype("unet"))
         return ControlNetHandle(manager, mm, loaded.config, loaded.family, str(path), loaded.layout,
                                 kind=loaded.kind)

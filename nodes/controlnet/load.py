@@ -34,6 +34,8 @@ from nodes.loading.errors import (
     WrongFileKind,
     check_parameters_match,
 )
+from nodes.loading.libraries import import_model_libraries
+from nodes.loading.progress import IMPORTING, READING, Report, Stages
 from nodes.loading.weights import read_tensors
 
 LDM_PREFIX = "control_model."
@@ -190,13 +192,22 @@ def infer_config(state: Mapping[str, torch.Tensor], meta: Mapping | None = None,
 # ----------------------------------------------------------------------------------------------------- the loader
 
 
+CONTROLNET_STAGES = (IMPORTING, READING, "building the ControlNet", "loading the ControlNet weights")
+
+
 def load_controlnet(path: str | Path, *, unet=None, unet_config: Mapping | None = None,
-                    allow_pickle: bool | None = None) -> LoadedControlNet:
-    """Load a ControlNet file or diffusers folder; ``unet``/``unet_config`` (a MODEL's) for difference files."""
+                    allow_pickle: bool | None = None, progress: Report | None = None) -> LoadedControlNet:
+    """Load a ControlNet file or diffusers folder; ``unet``/``unet_config`` (a MODEL's) for difference files.
+    ``progress`` (a node's ``ctx.progress``) hears :data:`CONTROLNET_STAGES` start (a T2I-Adapter or a folder
+    reports the first two)."""
+    stages = Stages(CONTROLNET_STAGES, progress)
+    stages.enter(IMPORTING)
+    import_model_libraries()  # waits for a background import under way rather than importing beside it
     from accelerate import init_empty_weights
     from diffusers import ControlNetModel
 
     path = Path(path)
+    stages.enter(READING)
     if path.is_dir() or path.name == "config.json":
         return _load_folder(path if path.is_dir() else path.parent)
     state, metadata = read_state(path, allow_pickle)
@@ -219,8 +230,10 @@ def load_controlnet(path: str | Path, *, unet=None, unet_config: Mapping | None 
         cfg = {k: v for k, v in json.loads(beside.read_text()).items() if not k.startswith("_")}
     else:
         cfg = infer_config(state, _metadata_config(metadata), where=path.name)
+    stages.enter(CONTROLNET_STAGES[2])
     with init_empty_weights(include_buffers=False):
         module = ControlNetModel.from_config(cfg)
+    stages.enter(CONTROLNET_STAGES[3])
     own = module.state_dict()
     check_parameters_match(own, state, path, "ControlNet", "controlnet")
     module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, assign=True)
@@ -229,6 +242,7 @@ def load_controlnet(path: str | Path, *, unet=None, unet_config: Mapping | None 
 
 
 def _load_folder(folder: Path) -> LoadedControlNet:
+    import_model_libraries()
     from diffusers import ControlNetModel
 
     if not (folder / "config.json").is_file():

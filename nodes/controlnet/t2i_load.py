@@ -31,6 +31,7 @@ from nodes.loading.errors import (
     UnrecognisedArchitecture,
     check_parameters_match,
 )
+from nodes.loading.libraries import import_model_libraries
 
 ORIGINAL_RES_BLOCKS = 2  # resnet blocks per level in the original full layout (every published file; ComfyUI's too)
 HINT_CHANNELS = (3, 1)  # an RGB hint (depth, pose, canny as RGB ...) or a grey one (sketch, canny)
@@ -140,6 +141,7 @@ def infer_config(state: Mapping[str, torch.Tensor], where: str) -> dict:
 
 def load_state(state: Mapping[str, torch.Tensor], path: Path, config: Mapping | None = None):
     """A ``T2IAdapter`` (eval, no grad) from a state dict in any layout read here, and its config."""
+    import_model_libraries()  # waits for a background import under way rather than importing beside it
     from accelerate import init_empty_weights
     from diffusers import T2IAdapter
 
@@ -170,6 +172,7 @@ def config_beside(path: Path) -> dict | None:
 
 def load_folder(folder: Path):
     """A diffusers ``T2IAdapter`` folder (``config.json`` + weights)."""
+    import_model_libraries()
     from diffusers import T2IAdapter
 
     try:

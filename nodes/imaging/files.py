@@ -13,6 +13,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from graph.atomic_files import write_atomically
 from graph.comfy_format import to_comfy_api
+from graph.node import Interrupted
 from graph.workflow import Workflow
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -100,10 +101,17 @@ def save_images(images: torch.Tensor, folder: Path, prefix: str, kind: str, ctx,
     # The server offers a background writer (PNG encoding and fsync off the sampling thread); it reserves a name at
     # once and raises FileExistsError when it is taken. Without it, write here, the same way: to a temporary name,
     # then linked to the final one (FileExistsError when taken), so no partial PNG is ever under a final name.
+    # An interrupt stops the batch between images; the images already handed over are written and listed (the
+    # run's history names every file that reaches the disk).
     writer = ctx.services.file_writer if ctx is not None and ctx.services is not None else None
     results = []
     subfolder = str(target.relative_to(base).as_posix()) if target != base else ""
     for image in images:
+        if results and ctx is not None:
+            try:
+                ctx.check_interrupted()
+            except Interrupted:
+                raise Interrupted({"images": results}) from None
         pil = _to_pil(image)
 
         def write_png(tmp: Path, pil: Image.Image = pil) -> None:

@@ -89,7 +89,9 @@ def decode_tiled(vae, samples: torch.Tensor, tile_px: int = DEFAULT_TILE, overla
     """[B, C, h, w] latents -> IMAGE [B, H, W, 3], decoded in tiles of ``tile_px`` pixels."""
     f = vae.downscale
     tile, overlap = _grid(tile_px, overlap_px, f)
-    out = tiled_apply(lambda z: vae.decode(z).movedim(-1, 1), samples, 1, tile, overlap, f, 3, on_tile)
+    # eager: every tile size (edge tiles included) would be another compiled specialisation
+    out = tiled_apply(lambda z: vae.decode(z, compiled=False).movedim(-1, 1), samples, 1, tile, overlap, f, 3,
+                      on_tile)
     return out.movedim(1, -1).clamp(0, 1)
 
 

@@ -16,6 +16,8 @@ import torch
 from graph.node import Input, Node, Output
 from graph.types import CLIP, COMBO, CONDITIONING, FLOAT, IMAGE, MODEL, VAE
 from nodes.library.loaders import CHECKPOINT_EXTENSIONS, manager
+from nodes.patches.attention_bias import OPTION as ATTENTION_BIAS
+from nodes.patches.attention_bias import append_bias
 from nodes.vision import clip_vision, style_model
 
 CLIP_VISION = "CLIP_VISION"
@@ -118,7 +120,8 @@ class StyleModelApply(Node):
     category = "conditioning/style_model"
     description = ("Append an image's style tokens (a style model over its CLIP vision hidden states; the tokens of "
                    "every image in the batch) to each conditioning entry. strength_type 'multiply' scales the "
-                   "tokens; 'attn_bias' is accepted at strength 1 (where both are the same).")
+                   "tokens; 'attn_bias' adds log(strength) to their cross-attention logits instead (each style "
+                   "token then counts as if it were there `strength` times).")
     inputs = (
         Input("conditioning", CONDITIONING),
         Input("style_model", STYLE_MODEL),
@@ -130,9 +133,9 @@ class StyleModelApply(Node):
 
     def run(self, ctx, conditioning, style_model, clip_vision_output, strength, strength_type):
         out = _check_output(clip_vision_output, self.type)
-        if strength_type == "attn_bias" and strength != 1.0:
-            raise ValueError(f"{self.type}: strength_type 'attn_bias' with strength {strength} needs a cross-attention "
-                             "bias, which Chisel does not support yet; use 'multiply'")
+        biased = strength_type == "attn_bias" and strength != 1.0
+        if biased and strength <= 0.0:  # a bias of log(0) = -inf: the tokens get no attention, as if not there
+            return ([[emb, dict(opts)] for emb, opts in conditioning],)
         try:
             tokens = style_model.tokens(out)
         except ValueError as exc:
@@ -146,7 +149,10 @@ class StyleModelApply(Node):
                 raise ValueError(f"{self.type}: input 'conditioning' is {emb.shape[-1]} wide but the style model "
                                  f"{style_model.name} makes {cond.shape[-1]}-wide tokens: it was made for another "
                                  "model family")
-            result.append([torch.cat([emb, cond.to(emb).expand(emb.shape[0], -1, -1)], dim=1), dict(opts)])
+            new = dict(opts)
+            if biased:
+                new[ATTENTION_BIAS] = append_bias(opts, emb.shape[1], cond.shape[1], float(strength))
+            result.append([torch.cat([emb, cond.to(emb).expand(emb.shape[0], -1, -1)], dim=1), new])
         return (result,)
 
 

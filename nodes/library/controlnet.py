@@ -35,7 +35,7 @@ class ControlNetLoader(Node):
     outputs = (Output(CONTROL_NET, CONTROL_NET),)
 
     def run(self, ctx, control_net_name):
-        return (handle.load(manager(ctx), ctx.file_path("control_net_name")),)
+        return (handle.load(manager(ctx), ctx.file_path("control_net_name"), progress=ctx.progress),)
 
 
 class DiffControlNetLoader(Node):
@@ -48,7 +48,7 @@ class DiffControlNetLoader(Node):
     outputs = (Output(CONTROL_NET, CONTROL_NET),)
 
     def run(self, ctx, model, control_net_name):
-        return (handle.load(manager(ctx), ctx.file_path("control_net_name"), model=model),)
+        return (handle.load(manager(ctx), ctx.file_path("control_net_name"), model=model, progress=ctx.progress),)
 
 
 def _strength(tooltip: str = "How strongly the ControlNet steers (its residuals are multiplied by this).") -> Input:

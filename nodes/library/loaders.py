@@ -16,6 +16,7 @@ from nodes.loading.ldm_config import CONFIG_EXTENSIONS, read_ldm_config
 from nodes.loading.weights import policy_of
 from nodes.memory.handles import make_clip_handle, make_unet_handle
 from nodes.memory.manager import ModelManager, file_key
+from nodes.memory.weight_storage import WEIGHT_DTYPES, store_weights_in
 from nodes.patches.lora import (
     AppliedLora,
     load_lora,
@@ -63,7 +64,7 @@ class CheckpointLoaderSimple(Node):
         path = ctx.file_path("ckpt_name")
         if path.name == DIFFUSERS_INDEX:
             path = path.parent  # a diffusers pipeline folder
-        bundle = manager(ctx).load_checkpoint(path)
+        bundle = manager(ctx).load_checkpoint(path, progress=ctx.progress)
         return (bundle.model, bundle.clip, bundle.vae)
 
 
@@ -85,7 +86,7 @@ class CheckpointLoader(Node):
         path = ctx.file_path("ckpt_name")
         if path.name == DIFFUSERS_INDEX:
             path = path.parent
-        bundle = manager(ctx).load_checkpoint(path)
+        bundle = manager(ctx).load_checkpoint(path, progress=ctx.progress)
         return (with_ldm_config(bundle.model, overrides), bundle.clip, bundle.vae)
 
 
@@ -125,7 +126,7 @@ class VAELoader(Node):
     outputs = (Output("VAE", VAE),)
 
     def run(self, ctx, vae_name):
-        return (manager(ctx).load_vae(ctx.file_path("vae_name")),)
+        return (manager(ctx).load_vae(ctx.file_path("vae_name"), progress=ctx.progress),)
 
 
 LORA_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pth", ".bin")
@@ -203,7 +204,7 @@ class LoraLoaderModelOnly(Node):
         return (model.with_lora(pairs) if strength_model != 0 else model,)
 
 
-UNET_DTYPES = ["default"]
+UNET_DTYPES = list(WEIGHT_DTYPES)  # ComfyUI's order: default, fp8_e4m3fn, fp8_e4m3fn_fast, fp8_e5m2
 
 
 class UNETLoader(Node):
@@ -212,7 +213,9 @@ class UNETLoader(Node):
     category = "advanced/loaders"
     description = ("Load a diffusion model (UNet) saved on its own (models/unet), in the original layout; its family "
                    "(SD1.x, SD2.x, SDXL base/refiner) comes from its tensors. Pair it with a CLIP and a VAE loader. "
-                   "ComfyUI's fp8 weight types are not offered.")
+                   "weight_dtype fp8_*: keep the UNet's layer weights in 8-bit floats (about a quarter of fp32's "
+                   "memory) and compute each layer in the working precision; _fast computes like fp8_e4m3fn "
+                   "(no fp8 matrix multiplies). fp8 UNets run uncompiled.")
     inputs = (
         Input("unet_name", COMBO, files="unet", extensions=CHECKPOINT_EXTENSIONS),
         Input("weight_dtype", COMBO, choices=UNET_DTYPES, default="default"),
@@ -222,8 +225,15 @@ class UNETLoader(Node):
     def run(self, ctx, unet_name, weight_dtype):
         path = ctx.file_path("unet_name")
         mgr = manager(ctx)
-        return (mgr.load_once("unet", path, lambda: make_unet_handle(
-            mgr, load_unet_file(path, policy_of(ctx)), str(path))),)
+        storage = WEIGHT_DTYPES[weight_dtype]
+
+        def load():
+            handle = make_unet_handle(mgr, load_unet_file(path, policy_of(ctx)), str(path))
+            if storage is not None:
+                store_weights_in(handle.unet, storage)
+            return handle
+
+        return (mgr.load_once(("unet", str(storage)), path, load),)
 
 
 CLIP_TYPES = ["stable_diffusion"]

@@ -11,10 +11,6 @@ of every node downstream.
 """
 from __future__ import annotations
 
-import copy
-
-import torch
-
 from graph.node import Input, Node, Output
 from graph.types import BOOLEAN, COMBO, CONDITIONING, FLOAT, INT, MODEL
 from nodes.patches.deep_shrink import SCALE_METHODS, DeepShrinkPatch
@@ -23,7 +19,8 @@ from nodes.patches.perp_neg import PerpNegPatch
 from nodes.patches.rescale_cfg import RescaleCFGPatch
 from nodes.patches.self_attention_guidance import SelfAttentionGuidancePatch
 
-SAMPLING_KINDS = {"eps": "epsilon", "v_prediction": "v_prediction"}
+# ComfyUI's sampling kinds -> the prediction type read from the network (lcm: epsilon, read as an LCM)
+SAMPLING_KINDS = {"eps": "epsilon", "v_prediction": "v_prediction", "lcm": "epsilon", "x0": "sample"}
 
 
 class FreeU(Node):
@@ -93,9 +90,10 @@ class ModelSamplingDiscrete(Node):
     type = "ModelSamplingDiscrete"
     display_name = "ModelSamplingDiscrete"
     category = "advanced/model"
-    description = ("Treat the model as predicting noise (eps) or velocity (v_prediction), e.g. for a v-model saved "
-                   "without that information; zsnr rescales the schedule to zero terminal SNR (for models trained "
-                   "so). ComfyUI's lcm, x0 and img_to_img kinds are not offered.")
+    description = ("Read the model's output as noise (eps), velocity (v_prediction) or the clean latent (x0), or as a "
+                   "Latent Consistency Model (lcm: eps with LCM's boundary condition, on its 50-timestep distilled "
+                   "grid; for LCM and LCM-LoRA models, with the lcm sampler). zsnr rescales the schedule to zero "
+                   "terminal SNR (for models trained so). ComfyUI's img_to_img kind is not offered.")
     inputs = (
         Input("model", MODEL),
         Input("sampling", COMBO, choices=list(SAMPLING_KINDS), default="eps"),
@@ -105,18 +103,19 @@ class ModelSamplingDiscrete(Node):
 
     def run(self, ctx, model, sampling, zsnr):
         from nodes.sampling import ModelSampling
+        from nodes.sampling.lcm_sampling import LCMModelSampling
 
         ms = model.model_sampling
         if bool(zsnr) == ms.zero_terminal_snr:
-            new = copy.copy(ms)
-            new.prediction_type = SAMPLING_KINDS[sampling]
+            new = ModelSampling(beta_schedule=ms.beta_schedule, prediction_type=SAMPLING_KINDS[sampling],
+                                zero_terminal_snr=ms.zero_terminal_snr, betas=ms.betas)
         else:
-            ac = ms.alphas_cumprod.double()
             if ms.zero_terminal_snr:
                 raise ValueError("this model's schedule is already rescaled to zero terminal SNR; it cannot be undone")
-            betas = 1.0 - ac / torch.cat([torch.ones(1, dtype=ac.dtype), ac[:-1]])
             new = ModelSampling(beta_schedule=ms.beta_schedule, prediction_type=SAMPLING_KINDS[sampling],
-                                zero_terminal_snr=True, betas=betas)
+                                zero_terminal_snr=True, betas=ms.betas)
+        if sampling == "lcm":
+            new = LCMModelSampling(new)
         other = model.clone()
         other.model_sampling = new
         return (other,)

@@ -38,9 +38,23 @@ from nodes.loading.errors import (
     IncompleteCheckpoint,
     UnrecognisedArchitecture,
 )
+from nodes.loading.libraries import import_model_libraries
+from nodes.loading.progress import IMPORTING, READING, Report, Stages
 from nodes.loading.weights import PICKLE_SUFFIXES, WeightFile, read_header  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
+
+# What a checkpoint load reports, in order (nodes.loading.progress); the text encoders make one stage each way.
+BUILDING = {"unet": "building the UNet", "vae": "building the VAE", "text": "building the text encoders"}
+LOADING = {"unet": "loading the UNet weights", "vae": "loading the VAE weights",
+           "text": "loading the text encoder weights"}
+CHECKPOINT_STAGES = (IMPORTING, READING, *BUILDING.values(), *LOADING.values())
+FOLDER_STAGES = (IMPORTING, "loading the UNet", "loading the VAE", "loading the text encoders")
+
+
+def _part(component: str) -> str:
+    return component if component in ("unet", "vae") else "text"
+
 
 IGNORED_PATTERNS = [re.compile(p) for p in (
     r"^(betas|alphas_cumprod|alphas_cumprod_prev|sqrt_alphas_cumprod|sqrt_one_minus_alphas_cumprod|"
@@ -130,18 +144,21 @@ def build_checked(component: str, build, cfg: dict, path: Path, metadata: Mappin
 
 
 def build_unet(cfg: dict):
+    import_model_libraries()  # waits for a background import under way rather than importing beside it
     from diffusers import UNet2DConditionModel
 
     return _empty(lambda: UNet2DConditionModel.from_config(cfg))
 
 
 def build_vae(cfg: dict):
+    import_model_libraries()
     from diffusers import AutoencoderKL
 
     return _empty(lambda: AutoencoderKL.from_config(cfg))
 
 
 def build_text_encoder(cfg: dict, with_projection: bool):
+    import_model_libraries()
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     conf = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("architectures", "transformers_version",
@@ -208,15 +225,23 @@ def _sd2_is_v_prediction(src: WeightFile, shapes: Mapping[str, tuple]) -> bool:
 
 
 def load_checkpoint(path: str | Path, *, allow_pickle: bool | None = None, dtype: torch.dtype | None = None,
-                    state: Mapping[str, torch.Tensor] | None = None) -> LoadedCheckpoint:
+                    state: Mapping[str, torch.Tensor] | None = None,
+                    progress: Report | None = None) -> LoadedCheckpoint:
     """Load a single-file checkpoint. ``dtype`` casts the weights (None keeps the file's); ``allow_pickle`` governs
-    ``.ckpt``-style files (:mod:`nodes.loading.weights`; default: allowed, weights only, unless ``CHISEL_NO_PICKLE``)."""
-    t0 = time.perf_counter()
+    ``.ckpt``-style files (:mod:`nodes.loading.weights`; default: allowed, weights only, unless ``CHISEL_NO_PICKLE``).
+    ``progress`` (a node's ``ctx.progress``) hears each of :data:`CHECKPOINT_STAGES` start."""
     path = Path(path)
     _require_exists(path)
     if path.is_dir():
-        return load_diffusers_folder(path, dtype=dtype)
+        return load_diffusers_folder(path, dtype=dtype, progress=progress)
+    stages = Stages(CHECKPOINT_STAGES, progress)
     timings: dict[str, float] = {}
+    stages.enter(IMPORTING)
+    t0 = time.perf_counter()
+    import_model_libraries()
+    timings["imports"] = time.perf_counter() - t0
+    stages.enter(READING)
+    t0 = time.perf_counter()
     source = _open_weights(path, allow_pickle, state)
     timings["header"] = time.perf_counter() - t0
 
@@ -224,13 +249,16 @@ def load_checkpoint(path: str | Path, *, allow_pickle: bool | None = None, dtype
         t1 = time.perf_counter()
         det = _detect_family(src, path)
         configs = infer_configs(det, src.shapes, src.metadata, where=str(path))
-        components = _build_components(det, configs, path, src.metadata)
+        components = _build_components(det, configs, path, src.metadata, stages)
         owner = _account_for_tensors(components, det, src.shapes, path)
         ignored, unused = _unmapped_tensors(src.shapes, owner, path)
         timings["detect"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
-        params = {c.name: _load_component(c, src, owner, dtype, path) for c in components}
+        params = {}
+        for c in components:
+            stages.enter(LOADING[_part(c.name)])
+            params[c.name] = _load_component(c, src, owner, dtype, path)
         timings["load"] = time.perf_counter() - t2
 
     report = LoadReport(path=str(path), family=det.family, description=det.description,
@@ -282,14 +310,15 @@ def _detect_family(src: WeightFile, path: Path) -> Detection:
 
 
 def _build_components(det: Detection, configs: dict[str, dict], path: Path,
-                      metadata: Mapping[str, str]) -> list[_Component]:
+                      metadata: Mapping[str, str], stages: Stages) -> list[_Component]:
     """Every module on the meta device (UNet, VAE, then the text encoders), each built from its inferred config."""
-    components = [
-        _Component("unet", build_checked("unet", build_unet, configs["unet"], path, metadata), configs["unet"],
-                   km.UNET_PREFIX),
-        _Component("vae", build_checked("vae", build_vae, configs["vae"], path, metadata), configs["vae"],
-                   km.VAE_PREFIX),
-    ]
+    stages.enter(BUILDING["unet"])
+    components = [_Component("unet", build_checked("unet", build_unet, configs["unet"], path, metadata),
+                             configs["unet"], km.UNET_PREFIX)]
+    stages.enter(BUILDING["vae"])
+    components.append(_Component("vae", build_checked("vae", build_vae, configs["vae"], path, metadata),
+                                 configs["vae"], km.VAE_PREFIX))
+    stages.enter(BUILDING["text"])
     for te in det.text_encoders:
         module = build_checked(te.name, build_text_encoder, configs[te.name], path, metadata, te.with_projection)
         components.append(_Component(te.name, module, configs[te.name], te.prefix, te))
@@ -378,9 +407,13 @@ def is_diffusers_folder(path: str | Path) -> bool:
     return p.is_dir() and (p / "model_index.json").is_file() and (p / "unet").is_dir()
 
 
-def load_diffusers_folder(folder: str | Path, dtype: torch.dtype | None = None) -> LoadedCheckpoint:
+def load_diffusers_folder(folder: str | Path, dtype: torch.dtype | None = None,
+                          progress: Report | None = None) -> LoadedCheckpoint:
     """Load a diffusers-format pipeline folder (unet/, vae/, text_encoder/[, text_encoder_2/]) offline, checking
-    that every parameter came from the weight files."""
+    that every parameter came from the weight files. ``progress`` hears each of :data:`FOLDER_STAGES` start."""
+    stages = Stages(FOLDER_STAGES, progress)
+    stages.enter(IMPORTING)
+    import_model_libraries()
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -394,7 +427,9 @@ def load_diffusers_folder(folder: str | Path, dtype: torch.dtype | None = None) 
     if dtype is not None:
         kw["torch_dtype"] = dtype
     try:
+        stages.enter(FOLDER_STAGES[1])
         unet, uinfo = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", output_loading_info=True, **kw)
+        stages.enter(FOLDER_STAGES[2])
         vae, vinfo = AutoencoderKL.from_pretrained(folder, subfolder="vae", output_loading_info=True, **kw)
     except (OSError, ValueError) as exc:
         raise IncompleteCheckpoint(f"{folder}: {exc}", folder)
@@ -405,6 +440,7 @@ def load_diffusers_folder(folder: str | Path, dtype: torch.dtype | None = None) 
                                        missing={comp: info["missing_keys"]})
     tes: dict[str, Any] = {}
     specs: list[TextEncoderSpec] = []
+    stages.enter(FOLDER_STAGES[3])
     for name in ("text_encoder", "text_encoder_2"):
         if not (folder / name).is_dir() or not index.get(name) or index[name][0] is None:
             continue

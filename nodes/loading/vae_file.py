@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nodes.loading import keymaps as km
-from nodes.loading.checkpoint import _assign, build_checked, build_vae
+from nodes.loading.checkpoint import BUILDING, LOADING, _assign, build_checked, build_vae
 from nodes.loading.configs import VAE_META, metadata_fields, infer_vae, template
 from nodes.loading.detect import _is_lora
 from nodes.loading.errors import (
@@ -14,14 +14,23 @@ from nodes.loading.errors import (
     UnrecognisedArchitecture,
     WrongFileKind,
 )
+from nodes.loading.libraries import import_model_libraries
+from nodes.loading.progress import IMPORTING, READING, Report, Stages
 from nodes.loading.weights import WeightFile
 
+VAE_STAGES = (IMPORTING, READING, BUILDING["vae"], LOADING["vae"])
 
-def load_vae_file(path: str | Path, allow_pickle: bool | None = None):
-    """``(AutoencoderKL, config)`` from a VAE file; every parameter must come from the file."""
+
+def load_vae_file(path: str | Path, allow_pickle: bool | None = None, progress: Report | None = None):
+    """``(AutoencoderKL, config)`` from a VAE file; every parameter must come from the file. ``progress`` (a node's
+    ``ctx.progress``) hears each of :data:`VAE_STAGES` start."""
+    stages = Stages(VAE_STAGES, progress)
+    stages.enter(IMPORTING)
+    import_model_libraries()
     from diffusers.loaders import single_file_utils as sfu
 
     path = Path(path)
+    stages.enter(READING)
     source = WeightFile(path, allow_pickle)
     shapes, metadata = source.shapes, source.metadata
     if not shapes:
@@ -47,7 +56,9 @@ def load_vae_file(path: str | Path, allow_pickle: bool | None = None):
         if ldm:
             full = {km.VAE_PREFIX + k: s for k, s in rel.items()}
             cfg = infer_vae(full, template("sd15", "vae"), metadata_fields(metadata, "chisel.vae", VAE_META), str(path))
+            stages.enter(BUILDING["vae"])
             vae = build_checked("vae", build_vae, cfg, path, metadata)
+            stages.enter(LOADING["vae"])
             own = [k for k in vae.state_dict()]
             expected = {v: k for k, v in km.vae_key_map(cfg, own).items()}
             missing = sorted(k for k in expected if k not in rel)
@@ -67,7 +78,9 @@ def load_vae_file(path: str | Path, allow_pickle: bool | None = None):
                                            if k.startswith("encoder.down_blocks.0.resnets.")})
             cfg["latent_channels"] = int(rel["decoder.conv_in.weight"][1])
             cfg.update(metadata_fields(metadata, "chisel.vae", VAE_META))
+            stages.enter(BUILDING["vae"])
             vae = build_checked("vae", build_vae, cfg, path, metadata)
+            stages.enter(LOADING["vae"])
             converted = {k: src.get(prefix + k) for k in rel}
             for k, v in list(converted.items()):
                 if k.endswith(("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight")) and v.ndim == 4:

@@ -1,4 +1,4 @@
-"""Compiled denoiser calls on CUDA: ``torch.compile`` of the UNet, optionally with CUDA graphs.
+"""Compiled model calls on CUDA: ``torch.compile`` of the UNet and of the VAE's decoder, optionally with CUDA graphs.
 
 Modes (``--compile`` on ``chisel run`` and ``chisel serve``):
 
@@ -10,8 +10,10 @@ Modes (``--compile`` on ``chisel run`` and ``chisel serve``):
 Correctness never depends on the compiled path: every call is guarded by dynamo (a new batch size, image size,
 number of conditionings or dtype re-specialises; past ``torch._dynamo``'s recompile limit it runs eager), LoRA
 patches change weights in place so a compiled graph reads them as it would eagerly, a module whose weights are
-streamed (low-VRAM) is never compiled, and any failure to compile turns the module back to eager for good, with
-one warning. Compiled artifacts persist in ``<root>/.cache/torch-compile`` (PyTorch's own FX-graph and
+streamed (low-VRAM), hooked by a module patch or stored in fp8 is never compiled, and any failure to compile turns
+the module back to eager for good, with one warning (running out of memory is not a compile failure: it reaches
+the caller, e.g. the VAE's fall-back to tiles). The VAE decoder is compiled for whole-image decodes (its part
+``vae_decode``, :data:`PARTS`); tiled decoding runs eagerly (each tile size would be a new specialisation). Compiled artifacts persist in ``<root>/.cache/torch-compile`` (PyTorch's own FX-graph and
 AOT-autograd caches, keyed by graph, shapes, device and torch version), so a restart reuses them.
 """
 from __future__ import annotations
@@ -46,6 +48,22 @@ def use_persistent_cache(folder: Path) -> None:
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
 
 
+class VaeDecode(torch.nn.Module):
+    """A diffusers VAE's decode path as a module: latents -> decoded image tensor (what ``vae.decode(z).sample``
+    gives)."""
+
+    def __init__(self, vae: torch.nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z).sample
+
+
+# pieces of a managed module that can be called (and compiled) on their own: name -> module factory
+PARTS = {"vae_decode": VaeDecode}
+
+
 class CompiledModule:
     """Calls ``module`` through ``torch.compile``; eager for good after the first failure to compile."""
 
@@ -65,6 +83,8 @@ class CompiledModule:
             if self.mode == "max":
                 torch.compiler.cudagraph_mark_step_begin()  # the previous replay's outputs are consumed
             out = self._compiled(*args, **kwargs)
+        except torch.OutOfMemoryError:
+            raise  # not a compile failure: the caller may retry smaller (tiles), compiled next time
         except Exception as exc:  # noqa: BLE001 - a compiler failure must never fail the prompt
             log.warning("compiling %s failed, running it eagerly from now on: %s: %s",
                         type(self.module).__name__, type(exc).__name__, exc)

@@ -246,15 +246,17 @@ class VaeHandle(_Handle):
         return max(1, int(free * 0.8 // max(per, 1)))
 
     @torch.no_grad()
-    def decode(self, samples: torch.Tensor) -> torch.Tensor:
-        """[B, C, h, w] VAE latents -> IMAGE [B, H, W, 3] float32 in 0..1 on the CPU."""
+    def decode(self, samples: torch.Tensor, compiled: bool = True) -> torch.Tensor:
+        """[B, C, h, w] VAE latents -> IMAGE [B, H, W, 3] float32 in 0..1 on the CPU. The decoder runs compiled
+        where the manager compiles (:mod:`nodes.memory.compile`) unless ``compiled`` is False (tiles: each tile
+        size would be another specialisation)."""
         with self.manager.use(self.module):
-            vae = self.module.module
+            decode = self.module.runner("vae_decode") if compiled else self.module.part("vae_decode")
             dev, dt = self.module.device, self.module.dtype
             b = self._batch(samples.shape[-2], samples.shape[-1], True)
             images = []
             for i in range(0, samples.shape[0], b):
-                x = vae.decode(samples[i:i + b].to(dev, dt)).sample
+                x = decode(samples[i:i + b].to(dev, dt))
                 images.append(((x.float() + 1.0) * 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu())
         return torch.cat(images, 0)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from nodes.memory.compile import CompiledModule, prepare_for_compile, resolve_mode
+from nodes.memory.compile import PARTS, CompiledModule, prepare_for_compile, resolve_mode
 from nodes.memory.handles import LoadedBundle, make_bundle, make_vae_handle
 
 log = logging.getLogger(__name__)
@@ -59,20 +59,38 @@ class ManagedModule:
         self.sequential = False
         self.pins = 0
         self.hooked = 0  # module patches attached now (nodes.patches): compiled graphs would not see their hooks
+        self.storage_dtype: torch.dtype | None = None  # fp8 weight storage (nodes.memory.weight_storage): eager only
         self.last_used = 0.0
         self._compiled: CompiledModule | None = None
+        self._parts: dict[str, torch.nn.Module] = {}  # callable pieces of the module (runner(part))
+        self._compiled_parts: dict[str, CompiledModule] = {}
 
-    def runner(self):
+    def runner(self, part: str | None = None):
         """What to call for a forward pass: the module, or its compiled form (on the device, compile on, weights
-        not streamed, no forward hooks attached by a module patch: torch.compile does not guard on hooks)."""
+        not streamed, no forward hooks attached by a module patch: torch.compile does not guard on hooks; weights
+        not kept in another dtype than they compute in: their casting hooks change parameters mid-forward).
+        ``part`` calls a piece of the module instead of its forward (:data:`nodes.memory.compile.PARTS`, e.g.
+        ``"vae_decode"``: latents -> decoded image tensor), eager or compiled by the same rules."""
+        eager = self.module if part is None else self.part(part)
         mode = self.manager.compile_mode
-        if mode == "off" or self.sequential or not self.on_device or self.hooked:
-            return self.module
-        if self._compiled is None or self._compiled.mode != mode:
+        if mode == "off" or self.sequential or not self.on_device or self.hooked or self.storage_dtype is not None:
+            return eager
+        compiled = self._compiled if part is None else self._compiled_parts.get(part)
+        if compiled is None or compiled.mode != mode:
             if self.manager.device.type == "cuda":
                 prepare_for_compile(self.module)
-            self._compiled = CompiledModule(self.module, mode, backend=self.manager.compile_backend)
-        return self._compiled
+            compiled = CompiledModule(eager, mode, backend=self.manager.compile_backend)
+            if part is None:
+                self._compiled = compiled
+            else:
+                self._compiled_parts[part] = compiled
+        return compiled
+
+    def part(self, part: str) -> torch.nn.Module:
+        module = self._parts.get(part)
+        if module is None:
+            module = self._parts[part] = PARTS[part](self.module)
+        return module
 
     @property
     def device(self) -> torch.device:
@@ -243,8 +261,10 @@ class ModelManager:
         (``kind`` may carry the identity of further files the value depends on)."""
         return self._once((kind, file_key(Path(path)), str(self.compute_dtype())), factory)
 
-    def load_checkpoint(self, path: str | Path) -> LoadedBundle:
-        """MODEL, CLIP and VAE handles of a checkpoint file or diffusers folder (loaded once per file identity)."""
+    def load_checkpoint(self, path: str | Path, progress=None) -> LoadedBundle:
+        """MODEL, CLIP and VAE handles of a checkpoint file or diffusers folder (loaded once per file identity).
+        ``progress`` (the node's ``ctx.progress``) hears the load's stages; an interrupt raised from it leaves
+        nothing loaded or registered (the modules are registered only once every stage is through)."""
         from nodes.loading.checkpoint import load_checkpoint  # diffusers and transformers: imported when used
 
         path = Path(path)
@@ -252,20 +272,20 @@ class ModelManager:
         allow = self.allow_pickle
 
         def factory():
-            loaded = load_checkpoint(path, allow_pickle=allow)
+            loaded = load_checkpoint(path, allow_pickle=allow, progress=progress)
             return make_bundle(self, loaded)
 
         return self._once(key, factory)
 
-    def load_vae(self, path: str | Path):
-        """A VAE handle from a standalone VAE file (LDM or diffusers key layout)."""
+    def load_vae(self, path: str | Path, progress=None):
+        """A VAE handle from a standalone VAE file (LDM or diffusers key layout); ``progress`` as for checkpoints."""
         from nodes.loading.vae_file import load_vae_file
 
         path = Path(path)
         key = ("vae", file_key(path), str(self.compute_dtype("vae")))
 
         def factory():
-            vae, cfg = load_vae_file(path, allow_pickle=self.allow_pickle)
+            vae, cfg = load_vae_file(path, allow_pickle=self.allow_pickle, progress=progress)
             return make_vae_handle(self, vae, cfg, str(path), family_hint=None)
 
         return self._once(key, factory)
@@ -274,7 +294,8 @@ class ModelManager:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             mods = [{"name": m.name, "source": m.source, "bytes": m.nbytes, "device": str(m.device),
-                     "dtype": str(m.dtype).replace("torch.", ""), "in_use": m.pins > 0,
+                     "dtype": str(m.dtype).replace("torch.", ""),
+                     "weights_dtype": str(m.storage_dtype or m.dtype).replace("torch.", ""), "in_use": m.pins > 0,
                      "streamed": m.sequential} for m in self._modules.values()]
         out: dict[str, Any] = {
             "device": str(self.device),

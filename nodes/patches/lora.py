@@ -409,7 +409,8 @@ def _with_loras(mm, applied: Iterable[AppliedLora]):
     if not per_param:
         yield
         return
-    if getattr(mm, "sequential", False):
+    if getattr(mm, "sequential", False) or getattr(mm, "storage_dtype", None) is not None:
+        # streamed weights cannot be patched in place; fp8-stored ones would round the delta to fp8
         with _hooked(module, per_param):
             yield
         return
@@ -444,7 +445,8 @@ def _hooked(module: torch.nn.Module, per_param: dict[str, list[tuple[LoraLayer, 
             extra = 0
             for layer, strength in items:
                 if not isinstance(layer, LoraLayer):  # LyCORIS: its whole delta, as a layer of its own
-                    d = layer.delta(mod.weight.shape, x.device, mod.weight).to(x.dtype)
+                    base = mod.weight if mod.weight.element_size() > 1 else mod.weight.to(x.dtype)  # fp8: upcast
+                    d = layer.delta(mod.weight.shape, x.device, base).to(x.dtype)
                     if isinstance(mod, torch.nn.Linear):
                         h = F.linear(x, d)
                     else:

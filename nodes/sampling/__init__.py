@@ -2,9 +2,10 @@
 
 Pure torch math, no node or graph code:
 
-- :class:`ModelSampling`: the discrete SD noise schedule (betas -> training sigmas), epsilon / v prediction,
+- :class:`ModelSampling`: the discrete SD noise schedule (betas -> training sigmas), epsilon / v / x0 prediction,
   optional zero-terminal-SNR rescaling, and the conversions between the sampler's view (x, sigma) and the
-  network's (scaled input, timestep, raw output).
+  network's (scaled input, timestep, raw output); :class:`nodes.sampling.lcm_sampling.LCMModelSampling`, the same
+  read as a Latent Consistency Model on its distilled timestep grid.
 - :data:`SCHEDULERS`: ``name -> fn(model_sampling, steps) -> sigmas`` (descending, last 0, float32, CPU).
 - :data:`SAMPLERS`: the sampler registry (:mod:`nodes.sampling.registry`), in ComfyUI's order: ``name ->``
   :class:`SamplerSpec`, callable as ``spec(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None)``.

@@ -30,7 +30,8 @@ from nodes.sampling.sample import Part, ksampler_sigmas, prepare_noise, sample_c
 SHARED = ("steps", "cfg", "sampler_name", "scheduler", "denoise", "add_noise", "start_step", "last_step",
           "force_full_denoise")
 # conditioning options bound to one prompt's batch shape (ControlNet inputs, GLIGEN boxes): such prompts run alone
-UNBATCHED_OPTIONS = ("unet_inputs", "gligen", "unclip_conditioning")  # unCLIP noise: seeded per run
+UNBATCHED_OPTIONS = ("unet_inputs", "gligen", "unclip_conditioning",  # unCLIP noise: seeded per run
+                     "attention_bias")  # a per-token bias applied per UNet call
 # samplers whose steps depend on the whole batch (dpm_adaptive's step size follows an error norm over all rows)
 BATCH_COUPLED_SAMPLERS = ("dpm_adaptive",)
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from nodes.gligen.apply import grounding
+from nodes.patches.attention_bias import cross_attention_bias, entry_bias
 from nodes.memory.handles import ModelHandle
 
 
@@ -47,6 +48,7 @@ class _Entry:
     labels: torch.Tensor | None = None  # [1, n] class input of unCLIP UNets (nodes.vision.unclip)
     gligen: Any = None  # the bound "gligen" option (nodes.gligen.apply.BoundGligen)
     sigma_range: tuple[float, float] | None = None  # (low, high): the entry applies while low <= sigma <= high
+    attn_bias: torch.Tensor | None = None  # [1, T] cross-attention logit bias per token (nodes.patches.attention_bias)
 
 
 def _lcm(values) -> int:
@@ -226,8 +228,9 @@ class CFGDenoiser:
         if sigmas is not None and self.ranged:
             self._check_ranges_cover(sigmas)
         self.unet_observers: list = []  # fn(entries, b) after each UNet call (guidance patches that read activations)
-        if any(e.gligen is not None for e in self.entries):
-            self.unet = model.unet.module  # GLIGEN layers are attached per call: a compiled graph would not see them
+        if any(e.gligen is not None or e.attn_bias is not None for e in self.entries):
+            # GLIGEN layers and attention-bias processors are attached per call: a compiled graph would not see them
+            self.unet = model.unet.module
         self.calls = 0
         self.rule = rule.bind(self) if rule is not None else None
 
@@ -360,8 +363,9 @@ class CFGDenoiser:
             sigma_range = (self.ms.percent_to_sigma(end), self.ms.percent_to_sigma(start))
         extra = opts.get("unet_inputs")
         if extra is not None and area is not None:
-            raise ValueError(f"the {('positive', 'negative')[group]} conditioning is limited to an area and carries "
-                             "a ControlNet: ControlNets on area conditioning are not supported yet")
+            held = extra.describe() if hasattr(extra, "describe") else "extra UNet inputs"
+            raise ValueError(f"the {self.group_names[group]} conditioning is limited to an area and carries {held}: "
+                             "ControlNets and T2I-Adapters on area conditioning are not supported yet")
         if extra is not None:
             if id(extra) not in self._bound:
                 self._bound[id(extra)] = extra.bind(self.model, self.shape, self.group_names[group])
@@ -374,8 +378,11 @@ class CFGDenoiser:
             if id(gligen) not in self._bound:
                 self._bound[id(gligen)] = gligen.bind(self.model, self.shape, self.group_names[group])
             gligen = self._bound[id(gligen)]
+        bias = entry_bias(opts, emb.shape[1], f"{self.group_names[group]} conditioning")
+        if bias is not None:
+            bias = bias.reshape(1, -1).to(self.device)
         return _Entry(group, emb, area, mult, pooled, adm, concat, extra, labels=labels, gligen=gligen,
-                      sigma_range=sigma_range)
+                      sigma_range=sigma_range, attn_bias=bias)
 
     def _unclip_labels(self, unclip, group: int) -> torch.Tensor:
         """The class input of an SD2.1-unCLIP UNet: the noise-augmented image embeddings, or zeros without any."""
@@ -487,11 +494,15 @@ class CFGDenoiser:
             kwargs["added_cond_kwargs"] = {"text_embeds": torch.cat(pooled), "time_ids": torch.cat(adm)}
         if labels:
             kwargs["class_labels"] = torch.cat(labels)
-        t = self.ms.nearest_timestep(s_in.float())  # the UNet gets integer timesteps (as ComfyUI)
+        t = self.ms.network_timestep(s_in.float())  # the UNet gets integer timesteps (as ComfyUI)
         if any(e.extra is not None for e in entries):
             kwargs.update(_extra_inputs(entries, b, net_in[:, :x_in.shape[1]], s_in, t, torch.cat(ctx),
                                         kwargs.get("added_cond_kwargs")))
-        with grounding([e.gligen for e in entries], b, kwargs):
+        bias = None
+        if any(e.attn_bias is not None for e in entries):
+            rows = [(e.attn_bias if e.attn_bias is not None else x.new_zeros(1, e.emb.shape[1])) for e in entries]
+            bias = torch.cat([r.repeat(1, length // r.shape[1]).expand(b, -1) for r in rows])
+        with grounding([e.gligen for e in entries], b, kwargs), cross_attention_bias(self.model.unet.module, bias):
             out = self.unet(net_in.to(self.dtype), t, encoder_hidden_states=torch.cat(ctx), return_dict=False,
                             **kwargs)[0]
         self.calls += 1

@@ -23,7 +23,7 @@ __all__ = ["ModelSampling", "make_betas", "rescale_zero_terminal_snr"]
 # small positive value (the one ComfyUI uses, sigma_max ~= 4519) keeps every sigma finite.
 ZSNR_LAST_ALPHA_CUMPROD = 4.8973451890853435e-08
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusers' names; "sample" predicts x0
 BETA_SCHEDULES = ("scaled_linear", "linear")
 
 
@@ -107,7 +107,12 @@ class ModelSampling:
         self.beta_schedule = beta_schedule
         self.prediction_type = prediction_type
         self.zero_terminal_snr = bool(zero_terminal_snr)
-        self.num_timesteps = int(betas.numel())
+        self.betas = betas  # float64, the training schedule (before any zero-terminal-SNR rescaling)
+        self._set_alphas_cumprod(alphas_cumprod)
+
+    def _set_alphas_cumprod(self, alphas_cumprod: torch.Tensor) -> None:
+        """The sigma table of the timesteps a sampler can use (float64 ``alphas_cumprod`` in, ascending t)."""
+        self.num_timesteps = int(alphas_cumprod.numel())
         self.alphas_cumprod = alphas_cumprod.to(torch.float32)
         self.sigmas = (((1.0 - alphas_cumprod) / alphas_cumprod) ** 0.5).to(torch.float32)
         self.log_sigmas = self.sigmas.double().log()  # float64; cast per use
@@ -177,13 +182,26 @@ class ModelSampling:
         pick_high = (table[high] - flat).abs() < (flat - table[low]).abs()
         return torch.where(pick_high, high, low).to(dtype).reshape(log_s.shape)
 
+    def network_timestep(self, sigma) -> torch.Tensor:
+        """The timestep the network gets at ``sigma`` (float tensor): the nearest training timestep."""
+        return self.nearest_timestep(sigma)
+
     def percent_to_sigma(self, percent: float) -> float:
         """Sigma at a fraction of the way through sampling (0.0 = start/most noise, 1.0 = end/no noise)."""
         if percent <= 0.0:
             return 999999999.9
         if percent >= 1.0:
             return 0.0
-        return float(self.sigma(torch.tensor((1.0 - percent) * (self.num_timesteps - 1), dtype=torch.float64)))
+        return self.training_sigma((1.0 - percent) * (self.train_steps - 1))
+
+    @property
+    def train_steps(self) -> int:
+        """The number of training timesteps (the sigma table may hold fewer: a distilled grid)."""
+        return self.num_timesteps
+
+    def training_sigma(self, t: float) -> float:
+        """Sigma at training timestep ``t`` (0 .. train_steps - 1; log-sigma interpolation between integers)."""
+        return float(self.sigma(torch.tensor(float(t), dtype=torch.float64)))
 
     # -- the network's view -----------------------------------------------------------------------------------
     def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -197,7 +215,10 @@ class ModelSampling:
         epsilon: x0 = x - sigma * eps.
         v:       x0 = x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1)
                  (v = alpha * eps - sigma_vp * x0 on the VP input, sigma_data = 1).
+        sample:  x0 = the output (the network predicts the clean latent itself).
         """
+        if self.prediction_type == "sample":
+            return model_output
         s = _view_for(_as_tensor(sigma).to(x.device), model_output)
         if self.prediction_type == "epsilon":
             return x - model_output * s

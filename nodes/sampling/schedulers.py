@@ -93,8 +93,7 @@ def sd_turbo_sigmas(ms: ModelSampling, steps: int, denoise: float = 1.0) -> torc
     10 - int(10 * denoise) and taking ``steps`` of them, plus the final 0 (float32)."""
     start = 10 - int(10 * denoise)
     ts = [999 - 100 * i for i in range(10)][start:start + int(steps)]
-    table = ms.sigmas.tolist()
-    return _finish([table[t] for t in ts])
+    return _finish([ms.training_sigma(t) for t in ts])
 
 
 def kl_optimal_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:

@@ -141,6 +141,10 @@ class WorkerActor:
         self._streams: dict[str, queue.Queue] = {}  # prompt id -> its messages not yet polled
         self.started = time.time()
         self.prompts_run = 0
+        if not self.spec.plain:  # the SD nodes run here: import their libraries before the first prompt needs them
+            from ..runtime import import_model_libraries_in_background
+
+            import_model_libraries_in_background(self.engine.paths)
 
     # -- control (answered while a prompt runs) -----------------------------------------------------------------
     def ready(self) -> dict[str, Any]:

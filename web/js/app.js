@@ -22,6 +22,7 @@ import { registerNotes } from "./notes.js";
 import { MaskEditor } from "./maskeditor.js";
 import { Settings } from "./settings.js";
 import { Minimap } from "./minimap.js";
+import { Subgraphs, nodeAtPath, allNodes } from "./subgraphs.js";
 import { Tabs } from "./tabs.js";
 import { QueuePanel } from "./queuepanel.js";
 import { ImagesIn } from "./images.js";
@@ -49,6 +50,7 @@ export class App {
     this.socket = new RunEvents(this);
     this.maskEditor = new MaskEditor(this);
     this.settings = new Settings(this);
+    this.subgraphs = new Subgraphs(this);
     this.tabs = new Tabs(this);
     this.queuePanel = new QueuePanel(this);
     this.imagesIn = new ImagesIn(this);
@@ -72,6 +74,7 @@ export class App {
     registerSchemas(this.schemas, this);
     registerNotes();
     createCanvas(this);
+    this.subgraphs.bind();
     this.minimap = new Minimap(this, $("#minimap"));
     this.lgcanvas.onDrawForeground = () => this.minimap.schedule(); // after every frame of the canvas
     this.settings.applyCanvas();
@@ -131,7 +134,7 @@ export class App {
   save() { return this.files.save(); }
   openPalette(e, from) { return openPalette(this, e, from); }
   addNodeAt(type, pos, from) { return addNodeAt(this, type, pos, from); }
-  fitView() { return fitView(this.graph, this.lgcanvas); }
+  fitView() { return fitView(this.lgcanvas.graph, this.lgcanvas); }
   openLightbox(urls, index = 0) { this.lightbox.open(urls, index); }
   openGallery(key) { return this.results.openGallery(key); }
 
@@ -185,7 +188,7 @@ export class App {
       return null;
     }
     const group = new LGraphGroup("Group");
-    this.graph.add(group);
+    this.lgcanvas.graph.add(group);
     group.resizeTo(nodes, 12);
     this.lgcanvas.setDirty(true, true);
     this.history.check({ force: true });
@@ -206,13 +209,19 @@ export class App {
     return Object.values(this.lgcanvas.selected_nodes || {});
   }
 
+  /** Every node, inside subgraphs too. */
+  allNodes() {
+    return this.graph ? allNodes(this.graph) : [];
+  }
+
   nodeFor(id) {
-    return id == null ? null : this.graph.getNodeById(lgId(id));
+    return id == null ? null : nodeAtPath(this.graph, id);
   }
 
   focusNode(id) {
     const node = this.nodeFor(id);
     if (!node) return;
+    this.subgraphs.reveal(id); // a node inside a subgraph: open it
     this.lgcanvas.centerOnNode(node);
     this.lgcanvas.selectNode(node);
   }
@@ -221,7 +230,9 @@ export class App {
   loadWorkflow(wf, { history = true, keepView = false, name, quiet = false } = {}) {
     closeTextEditor(false);
     this.clearRunState();
+    const path = keepView && !name ? this.subgraphs.path() : []; // undo/redo stay in the subgraph shown
     const problems = workflowToGraph(this.graph, wf, this.schemas);
+    this.subgraphs.afterLoad(path);
     if (name) this.setTitle(name);
     if (!keepView) this.fitView();
     this.lgcanvas.setDirty(true, true);
@@ -235,7 +246,7 @@ export class App {
 
   // -- node states and error marks ----------------------------------------------------------------
   clearRunState() {
-    for (const node of this.graph?._nodes || []) {
+    for (const node of this.allNodes()) {
       if (!node.chisel) continue;
       node.chisel.status = null;
       node.chisel.seconds = null;
@@ -260,7 +271,7 @@ export class App {
   }
 
   clearErrors() {
-    for (const node of this.graph?._nodes || []) {
+    for (const node of this.allNodes()) {
       if (!node.chisel) continue;
       node.chisel.errors = [];
       node.has_errors = false;

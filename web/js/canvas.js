@@ -58,9 +58,11 @@ function bindPalette(app, lg, canvasEl) {
   };
   // The browser's own double-click (its timing, the user's settings) opens the palette on empty canvas.
   canvasEl.addEventListener("dblclick", (e) => {
+    if (app.subgraphs.justOpened()) return; // this double-click opened a subgraph
     const [x, y] = lg.convertEventToCanvasOffset(e);
-    const group = app.graph.getGroupTitlebarOnPos?.(x, y);
-    if (group && !app.graph.getNodeOnPos(x, y)) {
+    const graph = lg.graph;
+    const group = graph.getGroupTitlebarOnPos?.(x, y);
+    if (group && !graph.getNodeOnPos(x, y)) {
       // double-click a group's title to rename it
       lg.prompt("Group title", group.title, (v) => {
         if (v && v !== group.title) {
@@ -70,8 +72,9 @@ function bindPalette(app, lg, canvasEl) {
       }, e);
       return;
     }
-    if (app.graph.getNodeOnPos(x, y)) return;
-    if (app.graph.getRerouteOnPos?.(x, y)) return;
+    if (graph.getNodeOnPos(x, y)) return;
+    if (graph.getRerouteOnPos?.(x, y)) return;
+    if (graph.getIoNodeOnPos?.(x, y)) return;
     e.preventDefault();
     openPalette(app, e, null);
   });
@@ -106,6 +109,7 @@ function bindMenus(app, lg) {
     opts.unshift(
       { content: node.mode === MODE_BYPASS ? "Stop bypassing (Ctrl+B)" : "Bypass (Ctrl+B)", callback: () => app.toggleMode(MODE_BYPASS, targets()) },
       { content: node.mode === MODE_MUTE ? "Unmute (Ctrl+M)" : "Mute (Ctrl+M)", callback: () => app.toggleMode(MODE_MUTE, targets()) },
+      ...app.subgraphs.menu(node, targets()),
       null,
     );
     return opts;
@@ -179,7 +183,7 @@ export function addNodeAt(app, type, pos, from) {
   const node = LiteGraph.createNode(type);
   if (!node) return null;
   node.pos = [pos[0], pos[1]];
-  app.graph.add(node);
+  app.lgcanvas.graph.add(node);
   if (from?.node) {
     if (from.direction === "output") {
       const i = from.node.findOutputSlot(from.slot?.name);

@@ -18,7 +18,7 @@ export function prepareComfyUi(data, schemas) {
   const copy = JSON.parse(JSON.stringify(data));
   const kept = { modes: {}, notes: [], controls: {}, looks: {} };
   const lost = [];
-  const counts = { reroute: 0, primitive: 0, subgraph: 0, unknownMode: 0 };
+  const counts = { reroute: 0, primitive: 0, unknownMode: 0 };
   copy.nodes = (copy.nodes || []).filter((n) => {
     if (!n || typeof n !== "object") return false;
     const id = String(n.id);
@@ -61,10 +61,8 @@ export function prepareComfyUi(data, schemas) {
     }
     return true;
   });
-  if (copy.definitions?.subgraphs?.length) counts.subgraph = copy.definitions.subgraphs.length;
   if (counts.reroute) lost.push(`${plural(counts.reroute, "reroute node")} (now direct links)`);
   if (counts.primitive) lost.push(`${plural(counts.primitive, "primitive node")} (their values are now in the inputs they fed)`);
-  if (counts.subgraph) lost.push(`${plural(counts.subgraph, "subgraph")} (not supported yet)`);
   if (counts.unknownMode) lost.push(`${plural(counts.unknownMode, "node")} in a mode other than bypass or mute (now active)`);
   return { copy, kept, lost };
 }

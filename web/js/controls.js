@@ -116,6 +116,7 @@ export const SHORTCUTS = [
   ["Ctrl+B", "Bypass the selected nodes (their inputs pass through)"],
   ["Ctrl+M", "Mute the selected nodes (they and what needs them do not run)"],
   ["Ctrl+G", "Put the selected nodes in a group"],
+  ["Double-click a subgraph node, Esc", "Open the subgraph to edit its inside, leave it"],
   ["Alt+C", "Collapse or expand the selected nodes"],
   ["Alt+click a link", "Add a reroute dot"],
   [".", "Fit the view to the workflow"],

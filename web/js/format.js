@@ -10,6 +10,7 @@ import { LiteGraph, LGraphGroup } from "../vendor/litegraph/litegraph.es.js";
 import { MissingNode, WIDGET_TYPES, SEED_CONTROLS, preferredWidth, savedSize } from "./nodes.js";
 import { applyModes, editorInputs, MODE_BY_NAME, MODE_NAMES } from "./modes.js";
 import { isNote, noteToLayout, noteFromLayout } from "./notes.js";
+import { SUBGRAPH_INPUT, usedSubgraphs, flattenSubgraphs, nestedScopes, buildSubgraphs } from "./subgraphs.js";
 
 export const FORMAT = "chisel-workflow";
 
@@ -28,6 +29,7 @@ function sortIds(a, b) {
 function linkValue(graph, node, slot) {
   const link = slot?.link != null ? graph.links.get(slot.link) : null;
   if (!link) return undefined;
+  if (link.origin_id === SUBGRAPH_INPUT) return { node: String(SUBGRAPH_INPUT), output: link.origin_slot };
   const origin = graph.getNodeById(link.origin_id);
   if (!origin) return undefined;
   const out = origin.outputs[link.origin_slot];
@@ -35,8 +37,11 @@ function linkValue(graph, node, slot) {
   return { node: String(origin.id), output: out && sameName === 1 ? out.name : link.origin_slot };
 }
 
-/** LiteGraph graph -> native workflow (with layout unless {layout: false}). */
-export function graphToWorkflow(graph, { layout = true, meta } = {}) {
+/**
+ * One graph's nodes (the root graph, or a subgraph's inside) as native specs with their layout; links are those
+ * drawn (a subgraph instance is a node of its subgraph's type, links from a subgraph's inputs come from node "-10").
+ */
+export function scopeToWorkflow(graph, { layout = true } = {}) {
   const nodes = {};
   const layoutNodes = {};
   const list = [...graph._nodes].filter((n) => !isNote(n)).sort((a, b) => sortIds(a.id, b.id));
@@ -54,6 +59,11 @@ export function graphToWorkflow(graph, { layout = true, meta } = {}) {
         else if (raw.inputs?.[slot.name] && typeof raw.inputs[slot.name] === "object") delete spec.inputs[slot.name];
       }
       if (raw.title) spec.title = raw.title;
+      if (node.isSubgraphNode?.()) {
+        if (node.title && node.title !== node.subgraph.name) spec.title = node.title;
+        // promoted widgets: the values this instance gives its subgraph's inputs that nothing links
+        for (const w of node.widgets || []) if (!(w.name in spec.inputs) && w.value !== undefined) spec.inputs[w.name] = w.value;
+      }
     } else {
       spec = { type: node.type, inputs: {} };
       for (const inp of schema.inputs) {
@@ -92,6 +102,14 @@ export function graphToWorkflow(graph, { layout = true, meta } = {}) {
       layoutNodes[id] = lay;
     }
   }
+  const modes = {};
+  for (const node of list) if (MODE_NAMES[node.mode]) modes[String(node.id)] = node.mode;
+  return { nodes, layoutNodes, modes };
+}
+
+/** LiteGraph graph -> native workflow (with layout unless {layout: false}). */
+export function graphToWorkflow(graph, { layout = true, meta } = {}) {
+  const { nodes, layoutNodes, modes: scopeModes } = scopeToWorkflow(graph, { layout });
   const wf = { format: FORMAT, version: 1, nodes };
   if (meta && Object.keys(meta).length) wf.meta = meta;
   if (layout) {
@@ -103,14 +121,19 @@ export function graphToWorkflow(graph, { layout = true, meta } = {}) {
     const reroutes = savedReroutes(graph);
     if (reroutes.length) wf.layout.reroutes = reroutes;
   }
-  const modes = {};
-  for (const node of list) if (MODE_NAMES[node.mode]) modes[String(node.id)] = node.mode;
-  const byId = (id) => graph.getNodeById(lgId(id));
+  let modes = scopeModes;
+  let byId = (id) => graph.getNodeById(lgId(id));
+  let drawn = null;
+  if (usedSubgraphs(graph).length) {
+    // the workflow that runs is the flattened one; what was drawn (the subgraphs) stays in the layout
+    ({ modes, byId, drawn } = flattenSubgraphs(wf, graph, (g) => scopeToWorkflow(g, { layout }), scopeModes));
+  }
   applyModes(wf, modes, (id) => {
     const n = byId(id);
     return { inputs: (n?.inputs || []).map((i) => ({ name: i.name, type: i.type })),
       outputs: (n?.outputs || []).map((o) => ({ name: o.name, type: o.type })) };
   }, (id) => !!byId(id)?.chisel?.schema?.output_node);
+  drawn?.();
   return wf;
 }
 
@@ -203,19 +226,56 @@ function isLink(v) {
 export function workflowToGraph(graph, saved, schemas) {
   const problems = [];
   graph.clear();
-  const lay = saved.layout?.nodes || {};
-  // the editor's links (into bypassed nodes) come back from the layout
-  const nodes = {};
-  for (const [id, spec] of Object.entries(saved.nodes)) nodes[id] = { ...spec, inputs: editorInputs(spec, lay[id]) };
+  const layIn = saved.layout?.nodes || {};
+  // the editor's links (into bypassed nodes, subgraph instances) come back from the layout
+  let nodes = {};
+  for (const [id, spec] of Object.entries(saved.nodes)) nodes[id] = { ...spec, inputs: editorInputs(spec, layIn[id]) };
+  // subgraphs: the root graph's nodes and instances, and each subgraph's inside, as drawn
+  const scopes = nestedScopes(saved, nodes, problems);
+  nodes = scopes.nodes;
+  const lay = scopes.layout;
+  buildSubgraphs(graph, scopes.subgraphs, (g, n, l) => populateGraph(g, n, l, schemas, problems, null), problems);
   const wf = { ...saved, nodes };
-  const auto = Object.keys(lay).length ? null : autoLayout(wf);
+  const created = populateGraph(graph, nodes, lay, schemas, problems, Object.keys(lay).length ? null : autoLayout(wf));
+  restoreReroutes(graph, wf, created, problems);
+  for (const n of Array.isArray(wf.layout?.notes) ? wf.layout.notes : []) {
+    const note = noteFromLayout(n);
+    if (!note) continue;
+    graph.add(note, true);
+    if (n.collapsed) note.collapse(true);
+  }
+  for (const g of wf.layout?.groups || []) {
+    try {
+      const group = new LGraphGroup(g.title || "Group");
+      if (Array.isArray(g.bounding) && g.bounding.length === 4) group._bounding.set(g.bounding.map(Number));
+      if (g.color) group.color = g.color;
+      graph.add(group);
+    } catch (e) {
+      problems.push({ text: `a group could not be restored: ${e.message}` });
+    }
+  }
+  graph.updateExecutionOrder();
+  graph.setDirtyCanvas(true, true);
+  return problems;
+}
+
+/** Create one graph's nodes (drawn: {id: spec}) with their layout and links; returns {id: node}. */
+function populateGraph(graph, nodes, lay, schemas, problems, auto) {
+  const wf = { nodes };
   const created = {};
   // make sure numeric ids never collide with the ones LiteGraph hands out next
   let maxId = 0;
   for (const id of Object.keys(wf.nodes)) if (typeof lgId(id) === "number") maxId = Math.max(maxId, lgId(id));
   for (const [id, spec] of Object.entries(wf.nodes)) {
-    let node = schemas[spec.type] ? LiteGraph.createNode(spec.type) : null;
-    if (!node) {
+    const instance = graph.rootGraph?.subgraphs?.has(spec.type);
+    let node = schemas[spec.type] || instance ? LiteGraph.createNode(spec.type) : null;
+    if (instance && node) {
+      if (spec.title) node.title = spec.title;
+      for (const [name, v] of Object.entries(spec.inputs || {})) {
+        const w = isLink(v) ? null : node.widgets?.find((x) => x.name === name);
+        if (w) w.value = v;
+      }
+    } else if (!node) {
       node = new MissingNode(`${spec.title || spec.type} (unknown type)`);
       node.chisel.raw = JSON.parse(JSON.stringify(spec));
       problems.push({ node_id: id, text: `The server has no node type “${spec.type}”.` });
@@ -280,8 +340,15 @@ export function workflowToGraph(graph, saved, schemas) {
     const target = created[id];
     for (const [name, v] of Object.entries(spec.inputs || {})) {
       if (!isLink(v)) continue;
-      const src = created[String(v.node)];
       const slotIn = target.findInputSlot(name);
+      if (String(v.node) === String(SUBGRAPH_INPUT) && graph.inputs && slotIn >= 0) {
+        // a link from the subgraph's input
+        const input = graph.inputs[Number(v.output)];
+        if (input) input.connect(target.inputs[slotIn], target);
+        else problems.push({ node_id: id, input: name, text: `“${name}” was linked to a subgraph input that does not exist.` });
+        continue;
+      }
+      const src = created[String(v.node)];
       if (slotIn < 0) {
         (target.chisel.extraInputs ||= {})[name] = v;
         continue;
@@ -306,26 +373,7 @@ export function workflowToGraph(graph, saved, schemas) {
       }
     }
   }
-  restoreReroutes(graph, wf, created, problems);
-  for (const n of Array.isArray(wf.layout?.notes) ? wf.layout.notes : []) {
-    const note = noteFromLayout(n);
-    if (!note) continue;
-    graph.add(note, true);
-    if (n.collapsed) note.collapse(true);
-  }
-  for (const g of wf.layout?.groups || []) {
-    try {
-      const group = new LGraphGroup(g.title || "Group");
-      if (Array.isArray(g.bounding) && g.bounding.length === 4) group._bounding.set(g.bounding.map(Number));
-      if (g.color) group.color = g.color;
-      graph.add(group);
-    } catch (e) {
-      problems.push({ text: `a group could not be restored: ${e.message}` });
-    }
-  }
-  graph.updateExecutionOrder();
-  graph.setDirtyCanvas(true, true);
-  return problems;
+  return created;
 }
 
 /** What kind of workflow JSON this is: "native", "comfy_api", "comfy_ui" or null. */

@@ -36,7 +36,7 @@ export class Minimap {
   bounds() {
     const [vx, vy, vw, vh] = this.view();
     let x0 = vx, y0 = vy, x1 = vx + vw, y1 = vy + vh;
-    for (const n of this.app.graph._nodes) {
+    for (const n of this.app.lgcanvas.graph._nodes) { // the graph shown
       const b = n.boundingRect;
       x0 = Math.min(x0, b[0]);
       y0 = Math.min(y0, b[1]);
@@ -64,7 +64,7 @@ export class Minimap {
     const at = (x, y) => [PAD + (x - x0) * scale, PAD + (y - y0) * scale];
     const style = getComputedStyle(el);
     const plain = style.getPropertyValue("--muted").trim() || LiteGraph.NODE_DEFAULT_BGCOLOR;
-    for (const n of this.app.graph._nodes) {
+    for (const n of this.app.lgcanvas.graph._nodes) { // the graph shown
       const b = n.boundingRect;
       const [x, y] = at(b[0], b[1]);
       ctx.fillStyle = n.bgcolor || plain; // a node's own colour, else one that shows on the panel

@@ -224,6 +224,7 @@ function statusBadge(node) {
   if (!st || !BADGES[st]) return new LGraphBadge({ text: "" });
   const spec = { ...BADGES[st] };
   if (st === "done") spec.text = node.chisel.seconds != null ? `${node.chisel.seconds.toFixed(2)} s` : "done";
+  if (st === "running" && node.chisel.activity) spec.text = node.chisel.activity; // "loading", "saving"
   return new LGraphBadge({ text: spec.text, bgColor: spec.bgColor, fgColor: "#fff" });
 }
 

@@ -91,7 +91,7 @@ export class Sidebar {
 
   // -- progress -------------------------------------------------------------------------------------
   setRunning(info) {
-    // info: null (idle) or {title, value, max, prompt}
+    // info: null (idle) or {title, value, max, activity, stage, note}
     const p = this.progress;
     if (!info) {
       p.classList.add("idle");
@@ -102,7 +102,11 @@ export class Sidebar {
     }
     p.classList.remove("idle");
     $("#progress-title").textContent = info.title;
-    if (info.max) {
+    if (info.max && info.activity) {
+      // a stage of a load (or a save): "loading: building the UNet (3 of 8)"
+      $("#progress-step").textContent = `${info.activity}${info.stage ? `: ${info.stage}` : ""} (${info.value + 1} of ${info.max})`;
+      $("#progress-fill").style.width = `${Math.round((100 * info.value) / info.max)}%`;
+    } else if (info.max) {
       $("#progress-step").textContent = `step ${info.value} of ${info.max}`;
       $("#progress-fill").style.width = `${Math.round((100 * info.value) / info.max)}%`;
     } else {

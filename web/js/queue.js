@@ -80,7 +80,7 @@ export class Runner {
 
   moveSeeds() {
     let changed = false;
-    for (const node of this.app.graph._nodes) {
+    for (const node of this.app.allNodes()) {
       for (const ctl of node.widgets || []) {
         if (!ctl.chiselControlFor || ctl.value === "fixed") continue;
         const w = node.widgets.find((x) => x.name === ctl.chiselControlFor);

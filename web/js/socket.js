@@ -74,6 +74,7 @@ export class RunEvents {
     app.running = { prompt_id: d.prompt_id, node_id: d.node_id };
     if (n?.chisel) {
       n.chisel.status = "running";
+      n.chisel.activity = null;
       n.progress = 0;
     }
     app.sidebar.setRunning({ title: n ? n.title : `node ${d.node_id}`, note: "running" });
@@ -81,9 +82,12 @@ export class RunEvents {
   }
 
   progress(d) {
+    // d.activity: what the node does when it is not plain running ("loading" a model, "saving"); d.stage: what now
     const n = this.node(d.node_id);
     if (n) n.progress = d.max ? Math.min(1, d.value / d.max) : 0;
-    this.app.sidebar.setRunning({ title: n ? n.title : `node ${d.node_id}`, value: d.value, max: d.max });
+    if (n?.chisel) n.chisel.activity = d.activity || null;
+    this.app.sidebar.setRunning({ title: n ? n.title : `node ${d.node_id}`, value: d.value, max: d.max,
+                                  activity: d.activity, stage: d.stage });
     this.redraw();
   }
 
@@ -136,7 +140,7 @@ export class RunEvents {
 
   finished(d) {
     const app = this.app;
-    for (const node of app.graph._nodes) {
+    for (const node of app.allNodes()) {
       if (node.chisel?.status === "running") node.chisel.status = d.status === "success" ? "done" : null;
       node.progress = 0;
       if (node.chisel?.previewUrl) {

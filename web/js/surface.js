@@ -5,8 +5,18 @@ import { MissingNode } from "./nodes.js";
 import { graphToWorkflow } from "./format.js";
 import { graphRectToClient } from "./widgets.js";
 
+/** A node of the graph the canvas shows (a subgraph's inside when one is open), else of the workflow. */
+function onCanvas(app, id) {
+  const shown = app.lgcanvas.graph;
+  if (shown !== app.graph) {
+    const n = shown.getNodeById(/^[1-9]\d{0,14}$/.test(String(id)) ? Number(id) : String(id));
+    if (n) return n;
+  }
+  return app.nodeFor(id);
+}
+
 function slotClient(app, id, kind, name) {
-  const node = app.nodeFor(id);
+  const node = onCanvas(app, id);
   if (!node) return null;
   let p;
   if (kind === "output") {
@@ -33,7 +43,7 @@ export function testSurface(app) {
     ready: false,
     workflow: () => graphToWorkflow(app.graph),
     load: (wf) => app.loadWorkflow(wf),
-    nodes: () => app.graph._nodes.map((n) => ({
+    nodes: () => app.lgcanvas.graph._nodes.map((n) => ({ // the graph shown (a subgraph when one is open)
       id: String(n.id), type: n.type, title: n.title, pos: [...n.pos], size: [...n.size],
       status: n.chisel?.status ?? null, mode: n.mode ?? 0, collapsed: !!n.flags?.collapsed, color: n.color ?? null,
       errors: (n.chisel?.errors || []).map((e) => ({ ...e })),
@@ -42,7 +52,7 @@ export function testSurface(app) {
     })),
     slotPos: (id, kind, name) => slotClient(app, id, kind, name),
     widgetPos: (id, name) => {
-      const n = app.nodeFor(id);
+      const n = onCanvas(app, id);
       const w = n?.widgets?.find((x) => x.name === name);
       if (!w) return null;
       const h = w.computedHeight ? w.computedHeight / 2 - 2 : 10;
@@ -50,7 +60,7 @@ export function testSurface(app) {
       return [r.left, r.top];
     },
     titlePos: (id) => {
-      const n = app.nodeFor(id);
+      const n = onCanvas(app, id);
       if (!n) return null;
       // well right of the collapse dot, whatever the zoom
       const r = graphRectToClient(app.lgcanvas, n.pos[0] + Math.min(n.size[0] / 2, 80), n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT / 2, 0, 0);
