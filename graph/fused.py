@@ -10,7 +10,8 @@ For each node, the runs that need it are grouped by cache key:
 - otherwise each computation runs alone, with its own run's context (events, ``extra``, file names).
 
 Each run keeps its own events, errors, timings, interrupt and result, as if it ran alone. An interrupt of one run
-stops a shared or batched call; the other runs then redo that node without it.
+stops a shared or batched call; the other runs then redo that node without it (still as one batch when several
+remain, so an interrupt costs the others one restart of the node, not their batching).
 """
 from __future__ import annotations
 
@@ -73,14 +74,29 @@ def _stop(engine: "Engine", s: _State, nid: str, message: str, ui: dict | None =
     s.active = False
 
 
+def _without_interrupted(engine: "Engine", nid: str, groups: list[list[_State]],
+                         elapsed: float) -> list[list[_State]] | None:
+    """After a batched call was interrupted: stop the runs whose interrupt is set and return the groups of the
+    others (None when no run's interrupt is set)."""
+    if not any(s.run.interrupt.is_set() for g in groups for s in g):
+        return None
+    for g in groups:
+        for s in g:
+            if s.run.interrupt.is_set():
+                s.result.timings[nid] = elapsed
+                _stop(engine, s, nid, "interrupted while running")
+    return [kept for kept in ([s for s in g if s.active] for g in groups) if kept]
+
+
 def _run_node(engine: "Engine", nid: str, groups: list[list[_State]]) -> None:
     cls = groups[0][0].run.plan.nodes[nid].cls
     announced: set[int] = set()
-    if len(groups) > 1 and has_batched_form(cls):
+    while len(groups) > 1 and has_batched_form(cls):
         for g in groups:
             for s in g:
-                engine._announce(s.run, s.result, nid, s.keys[nid])
-                announced.add(id(s))
+                if id(s) not in announced:
+                    engine._announce(s.run, s.result, nid, s.keys[nid])
+                    announced.add(id(s))
         started = time.perf_counter()
         outs = None
         try:
@@ -91,6 +107,16 @@ def _run_node(engine: "Engine", nid: str, groups: list[list[_State]]) -> None:
                 if len(outs) != len(groups):
                     raise RuntimeError(f"{cls.type}.run_batch returned {len(outs)} results for {len(groups)} calls")
                 outs = [engine._normalize(cls, out) for out in outs]
+        except Interrupted as exc:
+            rest = _without_interrupted(engine, nid, groups, time.perf_counter() - started)
+            if rest is None:  # nobody's interrupt is set: run each alone, as after any other failure
+                log.info("%s (node %s): the batch of %d failed (%s: %s); running each alone", cls.type, nid,
+                         len(groups), type(exc).__name__, exc)
+                break
+            log.info("%s (node %s): interrupted in a batch of %d; the %d other calls go on", cls.type, nid,
+                     len(groups), len(rest))
+            groups = rest  # the batch again, without the interrupted runs
+            continue
         except Exception as exc:  # noqa: BLE001 - each call is retried alone, where its error is its own
             log.info("%s (node %s): the batch of %d failed (%s: %s); running each alone", cls.type, nid, len(groups),
                      type(exc).__name__, exc)
@@ -101,6 +127,7 @@ def _run_node(engine: "Engine", nid: str, groups: list[list[_State]]) -> None:
                 for s in g:
                     engine._record_done(s.run, s.result, nid, s.keys[nid], s.values, outputs, ui, elapsed)
             return
+        break
     pending = list(groups)
     while pending:
         group = pending.pop(0)

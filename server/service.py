@@ -24,7 +24,7 @@ from .errors import ApiError
 from .files import ThumbCache
 from .hub import Hub
 from .batching import BatchPolicy
-from .worker import FileWriter, Worker
+from .worker import FileWriter, Worker, finish_journaled
 
 log = logging.getLogger("chisel.server")
 
@@ -71,7 +71,8 @@ class ChiselServer:
         self.registry, self.engine, self.services = registry, engine, services
         self.config = config or ServerConfig()
         self.paths = engine.paths
-        self.writer = FileWriter(self.config.writer_threads, max_per_prompt=self.config.max_images_per_prompt)
+        self.writer = FileWriter(self.config.writer_threads, max_per_prompt=self.config.max_images_per_prompt,
+                                 hold=True)
         if services is not None:
             services.file_writer = self.writer
         self.hub = Hub(self.queue_snapshot, debug=self.config.debug, throttle=self.config.queue_throttle)
@@ -93,6 +94,9 @@ class ChiselServer:
         self.store = S.Store(self.db_path, max_queue=self.config.max_queue, max_history=self.config.max_history,
                              max_age=self.config.history_max_age,
                              on_drop=self.delete_files if self.config.history_delete_files else None)
+        finished = await asyncio.to_thread(finish_journaled, self.store)  # before .part files are cleared
+        if finished:
+            log.warning("recorded %s: finished, their files being published, at an unclean stop", finished)
         self.recovered = self.store.recover()
         await asyncio.to_thread(self.clean_folders, True)
         await asyncio.to_thread(self.store.prune)

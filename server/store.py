@@ -50,6 +50,9 @@ CREATE TABLE IF NOT EXISTS prompts (
 );
 CREATE INDEX IF NOT EXISTS prompts_queue ON prompts(status, priority, number);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- prompts whose run is over and whose files are being published (see journal()): their result, then their files
+CREATE TABLE IF NOT EXISTS finishing (prompt_id TEXT PRIMARY KEY, status TEXT NOT NULL, result TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS staged_files (prompt_id TEXT NOT NULL, tmp TEXT NOT NULL, path TEXT NOT NULL);
 """
 
 _LIGHT = "number, prompt_id, priority, status, client_id, created, started, finished, attempts"
@@ -230,13 +233,39 @@ class Store:
         with self._tx() as db:
             db.execute(f"UPDATE prompts SET status=?, started=NULL, attempts={used} "
                        "WHERE prompt_id=? AND status=?", (QUEUED, prompt_id, RUNNING))
+            db.execute("DELETE FROM finishing WHERE prompt_id=?", (prompt_id,))
+            db.execute("DELETE FROM staged_files WHERE prompt_id=?", (prompt_id,))
 
     def finish(self, prompt_id: str, status: str, result: dict[str, Any]) -> None:
+        """Record a prompt's result (and forget its :meth:`journal`)."""
         with self._tx() as db:
             db.execute("UPDATE prompts SET status=?, finished=?, result=? WHERE prompt_id=?",
                        (status, time.time(), json.dumps(result, default=repr), prompt_id))
+            db.execute("DELETE FROM finishing WHERE prompt_id=?", (prompt_id,))
+            db.execute("DELETE FROM staged_files WHERE prompt_id=?", (prompt_id,))
             dropped = self._prune(db)
         self._dropped(dropped)
+
+    def journal(self, prompt_id: str, status: str, result: dict[str, Any], staged: list[tuple[str, str]]) -> None:
+        """Before a finished prompt's files go under their final names: its result and its files as (temporary
+        name, final name), in one transaction. The prompt stays ``running`` until :meth:`finish`; a server killed in
+        between publishes the files and records the result at its next start (:meth:`journaled`) instead of
+        running the prompt again."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO finishing (prompt_id, status, result) VALUES (?, ?, ?)",
+                       (prompt_id, status, json.dumps(result, default=repr)))
+            db.execute("DELETE FROM staged_files WHERE prompt_id=?", (prompt_id,))
+            db.executemany("INSERT INTO staged_files (prompt_id, tmp, path) VALUES (?, ?, ?)",
+                           [(prompt_id, tmp, path) for tmp, path in staged])
+
+    def journaled(self) -> list[tuple[str, str, dict[str, Any], list[tuple[str, str]]]]:
+        """(prompt id, status, result, staged files) of every prompt :meth:`journal` left unfinished."""
+        with self._tx() as db:
+            rows = db.execute("SELECT prompt_id, status, result FROM finishing ORDER BY rowid").fetchall()
+            files: dict[str, list[tuple[str, str]]] = {}
+            for pid, tmp, path in db.execute("SELECT prompt_id, tmp, path FROM staged_files ORDER BY rowid"):
+                files.setdefault(pid, []).append((tmp, path))
+        return [(pid, status, json.loads(result), files.get(pid, [])) for pid, status, result in rows]
 
     def prune(self) -> int:
         """Apply the retention limits now (entries age while nothing finishes); return how many were dropped."""

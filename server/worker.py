@@ -14,9 +14,13 @@ Saving nodes take part through :class:`FileWriter`, offered to every node as ``c
     writer.submit(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 ``submit`` reserves ``path`` at once (``FileExistsError`` if it exists or another write is pending for it: take
-the next counter), then runs ``write(tmp)`` on a writer thread, fsyncs, and renames ``tmp`` to ``path``. The
-prompt's history entry turns ``success`` only when all its files are on disk; ``/view`` of a file still being
-written waits for it.
+the next counter), then runs ``write(tmp)`` on a writer thread and fsyncs it: the file is *staged*. When all of a
+prompt's files are staged, the finisher records its result together with the staged names in one transaction, then
+links each to its final name (:meth:`FileWriter.publish`), then records the prompt as finished and sends
+``finished`` (so its history entry turns ``success`` only when its files are in place). A SIGKILL before the journal
+leaves no file under a final name (the prompt is re-run once and writes it once); one after it leaves the journal to
+the next start, which publishes the files and records the result (:func:`finish_journaled`): a prompt never
+completes twice. ``/view`` of a file not yet published waits for it.
 """
 from __future__ import annotations
 
@@ -31,8 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from graph import errors as E
 from graph import events as ev
-from graph.atomic_files import write_atomically
+from graph import atomic_files
 from graph.engine import RunResult
 from graph.errors import ChiselError
 
@@ -71,12 +76,17 @@ class PendingWrite:
 
 
 class FileWriter:
-    """Writes files on background threads; paths are reserved from submission until the file is in place."""
+    """Writes files on background threads; paths are reserved from submission until the file is published (or
+    discarded). ``hold``: the files of a prompt (between :meth:`begin` and :meth:`end`) stay staged until
+    :meth:`publish` (the server's worker records the prompt first); otherwise each is published once written. The
+    future :meth:`submit` returns gives the staged (temporary) name."""
 
-    def __init__(self, threads: int = 2, max_pending: int = 64, max_per_prompt: int | None = None):
-        self.max_per_prompt = max_per_prompt
+    def __init__(self, threads: int = 2, max_pending: int = 64, max_per_prompt: int | None = None,
+                 hold: bool = False):
+        self.max_per_prompt, self.hold = max_per_prompt, hold
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="chisel-writer")
-        self._pending: dict[str, Future] = {}
+        self._pending: dict[str, Future] = {}  # reserved path -> published (or failed / discarded)
+        self._staged: dict[str, Path] = {}  # reserved path -> its staged temporary file
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_pending)  # back-pressure: RAM held by queued images is bounded
         self._batches: dict[str, list[PendingWrite]] | None = None  # prompt id -> its writes
@@ -99,30 +109,73 @@ class FileWriter:
             with self._lock:
                 if key in self._pending or os.path.lexists(path):
                     raise FileExistsError(str(path))
-                future: Future = Future()
-                self._pending[key] = future
+                self._pending[key] = Future()
         except BaseException:
             self._slots.release()
             raise
+        future: Future = Future()
         if batch is not None:
             batch.append(PendingWrite(path, self.node_id, future))
-        self._pool.submit(self._write, path, key, write, future)
+        # a write of no prompt (outside begin/end) has nobody to publish it: published as soon as it is staged
+        self._pool.submit(self._write, path, key, write, future, batch is None or not self.hold)
         return future
 
-    def _write(self, path: Path, key: str, write: Callable[[Path], Any], future: Future) -> None:
+    def _write(self, path: Path, key: str, write: Callable[[Path], Any], future: Future, publish: bool) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomically(path, write)
+            tmp = atomic_files.stage(path, write)
+            with self._lock:
+                self._staged[key] = tmp
+            if publish:
+                self.publish(path)
         except BaseException as exc:
+            self._release(key, exc)
             future.set_exception(exc)
         else:
-            future.set_result(path)
+            future.set_result(tmp)
         finally:
-            with self._lock:
-                self._pending.pop(key, None)
             self._slots.release()
 
+    def staged(self, path: str | Path) -> Path | None:
+        """The staged temporary file of ``path`` (None: not staged here, e.g. failed or written elsewhere)."""
+        with self._lock:
+            return self._staged.get(self._key(Path(path)))
+
+    def publish(self, path: str | Path) -> None:
+        """Link the staged file of ``path`` to ``path`` (nothing when it is not staged here); raises what linking
+        raised (the staged file is gone either way)."""
+        key = self._key(Path(path))
+        with self._lock:
+            tmp = self._staged.pop(key, None)
+        if tmp is None:
+            return
+        try:
+            atomic_files.publish(tmp, Path(path))
+        except BaseException as exc:
+            self._release(key, exc)
+            raise
+        self._release(key)
+
+    def discard(self, path: str | Path) -> None:
+        """Drop the staged file of ``path`` (a prompt that will run again writes its own)."""
+        key = self._key(Path(path))
+        with self._lock:
+            tmp = self._staged.pop(key, None)
+        if tmp is not None:
+            atomic_files.discard(tmp)
+            self._release(key, FileNotFoundError(str(path)))
+
+    def _release(self, key: str, exc: BaseException | None = None) -> None:
+        with self._lock:
+            done = self._pending.pop(key, None)
+        if done is not None:
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
+
     def pending(self, path: str | Path) -> Future | None:
+        """A future that is done once ``path`` is published (or will not be): None when nothing is pending."""
         with self._lock:
             return self._pending.get(self._key(Path(path)))
 
@@ -200,6 +253,7 @@ class Worker:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self.current: list[_Current] = []  # the prompts running now (several when batched)
+        self._asked: set[str] = set()  # running prompts a client asked to interrupt (a graceful stop does not requeue)
         self._free_requests: list[tuple[bool, bool, Future]] = []
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chisel-finisher")
         self._thread = threading.Thread(target=self._loop, name="chisel-worker", daemon=True)
@@ -218,6 +272,7 @@ class Worker:
             hit = [c for c in self.current if prompt_id is None or c.prompt_id == prompt_id]
             for cur in hit:
                 cur.interrupt.set()
+                self._asked.add(cur.prompt_id)
             return hit[0].prompt_id if hit else None
 
     def running(self) -> str | None:
@@ -307,9 +362,12 @@ class Worker:
         batch = [cur.prompt_id for cur in curs]
         for item, result in zip(items, results):
             pid = item["prompt_id"]
-            if self._stopping.is_set() and result.status == "interrupted":
-                for w in writes.get(pid, []):  # let what was written land, then hand the prompt back to the queue
+            asked = pid in self._asked
+            self._asked.discard(pid)
+            if self._stopping.is_set() and result.status == "interrupted" and not asked:
+                for w in writes.get(pid, []):  # drop what it wrote (its re-run writes its own), then requeue it
                     _wait(w.future)
+                    self.writer.discard(w.path)
                 self.store.requeue(pid)
                 self.notify("queue", None)
                 continue
@@ -325,6 +383,8 @@ class Worker:
         def on_event(event: ev.Event) -> None:
             if event.type == ev.FINISHED:
                 return  # the finisher sends `finished` once the prompt's files and record are on disk
+            if event.type == ev.INTERRUPTED and not self._stopping.is_set():
+                self._journal_interrupt(pid, event.node_id)
             if event.type == ev.EXECUTING:
                 self.writer.node_id = event.node_id
                 self.writer.prompt_id = pid
@@ -332,6 +392,18 @@ class Worker:
             self.notify("event", event_payload(event, pid, client, node_types, wants, self.preview_max_size))
 
         return on_event
+
+    def _journal_interrupt(self, prompt_id: str, node_id: str | None) -> None:
+        """An interrupt has stopped ``prompt_id`` (a prompt of a batch is recorded only when the batch is over):
+        journal it as interrupted at once, so that a kill meanwhile does not run it again."""
+        error = ChiselError(E.INTERRUPTED, "interrupted (the server stopped before the rest of the prompt's result "
+                            "was recorded)", node_id=node_id)
+        try:
+            self.store.journal(prompt_id, S.INTERRUPTED, {"outputs": {}, "timings": {}, "errors": [error.to_dict()],
+                                                          "resolved": {}, "executed": [], "cached": [],
+                                                          "skipped": []}, [])
+        except Exception:
+            log.exception("could not journal the interrupt of prompt %s", prompt_id)
 
     def _finish_when_written(self, item: dict[str, Any], result: RunResult, writes: list[PendingWrite]) -> None:
         """Finish the prompt once its own files are written (prompts with nothing left to write finish at once,
@@ -356,11 +428,13 @@ class Worker:
     def _finish(self, item: dict[str, Any], result: RunResult, writes: list[PendingWrite]) -> None:
         pid = item["prompt_id"]
         errors = [e.to_dict() for e in result.errors]
+        staged: list[PendingWrite] = []
         for w in writes:
             exc = _wait(w.future)
             if exc is not None:
-                errors.append(ChiselError("write_failed", f"could not write {w.path.name}: {type(exc).__name__}: {exc}",
-                                          node_id=w.node_id, value=str(w.path)).to_dict())
+                errors.append(_write_error(w, exc))
+            elif self.writer.staged(w.path) is not None:
+                staged.append(w)
         status = result.status
         if status == "success" and len(errors) > len(result.errors):
             status = S.ERROR
@@ -370,6 +444,21 @@ class Worker:
         if item.get("batch"):
             payload["batch"] = item["batch"]  # the prompts it was sampled with (itself included), in order
         self._annotate(pid, payload)
+        if staged:  # the result and the staged names first, then the files under their final names
+            try:
+                self.store.journal(pid, status, payload, [(str(self.writer.staged(w.path)), str(w.path))
+                                                          for w in staged])
+            except Exception:
+                log.exception("could not journal the result of prompt %s", pid)
+            failed = []
+            for w in staged:
+                try:
+                    self.writer.publish(w.path)
+                except Exception as exc:  # noqa: BLE001 - e.g. the folder went read-only since the file was written
+                    failed.append(_write_error(w, exc))
+            if failed:
+                payload["errors"] = errors = errors + failed
+                status = S.ERROR
         try:
             self.store.finish(pid, status, payload)
         except Exception:
@@ -380,6 +469,37 @@ class Worker:
 
     def _annotate(self, prompt_id: str, payload: dict[str, Any]) -> None:
         """Add to a prompt's recorded result (the cluster records which worker ran it and any retry)."""
+
+
+def _write_error(w: PendingWrite, exc: BaseException) -> dict[str, Any]:
+    return ChiselError("write_failed", f"could not write {w.path.name}: {type(exc).__name__}: {exc}",
+                       node_id=w.node_id, value=str(w.path)).to_dict()
+
+
+def finish_journaled(store: S.Store) -> list[str]:
+    """At start, before the prompts left running are re-queued: the prompts a kill caught between their journal and
+    their record get their staged files published (their final names are free: nothing has run since) and their
+    result recorded; return their ids."""
+    done = []
+    for pid, status, result, staged in store.journaled():
+        failed = []
+        for tmp, path in staged:
+            try:
+                if os.path.exists(path) and os.path.exists(tmp) and os.path.samefile(tmp, path):
+                    atomic_files.discard(Path(tmp))  # linked before the kill, the temporary name not yet removed
+                elif os.path.exists(tmp):
+                    atomic_files.publish(Path(tmp), Path(path))
+                elif not os.path.exists(path):
+                    raise FileNotFoundError(f"its staged file {Path(tmp).name} is gone")
+            except OSError as exc:
+                failed.append(ChiselError("write_failed", f"could not write {Path(path).name}: {type(exc).__name__}: "
+                                          f"{exc}", value=path).to_dict())
+        if failed:
+            result = dict(result, errors=list(result.get("errors") or []) + failed)
+            status = S.ERROR
+        store.finish(pid, status, result)
+        done.append(pid)
+    return done
 
 
 def _wait(future: Future) -> BaseException | None:

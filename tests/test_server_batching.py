@@ -140,7 +140,7 @@ def test_batched_prompts_get_their_own_images_fail_alone_and_stop_alone(tmp_path
                 print(f"\nbatched vs alone: {identical}/{len(GOOD) + 1} PNGs byte-identical; "
                       f"{changed} values differ (at most {worst} level)")
 
-                # interrupting one prompt of a running batch: the others finish (each then runs alone)
+                # interrupting one prompt of a running batch: the others finish (sampled again as one batch)
                 ids = ["q0", "q1", "q2"]
                 await queue_behind_a_blocker(s, "blocker2", {pid: workflow(40 + i, TEXTS[i], pid, steps=10,
                                                                           sampler="euler")

@@ -293,8 +293,9 @@ class ClusterWorker(Worker):
         self._ran_on[pid] = {"worker": slot.index, "host": slot.info.get("host"), "device": slot.info.get("device")}
         self._avoid.pop(pid, None)
         if self._stopping.is_set() and result.status == "interrupted":
-            for w in writes:
+            for w in writes:  # dropped: its re-run writes its own
                 _wait(w.future)
+                self.writer.discard(w.path)
             self.store.requeue(pid)
             self.notify("queue", None)
             return
@@ -334,7 +335,11 @@ class ClusterWorker(Worker):
         slot.state, slot.models = STARTING, set()
         slot.restarts += 1
         for w in writes:  # files the lost attempt had sent land (their names are unique); the re-run writes its own
-            _wait(w.future)
+            if _wait(w.future) is None:
+                try:
+                    self.writer.publish(w.path)
+                except OSError:
+                    log.warning("could not publish %s of the lost attempt at %s", w.path.name, pid)
         if self._stopping.is_set():
             self.store.requeue(pid)
             return
