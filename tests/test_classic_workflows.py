@@ -391,7 +391,7 @@ def test_save_image_uses_the_background_writer_when_offered(tmp_path):
     (tmp_path / "chisel_00001_.png").write_bytes(b"")
     writer = Writer()
     services = SimpleNamespace(paths=SimpleNamespace(dir=lambda kind: tmp_path), file_writer=writer)
-    ctx = SimpleNamespace(services=services, workflow={"nodes": {}}, registry=None)
+    ctx = SimpleNamespace(services=services, workflow={"nodes": {}}, registry=None, check_interrupted=lambda: None)
     out = SaveImage().run(ctx, torch.rand(2, 8, 8, 3), "chisel")
     names = [f["filename"] for f in out.ui["images"]]
     assert names == ["chisel_00003_.png", "chisel_00004_.png"]  # 1 on disk, 2 pending in the writer

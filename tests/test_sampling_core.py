@@ -99,7 +99,7 @@ def test_calculate_input_and_denoised_eps_and_v():
     msv = ModelSampling(prediction_type="v_prediction")
     torch.testing.assert_close(msv.calculate_denoised(sigma, v, x), x0)
     with pytest.raises(ValueError):
-        ModelSampling(prediction_type="sample")
+        ModelSampling(prediction_type="noise_squared")
 
 
 def test_noise_scaling():

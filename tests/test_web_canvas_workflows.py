@@ -84,7 +84,8 @@ def test_save_as_open_rename_delete_and_bad_names(page, saved_dir):
     assert tabs(page) == [{"name": "txt2img", "saved": "", "active": True, "modified": False}]
     seven = page.js("chisel.nodes().length")
     panel = open_browser(page)
-    # bundled workflows are listed, saved ones are not there yet
+    # bundled workflows are listed (the lists fill in once the server answers), saved ones are not there yet
+    panel.get_by_role("button", name="Open bundled").first.wait_for(timeout=15000)
     assert panel.get_by_role("button", name="Open bundled").count() >= 10
     assert saved_names(panel) == []
 
