@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from test_web_canvas import REPO, Page, Server, provide_checkpoint
+from test_web_canvas import REPO, Page, provide_checkpoint
+from test_web_canvas import browser, page, server  # noqa: F401 (fixtures: the module's own root)
 
 pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -24,32 +25,6 @@ def root(tmp_path_factory):
     # a checkpoint file that exists (so the workflow validates) but cannot be read: the run fails at once
     (root / "models" / "checkpoints" / "broken.safetensors").write_bytes(b"not a checkpoint" * 8)
     return root
-
-
-@pytest.fixture(scope="module")
-def server(root):
-    srv = Server(root)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from test_web_canvas import CHROMIUM, LAUNCH_ARGS
-
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser, server):
-    p = Page(browser, server.url)
-    yield p
-    errors = list(p.errors)
-    p.close()
-    assert not errors, "console errors:\n" + "\n".join(errors)
 
 
 def txt2img(steps: int = 2) -> dict:

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from test_web_canvas import REPO, Page, Server, provide_checkpoint
+from test_web_canvas import browser, server  # noqa: F401 (fixtures: the module's own root)
 
 pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -23,23 +24,6 @@ def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("canvas-settings-root")
     provide_checkpoint(root)
     return root
-
-
-@pytest.fixture(scope="module")
-def server(root):
-    srv = Server(root)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from test_web_canvas import CHROMIUM, LAUNCH_ARGS
-
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from test_web_canvas import Page
+from test_web_canvas import browser, page, server  # noqa: F401 (fixtures: the module's own root)
 from test_web_canvas_edit import open_workflow, select, with_upscale_and_preview
 
 pytestmark = pytest.mark.browser
@@ -21,34 +22,6 @@ def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("canvas-subgraph-root")
     provide_checkpoint(root)
     return root
-
-
-@pytest.fixture(scope="module")
-def server(root):
-    from test_web_canvas import Server
-
-    srv = Server(root)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from test_web_canvas import CHROMIUM, LAUNCH_ARGS
-
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser, server):
-    p = Page(browser, server.url)
-    yield p
-    errors = list(p.errors)
-    p.close()
-    assert not errors, "console errors:\n" + "\n".join(errors)
 
 
 def export_ui(page: Page) -> dict:

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from test_web_canvas import Page, Server, provide_checkpoint
+from test_web_canvas import browser, server  # noqa: F401 (fixtures: the module's own root)
 
 pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -20,23 +21,6 @@ def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("canvas-workflows-root")
     provide_checkpoint(root)
     return root
-
-
-@pytest.fixture(scope="module")
-def server(root):
-    srv = Server(root)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from test_web_canvas import CHROMIUM, LAUNCH_ARGS
-
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture
