@@ -45,6 +45,27 @@ async def _wait_all(s: aiohttp.ClientSession, pids: list[str], timeout: float = 
     raise AssertionError(f"not all finished: {entries}")
 
 
+async def _until_paused(root, pid: str) -> None:
+    """Wait until the test plug-in has paused the server's finisher for ``pid`` (it leaves a marker file)."""
+    deadline = time.monotonic() + 60
+    while not list(root.rglob(f"paused-{pid}")):
+        assert time.monotonic() < deadline, "the finisher never reached the pause"
+        await asyncio.sleep(0.02)
+
+
+def _entry_after_restart(root, pid: str) -> dict:
+    """Start the server again on ``root``, wait for ``pid`` to be finished, stop cleanly; its history entry."""
+    server = ServeProcess(root)
+    try:
+        async def after():
+            async with aiohttp.ClientSession(server.url) as s:
+                return (await _wait_all(s, [pid]))[pid]
+
+        return asyncio.run(after())
+    finally:
+        assert server.stop() == 0
+
+
 def test_sigkill_while_running_then_restart(tmp_path):
     root = make_root(tmp_path)
     server = ServeProcess(root)
@@ -261,10 +282,7 @@ def test_sigkill_while_a_prompt_is_being_recorded_neither_loses_nor_repeats_its_
             async with aiohttp.ClientSession(server.url) as s:
                 r = await s.post("/v1/prompts", json={"workflow": saving_chain(5), "prompt_id": pid})
                 assert r.status == 200, await r.text()
-                deadline = time.monotonic() + 60
-                while not list(root.rglob(f"paused-{pid}")):
-                    assert time.monotonic() < deadline, "the finisher never reached the pause"
-                    await asyncio.sleep(0.02)
+                await _until_paused(root, pid)
 
         asyncio.run(before())
         server.kill()
@@ -275,15 +293,7 @@ def test_sigkill_while_a_prompt_is_being_recorded_neither_loses_nor_repeats_its_
     assert [p.name for p in (root / "output").iterdir() if not p.name.startswith(".")] == []
     assert [p.name for p in (root / "output").iterdir() if p.name.endswith(".part")]
 
-    server = ServeProcess(root)
-    try:
-        async def after():
-            async with aiohttp.ClientSession(server.url) as s:
-                return (await _wait_all(s, [pid]))[pid]
-
-        entry = asyncio.run(after())
-    finally:
-        assert server.stop() == 0
+    entry = _entry_after_restart(root, pid)
     assert entry["status"] == "success"
     assert entry["attempts"] == (2 if point == "before-record" else 1)  # re-run once / not run again
     [ref] = entry["outputs"]["3"]["images"]
@@ -342,10 +352,7 @@ def test_an_interrupt_the_server_acknowledged_survives_a_sigkill(tmp_path):
                 await _wait_running(s, pid)
                 r = await s.post("/v1/interrupt", json={"prompt_id": pid})
                 assert (await r.json())["interrupted"] == pid
-                deadline = time.monotonic() + 60
-                while not list(root.rglob(f"paused-{pid}")):
-                    assert time.monotonic() < deadline, "the finisher never reached the pause"
-                    await asyncio.sleep(0.02)
+                await _until_paused(root, pid)
 
         asyncio.run(before())
         server.kill()
@@ -353,15 +360,7 @@ def test_an_interrupt_the_server_acknowledged_survives_a_sigkill(tmp_path):
         if server.proc.poll() is None:
             server.kill()
 
-    server = ServeProcess(root)
-    try:
-        async def after():
-            async with aiohttp.ClientSession(server.url) as s:
-                return (await _wait_all(s, [pid]))[pid]
-
-        entry = asyncio.run(after())
-    finally:
-        assert server.stop() == 0
+    entry = _entry_after_restart(root, pid)
     assert entry["status"] == "interrupted" and entry["attempts"] == 1, entry
     assert entry["errors"][0]["kind"] == "interrupted" and entry["errors"][0]["node_id"] == "2"
     assert list((root / "output").iterdir()) == []
