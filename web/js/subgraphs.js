@@ -82,7 +82,7 @@ function outputLink(sg, k) {
 }
 
 function defFromGraph(sg, scopeFn) {
-  const { nodes, layoutNodes, modes } = scopeFn(sg);
+  const { nodes, layoutNodes, modes, extras } = scopeFn(sg);
   for (const [id, mode] of Object.entries(modes)) if (layoutNodes[id]) layoutNodes[id].mode = MODE_NAMES[mode];
   const bounds = (io) => [...io.boundingRect].map(round1);
   return {
@@ -90,7 +90,7 @@ function defFromGraph(sg, scopeFn) {
     inputs: sg.inputs.map((i) => ({ name: i.name, type: String(i.type ?? "*") })),
     outputs: sg.outputs.map((o, k) => ({ name: o.name, type: String(o.type ?? "*"), link: outputLink(sg, k) })),
     input_node: bounds(sg.inputNode), output_node: bounds(sg.outputNode),
-    nodes, layout: layoutNodes,
+    nodes, layout: layoutNodes, ...(extras || {}), // its groups, notes and reroute dots
   };
 }
 
@@ -265,7 +265,7 @@ export function scopesOf(saved) {
 }
 
 /** Create the subgraph definitions in the (cleared) root graph and fill each with its nodes. */
-export function buildSubgraphs(graph, defs, populate, problems) {
+export function buildSubgraphs(graph, defs, populate, decorate, problems) {
   const made = [];
   for (const d of defs) {
     const io = (b, x) => ({ bounding: Array.isArray(b) && b.length === 4 ? b.map(Number) : [x, 0, 120, 60] });
@@ -289,6 +289,7 @@ export function buildSubgraphs(graph, defs, populate, problems) {
       if (src && i >= 0 && src.outputs[i]) sg.outputs[k].connect(src.outputs[i], src);
       else problems.push({ text: `the output “${o.name}” of subgraph “${sg.name}” could not be connected.` });
     });
+    decorate(sg, d, created); // its groups, notes and reroute dots
   }
 }
 
