@@ -198,6 +198,8 @@ def drawn_subgraphs(flat: Any, registry: Any, ids: dict[str, str], node_layout: 
         lay = dict(node_layout(node.ui))
         lay["subgraph"] = node.ui.type
         lay["inputs"] = {}
+        if node.ui.mode in MODE_NAMES:  # the subgraph node itself bypassed or muted
+            lay["mode"] = MODE_NAMES[node.ui.mode]
         slots = by_id[node.ui.type]["inputs"]
         promoted = iter(node.ui.widgets_values if isinstance(node.ui.widgets_values, list) else [])
         for k, inp in enumerate(node.inputs[:len(slots)]):

@@ -377,3 +377,48 @@ def test_groups_notes_and_reroutes_inside_a_subgraph_are_saved_exported_and_rest
     page.page.wait_for_function("!chisel.app.lgcanvas.graph.isRootGraph")
     assert inside_extras(page) == want
     page.shot("48-subgraph-extras-reopened.png")
+
+
+def test_a_bypassed_subgraph_node_passes_its_input_through_and_a_muted_one_stops_what_it_feeds(page, server, root):
+    from test_web_canvas_edit import finished, saved_image_size
+
+    ids = open_workflow(page, root, with_upscale_and_preview(), "subgraph-modes")
+    upscale, save, decode, preview = ids["ImageScale"], ids["SaveImage"], ids["VAEDecode"], ids["PreviewImage"]
+    instance = convert(page, [upscale])  # a subgraph node IMAGE -> IMAGE
+    select(page, instance)
+    page.page.keyboard.press("Control+b")
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).mode === 4", arg=instance)
+    wf = page.js("chisel.workflow()")
+    # nothing inside runs; what it feeds takes its input of the same type; what was drawn stays in the layout
+    assert f"{instance}:{upscale}" not in wf["nodes"] and wf["layout"]["nodes"][instance]["mode"] == "bypass"
+    assert wf["nodes"][save]["inputs"]["images"] == {"node": decode, "output": "IMAGE"}
+    assert wf["layout"]["nodes"][save]["links"]["images"]["node"] == instance
+    page.shot("49-subgraph-bypassed.png")
+    page.page.click("#queue-btn")
+    run = finished(page, 1)
+    assert run["status"] == "success" and not [i for i in run["executed"] if i.startswith(f"{instance}:")]
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).images.length", arg=save)
+    assert saved_image_size(root, page, save) == (64, 64)  # not upscaled: the decode's image passed through
+    ui = export_ui(page)
+    assert [n["mode"] for n in ui["nodes"] if str(n["id"]) == instance] == [4]
+    converted = server.request("POST", "v1/workflow/convert", {"workflow": dict(ui, extra={})})["workflow"]
+    assert converted["nodes"] == wf["nodes"] and converted["layout"]["nodes"][instance]["mode"] == "bypass"
+
+    # Ctrl+M: muted, it and Save Image (fed only by it) do not run; Preview Image does
+    page.page.keyboard.press("Control+m")
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).mode === 2", arg=instance)
+    wf = page.js("chisel.workflow()")
+    assert wf["layout"]["nodes"][instance]["mode"] == "mute" and wf["outputs"] == [preview]
+    page.page.click("#queue-btn")
+    run = finished(page, 2)
+    assert run["status"] == "success" and save not in run["executed"] + run["cached"]
+    assert not [i for i in run["executed"] if i.startswith(f"{instance}:")]
+    ui = export_ui(page)
+    assert [n["mode"] for n in ui["nodes"] if str(n["id"]) == instance] == [2]
+    # the export opened again (and the page reloaded) keeps the subgraph node muted, and what runs
+    again = reopen(page, root, ui, "subgraph-modes-reopened")
+    assert again["nodes"] == wf["nodes"] and again["outputs"] == [preview] and page.node(instance)["mode"] == 2
+    page.page.wait_for_timeout(600)
+    page.page.reload()
+    page.ready()
+    assert page.node(instance)["mode"] == 2 and page.js("chisel.workflow()")["outputs"] == [preview]

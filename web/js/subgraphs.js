@@ -13,7 +13,7 @@
 //   layout.nodes[node].links[input]: a link drawn into an instance's output (what runs comes from inside it).
 
 import { LiteGraph, SubgraphNode, createUuidv4 } from "../vendor/litegraph/litegraph.es.js";
-import { MODE_BY_NAME, MODE_NAMES, editorInputs } from "./modes.js";
+import { MODE_BY_NAME, MODE_NAMES, MODE_BYPASS, MODE_MUTE, editorInputs, passThroughInput } from "./modes.js";
 import { graphToWorkflow } from "./format.js";
 import { isNote } from "./notes.js";
 import { toast } from "./panels.js";
@@ -107,17 +107,22 @@ function slotIndex(slots, output) {
 
 /**
  * The nodes that run, from the root graph's nodes as drawn (instances included) and the subgraph definitions:
- * every instance replaced by its inner nodes (ids prefixed), links followed through the boundaries.
- * Returns {nodes, modes}: modes of inner nodes by their flattened id.
+ * every instance replaced by its inner nodes (ids prefixed), links followed through the boundaries. A bypassed
+ * instance (its layout's mode) runs nothing: each of its outputs passes on its input of the same type, as a
+ * bypassed node does; a muted one's inner nodes are all muted (they and what needs them do not run).
+ * rootLayout: the root graph's node layouts (an instance's mode). Returns {nodes, modes}: modes of inner nodes by
+ * their flattened id.
  */
-export function flattenNodes(rootNodes, defs) {
+export function flattenNodes(rootNodes, defs, rootLayout = {}) {
   const out = {};
   const modes = {};
   const defOf = (spec) => (spec ? defs[spec.type] : undefined);
+  const modeOf = (scope, id) => MODE_BY_NAME[scope.layout?.[id]?.mode];
   const inside = (spec, id, scope) => {
     const def = defs[spec.type];
     return {
       nodes: def.nodes || {}, layout: def.layout || {}, prefix: `${scope.prefix}${id}:`, depth: scope.depth + 1,
+      muted: scope.muted || modeOf(scope, id) === MODE_MUTE,
       boundary: (def.inputs || []).map((i) => {
         const v = spec.inputs?.[i.name];
         if (isLink(v)) return resolve(v, scope);
@@ -125,11 +130,17 @@ export function flattenNodes(rootNodes, defs) {
       }),
     };
   };
-  function resolve(link, scope) {
-    if (scope.depth > MAX_DEPTH) return null;
+  function resolve(link, scope, hops = 0) {
+    if (scope.depth > MAX_DEPTH || hops > 1000) return null;
     if (String(link.node) === String(SUBGRAPH_INPUT)) return scope.boundary?.[Number(link.output)] ?? null;
     const spec = scope.nodes[link.node];
     const def = defOf(spec);
+    if (def && modeOf(scope, String(link.node)) === MODE_BYPASS) {
+      // a bypassed subgraph node: the output takes its input of the same type (the same position first)
+      const name = passThroughInput({ inputs: def.inputs || [], outputs: def.outputs || [] }, link.output);
+      const v = name != null ? spec.inputs?.[name] : undefined;
+      return isLink(v) ? resolve(v, scope, hops + 1) : null;
+    }
     if (def) {
       const inner = def.outputs?.[slotIndex(def.outputs, link.output)]?.link;
       return inner ? resolve(inner, inside(spec, String(link.node), scope)) : null;
@@ -140,7 +151,7 @@ export function flattenNodes(rootNodes, defs) {
     if (scope.depth > MAX_DEPTH) return;
     for (const [id, spec] of Object.entries(scope.nodes)) {
       if (defOf(spec)) {
-        emit(inside(spec, id, scope));
+        if (modeOf(scope, id) !== MODE_BYPASS) emit(inside(spec, id, scope));
         continue;
       }
       const inputs = {};
@@ -153,11 +164,13 @@ export function flattenNodes(rootNodes, defs) {
         }
       }
       out[`${scope.prefix}${id}`] = { ...spec, inputs };
-      const mode = MODE_BY_NAME[scope.layout?.[id]?.mode];
+      const mode = scope.muted ? MODE_MUTE : modeOf(scope, id);
       if (scope.depth && mode) modes[`${scope.prefix}${id}`] = mode;
     }
   }
-  emit({ nodes: rootNodes, layout: {}, prefix: "", boundary: null, depth: 0 });
+  // the root graph's own nodes' modes are applied by the caller; only its instances' count here
+  const instancesOnly = Object.fromEntries(Object.entries(rootLayout || {}).filter(([id]) => defOf(rootNodes[id])));
+  emit({ nodes: rootNodes, layout: instancesOnly, prefix: "", boundary: null, depth: 0, muted: false });
   return { nodes: out, modes };
 }
 
@@ -169,7 +182,7 @@ export function flattenNodes(rootNodes, defs) {
 export function flattenJson(wf, defList) {
   const defs = Object.fromEntries(defList.map((d) => [d.id, d]));
   const drawnRoot = wf.nodes;
-  const { nodes, modes } = flattenNodes(drawnRoot, defs);
+  const { nodes, modes } = flattenNodes(drawnRoot, defs, wf.layout?.nodes);
   wf.nodes = nodes;
   if (!wf.layout) return { modes, drawn: () => {} };
   const lay = (wf.layout.nodes ||= {});
@@ -207,6 +220,10 @@ export function nodeAtPath(graph, id) {
 /** graphToWorkflow's part for a graph with subgraphs (wf.nodes: the root graph's nodes as drawn). */
 export function flattenSubgraphs(wf, graph, scopeFn, rootModes) {
   const defList = usedSubgraphs(graph).map((sg) => defFromGraph(sg, scopeFn));
+  // a subgraph node's own bypass or mute: kept in its layout, applied as its inside is flattened
+  for (const [id, mode] of Object.entries(rootModes)) {
+    if (wf.layout?.nodes?.[id] && defList.some((d) => d.id === wf.nodes[id]?.type)) wf.layout.nodes[id].mode = MODE_NAMES[mode];
+  }
   const { modes, drawn } = flattenJson(wf, defList);
   const all = { ...modes };
   for (const [id, mode] of Object.entries(rootModes)) if (wf.nodes[id]) all[id] = mode;
