@@ -542,9 +542,9 @@ def test_undo_redo_copy_paste_delete_and_save(page, server):
     page.page.keyboard.press("Control+y")
     page.page.wait_for_function("([i, p]) => Math.abs(chisel.nodes().find(n => n.id === i).pos[0] - p[0]) < 0.5",
                                 arg=[save["id"], moved])
-    # save: a native workflow file with the layout
+    # download: a native workflow file with the layout
     with page.page.expect_download() as dl:
-        page.page.click("#save-btn")
+        page.page.click("#download-btn")
     saved = json.loads(Path(dl.value.path()).read_text())
     assert saved["format"] == "chisel-workflow" and saved["version"] == 1 and len(saved["nodes"]) == 7
     assert saved["layout"]["nodes"][save["id"]]["pos"] == pytest.approx(moved, abs=0.5)

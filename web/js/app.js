@@ -131,7 +131,9 @@ export class App {
   uploadFor(node, widget, file = null, opts = {}) { return this.models.uploadFor(node, widget, file, opts); }
   showInputImage(node, widget) { return this.models.showInputImage(node, widget); }
   openFile(file) { return this.files.openFile(file); }
-  save() { return this.files.save(); }
+  /** Save the tab on the server (Ctrl+S); download() gives the workflow as a file (Ctrl+Shift+S). */
+  save() { return this.browser.quickSave(); }
+  download() { return this.files.save(); }
   openPalette(e, from) { return openPalette(this, e, from); }
   addNodeAt(type, pos, from) { return addNodeAt(this, type, pos, from); }
   fitView() { return fitView(this.lgcanvas.graph, this.lgcanvas); }
