@@ -579,5 +579,15 @@ def test_the_page_asks_once_for_the_token_when_the_server_needs_one(browser, roo
         # the wrong token's 401 is the only failed request; nothing else went wrong on the page
         assert all("401" in e for e in p.errors), p.errors
         p.close()
+        # signed in by a link with ?token= (the server sets its cookie): the page does not ask, and works
+        p = Page(browser, srv.url + "?token=s3cret-token", wait_ready=False)
+        p.page.wait_for_function("window.chisel && (window.chisel.ready === true || !!document.querySelector('#token-dialog'))",
+                                 timeout=30000)
+        assert p.page.locator("#token-dialog").count() == 0 and "token" not in p.page.url
+        p.page.wait_for_function("document.querySelector('#conn-status').dataset.state === 'connected'")
+        assert len(p.nodes()) == 7 and p.js("chisel.app.api.token") is None
+        assert p.js("chisel.app.api.get('v1/queue').then(q => typeof q)") == "object"
+        assert not p.errors, p.errors
+        p.close()
     finally:
         srv.stop()
