@@ -377,6 +377,13 @@ def test_groups_notes_and_reroutes_inside_a_subgraph_are_saved_exported_and_rest
     page.page.wait_for_function("!chisel.app.lgcanvas.graph.isRootGraph")
     assert inside_extras(page) == want
     page.shot("48-subgraph-extras-reopened.png")
+    # unpacked, its notes and group come out with its nodes (the dot stays behind: its link is a plain one again)
+    page.page.keyboard.press("Escape")
+    page.page.wait_for_function("chisel.app.lgcanvas.graph === chisel.app.graph")
+    node_menu(page, instance, "Unpack subgraph")
+    page.page.wait_for_function("k => chisel.app.graph._nodes.some(n => String(n.id) === k)", arg=sampler)
+    assert inside_extras(page) == {**want, "reroutes": []}
+    assert not [e for e in page.errors if "reroute" in e]
 
 
 def test_a_bypassed_subgraph_node_passes_its_input_through_and_a_muted_one_stops_what_it_feeds(page, server, root):

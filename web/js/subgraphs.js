@@ -438,9 +438,21 @@ export function unpack(scopes, graphId, instanceId) {
     }
     scope.nodes[ids[i]] = { ...JSON.parse(JSON.stringify(spec)), inputs: JSON.parse(JSON.stringify(inputs)) };
     const l = { ...(lay[i] || {}) };
+    delete l.reroutes; // the dots stay with the subgraph's inside
     const [x, y] = l.pos || [0, 0];
     l.pos = [round1(px + x - x0), round1(py + y - y0)];
     scope.layout[ids[i]] = l;
+  }
+  // its notes and groups come along, moved as its nodes are (into the host subgraph's entry, or the root's layout)
+  const extras = host || (scopes.extras ||= {});
+  const dx = px - x0, dy = py - y0;
+  for (const n of Array.isArray(def.notes) ? def.notes : []) {
+    const pos = Array.isArray(n?.pos) ? [round1(Number(n.pos[0]) + dx), round1(Number(n.pos[1]) + dy)] : n?.pos;
+    (extras.notes ||= []).push({ ...n, pos });
+  }
+  for (const g of Array.isArray(def.groups) ? def.groups : []) {
+    const b = Array.isArray(g?.bounding) && g.bounding.length === 4 ? g.bounding.map(Number) : null;
+    (extras.groups ||= []).push(b ? { ...g, bounding: [round1(b[0] + dx), round1(b[1] + dy), b[2], b[3]] } : g);
   }
   const mapOutput = (v) => {
     const link = def.outputs?.[slotIndex(def.outputs, v.output)]?.link;
@@ -635,10 +647,11 @@ export class Subgraphs {
     const saved = graphToWorkflow(app.graph);
     const scopes = scopesOf(saved);
     for (const l of Object.values(scopes.layout)) delete l.links; // the nodes below hold the links drawn
+    scopes.extras = { notes: [...(saved.layout.notes || [])], groups: [...(saved.layout.groups || [])] }; // the root's
     const path = this.path();
     change(scopes);
     // the drawn structure as a saved workflow (modes apply again once it is on the canvas)
-    const wf = { ...saved, nodes: scopes.nodes, layout: { ...saved.layout, nodes: scopes.layout } };
+    const wf = { ...saved, nodes: scopes.nodes, layout: { ...saved.layout, ...scopes.extras, nodes: scopes.layout } };
     delete wf.outputs;
     delete wf.layout.subgraphs;
     if (scopes.subgraphs.length) flattenJson(wf, scopes.subgraphs).drawn();
