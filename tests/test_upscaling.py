@@ -221,9 +221,13 @@ def test_spandrel_loads_an_esrgan_file_and_tiles_match_spandrel_untiled(tmp_path
     spandrel = _spandrel()
     from nodes.upscaling.model import load
 
+    from nodes.upscaling.model import UPSCALE_STAGES
+
     path = write_esrgan(tmp_path / "4x-tiny-esrgan.safetensors")
-    model = load(ModelManager("cpu"), path)
+    seen = []
+    model = load(ModelManager("cpu"), path, lambda value, total, *, activity, stage: seen.append((value, total, stage)))
     assert model.scale == 4 and model.architecture == "ESRGAN"
+    assert seen == [(i, 3, name) for i, name in enumerate(UPSCALE_STAGES)]
     image = _image(80, 72)
     ours = model.upscale(image, tile=32, overlap=16)
     ref = spandrel.ModelLoader().load_from_file(str(path)).eval()(image.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
