@@ -276,6 +276,32 @@ def test_subgraphs_export_as_definitions_and_come_back(toy_registry, toy_paths):
     assert back.to_dict()["layout"]["subgraphs"] == bypassed.to_dict()["layout"]["subgraphs"]
 
 
+def test_groups_notes_and_reroutes_inside_a_subgraph_travel_in_its_definition(toy_registry):
+    native = canvas_subgraph_workflow()
+    sg = native["layout"]["subgraphs"][0]
+    sg["layout"]["2"].pop("mode")
+    sg["groups"] = [{"title": "Inside", "bounding": [-10, -40, 540, 160], "color": "#3f789e"}]
+    sg["notes"] = [{"title": "Read me", "text": "# hi", "pos": [0, 200], "size": [300, 120], "markdown": True},
+                   {"title": "Note", "text": "plain", "pos": [400, 200], "size": [300, 120]}]
+    sg["reroutes"] = [{"id": 1, "pos": [250, 40]}]
+    sg["layout"]["3"]["reroutes"] = {"x": 1}
+    workflow = parse_workflow(native)
+    ui = json.loads(json.dumps(to_comfy_ui(workflow, toy_registry)))
+    [definition] = ui["definitions"]["subgraphs"]
+    assert definition["groups"] == sg["groups"]
+    notes = [(n["type"], n["title"], n["widgets_values"]) for n in definition["nodes"] if "Note" in n["type"]]
+    assert notes == [("MarkdownNote", "Read me", ["# hi"]), ("Note", "Note", ["plain"])]
+    [through] = [lk for lk in definition["links"] if lk["origin_id"] == 2 and lk["target_id"] == 3]
+    assert through["parentId"] == 1 and definition["reroutes"] == [{"id": 1, "pos": [250, 40], "linkIds": [through["id"]]}]
+    back = parse_workflow(ui, toy_registry)
+    assert back.to_dict()["nodes"] == workflow.to_dict()["nodes"]  # notes never run
+    assert back.to_dict()["layout"]["subgraphs"] == workflow.to_dict()["layout"]["subgraphs"]
+    # a file from ComfyUI's frontend: the dot is known from the link's parentId alone
+    del definition["nodes"][[n["type"] for n in definition["nodes"]].index("Scale")]["properties"]["chisel_layout"]
+    again = parse_workflow(ui, toy_registry).to_dict()["layout"]["subgraphs"][0]
+    assert again["layout"]["3"]["reroutes"] == {"x": 1} and again["reroutes"] == [{"id": 1, "pos": [250, 40]}]
+
+
 def test_a_malformed_subgraph_in_the_layout_is_a_clear_export_error(tmp_path):
     async def main():
         async with client(make_root(tmp_path)) as c:
