@@ -25,6 +25,7 @@ import { Minimap } from "./minimap.js";
 import { Subgraphs, nodeAtPath, allNodes } from "./subgraphs.js";
 import { Tabs } from "./tabs.js";
 import { QueuePanel } from "./queuepanel.js";
+import { RunView } from "./runview.js";
 import { ImagesIn } from "./images.js";
 import { WorkflowBrowser } from "./browser.js";
 
@@ -53,6 +54,7 @@ export class App {
     this.subgraphs = new Subgraphs(this);
     this.tabs = new Tabs(this);
     this.queuePanel = new QueuePanel(this);
+    this.runView = new RunView(this);
     this.imagesIn = new ImagesIn(this);
     this.browser = new WorkflowBrowser(this);
   }
