@@ -34,11 +34,14 @@ export class RunView {
     const urls = images.map((x) => this.api.viewUrl(x.image));
     const grid = el("div", { class: "run-view-images" }, ...images.map((x, i) => {
       const img = el("img", { src: urls[i], alt: `${x.image.filename} (node ${x.node})`, title: x.image.filename });
-      img.addEventListener("error", () => img.replaceWith(el("span", { class: "run-view-gone muted" }, `${x.image.filename}: no longer on the server`)), { once: true });
+      const gone = () => img.replaceWith(el("span", { class: "run-view-gone muted" }, `${x.image.filename}: no longer on the server`));
+      img.addEventListener("error", gone, { once: true });
       return el("button", { type: "button", class: "run-view-image", "aria-label": `Open ${x.image.filename}`,
         onclick: () => this.app.openLightbox(urls, i) }, img);
     }));
-    const empty = images.length ? null : el("p", { class: "muted" }, entry.status === "success" ? "This run saved no images." : `This run ${entry.status === "error" ? "failed" : `was ${entry.status}`}: no images.`);
+    const why = entry.status === "success" ? "This run saved no images."
+      : `This run ${entry.status === "error" ? "failed" : `was ${entry.status}`}: no images.`;
+    const empty = images.length ? null : el("p", { class: "muted" }, why);
     const load = el("button", { type: "button", class: "primary", id: "run-view-load", disabled: !entry.workflow,
       title: "Open the workflow this run had", onclick: () => this.loadWorkflow() }, "Load workflow");
     const close = el("button", { type: "button", "aria-label": "Close the run", onclick: () => this.close() }, "Close");
