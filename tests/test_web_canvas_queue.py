@@ -42,9 +42,13 @@ def test_rerun_with_a_new_seed_then_reorder_and_cancel_pending_prompts(page, ser
     assert ks["id"] not in second.get("cached", []) and ks["id"] in second["executed"]  # a new seed: the sampler ran
 
     # four long runs (the longest the sampler takes: the first is still running when this test is done with the
-    # queue, and is interrupted then): one runs, three wait
+    # queue, and is interrupted then): one runs, three wait. The first is queued alone and seen running before the
+    # other three: prompts that differ only in their seed queued together may be sampled as one batch (the server's
+    # batching across prompts), and this is about the pending ones
     page.set_number(ks["id"], "steps", 10000)
-    page.page.fill("#batch-count", "4")
+    page.page.click("#queue-btn")
+    page.page.wait_for_function("document.querySelectorAll('#queue-list .queue-item.running').length === 1", timeout=60000)
+    page.page.fill("#batch-count", "3")
     page.page.click("#queue-btn")
     page.page.wait_for_function("document.querySelectorAll('#queue-list .queue-item.pending').length === 3", timeout=60000)
     order = pending_ids(server)
