@@ -14,35 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-REPO = Path(__file__).resolve().parent.parent
+from demo_server import provide_demo_model, start, stop
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 READY = ("() => window.chisel && window.chisel.ready === true && !document.querySelector('#queue-btn').disabled"
          " && chisel.nodes().length > 0 && performance.getEntriesByName('chisel:drawn').length > 0")
-
-
-def start_server(root: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--root", str(root), "--port", "0",
-                             "--device", "cpu"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for line in proc.stdout:
-        m = re.search(r"serving on (http://\S+)", line)
-        if m:
-            return proc, m.group(1).replace("[", "").replace("]", "").replace("0.0.0.0", "127.0.0.1") + "/"
-    raise RuntimeError("chisel serve did not start")
 
 
 def one_load(browser, url: str) -> dict:
@@ -86,11 +69,9 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="chisel-canvas-load-") as tmp:
         root = Path(tmp)
-        name = next(n["inputs"]["ckpt_name"] for n in json.loads((REPO / "workflows" / "txt2img.json").read_text())
-                    ["nodes"].values() if n["type"] == "CheckpointLoaderSimple")
-        (root / "models" / "checkpoints").mkdir(parents=True)
-        shutil.copyfile(REPO / "models" / "checkpoints" / name, root / "models" / "checkpoints" / name)
-        proc, url = start_server(root)
+        provide_demo_model(root)
+        proc, url = start(root)
+        url += "/"
         try:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
@@ -100,11 +81,7 @@ def main(argv=None) -> int:
                 finally:
                     browser.close()
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
     report = {k: {"median": statistics.median(r[k] for r in runs), "max": max(r[k] for r in runs)}
               for k in ("ready_s", "drawn_s", "dom_content_loaded_s", "requests")}
     foreign = sorted({u for r in runs for u in r["foreign"]})

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from demo_server import provide_demo_model, start, stop
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,24 +44,12 @@ def _workflow(repo: Path, steps: int) -> tuple[dict, str]:
 
 def one_run(repo: Path, idle: float, steps: int) -> dict:
     wf, loader = _workflow(repo, steps)
-    name = wf["nodes"][loader]["inputs"]["ckpt_name"]
     with tempfile.TemporaryDirectory(prefix="chisel-first-prompt-") as tmp:
         root = Path(tmp)
-        (root / "models" / "checkpoints").mkdir(parents=True)
-        shutil.copyfile(repo / "models" / "checkpoints" / name, root / "models" / "checkpoints" / name)
+        provide_demo_model(root, repo)
         started = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--root", str(root), "--port", "0",
-                                 "--device", "cpu"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc, url = start(root, repo)
         try:
-            url = None
-            for line in proc.stdout:
-                m = re.search(r"serving on (http://\S+)", line)
-                if m:
-                    url = m.group(1).replace("[", "").replace("]", "")
-                    break
-            if url is None:
-                raise RuntimeError("chisel serve did not start")
             listening = time.perf_counter() - started
             time.sleep(idle)
             queued = time.perf_counter()
@@ -79,11 +64,7 @@ def one_run(repo: Path, idle: float, steps: int) -> dict:
                 raise RuntimeError(f"the prompt ended {entry['status']}: {entry.get('errors')}")
             return {"listening_s": listening, "load_checkpoint_s": entry["timings"][loader], "prompt_s": total}
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
 
 
 def main(argv=None) -> int:
