@@ -18,5 +18,11 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
   "$VPY" -m pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
 fi
 "$VPY" -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+# spandrel (the upscale extra) for its tests, without the torchvision it declares: PyPI's Linux torchvision wheels
+# are CUDA builds that fail to import beside this CPU torch (and break transformers' imports with them). The tests
+# give spandrel's two torchvision imports (architectures they do not use) a stand-in; see tests/test_upscaling.py.
+if ! "$VPY" -m pip show -q spandrel >/dev/null 2>&1; then
+  "$VPY" -m pip install -q --disable-pip-version-check --no-deps "spandrel>=0.4" 2>&1 | grep -v "^WARNING: Location" || true
+fi
 "$VPY" -c "import torch, diffusers, transformers, graph" >/dev/null
 touch "$stamp"

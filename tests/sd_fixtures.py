@@ -100,11 +100,14 @@ class FakeContext:
         self.registry = None
         self._files = files or {}
         self.events: list[tuple] = []
+        self.stages: list[tuple] = []  # (value, total, stage) of a loader's "loading" progress
         self.workflow = workflow
         self.extra: dict = {}
 
     def progress(self, value, total, preview=None, *, activity=None, stage=None):
         self.events.append((value, total, preview))
+        if stage is not None:
+            self.stages.append((value, total, stage))
 
     def check_interrupted(self):
         pass

@@ -233,6 +233,18 @@ def _cond(width=32, tokens=77, seed=0):
     return [[torch.randn(1, tokens, width, generator=torch.Generator().manual_seed(seed)), {"strength": 1.0}]]
 
 
+def test_clip_vision_and_style_loaders_report_their_stages(files):
+    from nodes.vision.clip_vision import CLIP_VISION_STAGES
+    from nodes.vision.style_model import STYLE_MODEL_STAGES
+
+    ctx = FakeContext(services=_services(), files={"clip_name": files["transformers"],
+                                                   "style_model_name": files["style"]})
+    CLIPVisionLoader().run(ctx, clip_name="cv.safetensors")
+    StyleModelLoader().run(ctx, style_model_name="style.safetensors")
+    assert ctx.stages == [(i, 2, name) for stages in (CLIP_VISION_STAGES, STYLE_MODEL_STAGES)
+                          for i, name in enumerate(stages)]
+
+
 def test_style_model_appends_the_published_tokens(files):
     ctx = FakeContext(services=_services(), files={"clip_name": files["transformers"],
                                                    "style_model_name": files["style"]})

@@ -99,6 +99,23 @@ def test_the_vae_decoder_is_compiled_for_whole_images_and_tiles_run_eagerly():
     assert tiled.shape == (1, 96, 96, 3) and len(recorder.graphs) == seen  # no specialisation per tile size
 
 
+def test_the_vae_encoder_is_compiled_for_whole_images_and_tiles_run_eagerly():
+    from nodes.imaging.tiled_vae import encode_tiled
+
+    eager = ModelManager("cpu").load_checkpoint(tiny_file("sd1")).vae
+    recorder = _Recorder()
+    traced = ModelManager("cpu", compile="on", compile_backend=recorder).load_checkpoint(tiny_file("sd1")).vae
+    pixels = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    want, got = eager.encode(pixels), traced.encode(pixels)
+    assert (got - want).abs().max().item() <= 1e-5 * max(want.abs().max().item(), 1.0)
+    compiled = traced.module._compiled_parts["vae_encode"]
+    assert not compiled.failed and len(recorder.graphs) >= 1
+    assert "vae_decode" not in traced.module._compiled_parts and traced.module._compiled is None
+    seen = len(recorder.graphs)
+    tiled = encode_tiled(traced, torch.rand(1, 96, 96, 3), 64, 16)
+    assert tiled.shape == (1, 4, 12, 12) and len(recorder.graphs) == seen  # no specialisation per tile size
+
+
 def test_a_streamed_or_hooked_vae_decodes_eagerly():
     vae = ModelManager("cpu", compile="on", compile_backend="eager").load_checkpoint(tiny_file("sd1")).vae
     mm = vae.module

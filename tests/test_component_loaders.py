@@ -12,6 +12,7 @@ from sd_fixtures import FakeContext, assert_same_weights, tiny_file, tiny_model
 
 from nodes.library.loaders import CheckpointLoaderSimple, CLIPLoader, DualCLIPLoader, UNETLoader
 from nodes.loading import errors as E
+from nodes.loading.components import TEXT_FILE_STAGES, UNET_FILE_STAGES
 from nodes.loading.weights import read_header
 
 
@@ -65,6 +66,29 @@ def test_clip_loader_gives_an_sd1_clip(tmp_path):
     clip = CLIPLoader().run(FakeContext(files={"clip_name": path}), path.name, "stable_diffusion", None)[0]
     whole = CheckpointLoaderSimple().run(FakeContext(files={"ckpt_name": tiny_file("sd1", "fp32")}), "x")[1]
     assert clip.family == "sd1" and torch.equal(clip.encode("a cat")[0], whole.encode("a cat")[0])
+
+
+def _staged(stages):
+    return [(i, len(stages), name) for i, name in enumerate(stages)]
+
+
+def test_component_loaders_report_their_stages(tmp_path):
+    """Each stage is reported as it starts (value = stages done); DualCLIPLoader's two files in a row, each stage
+    named with its file."""
+    ctx = FakeContext(files={"unet_name": _unet_file(tmp_path, "sd1")})
+    UNETLoader().run(ctx, "x", "default")
+    assert ctx.stages == _staged(UNET_FILE_STAGES)
+    m = tiny_model("sdxl")
+    l_path = _te_file(tmp_path, m.text_encoder, "clip_l", "chisel.text_encoder")
+    g_path = _te_file(tmp_path, m.text_encoder_2, "clip_g", "chisel.text_encoder_2")
+    ctx = FakeContext(files={"clip_name1": g_path, "clip_name2": l_path})
+    DualCLIPLoader().run(ctx, "g", "l", "sdxl", "default")
+    n = len(TEXT_FILE_STAGES)
+    assert ctx.stages == [(i, 2 * n, f"{TEXT_FILE_STAGES[i % n]} ({(g_path, l_path)[i // n].name})")
+                          for i in range(2 * n)]
+    ctx = FakeContext(files={"clip_name": l_path})
+    CLIPLoader().run(ctx, "l", "stable_diffusion", None)  # an SDXL CLIP-L alone: an SD1 CLIP
+    assert ctx.stages == _staged(TEXT_FILE_STAGES)
 
 
 def test_wrong_files_are_named(tmp_path):

@@ -68,6 +68,14 @@ def test_published_and_diffusers_layouts_load_to_the_same_layers(files, key):
     assert [f.attn.heads for f in got.module.fusers] == [src.get_submodule(n).attn.heads for n in names]
 
 
+def test_loading_reports_its_stages(files):
+    from nodes.gligen.load import GLIGEN_STAGES
+
+    seen = []
+    load_gligen(files["ldm"], progress=lambda value, total, *, activity, stage: seen.append((value, total, stage)))
+    assert seen == [(i, 2, name) for i, name in enumerate(GLIGEN_STAGES)]
+
+
 def test_files_that_are_no_gligen_fail_clearly(files, tmp_path):
     from safetensors.torch import load_file, save_file
 

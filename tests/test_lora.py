@@ -22,6 +22,19 @@ def _apply(bundle, path: Path, sm=1.0, sc=1.0, model=None, clip=None):
     return LoraLoader().run(ctx, model or bundle.model, clip or bundle.clip, path.name, sm, sc)
 
 
+def test_lora_loaders_report_their_stages(tmp_path):
+    from nodes.library.loaders import LORA_STAGES
+
+    bundle = ModelManager("cpu").load_checkpoint(tiny_file("sd1"))
+    path = write_lora(tmp_path / "l.safetensors", "sd1", tiny_lora_layers("sd1"), "peft", alpha=2.0)
+    ctx = FakeContext(files={"lora_name": path})
+    LoraLoader().run(ctx, bundle.model, bundle.clip, path.name, 1.0, 1.0)
+    assert ctx.stages == [(i, 3, name) for i, name in enumerate(LORA_STAGES)]
+    ctx = FakeContext(files={"lora_name": path})
+    LoraLoaderModelOnly().run(ctx, bundle.model, path.name, 1.0)
+    assert ctx.stages == [(i, 2, name) for i, name in enumerate(LORA_STAGES[:2])]
+
+
 def _unet_inputs(unet, seed=1):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 4, 8, 8, generator=g)

@@ -1,12 +1,14 @@
 """Upscale models: tiled upscaling equals untiled where the model's context fits the blending margin, leaves no seam
 where it does not, keeps every model call within the tile size and halves tiles when device memory runs out; the
 spandrel loader reads an ESRGAN file in its published key layout (models/upscale_models) and the upscale hires-fix
-workflow runs. The spandrel tests need a working spandrel (``pip install 'chisel[upscale]'`` with a torchvision built
-for the installed torch): without one they are skipped with that reason."""
+workflow runs. The spandrel tests run spandrel itself: the test setup installs it (without torchvision where only a
+torchvision that does not fit the installed torch exists, see ``_spandrel``); without it they fail."""
 from __future__ import annotations
 
 import json
 import shutil
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -141,12 +143,49 @@ def test_wrong_channels_are_refused():
 
 # -- spandrel: real files in the published layout -------------------------------------------------------------------
 
-def _spandrel_or_skip():
+def _spandrel():
+    """spandrel, imported for real. It imports torchvision at import time for two architectures these tests never
+    load (LaMa, RestoreFormer: ``torchvision.transforms.functional``). Where torchvision cannot be imported (a CPU-only
+    torch beside PyPI's Linux torchvision wheels, which are CUDA builds), those two imports get a stand-in whose
+    functions raise if called, only while spandrel is imported; every architecture the tests use is spandrel's own
+    code."""
+    if "spandrel" in sys.modules:
+        return sys.modules["spandrel"]
+    try:
+        import torchvision.transforms.functional  # noqa: F401
+    except Exception:  # noqa: BLE001 - missing (ModuleNotFoundError) or built for another torch (RuntimeError)
+        _import_with_torchvision_stand_in()
     try:
         import spandrel
-    except Exception as exc:  # noqa: BLE001 - a torchvision build that does not fit torch raises RuntimeError
-        pytest.skip(f"spandrel is not usable here ({type(exc).__name__}: {str(exc)[:120]})")
+    except ModuleNotFoundError as exc:
+        pytest.fail(f"spandrel is not installed ({exc}); run `make setup` (scripts/setup.sh installs it for the tests)")
     return spandrel
+
+
+def _import_with_torchvision_stand_in() -> None:
+    def unusable(*_args, **_kwargs):
+        raise RuntimeError("torchvision stand-in: this architecture needs a real torchvision")
+
+    names = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
+    saved = {name: sys.modules.get(name) for name in names}
+    functional = types.ModuleType("torchvision.transforms.functional")
+    functional.normalize = functional.rotate = unusable
+    functional.InterpolationMode = types.SimpleNamespace(NEAREST="nearest", BILINEAR="bilinear", BICUBIC="bicubic")
+    transforms = types.ModuleType("torchvision.transforms")
+    transforms.functional = functional
+    package = types.ModuleType("torchvision")
+    package.transforms = transforms
+    sys.modules.update(zip(names, (package, transforms, functional)))
+    try:
+        import spandrel  # noqa: F401 - binds the stand-in's names inside spandrel, then the stand-in goes
+    except ModuleNotFoundError:
+        pass  # not installed: _spandrel says so
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
 
 
 def write_esrgan(path: Path, nf: int = 8, gc: int = 32, blocks: int = 1, scale: int = 4, seed: int = 0) -> Path:
@@ -179,12 +218,16 @@ def write_esrgan(path: Path, nf: int = 8, gc: int = 32, blocks: int = 1, scale: 
 
 
 def test_spandrel_loads_an_esrgan_file_and_tiles_match_spandrel_untiled(tmp_path):
-    spandrel = _spandrel_or_skip()
+    spandrel = _spandrel()
     from nodes.upscaling.model import load
 
+    from nodes.upscaling.model import UPSCALE_STAGES
+
     path = write_esrgan(tmp_path / "4x-tiny-esrgan.safetensors")
-    model = load(ModelManager("cpu"), path)
+    seen = []
+    model = load(ModelManager("cpu"), path, lambda value, total, *, activity, stage: seen.append((value, total, stage)))
     assert model.scale == 4 and model.architecture == "ESRGAN"
+    assert seen == [(i, 3, name) for i, name in enumerate(UPSCALE_STAGES)]
     image = _image(80, 72)
     ours = model.upscale(image, tile=32, overlap=16)
     ref = spandrel.ModelLoader().load_from_file(str(path)).eval()(image.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
@@ -194,7 +237,7 @@ def test_spandrel_loads_an_esrgan_file_and_tiles_match_spandrel_untiled(tmp_path
 
 
 def test_spandrel_loader_names_other_model_files(tmp_path):
-    _spandrel_or_skip()
+    _spandrel()
     from nodes.loading.errors import WrongFileKind
     from nodes.upscaling.model import load
 
@@ -203,7 +246,7 @@ def test_spandrel_loader_names_other_model_files(tmp_path):
 
 
 def test_upscale_hires_fix_workflow_runs(tmp_path):
-    _spandrel_or_skip()
+    _spandrel()
     root = tmp_path
     (root / "models" / "checkpoints").mkdir(parents=True)
     shutil.copy(tiny_file("sd1"), root / "models" / "checkpoints" / "chisel-demo-v1.safetensors")

@@ -43,12 +43,12 @@ class GligenHandle:
         return f"<GLIGEN {self.source}>"
 
 
-def load(manager: ModelManager, path: str | Path) -> GligenHandle:
-    """The GLIGEN model in a file, loaded once per file identity."""
+def load(manager: ModelManager, path: str | Path, progress=None) -> GligenHandle:
+    """The GLIGEN model in a file, loaded once per file identity; ``progress`` hears the load's stages."""
     path = Path(path)
 
     def factory() -> GligenHandle:
-        loaded = load_gligen(path, allow_pickle=manager.allow_pickle)
+        loaded = load_gligen(path, allow_pickle=manager.allow_pickle, progress=progress)
         mm = manager.register("gligen", loaded.module, str(path), manager.compute_dtype("unet"))
         return GligenHandle(manager, mm, str(path), loaded.layout)
 

@@ -34,7 +34,10 @@ from nodes.loading.errors import (
     UnrecognisedArchitecture,
     WrongFileKind,
 )
+from nodes.loading.progress import READING, Report, Stages
 from nodes.loading.weights import read_tensors
+
+GLIGEN_STAGES = (READING, "building the GLIGEN model")
 
 FUSER = ".fuser."
 POSITION_NET = "position_net."
@@ -180,10 +183,14 @@ def _assign(module: torch.nn.Module, sub: dict[str, torch.Tensor], what: str, pa
     module.load_state_dict(state, assign=True)
 
 
-def load_gligen(path: str | Path, allow_pickle: bool | None = None) -> LoadedGligen:
-    """The fusers and position net of a GLIGEN file (see the module docstring for the layouts)."""
+def load_gligen(path: str | Path, allow_pickle: bool | None = None, progress: Report | None = None) -> LoadedGligen:
+    """The fusers and position net of a GLIGEN file (see the module docstring for the layouts); ``progress`` (a
+    node's ``ctx.progress``) hears each of :data:`GLIGEN_STAGES` start."""
+    stages = Stages(GLIGEN_STAGES, progress)
+    stages.enter(READING)
     path = Path(path)
     state, metadata = read_tensors(path, allow_pickle)
+    stages.enter(GLIGEN_STAGES[1])
     if not state:
         raise CorruptCheckpoint(f"{path} contains no tensors.", path)
     fusers: dict[str, dict[str, torch.Tensor]] = {}

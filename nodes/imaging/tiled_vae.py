@@ -107,8 +107,8 @@ def encode_tiled(vae, pixels: torch.Tensor, tile_px: int = DEFAULT_TILE, overlap
     y0, x0 = (pixels.shape[1] - H) // 2, (pixels.shape[2] - W) // 2
     x = pixels[:, y0:y0 + H, x0:x0 + W, :3].movedim(-1, 1)
     tile, overlap = _grid(tile_px, overlap_px, f)
-    return tiled_apply(lambda p: vae.encode(p.movedim(1, -1)), x, f, tile, overlap, 1, vae.latent_channels,
-                       on_tile)
+    return tiled_apply(lambda p: vae.encode(p.movedim(1, -1), compiled=False), x, f, tile, overlap, 1,
+                       vae.latent_channels, on_tile)
 
 
 def _free_device(vae) -> None:

@@ -38,7 +38,7 @@ class CLIPVisionLoader(Node):
     outputs = (Output(CLIP_VISION, CLIP_VISION),)
 
     def run(self, ctx, clip_name):
-        return (clip_vision.load(manager(ctx), ctx.file_path("clip_name")),)
+        return (clip_vision.load(manager(ctx), ctx.file_path("clip_name"), ctx.progress),)
 
 
 def check_image(image, node: str, name: str = "image") -> torch.Tensor:
@@ -111,7 +111,7 @@ class StyleModelLoader(Node):
     outputs = (Output(STYLE_MODEL, STYLE_MODEL),)
 
     def run(self, ctx, style_model_name):
-        return (style_model.load(manager(ctx), ctx.file_path("style_model_name")),)
+        return (style_model.load(manager(ctx), ctx.file_path("style_model_name"), ctx.progress),)
 
 
 class StyleModelApply(Node):

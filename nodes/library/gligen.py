@@ -29,7 +29,7 @@ class GLIGENLoader(Node):
     outputs = (Output(GLIGEN, GLIGEN),)
 
     def run(self, ctx, gligen_name):
-        return (handle.load(manager(ctx), ctx.file_path("gligen_name")),)
+        return (handle.load(manager(ctx), ctx.file_path("gligen_name"), ctx.progress),)
 
 
 def _box_input(name: str, default: int, low: int, tooltip: str) -> Input:

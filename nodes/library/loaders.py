@@ -13,6 +13,7 @@ from graph.node import Input, Node, Output
 from graph.types import CLIP, COMBO, FLOAT, MODEL, VAE
 from nodes.loading.components import load_text_encoder_file, load_unet_file
 from nodes.loading.ldm_config import CONFIG_EXTENSIONS, read_ldm_config
+from nodes.loading.progress import READING, Stages, one_of
 from nodes.loading.weights import policy_of
 from nodes.memory.handles import make_clip_handle, make_unet_handle
 from nodes.memory.manager import ModelManager, file_key
@@ -129,6 +130,7 @@ class VAELoader(Node):
         return (manager(ctx).load_vae(ctx.file_path("vae_name"), progress=ctx.progress),)
 
 
+LORA_STAGES = (READING, "matching the LoRA to the diffusion model", "matching the LoRA to the text encoder")
 LORA_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pth", ".bin")
 _TEXT_PREFIXES = ("lora_te_", "lora_te1_", "lora_te2_", "text_encoder.", "text_encoder_2.")
 
@@ -177,9 +179,13 @@ class LoraLoader(Node):
                Output("CLIP", CLIP, tooltip="The text encoder with the LoRA."))
 
     def run(self, ctx, model, clip, lora_name, strength_model, strength_clip):
+        stages = Stages(LORA_STAGES, ctx.progress)
+        stages.enter(READING)
         lora = load_lora(ctx.file_path("lora_name"), policy_of(ctx))
         name = Path(str(lora_name)).name
+        stages.enter(LORA_STAGES[1])
         model_pairs = apply_to_model(model, lora, name, strength_model)
+        stages.enter(LORA_STAGES[2])
         clip_pairs = apply_to_clip(clip, lora, name, strength_clip)
         new_model = model.with_lora(model_pairs) if strength_model != 0 else model
         new_clip = clip.with_lora(clip_pairs) if strength_clip != 0 and clip_pairs else clip
@@ -199,7 +205,10 @@ class LoraLoaderModelOnly(Node):
     outputs = (Output("MODEL", MODEL),)
 
     def run(self, ctx, model, lora_name, strength_model):
+        stages = Stages(LORA_STAGES[:2], ctx.progress)
+        stages.enter(READING)
         lora = load_lora(ctx.file_path("lora_name"), policy_of(ctx))
+        stages.enter(LORA_STAGES[1])
         pairs = apply_to_model(model, lora, Path(str(lora_name)).name, strength_model)
         return (model.with_lora(pairs) if strength_model != 0 else model,)
 
@@ -228,7 +237,7 @@ class UNETLoader(Node):
         storage = WEIGHT_DTYPES[weight_dtype]
 
         def load():
-            handle = make_unet_handle(mgr, load_unet_file(path, policy_of(ctx)), str(path))
+            handle = make_unet_handle(mgr, load_unet_file(path, policy_of(ctx), ctx.progress), str(path))
             if storage is not None:
                 store_weights_in(handle.unet, storage)
             return handle
@@ -259,7 +268,7 @@ class CLIPLoader(Node):
         path, mgr = ctx.file_path("clip_name"), manager(ctx)
 
         def factory():
-            enc = load_text_encoder_file(path, policy_of(ctx))
+            enc = load_text_encoder_file(path, policy_of(ctx), ctx.progress)
             if enc.with_projection:
                 raise ValueError(f"{path.name} is SDXL's OpenCLIP-bigG text encoder: load it with its CLIP-L in a "
                                  "DualCLIPLoader (type sdxl)")
@@ -286,7 +295,8 @@ class DualCLIPLoader(Node):
         paths, mgr = [ctx.file_path("clip_name1"), ctx.file_path("clip_name2")], manager(ctx)
 
         def factory():
-            found = [(p, load_text_encoder_file(p, policy_of(ctx))) for p in paths]
+            found = [(p, load_text_encoder_file(p, policy_of(ctx), one_of(ctx.progress, i, len(paths), p.name)))
+                     for i, p in enumerate(paths)]
             l_enc = [e for _, e in found if e.kind == "clip_l"]
             g_enc = [e for _, e in found if e.kind == "open_clip" and e.with_projection]
             if len(l_enc) != 1 or len(g_enc) != 1:

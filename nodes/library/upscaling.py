@@ -23,7 +23,7 @@ class UpscaleModelLoader(Node):
     outputs = (Output(UPSCALE_MODEL, UPSCALE_MODEL),)
 
     def run(self, ctx, model_name):
-        return (upscale.load(manager(ctx), ctx.file_path("model_name")),)
+        return (upscale.load(manager(ctx), ctx.file_path("model_name"), ctx.progress),)
 
 
 class ImageUpscaleWithModel(Node):

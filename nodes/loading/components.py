@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nodes.loading import keymaps as km
-from nodes.loading.checkpoint import _assign, build_checked, build_text_encoder, build_unet
+from nodes.loading.checkpoint import BUILDING, LOADING, _assign, build_checked, build_text_encoder, build_unet
 from nodes.loading.configs import (
     FAMILY_TEMPLATE,
     SCHEDULER_FIELDS,
@@ -29,7 +29,12 @@ from nodes.loading.configs import (
     template,
 )
 from nodes.loading.errors import IncompleteCheckpoint, UnrecognisedArchitecture, WrongFileKind
+from nodes.loading.libraries import import_model_libraries
+from nodes.loading.progress import IMPORTING, READING, Report, Stages
 from nodes.loading.weights import WeightFile
+
+UNET_FILE_STAGES = (IMPORTING, READING, BUILDING["unet"], LOADING["unet"])
+TEXT_FILE_STAGES = (IMPORTING, READING, "building the text encoder", "loading the text encoder weights")
 
 REFINER_TIME_IDS = 5  # the refiner's extra conditioning: size, crop and aesthetic score
 
@@ -60,10 +65,15 @@ def _unet_family(u: dict[str, tuple], meta: dict) -> str:
     return "sd2" if proj is not None and len(proj) == 2 else "sd1"
 
 
-def load_unet_file(path: str | Path, allow_pickle: bool | None = None) -> LoadedUnet:
+def load_unet_file(path: str | Path, allow_pickle: bool | None = None, progress: Report | None = None) -> LoadedUnet:
+    """A UNet file; ``progress`` (a node's ``ctx.progress``) hears each of :data:`UNET_FILE_STAGES` start."""
+    stages = Stages(UNET_FILE_STAGES, progress)
+    stages.enter(IMPORTING)
+    import_model_libraries()
     from diffusers.loaders import single_file_utils as sfu
 
     path = Path(path)
+    stages.enter(READING)
     with WeightFile(path, allow_pickle) as wf:
         keys = list(wf.shapes)
         if any(k.startswith(km.UNET_PREFIX) for k in keys):
@@ -86,12 +96,14 @@ def load_unet_file(path: str | Path, allow_pickle: bool | None = None) -> Loaded
         family = _unet_family(u, meta)
         name = FAMILY_TEMPLATE[family]
         cfg = infer_unet(shapes, family, template(name, "unet"), meta, str(path))
+        stages.enter(BUILDING["unet"])
         unet = build_checked("unet", build_unet, cfg, path, wf.metadata)
         expected = {km.UNET_PREFIX + v: k for k, v in km.unet_key_map(cfg, list(unet.state_dict())).items()}
         missing = sorted(k for k in expected if k not in shapes)
         if missing:
             raise IncompleteCheckpoint(f"{path} lacks {len(missing)} UNet tensors ({', '.join(missing[:4])}).", path,
                                        missing={"unet": missing})
+        stages.enter(LOADING["unet"])
         sub = {k: wf.get(prefix + k[len(km.UNET_PREFIX):]) for k in expected}
         _assign(unet, sfu.convert_ldm_unet_checkpoint(sub, cfg), "unet", path)
         sched = template(name, "scheduler")
@@ -108,8 +120,14 @@ def _text_meta(metadata: dict[str, str]) -> dict:
     return {}
 
 
-def load_text_encoder_file(path: str | Path, allow_pickle: bool | None = None) -> LoadedTextEncoder:
+def load_text_encoder_file(path: str | Path, allow_pickle: bool | None = None,
+                           progress: Report | None = None) -> LoadedTextEncoder:
+    """A CLIP text encoder file; ``progress`` hears each of :data:`TEXT_FILE_STAGES` start."""
+    stages = Stages(TEXT_FILE_STAGES, progress)
+    stages.enter(IMPORTING)
+    import_model_libraries()
     path = Path(path)
+    stages.enter(READING)
     with WeightFile(path, allow_pickle) as wf:
         flat = {km.strip_text_model(k): k for k in wf.shapes}
         if "embeddings.token_embedding.weight" not in flat or "encoder.layers.0.mlp.fc1.weight" not in flat:
@@ -126,12 +144,14 @@ def load_text_encoder_file(path: str | Path, allow_pickle: bool | None = None) -
         cfg = infer_text(shapes, "clip_l", "", base, meta, False, str(path))
         if with_projection:
             cfg["projection_dim"] = int(wf.shapes[flat["text_projection.weight"]][0])
+        stages.enter(TEXT_FILE_STAGES[2])
         module = build_checked("text", build_text_encoder, cfg, path, wf.metadata, with_projection)
         own = [k for k in module.state_dict() if not k.endswith("position_ids")]
         missing = [k for k in own if km.strip_text_model(k) not in flat]
         if missing:
             raise IncompleteCheckpoint(f"{path} lacks {len(missing)} text encoder tensors ({', '.join(missing[:4])}).",
                                        path, missing={"text_encoder": missing})
+        stages.enter(TEXT_FILE_STAGES[3])
         state = {k: wf.get(flat[km.strip_text_model(k)]) for k in own}
         _assign(module, state, "text encoder", path)
     return LoadedTextEncoder(module, kind, with_projection, json.loads(module.config.to_json_string()))

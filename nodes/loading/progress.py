@@ -17,6 +17,19 @@ IMPORTING = "importing the model libraries"
 READING = "reading the file"
 
 
+def one_of(report: Report | None, index: int, count: int, label: str) -> Report | None:
+    """``report`` for one of ``count`` loads made in a row (a DualCLIPLoader's two files): load ``index``'s stage
+    ``i`` of ``n`` is reported as ``index * n + i`` of ``count * n``, its stage name followed by ``(label)``."""
+    if report is None:
+        return None
+
+    def part(value, total, *args, stage=None, **kwargs):
+        return report(index * total + value, count * total, *args,
+                      stage=f"{stage} ({label})" if stage else stage, **kwargs)
+
+    return part
+
+
 class Stages:
     def __init__(self, names: Sequence[str], report: Report | None, activity: str = "loading"):
         self.names = tuple(names)

@@ -1,4 +1,5 @@
-"""Compiled model calls on CUDA: ``torch.compile`` of the UNet and of the VAE's decoder, optionally with CUDA graphs.
+"""Compiled model calls on CUDA: ``torch.compile`` of the UNet and of the VAE's decoder and encoder, optionally with
+CUDA graphs.
 
 Modes (``--compile`` on ``chisel run`` and ``chisel serve``):
 
@@ -12,8 +13,9 @@ number of conditionings or dtype re-specialises; past ``torch._dynamo``'s recomp
 patches change weights in place so a compiled graph reads them as it would eagerly, a module whose weights are
 streamed (low-VRAM), hooked by a module patch or stored in fp8 is never compiled, and any failure to compile turns
 the module back to eager for good, with one warning (running out of memory is not a compile failure: it reaches
-the caller, e.g. the VAE's fall-back to tiles). The VAE decoder is compiled for whole-image decodes (its part
-``vae_decode``, :data:`PARTS`); tiled decoding runs eagerly (each tile size would be a new specialisation). Compiled artifacts persist in ``<root>/.cache/torch-compile`` (PyTorch's own FX-graph and
+the caller, e.g. the VAE's fall-back to tiles). The VAE's decoder and encoder are compiled for whole images (its
+parts ``vae_decode`` and ``vae_encode``, :data:`PARTS`); tiled decoding and encoding run eagerly (each tile size
+would be a new specialisation). Compiled artifacts persist in ``<root>/.cache/torch-compile`` (PyTorch's own FX-graph and
 AOT-autograd caches, keyed by graph, shapes, device and torch version), so a restart reuses them.
 """
 from __future__ import annotations
@@ -60,8 +62,20 @@ class VaeDecode(torch.nn.Module):
         return self.vae.decode(z).sample
 
 
+class VaeEncode(torch.nn.Module):
+    """A diffusers VAE's encode path as a module: images in -1..1 -> the latent distribution's mean (what
+    ``vae.encode(x).latent_dist.mean`` gives)."""
+
+    def __init__(self, vae: torch.nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(x).latent_dist.mean
+
+
 # pieces of a managed module that can be called (and compiled) on their own: name -> module factory
-PARTS = {"vae_decode": VaeDecode}
+PARTS = {"vae_decode": VaeDecode, "vae_encode": VaeEncode}
 
 
 class CompiledModule:

@@ -261,9 +261,10 @@ class VaeHandle(_Handle):
         return torch.cat(images, 0)
 
     @torch.no_grad()
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+    def encode(self, pixels: torch.Tensor, compiled: bool = True) -> torch.Tensor:
         """IMAGE [B, H, W, C] in 0..1 -> [B, C, H/8, W/8] VAE latents, float32 on the CPU. The image is
-        center-cropped to a multiple of the VAE's downscale factor; the latent distribution's mean is used."""
+        center-cropped to a multiple of the VAE's downscale factor; the latent distribution's mean is used. The
+        encoder runs compiled where the manager compiles unless ``compiled`` is False (tiles)."""
         f = self.downscale
         h, w = pixels.shape[1] // f * f, pixels.shape[2] // f * f
         if h == 0 or w == 0:
@@ -272,14 +273,13 @@ class VaeHandle(_Handle):
         y0, x0 = (pixels.shape[1] - h) // 2, (pixels.shape[2] - w) // 2
         pixels = pixels[:, y0:y0 + h, x0:x0 + w, :3]
         with self.manager.use(self.module):
-            vae = self.module.module
+            encode = self.module.runner("vae_encode") if compiled else self.module.part("vae_encode")
             dev, dt = self.module.device, self.module.dtype
             b = self._batch(h, w, False)
             out = []
             for i in range(0, pixels.shape[0], b):
                 x = pixels[i:i + b].to(dev, dt).permute(0, 3, 1, 2) * 2.0 - 1.0
-                z = vae.encode(x).latent_dist.mean
-                out.append(z.float().cpu())
+                out.append(encode(x).float().cpu())
         return torch.cat(out, 0)
 
 

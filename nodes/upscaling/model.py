@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from nodes.loading.progress import IMPORTING, READING, Report, Stages
 from nodes.loading.weights import read_tensors
 from nodes.loading.errors import WrongFileKind
 from nodes.memory.manager import ManagedModule, ModelManager
@@ -105,13 +106,21 @@ def _what_else(keys: list[str]) -> str | None:
     return None
 
 
-def load(manager: ModelManager, path: str | Path) -> UpscaleModel:
-    """The upscale model in a file, loaded once per file identity."""
+UPSCALE_STAGES = (IMPORTING, READING, "building the upscale model")
+
+
+def load(manager: ModelManager, path: str | Path, progress: Report | None = None) -> UpscaleModel:
+    """The upscale model in a file, loaded once per file identity; ``progress`` (a node's ``ctx.progress``) hears
+    each of :data:`UPSCALE_STAGES` start."""
     path = Path(path)
 
     def factory() -> UpscaleModel:
+        stages = Stages(UPSCALE_STAGES, progress)
+        stages.enter(IMPORTING)
         spandrel = _spandrel()
+        stages.enter(READING)
         state = read_state(path, manager.allow_pickle)
+        stages.enter(UPSCALE_STAGES[2])
         other = _what_else(list(state))
         if other:
             raise WrongFileKind(f"{path.name} is {other}, not an upscale model.", path, kind="not_upscale")

@@ -33,6 +33,7 @@ from nodes.loading.errors import (
     WrongFileKind,
     check_parameters_match,
 )
+from nodes.loading.progress import READING, Report, Stages
 from nodes.vision.preprocess import clip_preprocess
 
 META_KEY = "chisel.clip_vision"
@@ -205,11 +206,19 @@ def load_clip_vision_state(state: Mapping[str, torch.Tensor], metadata: Mapping[
     return LoadedClipVision(module, cfg, layout)
 
 
-def load_clip_vision(path: str | Path, allow_pickle: bool | None = None) -> LoadedClipVision:
+CLIP_VISION_STAGES = (READING, "building the CLIP vision model")
+
+
+def load_clip_vision(path: str | Path, allow_pickle: bool | None = None, progress: Report | None = None
+                     ) -> LoadedClipVision:
+    """A CLIP vision model file; ``progress`` hears each of :data:`CLIP_VISION_STAGES` start."""
     from nodes.loading.weights import read_tensors
 
+    stages = Stages(CLIP_VISION_STAGES, progress)
+    stages.enter(READING)
     path = Path(path)
     state, metadata = read_tensors(path, allow_pickle)
+    stages.enter(CLIP_VISION_STAGES[1])
     if not state:
         raise WrongFileKind(f"{path.name} contains no tensors.", path, kind="empty")
     return load_clip_vision_state(state, metadata, path)
@@ -264,11 +273,11 @@ def make_handle(manager, loaded: LoadedClipVision, source: str) -> ClipVisionHan
     return ClipVisionHandle(manager, mm, loaded.config, source, loaded.layout)
 
 
-def load(manager, path: str | Path) -> ClipVisionHandle:
-    """The CLIP vision model in a file, loaded once per file identity."""
+def load(manager, path: str | Path, progress: Report | None = None) -> ClipVisionHandle:
+    """The CLIP vision model in a file, loaded once per file identity; ``progress`` hears the load's stages."""
     path = Path(path)
     return manager.load_once("clip_vision", path, lambda: make_handle(
-        manager, load_clip_vision(path, manager.allow_pickle), str(path)))
+        manager, load_clip_vision(path, manager.allow_pickle, progress), str(path)))
 
 
 def load_embedded(manager, path: str | Path) -> ClipVisionHandle:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from nodes.loading.configs import metadata_fields
+from nodes.loading.progress import READING, Report, Stages
 from nodes.loading.errors import (
     UnrecognisedArchitecture,
     WrongFileKind,
@@ -109,11 +110,19 @@ class StyleModelHandle:
         return out.float().cpu()
 
 
-def load_style_model(path: str | Path, allow_pickle: bool | None = None) -> StyleAdapter:
+STYLE_MODEL_STAGES = (READING, "building the style model")
+
+
+def load_style_model(path: str | Path, allow_pickle: bool | None = None, progress: Report | None = None
+                     ) -> StyleAdapter:
+    """A T2I style adapter file; ``progress`` hears each of :data:`STYLE_MODEL_STAGES` start."""
     from nodes.loading.weights import read_tensors
 
+    stages = Stages(STYLE_MODEL_STAGES, progress)
+    stages.enter(READING)
     path = Path(path)
     state, metadata = read_tensors(path, allow_pickle)
+    stages.enter(STYLE_MODEL_STAGES[1])
     if "style_embedding" not in state:
         keys = list(state)
         if any(k.startswith(("model.diffusion_model.", "first_stage_model.")) for k in keys):
@@ -145,11 +154,11 @@ def load_style_model(path: str | Path, allow_pickle: bool | None = None) -> Styl
     return module.requires_grad_(False).eval()
 
 
-def load(manager, path: str | Path) -> StyleModelHandle:
+def load(manager, path: str | Path, progress: Report | None = None) -> StyleModelHandle:
     path = Path(path)
 
     def factory():
-        module = load_style_model(path, manager.allow_pickle)
+        module = load_style_model(path, manager.allow_pickle, progress)
         mm = manager.register("style_model", module, str(path), manager.compute_dtype("clip_vision"))
         return StyleModelHandle(manager, mm, int(module.style_embedding.shape[-1]), int(module.proj.shape[1]),
                                 str(path))
