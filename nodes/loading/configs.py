@@ -91,7 +91,8 @@ class _Layout(dict):
                                    missing={self.component.replace(" ", "_"): [name]})
 
 
-def _sub(shapes: Mapping[str, tuple], prefix: str, where: str = "checkpoint", component: str = "model") -> _Layout:
+def layout(shapes: Mapping[str, tuple], prefix: str, where: str = "checkpoint", component: str = "model") -> _Layout:
+    """The shapes of the tensors under ``prefix`` (names without it), as a :class:`_Layout`."""
     n = len(prefix)
     return _Layout({k[n:]: _Shape(v, k, where) for k, v in shapes.items() if k.startswith(prefix)}, prefix, where,
                    component)
@@ -112,7 +113,7 @@ def infer_unet(shapes: Mapping[str, tuple], family: str, base: dict, meta: dict,
     """The UNet's diffusers config: ``base`` (the family's published config) overridden by what the LDM tensor shapes
     say, then by ``meta`` (the file's ``chisel.unet`` fields). Raises :class:`UnrecognisedArchitecture` for a layout
     diffusers cannot build."""
-    u = _sub(shapes, km.UNET_PREFIX, where, "unet")
+    u = layout(shapes, km.UNET_PREFIX, where, "unet")
     cfg = dict(base)
     cfg.update(_unet_io(u, where))
     blocks = _unet_blocks(u)
@@ -310,7 +311,7 @@ def _attention_heads(family: str, block_out_channels: list[int]) -> dict:
 
 
 def infer_vae(shapes: Mapping[str, tuple], base: dict, meta: dict, where: str = "checkpoint") -> dict:
-    v = _sub(shapes, km.VAE_PREFIX, where, "vae")
+    v = layout(shapes, km.VAE_PREFIX, where, "vae")
     cfg = dict(base)
     levels = _indices(v, r"encoder\.down\.(\d+)\.")
     cfg["block_out_channels"] = [int(v[f"encoder.down.{i}.block.0.conv1.weight"][0]) for i in levels]
@@ -334,7 +335,7 @@ def infer_vae(shapes: Mapping[str, tuple], base: dict, meta: dict, where: str = 
 
 def infer_text(shapes: Mapping[str, tuple], kind: str, prefix: str, base: dict, meta: dict,
                with_projection: bool, where: str = "checkpoint") -> dict:
-    t = _sub(shapes, prefix, where, "text encoder")
+    t = layout(shapes, prefix, where, "text encoder")
     cfg = dict(base)
     if kind == "clip_l":
         flat = _Layout({km.strip_text_model(k): s for k, s in t.items()}, prefix, where, "text encoder")
