@@ -204,6 +204,22 @@ def test_a_tensor_the_layout_needs_missing_or_flattened_is_a_loader_error_naming
     assert str(path) in str(exc.value)
 
 
+@pytest.mark.parametrize("key, value, match", [
+    ("chisel.vae", {"norm_num_groups": 0}, "vae cannot be built"),
+    ("chisel.text_encoder", {"num_attention_heads": "x"}, "text_encoder cannot be built"),
+    ("chisel.text_encoder", {"layer_norm_eps": "x"}, "text_encoder cannot be built"),
+])
+def test_metadata_of_the_wrong_type_or_value_is_a_loader_error(tmp_path, key, value, match):
+    """The chisel.* metadata sets what shapes cannot tell; a value the libraries refuse (a raw ZeroDivisionError or
+    huggingface_hub's validation error before) names the file and the entry."""
+    _, _, meta = read_header(tiny_file("sd1"))
+    path = tmp_path / "bad_meta.safetensors"
+    save_file(load_file(str(tiny_file("sd1"))), str(path), metadata={**meta, key: json.dumps(value)})
+    with pytest.raises(E.UnrecognisedArchitecture, match=match) as exc:
+        load_checkpoint(path)
+    assert str(path) in str(exc.value) and key in str(exc.value)
+
+
 def test_lora_vae_and_controlnet_given_as_checkpoints(tmp_path):
     lora = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32),
             "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(32, 4),
@@ -252,6 +268,30 @@ def _write_vae(tmp_path):
     path = tmp_path / "vae.safetensors"
     save_file(vae, str(path), metadata={"chisel.vae": meta["chisel.vae"]})
     return path
+
+
+@pytest.mark.parametrize("layout", ["ldm", "diffusers"])
+def test_a_vae_file_missing_or_flattening_a_tensor_its_layout_needs_names_it(tmp_path, layout):
+    from nodes.loading.vae_file import load_vae_file
+
+    if layout == "ldm":
+        sd = load_file(str(_write_vae(tmp_path)))
+    else:
+        sd = {k: v.contiguous() for k, v in tiny_model("sd1").vae.state_dict().items()}
+        path = tmp_path / "diffusers_vae.safetensors"
+        save_file(sd, str(path), metadata={"chisel.vae": read_header(tiny_file("sd1"))[2]["chisel.vae"]})
+        assert_same_weights(tiny_model("sd1").vae, load_vae_file(path)[0], torch.float32)  # the layout loads
+    key = "decoder.conv_in.weight"
+    missing, flat = tmp_path / "missing.safetensors", tmp_path / "flat.safetensors"
+    meta = {"chisel.vae": read_header(tiny_file("sd1"))[2]["chisel.vae"]}
+    save_file({k: v for k, v in sd.items() if k != key}, str(missing), metadata=meta)
+    save_file({**sd, key: sd[key].flatten().contiguous()}, str(flat), metadata=meta)
+    with pytest.raises(E.IncompleteCheckpoint, match=key) as exc:
+        load_vae_file(missing)
+    assert str(missing) in str(exc.value)
+    with pytest.raises(E.UnrecognisedArchitecture, match=f"{key} has shape") as exc:
+        load_vae_file(flat)
+    assert str(flat) in str(exc.value)
 
 
 def test_standalone_vae_file_loads_completely(tmp_path):

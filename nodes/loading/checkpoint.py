@@ -132,14 +132,15 @@ def build_checked(component: str, build, cfg: dict, path: Path, metadata: Mappin
     (norm groups, attention heads) differ from the published ones and are not recorded in its metadata."""
     try:
         return build(cfg, *args)
-    except (ValueError, RuntimeError, AssertionError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - the libraries raise many kinds on a config they cannot build
+        # (ValueError, TypeError, ZeroDivisionError for 0 norm groups, huggingface_hub's strict-dataclass errors ...)
         recorded = sorted(k for k in metadata if k.startswith(f"chisel.{component}"))
         why = (f"its metadata records {', '.join(recorded)}" if recorded else
                f"the file has no metadata for them (no chisel.{component} entry), so the published defaults were "
                f"assumed (e.g. norm_num_groups={cfg.get('norm_num_groups', '?')})")
         raise UnrecognisedArchitecture(
-            f"{path}: its {component} cannot be built from what the file says ({exc}). The tensor shapes fix the "
-            f"widths, but not the hyperparameters that shapes cannot tell; {why}. The file is not a standard "
+            f"{path}: its {component} cannot be built from what the file says ({type(exc).__name__}: {exc}). The "
+            f"tensor shapes fix the widths, but not the hyperparameters that shapes cannot tell; {why}. The file is not a standard "
             "SD1.x/SD2.x/SDXL model: load the original file, or one saved with its configuration.", path) from None
 
 
