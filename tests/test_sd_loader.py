@@ -220,6 +220,22 @@ def test_metadata_of_the_wrong_type_or_value_is_a_loader_error(tmp_path, key, va
     assert str(path) in str(exc.value) and key in str(exc.value)
 
 
+@pytest.mark.parametrize("key", ["model.diffusion_model.input_blocks.0.0.weight",
+                                 "first_stage_model.decoder.conv_in.weight",
+                                 "cond_stage_model.transformer.text_model.final_layer_norm.weight"])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool])
+def test_a_weight_of_a_non_float_dtype_is_a_loader_error_naming_it(tmp_path, key, dtype):
+    """A raw RuntimeError from load_state_dict before."""
+    _, _, meta = read_header(tiny_file("sd1"))
+    sd = load_file(str(tiny_file("sd1")))
+    sd[key] = sd[key].to(dtype)
+    path = tmp_path / "ints.safetensors"
+    save_file(sd, str(path), metadata=meta)
+    with pytest.raises(E.CorruptCheckpoint, match="needs floating-point values") as exc:
+        load_checkpoint(path)
+    assert str(path) in str(exc.value) and str(dtype).replace("torch.", "") in str(exc.value)
+
+
 def test_lora_vae_and_controlnet_given_as_checkpoints(tmp_path):
     lora = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32),
             "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(32, 4),

@@ -200,6 +200,11 @@ def _assign(module, state: dict[str, torch.Tensor], component: str, path: Path) 
             raise UnrecognisedArchitecture(
                 f"{path}: {component} tensor {k} has shape {list(v.shape)} in the file but the inferred "
                 f"architecture needs {list(own[k].shape)}.", path)
+        if v.dtype.is_floating_point != own[k].dtype.is_floating_point or v.is_complex():
+            need = "floating-point" if own[k].dtype.is_floating_point else str(own[k].dtype).replace("torch.", "")
+            raise CorruptCheckpoint(f"{path}: {component} tensor {k} is {str(v.dtype).replace('torch.', '')} in the "
+                                    f"file; the model needs {need} values. The file is corrupt or not a model Chisel "
+                                    "reads.", path)
     module.load_state_dict(given, strict=False, assign=True)
     left = [n for n, p in module.named_parameters() if p.is_meta]
     if left:
