@@ -49,7 +49,9 @@ def from_comfy_ui(data: Any, registry: Any, source: str | None = None) -> dict[s
     out: dict[str, Any] = {"format": FORMAT, "version": VERSION, "nodes": nodes,
                            "layout": _layout(doc, layout_nodes)}
     _subgraph_layout(flat, registry, out["layout"])
-    outputs = _running_outputs(nodes, layout_nodes, registry)
+    ids = _native_ids(flat)
+    muted_inside = [ids[n.id] for n in flat.nodes.values() if n.kind == MUTED and not n.top_level]
+    outputs = _running_outputs(nodes, layout_nodes, registry, muted_inside)
     if outputs is not None:
         out["outputs"] = outputs
     _restore_exported_extras(doc, out)
@@ -74,9 +76,12 @@ def _exported_by_chisel(doc: UiWorkflow) -> bool:
     return isinstance(chisel, dict) and chisel.get("keep_modes") is True
 
 
-def _running_outputs(nodes: dict[str, Any], layout_nodes: dict[str, Any], registry: Any) -> list[str] | None:
-    """With kept modes: the output nodes that can run, where some cannot (None: all can)."""
+def _running_outputs(nodes: dict[str, Any], layout_nodes: dict[str, Any], registry: Any,
+                     muted_inside: list[str] = ()) -> list[str] | None:
+    """With kept modes: the output nodes that can run, where some cannot (None: all can). ``muted_inside``: the
+    nodes of muted subgraph instances (their mode is the instance's, in the layout)."""
     modes = {nid: lay.get("mode") for nid, lay in layout_nodes.items() if nid in nodes}
+    modes.update({nid: "mute" for nid in muted_inside})
     dead = {nid for nid, mode in modes.items() if mode in MODE_NAMES.values()}
     if not dead:
         return None
@@ -116,7 +121,7 @@ def _nodes(flat: FlatGraph, registry: Any) -> tuple[dict[str, Any], dict[str, An
             entry["title"] = node.ui.title
         nodes[nid] = entry
         lay = _node_layout(node.ui) if node.top_level else None
-        if flat.kept(node):
+        if flat.kept(node) and node.top_level:  # inside a muted subgraph node: the instance's layout has the mode
             lay = {**(lay or {}), "mode": MODE_NAMES[node.kind]}
         if drawn:
             kept_links = (lay or {}).get("links")

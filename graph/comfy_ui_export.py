@@ -108,13 +108,51 @@ def _definition(definition: dict[str, Any], registry: Any) -> dict[str, Any]:
         links.append([len(links) + 1, origin, origin_slot, int(SUBGRAPH_OUTPUT), k, outputs[k]["type"]])
         outputs[k]["linkIds"].append(len(links))
     keys = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
+    link_objects = [dict(zip(keys, link)) for link in links]
+    reroutes = _reroutes(definition.get("reroutes"), inner, nodes, link_objects)
+    out_nodes = list(nodes.values())
+    next_id = max(ui_ids.values(), default=0) + 1
+    for note in definition.get("notes") if isinstance(definition.get("notes"), list) else []:
+        if isinstance(note, dict):
+            out_nodes.append(_note_node(note, next_id, len(out_nodes)))
+            next_id += 1
+    groups = [g for g in definition.get("groups") or [] if isinstance(g, dict)]
     return {"id": sid, "version": 1, "revision": 0, "name": str(definition.get("name") or "Subgraph"),
-            "state": {"lastNodeId": max(ui_ids.values(), default=0), "lastLinkId": len(links), "lastGroupId": 0,
-                      "lastRerouteId": 0},
+            "state": {"lastNodeId": next_id - 1, "lastLinkId": len(links), "lastGroupId": len(groups),
+                      "lastRerouteId": max((r["id"] for r in reroutes), default=0)},
             "config": {}, "inputNode": {"id": int(SUBGRAPH_INPUT), "bounding": bounding(definition.get("input_node"), -200)},
             "outputNode": {"id": int(SUBGRAPH_OUTPUT), "bounding": bounding(definition.get("output_node"), 600)},
-            "inputs": inputs, "outputs": outputs, "widgets": [], "nodes": list(nodes.values()),
-            "links": [dict(zip(keys, link)) for link in links], "groups": [], "extra": {}}
+            "inputs": inputs, "outputs": outputs, "widgets": [], "nodes": out_nodes,
+            "links": link_objects, "groups": groups, "reroutes": reroutes, "extra": {}}
+
+
+def _reroutes(saved: Any, inner: Workflow, nodes: dict[str, dict[str, Any]],
+              links: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A subgraph's reroute dots as ComfyUI's frontend saves them (``{id, pos, parentId, linkIds}``), each link
+    through one naming its last dot in ``parentId``; from the native ``reroutes`` list and each node's
+    ``layout.reroutes`` ({input name: dot id})."""
+    if not isinstance(saved, list):
+        return []
+    dots = {r["id"]: r for r in saved if isinstance(r, dict) and isinstance(r.get("id"), int)
+            and not isinstance(r.get("id"), bool) and isinstance(r.get("pos"), list) and len(r["pos"]) == 2}
+    out = {rid: {"id": rid, "pos": list(r["pos"]), "linkIds": [],
+                 **({"parentId": r["parent"]} if r.get("parent") in dots else {})} for rid, r in dots.items()}
+    by_id = {link["id"]: link for link in links}
+    for nid, lay in (inner.layout.nodes.items() if inner.layout is not None else ()):
+        chosen = (lay.model_extra or {}).get("reroutes")
+        if nid not in nodes or not isinstance(chosen, dict):
+            continue
+        for entry in nodes[nid]["inputs"]:
+            rid, link = chosen.get(entry["name"]), by_id.get(entry.get("link"))
+            if rid not in out or link is None:
+                continue
+            link["parentId"] = rid
+            seen: set[int] = set()
+            while rid in out and rid not in seen:
+                seen.add(rid)
+                out[rid]["linkIds"].append(link["id"])
+                rid = out[rid].get("parentId")
+    return [r for r in out.values() if r["linkIds"]]
 
 
 def _drawn(workflow: Workflow) -> Workflow:
@@ -280,12 +318,16 @@ def _links(workflow: Workflow, registry: Any, nodes: dict[str, dict[str, Any]],
 
 
 def _note_node(note: dict[str, Any], ui_id: int, order: int) -> dict[str, Any]:
-    node: dict[str, Any] = {"id": ui_id, "type": note.get("type") if note.get("type") in ("Note", "MarkdownNote")
-                            else "Note", "pos": note.get("pos", [40, 40]), "size": note.get("size", [300, 120]),
+    kind = note.get("type") if note.get("type") in ("Note", "MarkdownNote") else \
+        "MarkdownNote" if note.get("markdown") is True else "Note"  # the canvas marks a Markdown note so
+    node: dict[str, Any] = {"id": ui_id, "type": kind, "pos": note.get("pos", [40, 40]), "size": note.get("size", [300, 120]),
                             "flags": {}, "order": order, "mode": 0, "inputs": [], "outputs": [], "properties": {},
                             "widgets_values": [note.get("text", "")]}
     if note.get("title"):
         node["title"] = note["title"]
-    if note.get("color"):
-        node["color"] = note["color"]
+    for key in ("color", "bgcolor"):
+        if isinstance(note.get(key), str):
+            node[key] = note[key]
+    if note.get("collapsed") is True:
+        node["flags"] = {"collapsed": True}
     return node

@@ -15,7 +15,8 @@ What the frontend does and this module follows:
   id, widget name), its widget values set those inner widgets;
 - with ``keep_modes`` (files written by Chisel's exporter), a top-level node in mode 2 or 4 is kept as a node of the
   native graph (its mode goes to the layout, see :mod:`graph.comfy_ui`): a muted one is followed like any node, a
-  bypassed one is still passed through;
+  bypassed one is still passed through; a muted subgraph instance is expanded with every node inside kept muted
+  (as the canvas mutes a subgraph node);
 - a legacy group node exposes, in its inner nodes' order, their inputs that no inner link feeds, their widgets
   (its ``widgets_values`` replace theirs in that order) and their outputs that no inner link uses or that
   ``external`` lists.
@@ -91,7 +92,9 @@ class FlatGraph:
                 stack.append(sg.definitions)
 
     # -- expansion ----------------------------------------------------------------------------------------------------
-    def _scope(self, nodes: list[UiNode], links: list[UiLink], prefix: str, stack: tuple[str, ...]) -> None:
+    def _scope(self, nodes: list[UiNode], links: list[UiLink], prefix: str, stack: tuple[str, ...],
+               muted: bool = False) -> None:
+        """Flatten one graph level; ``muted``: inside a kept muted subgraph instance (its nodes are kept muted)."""
         table = {link.id: link for link in links}
         seen: set[str] = set()
         for node in nodes:
@@ -102,12 +105,13 @@ class FlatGraph:
             seen.add(full)
             inputs = [FlatInput(i.name, i.type, i.widget_name, self._source(table.get(i.link), prefix))
                       for i in node.inputs]
-            kind = self._kind(node, top_level=not prefix)
+            kind = self._kind(node, top_level=not prefix, muted=muted)
             flat = FlatNode(full, node, kind, inputs, top_level=not prefix)
             if not self._add(flat):
                 return
             if kind == ALIAS and node.type in self.subgraphs:
-                self._expand_subgraph(flat, self.subgraphs[node.type], stack)
+                self._expand_subgraph(flat, self.subgraphs[node.type], stack,
+                                      muted or (self.keep_modes and not prefix and node.mode == MODE_MUTED))
             elif kind == ALIAS:
                 self._expand_group(flat, self.group_defs[_group_name(node.type)])
 
@@ -124,15 +128,19 @@ class FlatGraph:
         return node.kind == MUTED or (node.kind == BYPASS and self.keep_modes and node.top_level
                                       and self.registry.get(node.ui.type) is not None)
 
-    def _kind(self, node: UiNode, top_level: bool = False) -> str:
-        if (self.keep_modes and top_level and node.mode == MODE_MUTED and node.type not in NOTE_TYPES
-                and self.registry.get(node.type) is not None):
-            return MUTED
-        if node.type in NOTE_TYPES or node.type == "PrimitiveNode" or node.mode == MODE_MUTED:
+    def _kind(self, node: UiNode, top_level: bool = False, muted: bool = False) -> str:
+        if node.type in NOTE_TYPES or node.type == "PrimitiveNode":
             return DROPPED
-        if node.type == "Reroute":
+        kept_mute = muted or (self.keep_modes and top_level and node.mode == MODE_MUTED)
+        if kept_mute and self.registry.get(node.type) is not None:
+            return MUTED
+        if kept_mute and node.type in self.subgraphs:
+            return ALIAS  # expanded, its inside kept muted
+        if node.type == "Reroute" and (muted or node.mode != MODE_MUTED):
             return REROUTE
-        if node.mode == MODE_BYPASSED:
+        if node.mode == MODE_MUTED:
+            return DROPPED
+        if node.mode == MODE_BYPASSED and not muted:
             return BYPASS
         if node.type in self.subgraphs or _group_name(node.type) in self.group_defs:
             return ALIAS
@@ -142,7 +150,7 @@ class FlatGraph:
     def _source(link: UiLink | None, prefix: str) -> Source | None:
         return None if link is None else Source(prefix + str(link.origin_id), link.origin_slot, type=link.type)
 
-    def _expand_subgraph(self, instance: FlatNode, sg: Subgraph, stack: tuple[str, ...]) -> None:
+    def _expand_subgraph(self, instance: FlatNode, sg: Subgraph, stack: tuple[str, ...], muted: bool = False) -> None:
         if sg.id in stack:
             names = " -> ".join(self.subgraphs[s].name or s for s in (*stack, sg.id))
             self._error(f"subgraph {sg.name or sg.id!r} contains itself ({names})", instance.id)
@@ -167,7 +175,7 @@ class FlatGraph:
         for link in sg.links:
             if link.target_id == SUBGRAPH_OUTPUT_NODE:
                 instance.outputs[link.target_slot] = Source(inner + str(link.origin_id), link.origin_slot)
-        self._scope(sg.nodes, sg.links, inner, (*stack, sg.id))
+        self._scope(sg.nodes, sg.links, inner, (*stack, sg.id), muted)
 
     def _proxy_widgets(self, instance: FlatNode, inner: str, values: list[Any]) -> bool:
         """Newer frontends promote inner widgets by reference (``properties.proxyWidgets``: [inner node id, widget

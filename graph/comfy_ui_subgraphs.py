@@ -170,7 +170,8 @@ def bounding(value: Any, x: float) -> list[float]:
 
 
 # -- import: the drawn structure of a UI file's subgraphs ---------------------------------------------------------
-SKIPPED_TYPES = frozenset({"Note", "MarkdownNote", "PrimitiveNode"})
+NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
+SKIPPED_TYPES = NOTE_TYPES | {"PrimitiveNode"}
 MODE_NAMES = {2: "mute", 4: "bypass"}
 
 
@@ -197,6 +198,8 @@ def drawn_subgraphs(flat: Any, registry: Any, ids: dict[str, str], node_layout: 
         lay = dict(node_layout(node.ui))
         lay["subgraph"] = node.ui.type
         lay["inputs"] = {}
+        if node.ui.mode in MODE_NAMES:  # the subgraph node itself bypassed or muted
+            lay["mode"] = MODE_NAMES[node.ui.mode]
         slots = by_id[node.ui.type]["inputs"]
         promoted = iter(node.ui.widgets_values if isinstance(node.ui.widgets_values, list) else [])
         for k, inp in enumerate(node.inputs[:len(slots)]):
@@ -289,6 +292,10 @@ def _drawn_definition(sg: Any, flat: Any, registry: Any, node_layout: Any) -> di
         lay = dict(node_layout(node))
         if node.mode in MODE_NAMES:
             lay["mode"] = MODE_NAMES[node.mode]
+        dots = {inp.widget_name or inp.name: parent for inp in node.inputs
+                if (parent := _parent_dot(links.get(inp.link) if inp.link is not None else None)) is not None}
+        if dots:
+            lay["reroutes"] = {**(lay["reroutes"] if isinstance(lay.get("reroutes"), dict) else {}), **dots}
         if lay:
             layout[nid] = lay
     outputs = []
@@ -304,7 +311,64 @@ def _drawn_definition(sg: Any, flat: Any, registry: Any, node_layout: Any) -> di
         box = extra.get(ui_key, {}).get("bounding") if isinstance(extra.get(ui_key), dict) else None
         if isinstance(box, list) and len(box) == 4:
             out[key] = box
+    # what is drawn inside and never runs: groups, notes, reroute dots
+    groups = [_group(g) for g in extra.get("groups") or [] if isinstance(g, dict)] \
+        if isinstance(extra.get("groups"), list) else []
+    notes = [_note(n) for n in sg.nodes if n.type in NOTE_TYPES]
+    dots = [_dot(r) for r in extra.get("reroutes") or [] if isinstance(r, dict)] \
+        if isinstance(extra.get("reroutes"), list) else []
+    for key, found in (("groups", [g for g in groups if g]), ("notes", notes), ("reroutes", [d for d in dots if d])):
+        if found:
+            out[key] = found
     return out
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _parent_dot(link: Any) -> int | None:
+    """The reroute dot a link of a subgraph's inside passes through last (ComfyUI's ``parentId``)."""
+    parent = (link.model_extra or {}).get("parentId") if link is not None else None
+    return parent if isinstance(parent, int) and not isinstance(parent, bool) else None
+
+
+def _group(g: dict[str, Any]) -> dict[str, Any] | None:
+    box = g.get("bounding")
+    if not (isinstance(box, list) and len(box) == 4 and all(_number(v) for v in box)):
+        return None
+    out: dict[str, Any] = {"title": g["title"] if isinstance(g.get("title"), str) else "Group", "bounding": box}
+    if isinstance(g.get("color"), str):
+        out["color"] = g["color"]
+    return out
+
+
+def _dot(r: dict[str, Any]) -> dict[str, Any] | None:
+    rid, pos = r.get("id"), r.get("pos")
+    if not (isinstance(rid, int) and not isinstance(rid, bool) and rid > 0 and isinstance(pos, list)
+            and len(pos) == 2 and all(_number(v) for v in pos)):
+        return None
+    out: dict[str, Any] = {"id": rid, "pos": pos}
+    parent = r.get("parentId")
+    if isinstance(parent, int) and not isinstance(parent, bool):
+        out["parent"] = parent
+    return out
+
+
+def _note(ui: Any) -> dict[str, Any]:
+    """A Note or MarkdownNote inside a subgraph as the canvas keeps it (its definition's ``notes``)."""
+    values = ui.widgets_values
+    text = values[0] if isinstance(values, list) and values and isinstance(values[0], str) else ""
+    note: dict[str, Any] = {"title": ui.title or ("Markdown Note" if ui.type == "MarkdownNote" else "Note"),
+                            "text": text}
+    if ui.type == "MarkdownNote":
+        note["markdown"] = True
+    for key in ("pos", "size", "color", "bgcolor"):
+        if getattr(ui, key) is not None:
+            note[key] = getattr(ui, key)
+    if ui.flags.get("collapsed") is True:
+        note["collapsed"] = True
+    return note
 
 
 def _slots(sg: Any) -> dict[str, Any]:

@@ -60,7 +60,8 @@ op("GET", "/", "The canvas (web/index.html)", ok="text/html", public=True)
 op("GET", "/web/{path}", "The canvas' static files (aiohttp's static route: a missing file is an empty 404)",
    ok="*/*", errors=(404,), bare_errors=(404,), public=True)
 op("GET", "/openapi.json", "This document", ok=dict[str, Any])
-op("GET", "/v1/auth", "Whether a token is required (answered without one)", ok=m.AuthInfo, public=True)
+op("GET", "/v1/auth", "Whether a token is required, and whether the browser's sign-in cookie stands for it "
+   "(answered without one)", ok=m.AuthInfo, public=True)
 op("GET", "/v1/nodes", "Every node type's schema", ok=dict[str, m.NodeSchema])
 op("GET", "/v1/schema/workflow", "The workflow JSON Schema", ok=dict[str, Any])
 op("POST", "/v1/validate", "Check a workflow; every problem at once", body=m.ValidateRequest, ok=m.ValidateResponse)

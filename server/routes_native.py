@@ -20,7 +20,7 @@ from . import store as S
 from .errors import ApiError, json_response
 from .hub import NATIVE, Connection
 from .schemas import parse_body, parse_query
-from .security import safe_join
+from .security import SIGNED_IN, safe_join
 from .service import ID_RE, ChiselServer, apply_overrides
 from .system import CHISEL_VERSION, system_info
 
@@ -85,7 +85,9 @@ def invalid(exc: WorkflowError, server: ChiselServer) -> ApiError:
 
 # -- meta ----------------------------------------------------------------------------------------------------------------
 async def get_auth(request: web.Request) -> web.Response:
-    return json_response({"required": bool(srv(request).config.token)})
+    required = bool(srv(request).config.token)
+    # signed_in: this browser's sign-in cookie (set by opening the page with ?token=) stands for the token
+    return json_response({"required": required, "signed_in": required and bool(request.get(SIGNED_IN, False))})
 
 
 async def get_nodes(request: web.Request) -> web.Response:

@@ -263,6 +263,7 @@ class ComfyErrorResponse(Response):
 
 class AuthInfo(Response):
     required: bool
+    signed_in: bool = False  # the browser's sign-in cookie stands for the token: no need to ask for it
 
 
 class NodeInput(Response):

@@ -35,6 +35,8 @@ from graph.paths import name_problem
 
 from .errors import ApiError
 
+AUTH_PATH = "/v1/auth"
+SIGNED_IN = "chisel_signed_in"  # request key: the sign-in cookie stands for the token (set on AUTH_PATH)
 PUBLIC_PATHS = ("/", "/index.html", "/chisel", "/v1/auth", "/favicon.ico")
 PAGE_PATHS = ("/", "/index.html", "/chisel")  # where ``?token=`` signs a browser in (sets the cookie)
 COOKIE = "chisel_auth"
@@ -166,6 +168,8 @@ def security_middleware(token: str | None, allowed_origins: tuple[str, ...] = ()
                 raise ApiError(403, "forbidden_origin", f"cross-origin request from {origin!r} refused")
         if request.headers.get("Sec-Fetch-Site") == "cross-site" and origin is None:
             raise ApiError(403, "forbidden_origin", "cross-site request refused")
+        if token and request.path == AUTH_PATH:
+            request[SIGNED_IN] = _cookie_signed_in(request, token, throttle)
         signing_in = bool(token) and _signs_in(request)
         if token and (signing_in or not _public(request)):
             address = request.remote or ""
@@ -185,6 +189,22 @@ def security_middleware(token: str | None, allowed_origins: tuple[str, ...] = ()
         return await handler(request)
 
     return middleware
+
+
+def _cookie_signed_in(request: web.Request, token: str, throttle: AuthThrottle) -> bool:
+    """Whether the browser's sign-in cookie (only the cookie: ``GET /v1/auth`` is answered without a token) stands
+    for the token, so the page need not ask for it. A wrong cookie counts as a failed check, as anywhere else."""
+    if cookie_name(request) not in request.cookies:
+        return False
+    address = request.remote or ""
+    if throttle.retry_after(address) > 0:
+        return False
+    cookie = request.cookies.get(cookie_name(request), "")
+    ok = request.headers.get("Sec-Fetch-Site") in COOKIE_SITES and \
+        hmac.compare_digest(cookie.encode(), cookie_key(token).encode())
+    if not ok:
+        throttle.failed(address)
+    return ok
 
 
 def static_name_middleware():

@@ -276,6 +276,55 @@ def test_subgraphs_export_as_definitions_and_come_back(toy_registry, toy_paths):
     assert back.to_dict()["layout"]["subgraphs"] == bypassed.to_dict()["layout"]["subgraphs"]
 
 
+def test_a_muted_subgraph_node_read_back_mutes_its_inside_and_what_needs_it(toy_registry, toy_paths):
+    """As the canvas runs it: the nodes inside a muted subgraph node and what only they feed do not run; the rest
+    does. Read back from Chisel's UI export (kept modes), the inner nodes stay, the outputs are narrowed."""
+    from graph.engine import Engine
+
+    native = canvas_subgraph_workflow()
+    native["layout"]["subgraphs"][0]["layout"]["2"].pop("mode")
+    native["layout"]["nodes"]["5"]["mode"] = "mute"
+    native["nodes"]["6"] = {"type": "Show", "inputs": {"value": {"node": "1", "output": "INT"}}}
+    native["layout"]["nodes"]["6"] = {"pos": [600, 200], "size": [200, 80]}
+    native["outputs"] = ["6"]
+    ui = json.loads(json.dumps(to_comfy_ui(parse_workflow(native), toy_registry)))
+    assert {n["id"]: n["mode"] for n in ui["nodes"]}[5] == 2
+    back = parse_workflow(ui, toy_registry).to_dict()
+    assert back["outputs"] == ["6"] and {"5:2", "5:3", "4"} <= set(back["nodes"])
+    assert back["layout"]["nodes"]["5"]["mode"] == "mute" and "mode" not in back["layout"]["nodes"].get("5:2", {})
+    shown = Engine(toy_registry, paths=toy_paths).run(parse_workflow(back))
+    assert shown.status == "success" and set(shown.outputs) == {"6"} and shown.outputs["6"]["text"] == ["3"]
+    # the same file without Chisel's kept modes reads as ComfyUI's frontend runs it: the muted node left out
+    plain = parse_workflow(dict(ui, extra={}), toy_registry).to_dict()
+    assert not {"5:2", "5:3"} & set(plain["nodes"])
+
+
+def test_groups_notes_and_reroutes_inside_a_subgraph_travel_in_its_definition(toy_registry):
+    native = canvas_subgraph_workflow()
+    sg = native["layout"]["subgraphs"][0]
+    sg["layout"]["2"].pop("mode")
+    sg["groups"] = [{"title": "Inside", "bounding": [-10, -40, 540, 160], "color": "#3f789e"}]
+    sg["notes"] = [{"title": "Read me", "text": "# hi", "pos": [0, 200], "size": [300, 120], "markdown": True},
+                   {"title": "Note", "text": "plain", "pos": [400, 200], "size": [300, 120]}]
+    sg["reroutes"] = [{"id": 1, "pos": [250, 40]}]
+    sg["layout"]["3"]["reroutes"] = {"x": 1}
+    workflow = parse_workflow(native)
+    ui = json.loads(json.dumps(to_comfy_ui(workflow, toy_registry)))
+    [definition] = ui["definitions"]["subgraphs"]
+    assert definition["groups"] == sg["groups"]
+    notes = [(n["type"], n["title"], n["widgets_values"]) for n in definition["nodes"] if "Note" in n["type"]]
+    assert notes == [("MarkdownNote", "Read me", ["# hi"]), ("Note", "Note", ["plain"])]
+    [through] = [lk for lk in definition["links"] if lk["origin_id"] == 2 and lk["target_id"] == 3]
+    assert through["parentId"] == 1 and definition["reroutes"] == [{"id": 1, "pos": [250, 40], "linkIds": [through["id"]]}]
+    back = parse_workflow(ui, toy_registry)
+    assert back.to_dict()["nodes"] == workflow.to_dict()["nodes"]  # notes never run
+    assert back.to_dict()["layout"]["subgraphs"] == workflow.to_dict()["layout"]["subgraphs"]
+    # a file from ComfyUI's frontend: the dot is known from the link's parentId alone
+    del definition["nodes"][[n["type"] for n in definition["nodes"]].index("Scale")]["properties"]["chisel_layout"]
+    again = parse_workflow(ui, toy_registry).to_dict()["layout"]["subgraphs"][0]
+    assert again["layout"]["3"]["reroutes"] == {"x": 1} and again["reroutes"] == [{"id": 1, "pos": [250, 40]}]
+
+
 def test_a_malformed_subgraph_in_the_layout_is_a_clear_export_error(tmp_path):
     async def main():
         async with client(make_root(tmp_path)) as c:

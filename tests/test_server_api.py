@@ -286,7 +286,7 @@ def test_meta_routes_nodes_schema_workflows_models_system_free_openapi(root):
             r = await c.post("/v1/free", json={"unload_models": True, "free_memory": True})
             assert await r.json() == {"unload_models": True, "free_memory": True, "done": True}
             assert (await (await c.get("/v1/system")).json())["cache"]["entries"] == 0
-            assert await (await c.get("/v1/auth")).json() == {"required": False}
+            assert await (await c.get("/v1/auth")).json() == {"required": False, "signed_in": False}
 
             r = await c.get("/")
             assert r.status == 200 and "canvas" in await r.text()

@@ -67,6 +67,10 @@ def test_page_token_sets_a_cookie_that_stands_for_the_token(tmp_path):
                 assert (await ws.receive_json(timeout=10))["type"] == "hello"
                 await ws.close()
 
+                # the page asks whether its cookie signs it in (GET /v1/auth, answered without a token)
+                assert await (await s.get("/v1/auth", headers=good)).json() == {"required": True, "signed_in": True}
+                assert await (await s.get("/v1/auth")).json() == {"required": True, "signed_in": False}
+
                 # failures (the lock-out allows 5): a wrong token on the page sets nothing
                 r = await s.get("/?token=wrong", allow_redirects=False)
                 keep(r, await r.text())
@@ -88,6 +92,7 @@ def test_page_token_sets_a_cookie_that_stands_for_the_token(tmp_path):
                 r = await s.get(f"/?token={token}", allow_redirects=False)
                 assert r.status == 429 and "Set-Cookie" not in r.headers
                 assert (await s.get("/v1/queue", headers=good)).status == 429
+                assert (await (await s.get("/v1/auth", headers=good)).json())["signed_in"] is False
                 assert (await s.get("/")).status == 200  # the page itself still loads
 
         asyncio.run(go())

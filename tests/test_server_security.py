@@ -184,7 +184,7 @@ def test_token_required_everywhere_but_the_page(root):
                     body = await r.json()
                     assert r.status == 401 and body["error"]["kind"] == "unauthorized", (method, path, headers)
                     assert r.headers["WWW-Authenticate"].startswith("Bearer")
-            assert await (await c.get("/v1/auth")).json() == {"required": True}
+            assert await (await c.get("/v1/auth")).json() == {"required": True, "signed_in": False}
             assert (await c.get("/")).status == 200
             assert (await c.get("/v1/queue", headers=auth)).status == 200
             assert (await c.get("/v1/view?filename=ok.png&token=s3cret")).status == 200  # <img> URLs

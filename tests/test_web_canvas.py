@@ -542,9 +542,9 @@ def test_undo_redo_copy_paste_delete_and_save(page, server):
     page.page.keyboard.press("Control+y")
     page.page.wait_for_function("([i, p]) => Math.abs(chisel.nodes().find(n => n.id === i).pos[0] - p[0]) < 0.5",
                                 arg=[save["id"], moved])
-    # save: a native workflow file with the layout
+    # download: a native workflow file with the layout
     with page.page.expect_download() as dl:
-        page.page.click("#save-btn")
+        page.page.click("#download-btn")
     saved = json.loads(Path(dl.value.path()).read_text())
     assert saved["format"] == "chisel-workflow" and saved["version"] == 1 and len(saved["nodes"]) == 7
     assert saved["layout"]["nodes"][save["id"]]["pos"] == pytest.approx(moved, abs=0.5)
@@ -578,6 +578,16 @@ def test_the_page_asks_once_for_the_token_when_the_server_needs_one(browser, roo
         assert p.page.locator("#token-dialog").count() == 0
         # the wrong token's 401 is the only failed request; nothing else went wrong on the page
         assert all("401" in e for e in p.errors), p.errors
+        p.close()
+        # signed in by a link with ?token= (the server sets its cookie): the page does not ask, and works
+        p = Page(browser, srv.url + "?token=s3cret-token", wait_ready=False)
+        p.page.wait_for_function("window.chisel && (window.chisel.ready === true || !!document.querySelector('#token-dialog'))",
+                                 timeout=30000)
+        assert p.page.locator("#token-dialog").count() == 0 and "token" not in p.page.url
+        p.page.wait_for_function("document.querySelector('#conn-status').dataset.state === 'connected'")
+        assert len(p.nodes()) == 7 and p.js("chisel.app.api.token") is None
+        assert p.js("chisel.app.api.get('v1/queue').then(q => typeof q)") == "object"
+        assert not p.errors, p.errors
         p.close()
     finally:
         srv.stop()

@@ -1,7 +1,8 @@
 """The canvas's editing and run feedback in a real browser (Debian's Chromium, Playwright) against a real
 ``chisel serve``: errors that stay whatever order the server's messages arrive in, runs that are not edits,
 "cached" badges, stale badges cleared by an edit, fuzzy node search, refused links that say why, reroute dots
-saved and restored, bypass and mute. Screenshots go to test-artifacts/web-canvas/.
+saved and restored, bypass and mute, a mask painted in the mask editor changing an inpaint result. Screenshots go to
+test-artifacts/web-canvas/.
 """
 from __future__ import annotations
 
@@ -315,7 +316,8 @@ def test_history_reloads_a_past_workflow_and_export_gives_comfyui_api_format(pag
     page.shot("29-history.png")
     page.page.click("#new-btn")
     page.page.wait_for_function("chisel.nodes().length === 0")
-    item.click()
+    item.click()  # the run's images, and "Load workflow"
+    page.page.locator("#run-view").get_by_role("button", name="Load workflow").click()
     page.page.wait_for_function("chisel.nodes().length === 7")
     assert sorted(n["type"] for n in page.nodes()) == sorted(ids_type for ids_type in
                                                               (n["type"] for n in txt2img()["nodes"].values()))
@@ -470,6 +472,71 @@ def test_the_mask_editor_paints_the_mask_into_the_pictures_alpha(page, root):
         assert alpha.getpixel((20, 28)) == 255
         assert im.convert("RGB").getpixel((20, 15)) == (30, 140, 220)
     assert page.js("chisel.workflow()")["nodes"][node]["inputs"] == {"image": "mask source-mask.png"}
+
+
+def test_a_painted_mask_changes_the_inpaint_result_only_where_it_is_painted(page, server, root):
+    """The bundled inpaint workflow (VAE Encode for Inpainting) on the demo model's own kind of picture, a red circle
+    on white. Without a mask the noise mask is empty, so the sampler keeps the encoded picture and the result is the
+    VAE's reconstruction of it. With a stroke painted in the mask editor, that area is grayed, made the noise mask
+    (grown by grow_mask_by) and sampled afresh from the prompt, so it changes; the latent outside the grown mask is
+    kept exactly, so the picture there changes only within the VAE decoder's reach of it."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    wf = json.loads((REPO / "workflows" / "inpaint.json").read_text())
+    types = {n["type"]: i for i, n in wf["nodes"].items()}
+    wf["nodes"][types["KSampler"]]["inputs"]["steps"] = 4
+    grow = wf["nodes"][types["VAEEncodeForInpaint"]]["inputs"]["grow_mask_by"]
+    ids = open_workflow(page, root, wf, "inpaint-mask")
+    load = ids["LoadImage"]
+    picture = root / "circle.png"
+    with Image.open(REPO / "workflows" / "assets" / "red_circle_inpaint.png") as im:
+        im.convert("RGB").save(picture)  # opaque: no mask yet
+    button = next(k for k in page.js("i => chisel.app.nodeFor(i).widgets.map(w => w.name)", load) if k.startswith("upload"))
+    with page.page.expect_file_chooser() as chooser:
+        page.page.mouse.click(*page.js("([i, n]) => chisel.widgetPos(i, n)", [load, button]))
+    chooser.value.set_files(str(picture))
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).widgets.image === 'circle.png'", arg=load)
+
+    def run(count: int):
+        page.page.click("#queue-btn")
+        done = finished(page, count)
+        assert done["status"] == "success", done
+        [image] = server.get(f"v1/history/{done['prompt_id']}")["outputs"][types["SaveImage"]]["images"]
+        with Image.open(root / "output" / image["subfolder"] / image["filename"]) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.float64)
+
+    before = run(1)
+    # a short stroke across the circle's middle
+    page.page.mouse.click(*page.js("i => chisel.titlePos(i)", load), button="right")
+    page.page.locator(".litecontextmenu .litemenu-entry", has_text="Open in mask editor").first.click()
+    layer = page.page.locator(".mask-editor .mask-layer")
+    layer.wait_for(timeout=5000)
+    page.page.fill("#mask-brush-size", "8")
+    box = layer.bounding_box()
+    cy = box["y"] + box["height"] / 2
+    page.drag((box["x"] + box["width"] * 0.4, cy), (box["x"] + box["width"] * 0.6, cy))
+    page.page.click("#mask-save")
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).widgets.image === 'circle-mask.png'",
+                                arg=load, timeout=10000)
+    with Image.open(root / "input" / "circle-mask.png") as im:
+        alpha = im.getchannel("A")
+    painted = np.asarray(alpha) == 0
+    assert 40 < painted.sum() < 64 * 64 // 4, painted.sum()  # a stroke, not nothing or everything
+    after = run(2)
+    page.shot("33-inpaint-with-painted-mask.png")
+
+    diff = np.abs(after - before).mean(axis=-1)  # per pixel, 0..255
+    # outside the grown mask, two latent cells (16 px) away: what the decoder reaches from the repainted cells
+    reach = grow // 2 + 1 + 16
+    near = np.asarray(Image.fromarray(painted.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * reach + 1))) > 0
+    assert (~near).sum() > 64 * 8, (~near).sum()
+    assert diff[painted].mean() > 50, diff[painted].mean()  # the red circle is gone where the mask was painted
+    # ... and the rest of the picture is as it was, but for what the VAE's attention (global, weak) carries: a few
+    # levels of 255 where the repainted area changes by over a hundred
+    assert diff[~near].mean() < 6, diff[~near].mean()
+    red = before[painted].mean(axis=0)
+    assert red[0] > 150 and red[1] < 100 and red[2] < 100, red  # without a mask: the circle, reconstructed
 
 
 # -- export in ComfyUI's UI format -----------------------------------------------------------------------------------

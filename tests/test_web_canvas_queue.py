@@ -1,5 +1,6 @@
 """The canvas's queue and history panels in a real browser against a real ``chisel serve``: pending prompts moved up
-and down and removed (the server's order checked over HTTP), and a past prompt run again with a new seed.
+and down and removed (the server's order checked over HTTP), a past prompt run again with a new seed, and a past
+prompt opened from the history: its images shown, its workflow loaded back.
 Screenshots go to test-artifacts/web-canvas/.
 """
 from __future__ import annotations
@@ -41,9 +42,13 @@ def test_rerun_with_a_new_seed_then_reorder_and_cancel_pending_prompts(page, ser
     assert ks["id"] not in second.get("cached", []) and ks["id"] in second["executed"]  # a new seed: the sampler ran
 
     # four long runs (the longest the sampler takes: the first is still running when this test is done with the
-    # queue, and is interrupted then): one runs, three wait
+    # queue, and is interrupted then): one runs, three wait. The first is queued alone and seen running before the
+    # other three: prompts that differ only in their seed queued together may be sampled as one batch (the server's
+    # batching across prompts), and this is about the pending ones
     page.set_number(ks["id"], "steps", 10000)
-    page.page.fill("#batch-count", "4")
+    page.page.click("#queue-btn")
+    page.page.wait_for_function("document.querySelectorAll('#queue-list .queue-item.running').length === 1", timeout=60000)
+    page.page.fill("#batch-count", "3")
     page.page.click("#queue-btn")
     page.page.wait_for_function("document.querySelectorAll('#queue-list .queue-item.pending').length === 3", timeout=60000)
     order = pending_ids(server)
@@ -74,11 +79,29 @@ def test_rerun_with_a_new_seed_then_reorder_and_cancel_pending_prompts(page, ser
     page.page.locator("#queue-list .queue-item").wait_for(state="detached", timeout=30000)
     assert server.get("v1/queue") == {"running": [], "pending": []}
 
-    # a past run opens in a new tab, since this one has edits: that run's workflow, this tab kept as it is
+    # a past run, clicked in the history: its images, loaded from the server
+    entry = server.get(f"v1/history/{first['prompt_id']}")
+    saved = [im["filename"] for out in entry["outputs"].values() for im in out["images"] if im["type"] == "output"]
+    assert saved
     page.page.locator(f"#history-list .history-item[data-prompt='{first['prompt_id']}']").click()
+    view = page.page.locator(f"#run-view[data-prompt='{first['prompt_id']}']")
+    view.wait_for(state="visible", timeout=5000)
+    page.page.wait_for_function("() => { const a = [...document.querySelectorAll('#run-view img')];"
+                                " return a.length > 0 && a.every(i => i.complete); }", timeout=10000)
+    shown = page.js("""async () => Promise.all([...document.querySelectorAll('#run-view img')].map(async i => ({
+        src: i.src, w: i.naturalWidth, h: i.naturalHeight, status: (await fetch(i.src)).status})))""")
+    assert all(s["status"] == 200 and s["w"] > 0 and s["h"] > 0 for s in shown), shown
+    assert {f for f in saved if any(f"filename={f}" in s["src"] for s in shown)} == set(saved)
+    assert page.js("chisel.workflow()")["nodes"][ks["id"]]["inputs"]["steps"] == 10000  # showing it changed nothing
+    page.shot("56-history-run-images.png")
+
+    # ... and its workflow loaded back, in a new tab since this one has edits; this tab kept as it is
+    view.get_by_role("button", name="Load workflow").click()
     page.page.wait_for_function("document.querySelectorAll('#tabbar [role=tab]').length === 2")
     assert page.js("document.querySelector('#tabbar .tab.active').dataset.name").startswith("run ")
     assert page.node(ks["id"])["widgets"]["steps"] == 2 and page.node(ks["id"])["widgets"]["seed"] == seed
+    loaded = page.js("chisel.workflow()")["nodes"]
+    assert {i: n["inputs"] for i, n in loaded.items()} == {i: n["inputs"] for i, n in entry["workflow"]["nodes"].items()}
     page.page.get_by_role("tab", name="txt2img").click()
     page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).widgets.steps === 10000", arg=ks["id"])
 

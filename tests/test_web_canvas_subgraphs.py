@@ -295,3 +295,141 @@ def test_a_promoted_widget_sets_its_inner_input_per_instance(page, server, root)
     assert unpacked["nodes"] == want
     page.page.click("#undo-btn")
     page.page.wait_for_function("k => !chisel.app.graph._nodes.some(n => String(n.id) === k)", arg=sampler)
+
+
+def client_at(page: Page, x: float, y: float) -> list[float]:
+    """Where a point of the graph shown is in the page's pixels."""
+    return page.js("""([x, y]) => { const p = chisel.app.lgcanvas.ds.convertOffsetToCanvas([x, y]);
+        const b = chisel.app.lgcanvas.canvas.getBoundingClientRect(); return [b.left + p[0], b.top + p[1]]; }""", [x, y])
+
+
+def inside_extras(page: Page) -> dict:
+    """The groups, notes and reroute dots of the graph shown."""
+    return page.js("""() => { const g = chisel.app.lgcanvas.graph;
+        return {groups: chisel.groups().map(x => x.title), reroutes: chisel.reroutes().map(r => r.links),
+                notes: g._nodes.filter(n => n.chisel?.note).map(n => [n.type, n.text])}; }""")
+
+
+def test_groups_notes_and_reroutes_inside_a_subgraph_are_saved_exported_and_restored(page, server, root):
+    from test_web_canvas_edit import txt2img
+
+    ids = open_workflow(page, root, txt2img(steps=2), "subgraph-extras")
+    sampler, decode = ids["KSampler"], ids["VAEDecode"]
+    instance = convert(page, [sampler, decode])
+    node_menu(page, instance, "Open subgraph")
+    page.page.wait_for_function("!chisel.app.lgcanvas.graph.isRootGraph")
+    # inside: a group around the sampler (Ctrl+G), a note and a Markdown note, a reroute dot on a link
+    select(page, sampler)
+    page.page.keyboard.press("Control+g")
+    page.page.wait_for_function("chisel.groups().length === 1")
+    x, y = page.js("i => { const n = chisel.app.lgcanvas.graph.getNodeById(Number(i)); return [n.pos[0], n.pos[1] + n.size[1] + 120]; }",
+                   sampler)
+    page.page.wait_for_function("!chisel.app.subgraphs.justOpened()")  # a double-click right after opening is ignored
+    note = page.add_node(*client_at(page, x, y), "Note")
+    page.type_text(note, "text", "inside note")
+    md = page.add_node(*client_at(page, x + 400, y), "Markdown Note")
+    page.type_text(md, "text", "# inside")
+    page.page.wait_for_function("i => chisel.linkCenter(i, 'samples')", arg=decode)
+    page.page.keyboard.down("Alt")
+    page.page.mouse.click(*page.js("i => chisel.linkCenter(i, 'samples')", decode))
+    page.page.keyboard.up("Alt")
+    page.page.wait_for_function("chisel.reroutes().length === 1")
+    want = {"groups": ["Group"], "reroutes": [1], "notes": [["Note", "inside note"], ["MarkdownNote", "# inside"]]}
+    assert inside_extras(page) == want
+    page.shot("47-subgraph-extras.png")
+    wf = page.js("chisel.workflow()")
+    [sg] = wf["layout"]["subgraphs"]
+    assert [g["title"] for g in sg["groups"]] == ["Group"] and [n["text"] for n in sg["notes"]] == ["inside note", "# inside"]
+    [dot] = sg["reroutes"]
+    assert sg["layout"][decode]["reroutes"] == {"samples": dot["id"]}
+    # the root graph keeps none of them; what runs is unchanged (notes never run)
+    assert wf["layout"]["groups"] == [] and wf["layout"]["notes"] == [] and "reroutes" not in wf["layout"]
+    assert sorted(wf["nodes"]) == sorted(txt2img(steps=2)["nodes"].keys() - {sampler, decode}
+                                         | {f"{instance}:{sampler}", f"{instance}:{decode}"})
+    assert server.request("POST", "v1/validate", {"workflow": wf})["valid"] is True
+
+    # saved (the autosave) and reloaded: opened again, they are all there
+    page.page.wait_for_timeout(600)
+    page.page.reload()
+    page.ready()
+    assert page.js("chisel.workflow()")["layout"]["subgraphs"] == wf["layout"]["subgraphs"]
+    node_menu(page, instance, "Open subgraph")
+    page.page.wait_for_function("!chisel.app.lgcanvas.graph.isRootGraph")
+    assert inside_extras(page) == want
+
+    # ComfyUI's UI format: the definition carries its groups, its notes as Note/MarkdownNote nodes and its
+    # reroute dots (on the link that passes through); Chisel reads them back, and what runs is the same
+    page.page.keyboard.press("Escape")
+    ui = export_ui(page)
+    [definition] = ui["definitions"]["subgraphs"]
+    assert [g["title"] for g in definition["groups"]] == ["Group"]
+    notes = [(n["type"], n["widgets_values"]) for n in definition["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+    assert notes == [("Note", ["inside note"]), ("MarkdownNote", ["# inside"])]
+    [ui_dot] = definition["reroutes"]
+    [through] = [lk for lk in definition["links"] if lk.get("parentId") == ui_dot["id"]]
+    assert ui_dot["linkIds"] == [through["id"]] and str(through["target_id"]) == decode
+    converted = server.request("POST", "v1/workflow/convert", {"workflow": dict(ui, extra={})})["workflow"]
+    assert converted["nodes"] == wf["nodes"]
+    [back] = converted["layout"]["subgraphs"]
+    assert [n["text"] for n in back["notes"]] == ["inside note", "# inside"] and back["notes"][1]["markdown"] is True
+    reopen(page, root, ui, "subgraph-extras-reopened")
+    node_menu(page, instance, "Open subgraph")
+    page.page.wait_for_function("!chisel.app.lgcanvas.graph.isRootGraph")
+    assert inside_extras(page) == want
+    page.shot("48-subgraph-extras-reopened.png")
+    # unpacked, its notes and group come out with its nodes (the dot stays behind: its link is a plain one again)
+    page.page.keyboard.press("Escape")
+    page.page.wait_for_function("chisel.app.lgcanvas.graph === chisel.app.graph")
+    node_menu(page, instance, "Unpack subgraph")
+    page.page.wait_for_function("k => chisel.app.graph._nodes.some(n => String(n.id) === k)", arg=sampler)
+    assert inside_extras(page) == {**want, "reroutes": []}
+    assert not [e for e in page.errors if "reroute" in e]
+
+
+def test_a_bypassed_subgraph_node_passes_its_input_through_and_a_muted_one_stops_what_it_feeds(page, server, root):
+    from test_web_canvas_edit import finished, saved_image_size
+
+    wf = with_upscale_and_preview()
+    for spec in wf["nodes"].values():  # a seed of its own: no other test's run of this module's server is cached
+        if spec["type"] == "KSampler":
+            spec["inputs"]["seed"] = 4711
+    ids = open_workflow(page, root, wf, "subgraph-modes")
+    upscale, save, decode, preview = ids["ImageScale"], ids["SaveImage"], ids["VAEDecode"], ids["PreviewImage"]
+    instance = convert(page, [upscale])  # a subgraph node IMAGE -> IMAGE
+    select(page, instance)
+    page.page.keyboard.press("Control+b")
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).mode === 4", arg=instance)
+    wf = page.js("chisel.workflow()")
+    # nothing inside runs; what it feeds takes its input of the same type; what was drawn stays in the layout
+    assert f"{instance}:{upscale}" not in wf["nodes"] and wf["layout"]["nodes"][instance]["mode"] == "bypass"
+    assert wf["nodes"][save]["inputs"]["images"] == {"node": decode, "output": "IMAGE"}
+    assert wf["layout"]["nodes"][save]["links"]["images"]["node"] == instance
+    page.shot("49-subgraph-bypassed.png")
+    page.page.click("#queue-btn")
+    run = finished(page, 1)
+    assert run["status"] == "success" and not [i for i in run["executed"] if i.startswith(f"{instance}:")]
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).images.length", arg=save)
+    assert saved_image_size(root, page, save) == (64, 64)  # not upscaled: the decode's image passed through
+    ui = export_ui(page)
+    assert [n["mode"] for n in ui["nodes"] if str(n["id"]) == instance] == [4]
+    converted = server.request("POST", "v1/workflow/convert", {"workflow": dict(ui, extra={})})["workflow"]
+    assert converted["nodes"] == wf["nodes"] and converted["layout"]["nodes"][instance]["mode"] == "bypass"
+
+    # Ctrl+M: muted, it and Save Image (fed only by it) do not run; Preview Image does
+    page.page.keyboard.press("Control+m")
+    page.page.wait_for_function("i => chisel.nodes().find(n => n.id === i).mode === 2", arg=instance)
+    wf = page.js("chisel.workflow()")
+    assert wf["layout"]["nodes"][instance]["mode"] == "mute" and wf["outputs"] == [preview]
+    page.page.click("#queue-btn")
+    run = finished(page, 2)
+    assert run["status"] == "success" and save not in run["executed"] + run["cached"]
+    assert not [i for i in run["executed"] if i.startswith(f"{instance}:")]
+    ui = export_ui(page)
+    assert [n["mode"] for n in ui["nodes"] if str(n["id"]) == instance] == [2]
+    # the export opened again (and the page reloaded) keeps the subgraph node muted, and what runs
+    again = reopen(page, root, ui, "subgraph-modes-reopened")
+    assert again["nodes"] == wf["nodes"] and again["outputs"] == [preview] and page.node(instance)["mode"] == 2
+    page.page.wait_for_timeout(600)
+    page.page.reload()
+    page.ready()
+    assert page.node(instance)["mode"] == 2 and page.js("chisel.workflow()")["outputs"] == [preview]

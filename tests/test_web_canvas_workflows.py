@@ -215,3 +215,57 @@ def test_tabs_keep_their_own_graph_undo_and_unsaved_state_across_a_reload(page):
     page.page.get_by_role("button", name="Close workflow 2").click()
     page.page.get_by_role("button", name="Close txt2img").click()
     page.page.wait_for_function("document.querySelectorAll('#tabbar [role=tab]').length === 1 && chisel.nodes().length === 0")
+
+
+def test_ctrl_s_saves_the_tab_on_the_server_and_ctrl_shift_s_downloads(page, saved_dir):
+    downloads = []
+    page.page.on("download", lambda d: downloads.append(d))
+    # (the page's handler runs first; a listener on window sees whether it kept the browser's own save dialog away)
+    page.js("() => window.addEventListener('keydown', e => { if (e.key.toLowerCase() === 's') window.savePrevented = e.defaultPrevented; })")
+    page.page.mouse.click(300, 850)
+    page.page.keyboard.press("Control+s")
+    dialog = page.page.get_by_role("dialog", name="Save workflow")
+    dialog.wait_for(timeout=5000)
+    assert page.js("window.savePrevented") is True
+    box = dialog.get_by_label("Workflow name")
+    assert box.input_value() == "txt2img"  # the tab's name offered
+    box.fill("a:b")
+    box.press("Enter")
+    dialog.get_by_role("alert").wait_for(state="visible", timeout=5000)
+    assert "cannot contain ':'" in dialog.get_by_role("alert").inner_text()
+    assert not saved_dir.exists() or not list(saved_dir.iterdir())
+    box.fill("Quick one")
+    box.press("Enter")
+    dialog.wait_for(state="detached", timeout=5000)
+    page.page.wait_for_function("document.querySelector('#tabbar .tab.active').dataset.saved === 'Quick one'", timeout=5000)
+    stored = json.loads((saved_dir / "Quick one.json").read_text())
+    assert stored["format"] == "chisel-workflow" and stored["nodes"] == page.js("chisel.workflow()")["nodes"]
+
+    # saved once: Ctrl+S writes the edit back under that name without asking
+    ks = next(n for n in page.nodes() if n["type"] == "KSampler")
+    page.set_number(ks["id"], "steps", 5)
+    page.page.wait_for_function("document.querySelector('#tabbar .tab.active').classList.contains('modified')", timeout=5000)
+    page.page.mouse.click(300, 850)
+    page.page.keyboard.press("Control+s")
+    page.page.wait_for_function("!document.querySelector('#tabbar .tab.active').classList.contains('modified')", timeout=5000)
+    assert page.page.locator(".modal-back").count() == 0
+    assert json.loads((saved_dir / "Quick one.json").read_text())["nodes"][ks["id"]]["inputs"]["steps"] == 5
+
+    # a new tab saved under a name that is taken: asked first, "Cancel" keeps the file
+    page.page.click("#new-btn")
+    page.page.wait_for_function("chisel.nodes().length === 0")
+    page.page.mouse.click(300, 850)
+    page.page.keyboard.press("Control+s")
+    dialog.wait_for(timeout=5000)
+    dialog.get_by_label("Workflow name").fill("Quick one")
+    dialog.get_by_label("Workflow name").press("Enter")
+    page.page.get_by_role("dialog", name="Replace it?").get_by_role("button", name="Cancel").click()
+    page.page.get_by_role("dialog", name="Replace it?").wait_for(state="detached", timeout=5000)
+    assert len(json.loads((saved_dir / "Quick one.json").read_text())["nodes"]) == 7
+    assert sorted(p.name for p in saved_dir.iterdir()) == ["Quick one.json"] and not downloads
+
+    # Ctrl+Shift+S: the workflow as a file (the explicit download)
+    with page.page.expect_download() as dl:
+        page.page.keyboard.press("Control+Shift+s")
+    assert json.loads(open(dl.value.path()).read())["format"] == "chisel-workflow"
+    assert page.js("window.savePrevented") is True

@@ -51,13 +51,16 @@ export class Api {
   /** Ask the server whether a token is needed; ask the user for one (once per session) when it is. */
   async init() {
     let required = false;
+    let signedIn = false;
     try {
       const r = await fetch(this.url("v1/auth"));
-      if (r.ok) required = !!(await r.json()).required;
+      if (r.ok) ({ required = false, signed_in: signedIn = false } = await r.json());
     } catch (e) {
       throw new Error(`cannot reach the Chisel server: ${e.message}`);
     }
     if (!required) return;
+    // signed in by the page's ?token= link: the cookie stands for the token on every request of this page
+    if (signedIn && !this.token) return;
     let message = "This Chisel server needs an access token.";
     for (;;) {
       if (!this.token) {

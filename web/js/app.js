@@ -25,6 +25,7 @@ import { Minimap } from "./minimap.js";
 import { Subgraphs, nodeAtPath, allNodes } from "./subgraphs.js";
 import { Tabs } from "./tabs.js";
 import { QueuePanel } from "./queuepanel.js";
+import { RunView } from "./runview.js";
 import { ImagesIn } from "./images.js";
 import { WorkflowBrowser } from "./browser.js";
 
@@ -53,6 +54,7 @@ export class App {
     this.subgraphs = new Subgraphs(this);
     this.tabs = new Tabs(this);
     this.queuePanel = new QueuePanel(this);
+    this.runView = new RunView(this);
     this.imagesIn = new ImagesIn(this);
     this.browser = new WorkflowBrowser(this);
   }
@@ -63,7 +65,9 @@ export class App {
     this.api.onStatus = (s) => this.setStatus(s);
     try {
       await this.api.init();
-      // the user's settings load alongside the node types (they never fail the start: defaults apply)
+      // the start workflow (for a browser that keeps no tabs) is asked for alongside the node types and the user's
+      // settings (which never fail the start: defaults apply), not one round trip after them
+      this.startWorkflow = this.tabs.readStored() ? null : this.api.get("v1/workflows/txt2img").catch(() => null);
       [this.schemas] = await Promise.all([this.api.get("v1/nodes"), this.settings.load()]);
     } catch (e) {
       this.setStatus("offline");
@@ -100,6 +104,9 @@ export class App {
     window.addEventListener("focus", () => this.refreshModels());
     document.body.dataset.ready = "1";
     window.chisel.ready = true;
+    // for benchmarks/canvas_load.py: ready, and the first frame drawn after it (ms since navigation start)
+    performance.mark("chisel:ready");
+    requestAnimationFrame(() => requestAnimationFrame(() => performance.mark("chisel:drawn")));
   }
 
   setTitle(name) {
@@ -131,7 +138,9 @@ export class App {
   uploadFor(node, widget, file = null, opts = {}) { return this.models.uploadFor(node, widget, file, opts); }
   showInputImage(node, widget) { return this.models.showInputImage(node, widget); }
   openFile(file) { return this.files.openFile(file); }
-  save() { return this.files.save(); }
+  /** Save the tab on the server (Ctrl+S); download() gives the workflow as a file (Ctrl+Shift+S). */
+  save() { return this.browser.quickSave(); }
+  download() { return this.files.save(); }
   openPalette(e, from) { return openPalette(this, e, from); }
   addNodeAt(type, pos, from) { return addNodeAt(this, type, pos, from); }
   fitView() { return fitView(this.lgcanvas.graph, this.lgcanvas); }

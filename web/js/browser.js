@@ -5,7 +5,7 @@
 import { el, toast } from "./panels.js";
 import { closeTextEditor } from "./widgets.js";
 import { graphToWorkflow, detectFormat } from "./format.js";
-import { confirmDialog } from "./dialogs.js";
+import { confirmDialog, promptDialog } from "./dialogs.js";
 
 const ROUTE = "v1/user/workflows";
 const EMPTY = { format: "chisel-workflow", version: 1, nodes: {} };
@@ -200,6 +200,22 @@ export class WorkflowBrowser {
     const saved = this.app.tabs.current?.saved;
     if (!saved) return false;
     return this.write(saved, { overwrite: true });
+  }
+
+  /** Ctrl+S: the tab saved on the server under its saved name; the first time, under a name asked for (the tab's
+   *  name offered). A name already taken asks before replacing it. */
+  async quickSave() {
+    const tab = this.app.tabs.current;
+    if (tab?.saved) return this.write(tab.saved, { overwrite: true });
+    const offered = String(tab?.name || this.app.name || "workflow").replace(/\.json$/i, "");
+    const name = await promptDialog("Save this workflow on the server as", {
+      value: offered, ok: "Save", title: "Save workflow", label: "Workflow name", check: nameProblem,
+    });
+    if (name == null) return false;
+    const list = await this.api.request("GET", ROUTE, { allowError: true }).catch(() => ({ ok: false }));
+    const taken = list.ok && Array.isArray(list.data) && list.data.some((w) => w.name === name);
+    if (taken && !(await this.askReplace(name))) return false;
+    return this.write(name, { overwrite: false, asked: taken }); // (not asked: a file saved meanwhile still asks)
   }
 
   async saveAs(raw) {

@@ -71,7 +71,8 @@ export function prepareComfyUi(data, schemas) {
 export function restoreComfyUi(wf, kept) {
   const layout = (wf.layout ||= {});
   const nodes = (layout.nodes ||= {});
-  for (const [id, mode] of Object.entries(kept.modes)) if (wf.nodes[id]) (nodes[id] ||= {}).mode = mode;
+  // a subgraph node is no node of wf.nodes (its inside is): its mode goes to its layout all the same
+  for (const [id, mode] of Object.entries(kept.modes)) if (wf.nodes[id] || nodes[id]?.subgraph) (nodes[id] ||= {}).mode = mode;
   for (const [id, look] of Object.entries(kept.looks)) if (wf.nodes[id]) Object.assign((nodes[id] ||= {}), look);
   for (const [id, controls] of Object.entries(kept.controls)) {
     if (wf.nodes[id]) (nodes[id] ||= {}).controls = { ...(nodes[id].controls || {}), ...controls };

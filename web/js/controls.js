@@ -16,6 +16,7 @@ export function bindToolbar(app) {
   $("#queue-btn").addEventListener("click", () => app.queue());
   $("#interrupt-btn").addEventListener("click", () => app.interrupt());
   $("#save-btn").addEventListener("click", () => app.save());
+  $("#download-btn").addEventListener("click", () => app.download());
   $("#open-btn").addEventListener("click", () => $("#file-input").click());
   $("#file-input").addEventListener("change", async (e) => {
     const f = e.target.files?.[0];
@@ -52,12 +53,14 @@ export function bindKeys(app) {
       app.queue();
       return;
     }
-    if (app.palette.isOpen || app.lightbox.root || app.maskEditor.isOpen || document.querySelector("#shortcuts")) return;
     if (mod && key === "s") {
-      e.preventDefault();
-      app.save();
+      e.preventDefault(); // never the browser's own "save page" dialog
+      if (app.palette.isOpen || app.lightbox.root || app.maskEditor.isOpen || document.querySelector("#shortcuts, .modal-back")) return;
+      if (e.shiftKey) app.download();
+      else app.save();
       return;
     }
+    if (app.palette.isOpen || app.lightbox.root || app.maskEditor.isOpen || document.querySelector("#shortcuts")) return;
     if (mod && key === "o") {
       e.preventDefault();
       $("#file-input").click();
@@ -121,7 +124,8 @@ export const SHORTCUTS = [
   ["Alt+click a link", "Add a reroute dot"],
   [".", "Fit the view to the workflow"],
   ["F", "Zoom to the selected nodes"],
-  ["Ctrl+S, Ctrl+O", "Save, open a workflow file"],
+  ["Ctrl+S", "Save this tab on the server (asks for a name the first time)"],
+  ["Ctrl+Shift+S, Ctrl+O", "Download the workflow as a file, open a workflow file"],
   ["W", "Saved and bundled workflows (open, save as, rename, delete)"],
   ["?", "This list"],
 ];

@@ -38,3 +38,22 @@ export async function confirmDialog(text, { ok = "OK", cancel = "Cancel", title 
   ]);
   return answer === true;
 }
+
+/** A line of text: the text typed (trimmed), or null when cancelled. `check(text)` returns what is wrong with it
+ *  (said under the field, the dialog stays open) or null. */
+export async function promptDialog(text, { value = "", ok = "OK", cancel = "Cancel", title = "", label = text, check = null } = {}) {
+  const input = el("input", { type: "text", autocomplete: "off", "aria-label": label, value });
+  const problem = el("p", { class: "modal-problem", role: "alert", hidden: true });
+  const answer = await modal(title || text, [el("p", {}, text), input, problem], (finish) => [
+    el("button", { type: "button", onclick: () => finish(null) }, cancel), " ",
+    el("button", { type: "button", class: "primary", "data-default": "", onclick: () => {
+      const v = input.value.trim();
+      const wrong = check?.(v) ?? null;
+      problem.textContent = wrong || "";
+      problem.hidden = !wrong;
+      if (wrong) input.focus();
+      else finish(v);
+    } }, ok),
+  ], { initialFocus: () => { input.select(); return input; } });
+  return typeof answer === "string" ? answer : null;
+}

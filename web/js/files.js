@@ -172,7 +172,7 @@ export class Files {
       return;
     }
     try {
-      const wf = await this.api.get("v1/workflows/txt2img");
+      const wf = (await this.app.startWorkflow) ?? await this.api.get("v1/workflows/txt2img"); // asked for at start
       this.app.loadWorkflow(unwrap(wf), { name: "txt2img" });
     } catch {
       this.app.loadWorkflow(EMPTY, { name: "workflow" });

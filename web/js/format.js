@@ -112,21 +112,14 @@ export function graphToWorkflow(graph, { layout = true, meta } = {}) {
   const { nodes, layoutNodes, modes: scopeModes } = scopeToWorkflow(graph, { layout });
   const wf = { format: FORMAT, version: 1, nodes };
   if (meta && Object.keys(meta).length) wf.meta = meta;
-  if (layout) {
-    wf.layout = {
-      nodes: layoutNodes,
-      groups: graph._groups.map((g) => ({ title: g.title, bounding: [...g._bounding].map(round1), color: g.color })),
-      notes: graph._nodes.filter(isNote).sort((a, b) => sortIds(a.id, b.id)).map((n) => noteToLayout(n, round1)),
-    };
-    const reroutes = savedReroutes(graph);
-    if (reroutes.length) wf.layout.reroutes = reroutes;
-  }
+  if (layout) wf.layout = { nodes: layoutNodes, ...scopeExtras(graph, { always: true }) };
   let modes = scopeModes;
   let byId = (id) => graph.getNodeById(lgId(id));
   let drawn = null;
   if (usedSubgraphs(graph).length) {
     // the workflow that runs is the flattened one; what was drawn (the subgraphs) stays in the layout
-    ({ modes, byId, drawn } = flattenSubgraphs(wf, graph, (g) => scopeToWorkflow(g, { layout }), scopeModes));
+    const scopeFn = (g) => ({ ...scopeToWorkflow(g, { layout }), extras: layout ? scopeExtras(g) : {} });
+    ({ modes, byId, drawn } = flattenSubgraphs(wf, graph, scopeFn, scopeModes));
   }
   applyModes(wf, modes, (id) => {
     const n = byId(id);
@@ -135,6 +128,41 @@ export function graphToWorkflow(graph, { layout = true, meta } = {}) {
   }, (id) => !!byId(id)?.chisel?.schema?.output_node);
   drawn?.();
   return wf;
+}
+
+/**
+ * One graph's groups, notes and reroute dots as the layout keeps them (the root graph's in `layout`, a subgraph's
+ * in its definition); empty ones are left out unless `always` (the root's groups and notes are always written).
+ */
+export function scopeExtras(graph, { always = false } = {}) {
+  const out = {
+    groups: graph._groups.map((g) => ({ title: g.title, bounding: [...g._bounding].map(round1), color: g.color })),
+    notes: graph._nodes.filter(isNote).sort((a, b) => sortIds(a.id, b.id)).map((n) => noteToLayout(n, round1)),
+    reroutes: savedReroutes(graph),
+  };
+  for (const key of ["groups", "notes", "reroutes"]) if (!out[key].length && (!always || key === "reroutes")) delete out[key];
+  return out;
+}
+
+/** Put one graph's groups, notes and reroute dots back (extras: {groups, notes, reroutes}; created: {id: node}). */
+export function restoreExtras(graph, extras, layoutNodes, created, problems) {
+  restoreReroutes(graph, { layout: { nodes: layoutNodes, reroutes: extras.reroutes } }, created, problems);
+  for (const n of Array.isArray(extras.notes) ? extras.notes : []) {
+    const note = noteFromLayout(n);
+    if (!note) continue;
+    graph.add(note, true);
+    if (n.collapsed) note.collapse(true);
+  }
+  for (const g of Array.isArray(extras.groups) ? extras.groups : []) {
+    try {
+      const group = new LGraphGroup(g?.title || "Group");
+      if (Array.isArray(g?.bounding) && g.bounding.length === 4) group._bounding.set(g.bounding.map(Number));
+      if (g?.color) group.color = g.color;
+      graph.add(group);
+    } catch (e) {
+      problems.push({ text: `a group could not be restored: ${e.message}` });
+    }
+  }
 }
 
 /** The reroute dots that links pass through (chains keep their parent); loose ones are not kept. */
@@ -234,26 +262,11 @@ export function workflowToGraph(graph, saved, schemas) {
   const scopes = nestedScopes(saved, nodes, problems);
   nodes = scopes.nodes;
   const lay = scopes.layout;
-  buildSubgraphs(graph, scopes.subgraphs, (g, n, l) => populateGraph(g, n, l, schemas, problems, null), problems);
+  buildSubgraphs(graph, scopes.subgraphs, (g, n, l) => populateGraph(g, n, l, schemas, problems, null),
+    (g, d, created) => restoreExtras(g, d, d.layout || {}, created, problems), problems);
   const wf = { ...saved, nodes };
   const created = populateGraph(graph, nodes, lay, schemas, problems, Object.keys(lay).length ? null : autoLayout(wf));
-  restoreReroutes(graph, wf, created, problems);
-  for (const n of Array.isArray(wf.layout?.notes) ? wf.layout.notes : []) {
-    const note = noteFromLayout(n);
-    if (!note) continue;
-    graph.add(note, true);
-    if (n.collapsed) note.collapse(true);
-  }
-  for (const g of wf.layout?.groups || []) {
-    try {
-      const group = new LGraphGroup(g.title || "Group");
-      if (Array.isArray(g.bounding) && g.bounding.length === 4) group._bounding.set(g.bounding.map(Number));
-      if (g.color) group.color = g.color;
-      graph.add(group);
-    } catch (e) {
-      problems.push({ text: `a group could not be restored: ${e.message}` });
-    }
-  }
+  restoreExtras(graph, wf.layout || {}, lay, created, problems);
   graph.updateExecutionOrder();
   graph.setDirtyCanvas(true, true);
   return problems;

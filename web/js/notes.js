@@ -61,7 +61,7 @@ export function noteToLayout(node, round) {
 /** A note node from layout.notes (null for an entry that is not a note). */
 export function noteFromLayout(n) {
   if (!n || typeof n !== "object") return null;
-  const node = n.markdown ? new MarkdownNoteNode(n.title) : new NoteNode(n.title);
+  const node = n.markdown || n.type === NOTE_TYPES.markdown ? new MarkdownNoteNode(n.title) : new NoteNode(n.title);
   node.text = typeof n.text === "string" ? n.text : "";
   if (Array.isArray(n.pos)) node.pos = [Number(n.pos[0]) || 0, Number(n.pos[1]) || 0];
   if (Array.isArray(n.size)) node.size = [Math.max(120, Number(n.size[0]) || 300), Math.max(60, Number(n.size[1]) || 140)];

@@ -187,7 +187,7 @@ export class Sidebar {
   }
 
   // -- history --------------------------------------------------------------------------------------
-  /** entries: GET /v1/history items, newest first. Clicking one loads its workflow back. */
+  /** entries: GET /v1/history items, newest first. Clicking one shows its images and offers its workflow. */
   setHistory(entries) {
     const ul = $("#history-list");
     ul.replaceChildren();
@@ -198,19 +198,18 @@ export class Sidebar {
         : el("span", { class: "history-thumb-empty" });
       if (image) thumb.addEventListener("error", () => thumb.replaceWith(el("span", { class: "history-thumb-empty" })), { once: true });
       const when = h.finished ? new Date(h.finished * (h.finished < 1e12 ? 1000 : 1)).toLocaleTimeString() : "";
-      const label = `Run #${h.number ?? "?"}, ${h.status}${when ? `, ${when}` : ""}: load its workflow`;
-      const btn = el("button", { class: "history-item", type: "button", "aria-label": label, title: "Load this run's workflow",
-        dataset: { prompt: h.prompt_id, status: h.status } }, thumb,
+      const label = `Run #${h.number ?? "?"}, ${h.status}${when ? `, ${when}` : ""}: show its images`;
+      const btn = el("button", { class: "history-item", type: "button", "aria-label": label,
+        title: "Show this run's images, and load its workflow from there", dataset: { prompt: h.prompt_id, status: h.status } }, thumb,
       el("span", { class: "history-text" }, el("span", {}, `#${h.number ?? "?"} `, el("span", { class: "history-status" }, h.status)),
         el("span", { class: "history-when" }, when)));
-      btn.disabled = !h.workflow;
-      // in a new tab, unless the current one holds nothing worth keeping
-      btn.addEventListener("click", () => this.app.tabs.openWorkflow(h.workflow, { name: `run ${h.number ?? h.prompt_id.slice(0, 6)}` }));
+      btn.addEventListener("click", () => this.app.runView.toggle(h)); // its images, and "Load workflow"
       const li = el("li", { class: "history-row" }, btn);
       this.app.queuePanel?.historyActions(li, h); // re-run with a new seed
       ul.append(li);
     }
     $("#history-empty").hidden = entries.length > 0;
+    this.app.runView?.markSelected();
   }
 
   // -- gallery --------------------------------------------------------------------------------------

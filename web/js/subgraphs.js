@@ -13,7 +13,7 @@
 //   layout.nodes[node].links[input]: a link drawn into an instance's output (what runs comes from inside it).
 
 import { LiteGraph, SubgraphNode, createUuidv4 } from "../vendor/litegraph/litegraph.es.js";
-import { MODE_BY_NAME, MODE_NAMES, editorInputs } from "./modes.js";
+import { MODE_BY_NAME, MODE_NAMES, MODE_BYPASS, MODE_MUTE, editorInputs, passThroughInput } from "./modes.js";
 import { graphToWorkflow } from "./format.js";
 import { isNote } from "./notes.js";
 import { toast } from "./panels.js";
@@ -82,7 +82,7 @@ function outputLink(sg, k) {
 }
 
 function defFromGraph(sg, scopeFn) {
-  const { nodes, layoutNodes, modes } = scopeFn(sg);
+  const { nodes, layoutNodes, modes, extras } = scopeFn(sg);
   for (const [id, mode] of Object.entries(modes)) if (layoutNodes[id]) layoutNodes[id].mode = MODE_NAMES[mode];
   const bounds = (io) => [...io.boundingRect].map(round1);
   return {
@@ -90,7 +90,7 @@ function defFromGraph(sg, scopeFn) {
     inputs: sg.inputs.map((i) => ({ name: i.name, type: String(i.type ?? "*") })),
     outputs: sg.outputs.map((o, k) => ({ name: o.name, type: String(o.type ?? "*"), link: outputLink(sg, k) })),
     input_node: bounds(sg.inputNode), output_node: bounds(sg.outputNode),
-    nodes, layout: layoutNodes,
+    nodes, layout: layoutNodes, ...(extras || {}), // its groups, notes and reroute dots
   };
 }
 
@@ -107,17 +107,22 @@ function slotIndex(slots, output) {
 
 /**
  * The nodes that run, from the root graph's nodes as drawn (instances included) and the subgraph definitions:
- * every instance replaced by its inner nodes (ids prefixed), links followed through the boundaries.
- * Returns {nodes, modes}: modes of inner nodes by their flattened id.
+ * every instance replaced by its inner nodes (ids prefixed), links followed through the boundaries. A bypassed
+ * instance (its layout's mode) runs nothing: each of its outputs passes on its input of the same type, as a
+ * bypassed node does; a muted one's inner nodes are all muted (they and what needs them do not run).
+ * rootLayout: the root graph's node layouts (an instance's mode). Returns {nodes, modes}: modes of inner nodes by
+ * their flattened id.
  */
-export function flattenNodes(rootNodes, defs) {
+export function flattenNodes(rootNodes, defs, rootLayout = {}) {
   const out = {};
   const modes = {};
   const defOf = (spec) => (spec ? defs[spec.type] : undefined);
+  const modeOf = (scope, id) => MODE_BY_NAME[scope.layout?.[id]?.mode];
   const inside = (spec, id, scope) => {
     const def = defs[spec.type];
     return {
       nodes: def.nodes || {}, layout: def.layout || {}, prefix: `${scope.prefix}${id}:`, depth: scope.depth + 1,
+      muted: scope.muted || modeOf(scope, id) === MODE_MUTE,
       boundary: (def.inputs || []).map((i) => {
         const v = spec.inputs?.[i.name];
         if (isLink(v)) return resolve(v, scope);
@@ -125,11 +130,17 @@ export function flattenNodes(rootNodes, defs) {
       }),
     };
   };
-  function resolve(link, scope) {
-    if (scope.depth > MAX_DEPTH) return null;
+  function resolve(link, scope, hops = 0) {
+    if (scope.depth > MAX_DEPTH || hops > 1000) return null;
     if (String(link.node) === String(SUBGRAPH_INPUT)) return scope.boundary?.[Number(link.output)] ?? null;
     const spec = scope.nodes[link.node];
     const def = defOf(spec);
+    if (def && modeOf(scope, String(link.node)) === MODE_BYPASS) {
+      // a bypassed subgraph node: the output takes its input of the same type (the same position first)
+      const name = passThroughInput({ inputs: def.inputs || [], outputs: def.outputs || [] }, link.output);
+      const v = name != null ? spec.inputs?.[name] : undefined;
+      return isLink(v) ? resolve(v, scope, hops + 1) : null;
+    }
     if (def) {
       const inner = def.outputs?.[slotIndex(def.outputs, link.output)]?.link;
       return inner ? resolve(inner, inside(spec, String(link.node), scope)) : null;
@@ -140,7 +151,7 @@ export function flattenNodes(rootNodes, defs) {
     if (scope.depth > MAX_DEPTH) return;
     for (const [id, spec] of Object.entries(scope.nodes)) {
       if (defOf(spec)) {
-        emit(inside(spec, id, scope));
+        if (modeOf(scope, id) !== MODE_BYPASS) emit(inside(spec, id, scope));
         continue;
       }
       const inputs = {};
@@ -153,11 +164,13 @@ export function flattenNodes(rootNodes, defs) {
         }
       }
       out[`${scope.prefix}${id}`] = { ...spec, inputs };
-      const mode = MODE_BY_NAME[scope.layout?.[id]?.mode];
+      const mode = scope.muted ? MODE_MUTE : modeOf(scope, id);
       if (scope.depth && mode) modes[`${scope.prefix}${id}`] = mode;
     }
   }
-  emit({ nodes: rootNodes, layout: {}, prefix: "", boundary: null, depth: 0 });
+  // the root graph's own nodes' modes are applied by the caller; only its instances' count here
+  const instancesOnly = Object.fromEntries(Object.entries(rootLayout || {}).filter(([id]) => defOf(rootNodes[id])));
+  emit({ nodes: rootNodes, layout: instancesOnly, prefix: "", boundary: null, depth: 0, muted: false });
   return { nodes: out, modes };
 }
 
@@ -169,7 +182,7 @@ export function flattenNodes(rootNodes, defs) {
 export function flattenJson(wf, defList) {
   const defs = Object.fromEntries(defList.map((d) => [d.id, d]));
   const drawnRoot = wf.nodes;
-  const { nodes, modes } = flattenNodes(drawnRoot, defs);
+  const { nodes, modes } = flattenNodes(drawnRoot, defs, wf.layout?.nodes);
   wf.nodes = nodes;
   if (!wf.layout) return { modes, drawn: () => {} };
   const lay = (wf.layout.nodes ||= {});
@@ -207,6 +220,10 @@ export function nodeAtPath(graph, id) {
 /** graphToWorkflow's part for a graph with subgraphs (wf.nodes: the root graph's nodes as drawn). */
 export function flattenSubgraphs(wf, graph, scopeFn, rootModes) {
   const defList = usedSubgraphs(graph).map((sg) => defFromGraph(sg, scopeFn));
+  // a subgraph node's own bypass or mute: kept in its layout, applied as its inside is flattened
+  for (const [id, mode] of Object.entries(rootModes)) {
+    if (wf.layout?.nodes?.[id] && defList.some((d) => d.id === wf.nodes[id]?.type)) wf.layout.nodes[id].mode = MODE_NAMES[mode];
+  }
   const { modes, drawn } = flattenJson(wf, defList);
   const all = { ...modes };
   for (const [id, mode] of Object.entries(rootModes)) if (wf.nodes[id]) all[id] = mode;
@@ -265,7 +282,7 @@ export function scopesOf(saved) {
 }
 
 /** Create the subgraph definitions in the (cleared) root graph and fill each with its nodes. */
-export function buildSubgraphs(graph, defs, populate, problems) {
+export function buildSubgraphs(graph, defs, populate, decorate, problems) {
   const made = [];
   for (const d of defs) {
     const io = (b, x) => ({ bounding: Array.isArray(b) && b.length === 4 ? b.map(Number) : [x, 0, 120, 60] });
@@ -289,6 +306,7 @@ export function buildSubgraphs(graph, defs, populate, problems) {
       if (src && i >= 0 && src.outputs[i]) sg.outputs[k].connect(src.outputs[i], src);
       else problems.push({ text: `the output “${o.name}” of subgraph “${sg.name}” could not be connected.` });
     });
+    decorate(sg, d, created); // its groups, notes and reroute dots
   }
 }
 
@@ -420,9 +438,21 @@ export function unpack(scopes, graphId, instanceId) {
     }
     scope.nodes[ids[i]] = { ...JSON.parse(JSON.stringify(spec)), inputs: JSON.parse(JSON.stringify(inputs)) };
     const l = { ...(lay[i] || {}) };
+    delete l.reroutes; // the dots stay with the subgraph's inside
     const [x, y] = l.pos || [0, 0];
     l.pos = [round1(px + x - x0), round1(py + y - y0)];
     scope.layout[ids[i]] = l;
+  }
+  // its notes and groups come along, moved as its nodes are (into the host subgraph's entry, or the root's layout)
+  const extras = host || (scopes.extras ||= {});
+  const dx = px - x0, dy = py - y0;
+  for (const n of Array.isArray(def.notes) ? def.notes : []) {
+    const pos = Array.isArray(n?.pos) ? [round1(Number(n.pos[0]) + dx), round1(Number(n.pos[1]) + dy)] : n?.pos;
+    (extras.notes ||= []).push({ ...n, pos });
+  }
+  for (const g of Array.isArray(def.groups) ? def.groups : []) {
+    const b = Array.isArray(g?.bounding) && g.bounding.length === 4 ? g.bounding.map(Number) : null;
+    (extras.groups ||= []).push(b ? { ...g, bounding: [round1(b[0] + dx), round1(b[1] + dy), b[2], b[3]] } : g);
   }
   const mapOutput = (v) => {
     const link = def.outputs?.[slotIndex(def.outputs, v.output)]?.link;
@@ -617,10 +647,11 @@ export class Subgraphs {
     const saved = graphToWorkflow(app.graph);
     const scopes = scopesOf(saved);
     for (const l of Object.values(scopes.layout)) delete l.links; // the nodes below hold the links drawn
+    scopes.extras = { notes: [...(saved.layout.notes || [])], groups: [...(saved.layout.groups || [])] }; // the root's
     const path = this.path();
     change(scopes);
     // the drawn structure as a saved workflow (modes apply again once it is on the canvas)
-    const wf = { ...saved, nodes: scopes.nodes, layout: { ...saved.layout, nodes: scopes.layout } };
+    const wf = { ...saved, nodes: scopes.nodes, layout: { ...saved.layout, ...scopes.extras, nodes: scopes.layout } };
     delete wf.outputs;
     delete wf.layout.subgraphs;
     if (scopes.subgraphs.length) flattenJson(wf, scopes.subgraphs).drawn();

@@ -68,15 +68,16 @@ export function testSurface(app) {
     },
     /** Where the middle of the link into a node's input is drawn (after the first frame). */
     linkCenter: (id, input) => {
-      const n = app.nodeFor(id);
+      const n = onCanvas(app, id);
       const slot = n?.inputs?.[n.findInputSlot(input)];
-      const link = slot?.link != null ? app.graph.links.get(slot.link) : null;
+      const link = slot?.link != null ? n.graph.links.get(slot.link) : null;
       if (!link?._pos) return null;
       const r = graphRectToClient(app.lgcanvas, link._pos[0], link._pos[1], 0, 0);
       return [r.left, r.top];
     },
-    reroutes: () => [...app.graph.reroutes.values()].map((r) => ({ id: r.id, pos: [...r.pos], links: r.linkIds.size })),
-    groups: () => app.graph._groups.map((g) => ({ title: g.title, bounding: [...g._bounding], color: g.color ?? null })),
+    // the graph shown (a subgraph's inside when one is open)
+    reroutes: () => [...app.lgcanvas.graph.reroutes.values()].map((r) => ({ id: r.id, pos: [...r.pos], links: r.linkIds.size })),
+    groups: () => app.lgcanvas.graph._groups.map((g) => ({ title: g.title, bounding: [...g._bounding], color: g.color ?? null })),
     events: () => app.events.map((e) => ({ ...e })),
     undoDepth: () => app.history.undoStack.length,
   };
