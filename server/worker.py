@@ -97,7 +97,9 @@ class FileWriter:
     def _key(path: Path) -> str:
         return str(Path(os.path.abspath(path)))
 
-    def submit(self, path: str | Path, write: Callable[[Path], Any]) -> Future:
+    def submit(self, path: str | Path, write: Callable[[Path], Any], hold: bool | None = None) -> Future:
+        """``hold``: keep this file staged until :meth:`publish` (True), or publish it once written (False);
+        None: by the writer's rule above. (The cluster's writes belong to no :meth:`begin`; they say it here.)"""
         path = Path(path)
         key = self._key(path)
         batch = self._batches.get(self.prompt_id) if self._batches is not None else None
@@ -117,8 +119,22 @@ class FileWriter:
         if batch is not None:
             batch.append(PendingWrite(path, self.node_id, future))
         # a write of no prompt (outside begin/end) has nobody to publish it: published as soon as it is staged
-        self._pool.submit(self._write, path, key, write, future, batch is None or not self.hold)
+        if hold is None:
+            hold = batch is not None and self.hold
+        self._pool.submit(self._write, path, key, write, future, not hold)
         return future
+
+    def adopt(self, path: str | Path, tmp: str | Path) -> None:
+        """Take over a file staged elsewhere (by a cluster worker, in the shared output folder) as if written here:
+        ``path`` is reserved (``FileExistsError`` when it exists or is pending) and ``tmp`` waits for
+        :meth:`publish` or :meth:`discard`."""
+        path = Path(path)
+        key = self._key(path)
+        with self._lock:
+            if key in self._pending or os.path.lexists(path):
+                raise FileExistsError(str(path))
+            self._pending[key] = Future()
+            self._staged[key] = Path(tmp)
 
     def _write(self, path: Path, key: str, write: Callable[[Path], Any], future: Future, publish: bool) -> None:
         try:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from test_server_support import (REPO, ServeProcess, build_app, chain, client, finished, make_root, run, submit, until,
-                                 wait_history, wf)
+from test_server_support import (PAUSE_POINTS, REPO, ServeProcess, build_app, chain, client, finished, make_root, run,
+                                 submit, until, until_paused, wait_history, wf)
 
 import ray  # noqa: E402  (a declared test extra: its absence is a failure)
 
@@ -365,7 +365,8 @@ from server.routes_native import SERVER
 root = pathlib.Path({root!r})
 spec = RuntimeSpec(root=str(root), device="cpu", plain=True, plugin_folders=[str(root / "custom_nodes")],
                    entry_point_group="chisel.tests-none")
-app = build_app(root, cluster=ClusterOptions(address="auto", workers=2, log_to_driver=False), cluster_runtime=spec)
+app = build_app(root, cluster=ClusterOptions(address="auto", workers=2, shared_output={shared}, log_to_driver=False),
+                cluster_runtime=spec)
 asyncio.run(_run(app, "127.0.0.1", 0, app[SERVER].config))
 """
 
@@ -374,10 +375,10 @@ class ToyClusterServe(ServeProcess):
     """A server process over the toy nodes (no torch) joining the module's Ray instance, as `chisel serve --cluster
     auto --cluster-workers 2` does (that command's own path is covered by the demo model test)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, shared: bool = False):
         self.root = root
         self.log = open(root / f"serve-{time.monotonic_ns()}.log", "w+")
-        code = SERVE_TOYS.format(tests=str(REPO / "tests"), root=str(root))
+        code = SERVE_TOYS.format(tests=str(REPO / "tests"), root=str(root), shared=shared)
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.lines: list[str] = []
@@ -423,6 +424,59 @@ def test_server_killed_with_prompts_on_workers_recovers_them(root):
     for v, e in zip((1, 2), entries):
         [name] = [i["filename"] for i in e["outputs"]["3"]["images"]]
         assert (root / "output" / name).read_text() == str(v)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["object-store", "shared-output"])
+def test_server_killed_while_recording_neither_repeats_a_prompt_nor_loses_its_file(root, shared):
+    """As on one process (test_server_durability): prompt A's file came from its worker (as bytes, or staged by the
+    worker in the shared output folder) and the server is killed just after journaling A's result, before A's file
+    has its final name; meanwhile prompt B, on the other worker, was interrupted by its client. At the next start A
+    is finished (its file published, attempts 1), not run again, and B stays interrupted. (The cluster used to give
+    workers' files their final names at once: a kill before the record re-ran the prompt and wrote the file twice.)"""
+    (root / "custom_nodes" / "pause_points.py").write_text(PAUSE_POINTS)
+    a, b = "pause-after-record", "interrupted"
+    server = ToyClusterServe(root, shared=shared)
+    try:
+        async def first():
+            from aiohttp import ClientSession
+
+            async with ClientSession(server.url) as c:
+                await workers(c, 2, timeout=240)
+                ws = await c.ws_connect("/v1/ws?client_id=k")
+                await submit(c, slow(2, 30.0), client_id="k", prompt_id=b)
+                await until(ws, lambda f: f["type"] == "progress" and f["data"]["prompt_id"] == b, timeout=60)
+                await submit(c, chain(7, steps=1, save="SaveText"), prompt_id=a)  # on the other worker
+                await until_paused(root, a)  # the finisher holds: B's result cannot be recorded after it
+                r = await c.post("/v1/interrupt", json={"prompt_id": b})
+                assert (await r.json())["interrupted"] == b
+                await until(ws, lambda f: f["type"] == "interrupted" and f["data"]["prompt_id"] == b, timeout=60)
+                await ws.close()
+        run(first(), timeout=300)
+        server.kill()
+    finally:
+        if server.proc.poll() is None:
+            server.stop()
+    # A's file is only staged (a .part): nothing is under a final name
+    assert [p.name for p in (root / "output").iterdir() if not p.name.startswith(".")] == []
+    assert [p.name for p in (root / "output").iterdir() if p.name.endswith(".part")]
+    again = ToyClusterServe(root, shared=shared)
+    try:
+        async def second():
+            from aiohttp import ClientSession
+
+            async with ClientSession(again.url) as c:
+                return [await wait_history(c, pid, timeout=60) for pid in (a, b)]
+        done, stopped = run(second(), timeout=120)
+        assert f"recorded ['{a}', '{b}']: finished" in again.log_text() or \
+            f"recorded ['{b}', '{a}']: finished" in again.log_text(), again.log_text()[-2000:]
+    finally:
+        again.stop()
+    assert done["status"] == "success" and done["attempts"] == 1, done  # finished, not run again
+    [ref] = done["outputs"]["3"]["images"]
+    assert sorted(p.name for p in (root / "output").iterdir()) == [ref["filename"]] == ["text_00001_.txt"]
+    assert (root / "output" / ref["filename"]).read_text() == "7"
+    assert stopped["status"] == "interrupted" and stopped["attempts"] == 1, stopped
+    assert stopped["errors"][0]["kind"] == "interrupted" and stopped["errors"][0]["node_id"] == "2"
 
 
 def test_name_book_and_worker_choice():

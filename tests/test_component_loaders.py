@@ -100,3 +100,32 @@ def test_wrong_files_are_named(tmp_path):
         p = tmp_path / "other.safetensors"
         save_file({"w": torch.zeros(2)}, str(p))
         UNETLoader().run(FakeContext(files={"unet_name": p}), "x", "default")
+
+
+def test_malformed_unet_and_text_encoder_files_are_loader_errors_naming_the_file(tmp_path):
+    """The family and widths are read from the shapes: a tensor of too few dimensions, an SDXL UNet without
+    cross-attention or metadata of the wrong type is a loader error naming the file (raw IndexError,
+    StopIteration or ValueError before)."""
+    from nodes.loading.components import load_text_encoder_file, load_unet_file
+
+    sd = load_file(str(_unet_file(tmp_path, "sdxl")))
+    cases = {
+        "flat_label": ({**sd, "label_emb.0.0.weight": sd["label_emb.0.0.weight"].flatten().contiguous()}, None,
+                       "label_emb.0.0.weight has shape"),
+        "no_cross": ({k: v for k, v in sd.items() if "attn2" not in k}, None, "no cross-attention"),
+        "bad_meta": (sd, {"chisel.unet": '{"addition_time_embed_dim": "wide"}'}, "not a whole number"),
+    }
+    for name, (tensors, meta, match) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tensors, str(path), metadata=meta)
+        with pytest.raises(E.CheckpointError, match=match) as exc:
+            load_unet_file(path)
+        assert str(path) in str(exc.value)
+    g_path = _te_file(tmp_path, tiny_model("sdxl").text_encoder_2, "clip_g", "chisel.text_encoder_2")
+    te = load_file(str(g_path))
+    te["text_projection.weight"] = torch.zeros(())
+    path = tmp_path / "scalar_projection.safetensors"
+    save_file(te, str(path))
+    with pytest.raises(E.UnrecognisedArchitecture, match="text_projection.weight has shape") as exc:
+        load_text_encoder_file(path)
+    assert str(path) in str(exc.value)

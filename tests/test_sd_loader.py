@@ -156,6 +156,86 @@ def test_truncated_and_corrupt_files(tmp_path):
         load_checkpoint(empty)
 
 
+def _without(family: str, path, drop=(), flatten=()):
+    """The tiny ``family`` checkpoint (metadata kept) with tensors dropped or flattened to one dimension."""
+    _, _, meta = read_header(tiny_file(family))
+    sd = load_file(str(tiny_file(family)))
+    sd = {k: v.flatten().contiguous() if k in flatten else v for k, v in sd.items() if k not in drop}
+    save_file(sd, str(path), metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize("family, key", [
+    ("sd2", "cond_stage_model.model.token_embedding.weight"),
+    ("sdxl", "conditioner.embedders.1.model.token_embedding.weight"),
+    ("sdxl_refiner", "conditioner.embedders.0.model.token_embedding.weight"),
+])
+def test_a_text_encoder_without_its_token_embedding_is_a_loader_error(tmp_path, family, key):
+    """Detection reads the text width from the token embedding (a raw KeyError / IndexError before)."""
+    path = _without(family, tmp_path / "no_tokens.safetensors", drop={key})
+    with pytest.raises(E.IncompleteCheckpoint) as exc:
+        load_checkpoint(path)
+    assert str(path) in str(exc.value) and key in str(exc.value)
+    assert key in [k for keys in exc.value.missing.values() for k in keys]
+    path = _without(family, tmp_path / "flat_tokens.safetensors", flatten={key})
+    with pytest.raises(E.UnrecognisedArchitecture, match="needs at least 2 dimensions") as exc:
+        load_checkpoint(path)
+    assert str(path) in str(exc.value) and key in str(exc.value)
+
+
+@pytest.mark.parametrize("family, key", [
+    ("sd1", "model.diffusion_model.input_blocks.1.0.out_layers.3.weight"),
+    ("sd1", "model.diffusion_model.input_blocks.1.1.proj_in.weight"),
+    ("sd1", "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"),
+    ("sd1", "first_stage_model.decoder.conv_in.weight"),
+    ("sd2", "cond_stage_model.model.positional_embedding"),
+    ("sd2", "cond_stage_model.model.transformer.resblocks.0.mlp.c_fc.weight"),
+])
+def test_a_tensor_the_layout_needs_missing_or_flattened_is_a_loader_error_naming_it(tmp_path, family, key):
+    """The configs are read from the shapes: a tensor they need that is absent or of the wrong rank is named."""
+    assert key in read_header(tiny_file(family))[0]
+    path = _without(family, tmp_path / "missing.safetensors", drop={key})
+    with pytest.raises(E.IncompleteCheckpoint) as exc:
+        load_checkpoint(path)
+    assert str(path) in str(exc.value) and key in str(exc.value)
+    path = _without(family, tmp_path / "flat.safetensors", flatten={key})
+    with pytest.raises(E.CheckpointError) as exc:  # the layout's reading, or the final shape check, says so
+        load_checkpoint(path)
+    assert str(path) in str(exc.value)
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("chisel.vae", {"norm_num_groups": 0}, "vae cannot be built"),
+    ("chisel.text_encoder", {"num_attention_heads": "x"}, "text_encoder cannot be built"),
+    ("chisel.text_encoder", {"layer_norm_eps": "x"}, "text_encoder cannot be built"),
+])
+def test_metadata_of_the_wrong_type_or_value_is_a_loader_error(tmp_path, key, value, match):
+    """The chisel.* metadata sets what shapes cannot tell; a value the libraries refuse (a raw ZeroDivisionError or
+    huggingface_hub's validation error before) names the file and the entry."""
+    _, _, meta = read_header(tiny_file("sd1"))
+    path = tmp_path / "bad_meta.safetensors"
+    save_file(load_file(str(tiny_file("sd1"))), str(path), metadata={**meta, key: json.dumps(value)})
+    with pytest.raises(E.UnrecognisedArchitecture, match=match) as exc:
+        load_checkpoint(path)
+    assert str(path) in str(exc.value) and key in str(exc.value)
+
+
+@pytest.mark.parametrize("key", ["model.diffusion_model.input_blocks.0.0.weight",
+                                 "first_stage_model.decoder.conv_in.weight",
+                                 "cond_stage_model.transformer.text_model.final_layer_norm.weight"])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool])
+def test_a_weight_of_a_non_float_dtype_is_a_loader_error_naming_it(tmp_path, key, dtype):
+    """A raw RuntimeError from load_state_dict before."""
+    _, _, meta = read_header(tiny_file("sd1"))
+    sd = load_file(str(tiny_file("sd1")))
+    sd[key] = sd[key].to(dtype)
+    path = tmp_path / "ints.safetensors"
+    save_file(sd, str(path), metadata=meta)
+    with pytest.raises(E.CorruptCheckpoint, match="needs floating-point values") as exc:
+        load_checkpoint(path)
+    assert str(path) in str(exc.value) and str(dtype).replace("torch.", "") in str(exc.value)
+
+
 def test_lora_vae_and_controlnet_given_as_checkpoints(tmp_path):
     lora = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32),
             "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(32, 4),
@@ -206,6 +286,30 @@ def _write_vae(tmp_path):
     return path
 
 
+@pytest.mark.parametrize("layout", ["ldm", "diffusers"])
+def test_a_vae_file_missing_or_flattening_a_tensor_its_layout_needs_names_it(tmp_path, layout):
+    from nodes.loading.vae_file import load_vae_file
+
+    if layout == "ldm":
+        sd = load_file(str(_write_vae(tmp_path)))
+    else:
+        sd = {k: v.contiguous() for k, v in tiny_model("sd1").vae.state_dict().items()}
+        path = tmp_path / "diffusers_vae.safetensors"
+        save_file(sd, str(path), metadata={"chisel.vae": read_header(tiny_file("sd1"))[2]["chisel.vae"]})
+        assert_same_weights(tiny_model("sd1").vae, load_vae_file(path)[0], torch.float32)  # the layout loads
+    key = "decoder.conv_in.weight"
+    missing, flat = tmp_path / "missing.safetensors", tmp_path / "flat.safetensors"
+    meta = {"chisel.vae": read_header(tiny_file("sd1"))[2]["chisel.vae"]}
+    save_file({k: v for k, v in sd.items() if k != key}, str(missing), metadata=meta)
+    save_file({**sd, key: sd[key].flatten().contiguous()}, str(flat), metadata=meta)
+    with pytest.raises(E.IncompleteCheckpoint, match=key) as exc:
+        load_vae_file(missing)
+    assert str(missing) in str(exc.value)
+    with pytest.raises(E.UnrecognisedArchitecture, match=f"{key} has shape") as exc:
+        load_vae_file(flat)
+    assert str(flat) in str(exc.value)
+
+
 def test_standalone_vae_file_loads_completely(tmp_path):
     from nodes.loading.vae_file import load_vae_file
 
@@ -249,6 +353,37 @@ def test_diffusers_folder_loads_offline_and_completely(tmp_path, no_network):
     save_file(sd, str(folder / "vae" / "diffusion_pytorch_model.safetensors"))
     with pytest.raises(E.IncompleteCheckpoint):
         load_diffusers_folder(folder)
+
+
+def _tiny_diffusers_folder(folder):
+    src = tiny_model("sd1")
+    src.unet.save_pretrained(folder / "unet")
+    src.vae.save_pretrained(folder / "vae")
+    src.text_encoder.save_pretrained(folder / "text_encoder")
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"]}))
+    return folder
+
+
+@pytest.mark.parametrize("file, content, match", [
+    ("model_index.json", "{\"unet\": [\"diffusers\", ", "model_index.json .*is not valid JSON"),
+    ("model_index.json", "[\"unet\"]", "model_index.json .*holds a JSON list, not an object"),
+    ("model_index.json", "{\"text_encoder\": \"CLIPTextModel\"}", "'text_encoder' is \"CLIPTextModel\", not \\[library"),
+    ("model_index.json", b"\xff\xfe{}", "model_index.json .*is not valid JSON"),
+    ("scheduler/scheduler_config.json", "{\"prediction_type\": ", "scheduler_config.json .*is not valid JSON"),
+    ("unet/config.json", "{\"in_channels\": ", "unet"),
+    ("text_encoder/config.json", "[]", "text_encoder.*holds a JSON list"),
+    ("vae/config.json", "{\"block_out_channels\": 7}", "vae"),
+])
+def test_a_diffusers_folder_with_a_malformed_config_is_a_loader_error(tmp_path, file, content, match):
+    folder = _tiny_diffusers_folder(tmp_path / "pipe")
+    target = folder / file
+    target.parent.mkdir(exist_ok=True)
+    target.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(E.CheckpointError, match=match) as exc:
+        load_diffusers_folder(folder)
+    assert str(folder) in str(exc.value)
 
 
 # -- configs: published layouts load by shape alone -----------------------------------------------------------

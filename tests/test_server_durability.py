@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from server import store as S
-from test_server_support import ServeProcess, make_root, wf
+from test_server_support import PAUSE_POINTS, ServeProcess, make_root, until_paused, wf
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,14 +43,6 @@ async def _wait_all(s: aiohttp.ClientSession, pids: list[str], timeout: float = 
             return entries
         await asyncio.sleep(0.1)
     raise AssertionError(f"not all finished: {entries}")
-
-
-async def _until_paused(root, pid: str) -> None:
-    """Wait until the test plug-in has paused the server's finisher for ``pid`` (it leaves a marker file)."""
-    deadline = time.monotonic() + 60
-    while not list(root.rglob(f"paused-{pid}")):
-        assert time.monotonic() < deadline, "the finisher never reached the pause"
-        await asyncio.sleep(0.02)
 
 
 def _entry_after_restart(root, pid: str) -> dict:
@@ -224,49 +216,6 @@ def test_store_recovery_rules(tmp_path):
     store.close()
 
 
-PAUSE_POINTS = '''
-"""Test plug-in (no nodes): the server's finisher stops for a minute just before or just after it first records the
-result of a prompt (its journal, files staged) whose id starts with "pause-before-record" / "pause-after-record",
-or just before it records the final result of one whose id starts with "pause-in-finish", leaving a marker file
-beside the database, so that a test can SIGKILL the server at exactly that point (once: not where the marker
-is)."""
-import time
-from pathlib import Path
-
-from server import store as S
-
-_journal = S.Store.journal
-
-
-def _pause(store, prompt_id):
-    marker = Path(store.path).with_name("paused-" + prompt_id)
-    if not marker.exists():  # once: not in the re-run after the kill
-        marker.write_text("")
-        time.sleep(60)
-
-
-def journal(self, prompt_id, *args, **kwargs):
-    if prompt_id.startswith("pause-before-record"):
-        _pause(self, prompt_id)
-    _journal(self, prompt_id, *args, **kwargs)
-    if prompt_id.startswith("pause-after-record"):
-        _pause(self, prompt_id)
-
-
-S.Store.journal = journal
-_finish = S.Store.finish
-
-
-def finish(self, prompt_id, *args, **kwargs):
-    if prompt_id.startswith("pause-in-finish"):
-        _pause(self, prompt_id)
-    _finish(self, prompt_id, *args, **kwargs)
-
-
-S.Store.finish = finish
-'''
-
-
 @pytest.mark.parametrize("point", ["before-record", "after-record"])
 def test_sigkill_while_a_prompt_is_being_recorded_neither_loses_nor_repeats_its_file(tmp_path, point):
     """Its file is written; the server is killed just before (or just after) the prompt's result is first recorded.
@@ -282,7 +231,7 @@ def test_sigkill_while_a_prompt_is_being_recorded_neither_loses_nor_repeats_its_
             async with aiohttp.ClientSession(server.url) as s:
                 r = await s.post("/v1/prompts", json={"workflow": saving_chain(5), "prompt_id": pid})
                 assert r.status == 200, await r.text()
-                await _until_paused(root, pid)
+                await until_paused(root, pid)
 
         asyncio.run(before())
         server.kill()
@@ -352,7 +301,7 @@ def test_an_interrupt_the_server_acknowledged_survives_a_sigkill(tmp_path):
                 await _wait_running(s, pid)
                 r = await s.post("/v1/interrupt", json={"prompt_id": pid})
                 assert (await r.json())["interrupted"] == pid
-                await _until_paused(root, pid)
+                await until_paused(root, pid)
 
         asyncio.run(before())
         server.kill()

@@ -252,6 +252,58 @@ async def wait_history(c, pid: str, timeout: float = 15.0, headers=None) -> dict
     raise AssertionError(f"prompt {pid} did not finish: {entry}")
 
 
+PAUSE_POINTS = '''
+"""Test plug-in (no nodes): the server's finisher stops for a minute just before or just after it first records the
+result of a prompt (its journal, files staged) whose id starts with "pause-before-record" / "pause-after-record",
+or just before it records the final result of one whose id starts with "pause-in-finish", leaving a marker file
+beside the database, so that a test can SIGKILL the server at exactly that point (once: not where the marker
+is)."""
+import time
+from pathlib import Path
+
+from server import store as S
+
+_journal = S.Store.journal
+
+
+def _pause(store, prompt_id):
+    marker = Path(store.path).with_name("paused-" + prompt_id)
+    if not marker.exists():  # once: not in the re-run after the kill
+        marker.write_text("")
+        time.sleep(60)
+
+
+def journal(self, prompt_id, *args, **kwargs):
+    if prompt_id.startswith("pause-before-record"):
+        _pause(self, prompt_id)
+    _journal(self, prompt_id, *args, **kwargs)
+    if prompt_id.startswith("pause-after-record"):
+        _pause(self, prompt_id)
+
+
+S.Store.journal = journal
+_finish = S.Store.finish
+
+
+def finish(self, prompt_id, *args, **kwargs):
+    if prompt_id.startswith("pause-in-finish"):
+        _pause(self, prompt_id)
+    _finish(self, prompt_id, *args, **kwargs)
+
+
+S.Store.finish = finish
+'''
+
+
+async def until_paused(root: Path, pid: str) -> None:
+    """Wait until the :data:`PAUSE_POINTS` plug-in has paused the server's finisher for ``pid`` (it leaves a marker
+    file)."""
+    deadline = time.monotonic() + 60
+    while not list(root.rglob(f"paused-{pid}")):
+        assert time.monotonic() < deadline, "the finisher never reached the pause"
+        await asyncio.sleep(0.02)
+
+
 # -- a real `chisel serve` -------------------------------------------------------------------------------------------------
 class ServeProcess:
     """``python -m server.cli serve --root ROOT --port 0`` in a subprocess; ``url`` once it listens."""

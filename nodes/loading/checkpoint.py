@@ -132,14 +132,15 @@ def build_checked(component: str, build, cfg: dict, path: Path, metadata: Mappin
     (norm groups, attention heads) differ from the published ones and are not recorded in its metadata."""
     try:
         return build(cfg, *args)
-    except (ValueError, RuntimeError, AssertionError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - the libraries raise many kinds on a config they cannot build
+        # (ValueError, TypeError, ZeroDivisionError for 0 norm groups, huggingface_hub's strict-dataclass errors ...)
         recorded = sorted(k for k in metadata if k.startswith(f"chisel.{component}"))
         why = (f"its metadata records {', '.join(recorded)}" if recorded else
                f"the file has no metadata for them (no chisel.{component} entry), so the published defaults were "
                f"assumed (e.g. norm_num_groups={cfg.get('norm_num_groups', '?')})")
         raise UnrecognisedArchitecture(
-            f"{path}: its {component} cannot be built from what the file says ({exc}). The tensor shapes fix the "
-            f"widths, but not the hyperparameters that shapes cannot tell; {why}. The file is not a standard "
+            f"{path}: its {component} cannot be built from what the file says ({type(exc).__name__}: {exc}). The "
+            f"tensor shapes fix the widths, but not the hyperparameters that shapes cannot tell; {why}. The file is not a standard "
             "SD1.x/SD2.x/SDXL model: load the original file, or one saved with its configuration.", path) from None
 
 
@@ -199,6 +200,11 @@ def _assign(module, state: dict[str, torch.Tensor], component: str, path: Path) 
             raise UnrecognisedArchitecture(
                 f"{path}: {component} tensor {k} has shape {list(v.shape)} in the file but the inferred "
                 f"architecture needs {list(own[k].shape)}.", path)
+        if v.dtype.is_floating_point != own[k].dtype.is_floating_point or v.is_complex():
+            need = "floating-point" if own[k].dtype.is_floating_point else str(own[k].dtype).replace("torch.", "")
+            raise CorruptCheckpoint(f"{path}: {component} tensor {k} is {str(v.dtype).replace('torch.', '')} in the "
+                                    f"file; the model needs {need} values. The file is corrupt or not a model Chisel "
+                                    "reads.", path)
     module.load_state_dict(given, strict=False, assign=True)
     left = [n for n, p in module.named_parameters() if p.is_meta]
     if left:
@@ -443,7 +449,29 @@ def _model_index(folder: Path) -> dict[str, Any]:
     if not is_diffusers_folder(folder):
         raise UnrecognisedArchitecture(f"{folder} is not a diffusers pipeline folder (needs model_index.json and "
                                        "unet/).", folder)
-    return json.loads((folder / "model_index.json").read_text())
+    index = read_json_object(folder / "model_index.json", "the pipeline's index")
+    for name in ("text_encoder", "text_encoder_2"):
+        entry = index.get(name)
+        if entry is not None and not (isinstance(entry, list) and len(entry) == 2
+                                      and all(e is None or isinstance(e, str) for e in entry)):
+            raise CorruptCheckpoint(f"{folder / 'model_index.json'}: {name!r} is {json.dumps(entry)[:80]}, not "
+                                    "[library, class name]; the file is malformed.", folder / "model_index.json")
+    return index
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from a model folder's config file: unreadable, not JSON or not an object is a
+    :class:`CorruptCheckpoint` naming the file and the fault."""
+    try:
+        data = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise CorruptCheckpoint(f"{path} ({what}) could not be read: {exc.strerror or exc}.", path) from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise CorruptCheckpoint(f"{path} ({what}) is not valid JSON ({exc}); the file is malformed.", path) from None
+    if not isinstance(data, dict):
+        raise CorruptCheckpoint(f"{path} ({what}) holds a JSON {type(data).__name__}, not an object; the file is "
+                                "malformed.", path)
+    return data
 
 
 def _load_unet_and_vae(folder: Path, dtype: torch.dtype | None, stages: Stages) -> tuple[Any, Any]:
@@ -453,19 +481,32 @@ def _load_unet_and_vae(folder: Path, dtype: torch.dtype | None, stages: Stages) 
     kw: dict[str, Any] = {"local_files_only": True}
     if dtype is not None:
         kw["torch_dtype"] = dtype
-    try:
-        stages.enter(FOLDER_STAGES[1])
-        unet, uinfo = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", output_loading_info=True, **kw)
-        stages.enter(FOLDER_STAGES[2])
-        vae, vinfo = AutoencoderKL.from_pretrained(folder, subfolder="vae", output_loading_info=True, **kw)
-    except (OSError, ValueError) as exc:
-        raise IncompleteCheckpoint(f"{folder}: {exc}", folder)
+    stages.enter(FOLDER_STAGES[1])
+    unet, uinfo = _from_pretrained(UNet2DConditionModel, folder, "unet", kw)
+    stages.enter(FOLDER_STAGES[2])
+    vae, vinfo = _from_pretrained(AutoencoderKL, folder, "vae", kw)
     for comp, info in (("unet", uinfo), ("vae", vinfo)):
         if info.get("missing_keys"):
             raise IncompleteCheckpoint(f"{folder}/{comp} lacks {len(info['missing_keys'])} parameters "
                                        f"({', '.join(info['missing_keys'][:5])})", folder,
                                        missing={comp: info["missing_keys"]})
     return unet, vae
+
+
+def _from_pretrained(cls: Any, folder: Path, component: str, kw: dict[str, Any]) -> tuple[Any, dict]:
+    """``cls.from_pretrained`` of one component folder with its loading info; a config that is not a JSON object,
+    or one the library cannot build a model from, is a loader error naming the folder (not the library's raw
+    TypeError / KeyError)."""
+    config = folder / component / "config.json"
+    if config.is_file():
+        read_json_object(config, f"the {component.replace('_', ' ')}'s config")
+    try:
+        return cls.from_pretrained(folder / component, output_loading_info=True, **kw)
+    except (OSError, ValueError) as exc:
+        raise IncompleteCheckpoint(f"{folder}/{component}: {exc}", folder) from None
+    except (TypeError, KeyError, AttributeError, IndexError) as exc:
+        raise CorruptCheckpoint(f"{folder}/{component}: its config.json does not describe a model that can be built "
+                                f"({type(exc).__name__}: {exc}).", folder) from None
 
 
 def _load_text_encoders(folder: Path, index: dict[str, Any],
@@ -492,10 +533,7 @@ def _load_text_encoder(folder: Path, name: str, cls_name: str, dtype: torch.dtyp
     tkw: dict[str, Any] = {"local_files_only": True, "attn_implementation": "sdpa"}
     if dtype is not None:
         tkw["dtype"] = dtype
-    try:
-        model, info = cls.from_pretrained(folder / name, output_loading_info=True, **tkw)
-    except (OSError, ValueError) as exc:
-        raise IncompleteCheckpoint(f"{folder}/{name}: {exc}", folder)
+    model, info = _from_pretrained(cls, folder, name, tkw)
     missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
     if missing:
         raise IncompleteCheckpoint(f"{folder}/{name} lacks {len(missing)} parameters ({', '.join(missing[:5])})",
@@ -517,7 +555,7 @@ def _diffusers_family(unet_config: dict[str, Any], tes: dict[str, Any], specs: l
 def _scheduler_config(folder: Path) -> dict[str, Any]:
     """The noise schedule's settings from scheduler/scheduler_config.json (empty without one)."""
     sched_file = folder / "scheduler" / "scheduler_config.json"
-    sched = json.loads(sched_file.read_text()) if sched_file.is_file() else {}
+    sched = read_json_object(sched_file, "the noise schedule's config") if sched_file.is_file() else {}
     return {k: sched[k] for k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps",
                                   "prediction_type") if k in sched}
 

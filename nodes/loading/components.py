@@ -26,6 +26,7 @@ from nodes.loading.configs import (
     metadata_fields,
     infer_text,
     infer_unet,
+    layout,
     template,
 )
 from nodes.loading.errors import IncompleteCheckpoint, UnrecognisedArchitecture, WrongFileKind
@@ -55,11 +56,17 @@ class LoadedTextEncoder:
     config: dict
 
 
-def _unet_family(u: dict[str, tuple], meta: dict) -> str:
+def _unet_family(u: dict[str, tuple], meta: dict, path: Path) -> str:
     if "label_emb.0.0.weight" in u:
         adm = int(u["label_emb.0.0.weight"][1])
-        ctx = next(int(s[1]) for k, s in u.items() if k.endswith("attn2.to_k.weight"))
-        tdim = int(meta.get("addition_time_embed_dim", 256))
+        ctx = next((int(s[1]) for k, s in u.items() if k.endswith("attn2.to_k.weight")), None)
+        if ctx is None:
+            raise UnrecognisedArchitecture(f"{path}: a UNet with SDXL's extra conditioning (label_emb) but no "
+                                           "cross-attention; not a layout Chisel reads.", path)
+        tdim = meta.get("addition_time_embed_dim", 256)
+        if not isinstance(tdim, int) or isinstance(tdim, bool):
+            raise UnrecognisedArchitecture(f"{path}: its chisel.unet metadata gives addition_time_embed_dim "
+                                           f"{json.dumps(tdim)[:40]}, not a whole number.", path)
         return "sdxl_refiner" if adm - ctx == REFINER_TIME_IDS * tdim else "sdxl"
     proj = next((s for k, s in u.items() if k.endswith("proj_in.weight")), None)
     return "sd2" if proj is not None and len(proj) == 2 else "sd1"
@@ -91,9 +98,9 @@ def load_unet_file(path: str | Path, allow_pickle: bool | None = None, progress:
             raise UnrecognisedArchitecture(f"{path} is not a Stable Diffusion UNet: it has no input_blocks.0.0 "
                                            f"convolution ({len(keys)} tensors, e.g. {', '.join(keys[:3])}).", path)
         shapes = {km.UNET_PREFIX + k[len(prefix):]: s for k, s in wf.shapes.items() if k.startswith(prefix)}
-        u = {k[len(km.UNET_PREFIX):]: s for k, s in shapes.items()}
+        u = layout(shapes, km.UNET_PREFIX, str(path), "unet")
         meta = metadata_fields(wf.metadata, "chisel.unet", UNET_META)
-        family = _unet_family(u, meta)
+        family = _unet_family(u, meta, path)
         name = FAMILY_TEMPLATE[family]
         cfg = infer_unet(shapes, family, template(name, "unet"), meta, str(path))
         stages.enter(BUILDING["unet"])
@@ -143,7 +150,8 @@ def load_text_encoder_file(path: str | Path, allow_pickle: bool | None = None,
         shapes = {"text_model." + f: wf.shapes[k] for f, k in flat.items()}
         cfg = infer_text(shapes, "clip_l", "", base, meta, False, str(path))
         if with_projection:
-            cfg["projection_dim"] = int(wf.shapes[flat["text_projection.weight"]][0])
+            shapes_here = layout(wf.shapes, "", str(path), "text encoder")
+            cfg["projection_dim"] = int(shapes_here[flat["text_projection.weight"]][0])
         stages.enter(TEXT_FILE_STAGES[2])
         module = build_checked("text", build_text_encoder, cfg, path, wf.metadata, with_projection)
         own = [k for k in module.state_dict() if not k.endswith("position_ids")]

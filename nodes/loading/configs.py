@@ -20,7 +20,7 @@ from pathlib import Path
 
 from nodes.loading import keymaps as km
 from nodes.loading.detect import Detection
-from nodes.loading.errors import UnrecognisedArchitecture
+from nodes.loading.errors import IncompleteCheckpoint, UnrecognisedArchitecture
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 
@@ -59,9 +59,43 @@ def metadata_fields(metadata: Mapping[str, str], key: str, allowed) -> dict:
     return {k: v for k, v in data.items() if k in allowed} if isinstance(data, dict) else {}
 
 
-def _sub(shapes: Mapping[str, tuple], prefix: str) -> dict[str, tuple]:
+class _Shape(tuple):
+    """A tensor's shape that knows the tensor: asking for a dimension it lacks is a loader error naming it."""
+
+    def __new__(cls, dims, name: str, where: str):
+        shape = super().__new__(cls, dims)
+        shape.name, shape.where = name, where
+        return shape
+
+    def __getitem__(self, index):
+        try:
+            return super().__getitem__(index)
+        except IndexError:
+            raise UnrecognisedArchitecture(f"{self.where}: tensor {self.name} has shape {list(self)}; its role in the "
+                                           "layout needs more dimensions (the file is corrupt or not a layout Chisel "
+                                           "reads).", self.where) from None
+
+
+class _Layout(dict):
+    """The shapes of one component's tensors (names without the component's prefix): a tensor the layout needs but
+    the file lacks is an :class:`IncompleteCheckpoint` naming it, not a KeyError."""
+
+    def __init__(self, shapes: Mapping[str, tuple], prefix: str, where: str, component: str):
+        super().__init__(shapes)
+        self.prefix, self.where, self.component = prefix, where, component
+
+    def __missing__(self, key: str):
+        name = self.prefix + key
+        raise IncompleteCheckpoint(f"{self.where}: the {self.component} has no tensor {name!r}, which its layout needs; "
+                                   "the file is incomplete or not a layout Chisel reads.", self.where,
+                                   missing={self.component.replace(" ", "_"): [name]})
+
+
+def layout(shapes: Mapping[str, tuple], prefix: str, where: str = "checkpoint", component: str = "model") -> _Layout:
+    """The shapes of the tensors under ``prefix`` (names without it), as a :class:`_Layout`."""
     n = len(prefix)
-    return {k[n:]: tuple(v) for k, v in shapes.items() if k.startswith(prefix)}
+    return _Layout({k[n:]: _Shape(v, k, where) for k, v in shapes.items() if k.startswith(prefix)}, prefix, where,
+                   component)
 
 
 def _indices(keys, pattern: str) -> list[int]:
@@ -79,7 +113,7 @@ def infer_unet(shapes: Mapping[str, tuple], family: str, base: dict, meta: dict,
     """The UNet's diffusers config: ``base`` (the family's published config) overridden by what the LDM tensor shapes
     say, then by ``meta`` (the file's ``chisel.unet`` fields). Raises :class:`UnrecognisedArchitecture` for a layout
     diffusers cannot build."""
-    u = _sub(shapes, km.UNET_PREFIX)
+    u = layout(shapes, km.UNET_PREFIX, where, "unet")
     cfg = dict(base)
     cfg.update(_unet_io(u, where))
     blocks = _unet_blocks(u)
@@ -277,17 +311,14 @@ def _attention_heads(family: str, block_out_channels: list[int]) -> dict:
 
 
 def infer_vae(shapes: Mapping[str, tuple], base: dict, meta: dict, where: str = "checkpoint") -> dict:
-    v = _sub(shapes, km.VAE_PREFIX)
+    v = layout(shapes, km.VAE_PREFIX, where, "vae")
     cfg = dict(base)
-    try:
-        levels = _indices(v, r"encoder\.down\.(\d+)\.")
-        cfg["block_out_channels"] = [int(v[f"encoder.down.{i}.block.0.conv1.weight"][0]) for i in levels]
-        cfg["layers_per_block"] = len(_indices(v, r"encoder\.down\.0\.block\.(\d+)\."))
-        cfg["in_channels"] = int(v["encoder.conv_in.weight"][1])
-        cfg["out_channels"] = int(v["decoder.conv_out.weight"][0])
-        cfg["latent_channels"] = int(v["decoder.conv_in.weight"][1])
-    except KeyError as exc:
-        raise UnrecognisedArchitecture(f"{where}: the VAE lacks {exc.args[0]!r}; not an LDM autoencoder layout")
+    levels = _indices(v, r"encoder\.down\.(\d+)\.")
+    cfg["block_out_channels"] = [int(v[f"encoder.down.{i}.block.0.conv1.weight"][0]) for i in levels]
+    cfg["layers_per_block"] = len(_indices(v, r"encoder\.down\.0\.block\.(\d+)\."))
+    cfg["in_channels"] = int(v["encoder.conv_in.weight"][1])
+    cfg["out_channels"] = int(v["decoder.conv_out.weight"][0])
+    cfg["latent_channels"] = int(v["decoder.conv_in.weight"][1])
     if len(_indices(v, r"decoder\.up\.(\d+)\.")) != len(levels):
         raise UnrecognisedArchitecture(f"{where}: the VAE decoder's levels do not mirror its encoder's")
     cfg["down_block_types"] = ["DownEncoderBlock2D"] * len(levels)
@@ -304,10 +335,10 @@ def infer_vae(shapes: Mapping[str, tuple], base: dict, meta: dict, where: str = 
 
 def infer_text(shapes: Mapping[str, tuple], kind: str, prefix: str, base: dict, meta: dict,
                with_projection: bool, where: str = "checkpoint") -> dict:
-    t = _sub(shapes, prefix)
+    t = layout(shapes, prefix, where, "text encoder")
     cfg = dict(base)
     if kind == "clip_l":
-        flat = {km.strip_text_model(k): s for k, s in t.items()}
+        flat = _Layout({km.strip_text_model(k): s for k, s in t.items()}, prefix, where, "text encoder")
         tok = flat["embeddings.token_embedding.weight"]
         pos = flat["embeddings.position_embedding.weight"]
         layers = _indices(flat, r"encoder\.layers\.(\d+)\.")

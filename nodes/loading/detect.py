@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from nodes.loading import keymaps as km
-from nodes.loading.errors import UnrecognisedArchitecture, WrongFileKind
+from nodes.loading.errors import IncompleteCheckpoint, UnrecognisedArchitecture, WrongFileKind
 
 Shapes = Mapping[str, tuple]
 
@@ -174,15 +174,30 @@ def _check_vae(shapes: Shapes, family: str, where, path) -> None:
 
 def _check_context_width(shapes: Shapes, family: str, tes: list[TextEncoderSpec], where, path) -> None:
     """The UNet's cross-attention width must be the text encoders' (both together for SDXL)."""
-    ctx_dim = next((int(s[1]) for k, s in shapes.items()
-                    if k.startswith(km.UNET_PREFIX) and k.endswith("attn2.to_k.weight")), None)
-    widths = [int(shapes[te.prefix + ("embeddings.token_embedding.weight" if te.kind == "clip_l"
-                                      else "token_embedding.weight")][1]) for te in tes]
+    ctx_key = next((k for k in shapes if k.startswith(km.UNET_PREFIX) and k.endswith("attn2.to_k.weight")), None)
+    ctx_dim = _dim(shapes, ctx_key, 1, where, path, "unet") if ctx_key is not None else None
+    widths = [_dim(shapes, te.prefix + ("embeddings.token_embedding.weight" if te.kind == "clip_l"
+                                        else "token_embedding.weight"), 1, where, path, te.name) for te in tes]
     expected = widths[0] + widths[1] if family == "sdxl" else widths[0]
     if ctx_dim is not None and ctx_dim != expected:
         raise UnrecognisedArchitecture(
             f"{where}: the UNet's cross-attention takes {ctx_dim}-wide text features, but the text encoder(s) give "
             f"{'+'.join(map(str, widths))}; this is not a {FAMILY_NAMES[family]} layout Chisel knows.", path)
+
+
+def _dim(shapes: Shapes, key: str, index: int, where, path, component: str) -> int:
+    """Dimension ``index`` of tensor ``key``: a loader error naming the tensor when the file lacks it, or when it
+    has too few dimensions."""
+    shape = shapes.get(key)
+    if shape is None:
+        raise IncompleteCheckpoint(f"{where}: the {component.replace('_', ' ')} has no tensor "
+                                   f"{key!r}, which its layout needs; the file is incomplete or not a layout Chisel "
+                                   "reads.", path, missing={component: [key]})
+    if len(shape) <= index:
+        raise UnrecognisedArchitecture(f"{where}: tensor {key} has shape {list(shape)}; its role in the layout needs "
+                                       f"at least {index + 1} dimensions (the file is corrupt or not a layout Chisel "
+                                       "reads).", path)
+    return int(shape[index])
 
 
 def _prediction_type(shapes: Shapes, metadata: Mapping[str, str], family: str, in_channels: int) -> str | None:

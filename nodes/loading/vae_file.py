@@ -6,7 +6,7 @@ from pathlib import Path
 
 from nodes.loading import keymaps as km
 from nodes.loading.checkpoint import BUILDING, LOADING, _assign, build_checked, build_vae
-from nodes.loading.configs import VAE_META, metadata_fields, infer_vae, template
+from nodes.loading.configs import VAE_META, _indices, infer_vae, layout, metadata_fields, template
 from nodes.loading.detect import _is_lora
 from nodes.loading.errors import (
     CorruptCheckpoint,
@@ -46,7 +46,7 @@ def load_vae_file(path: str | Path, allow_pickle: bool | None = None, progress: 
         if any(k.startswith(p + "encoder.") for k in shapes):
             prefix = p
             break
-    rel = {k[len(prefix):]: s for k, s in shapes.items() if k.startswith(prefix)}
+    rel = layout(shapes, prefix, str(path), "vae")  # a tensor the layout needs but lacks is a loader error
     ldm = "encoder.down.0.block.0.conv1.weight" in rel
     diff = "encoder.down_blocks.0.resnets.0.conv1.weight" in rel
     if not (ldm or diff):
@@ -69,13 +69,12 @@ def load_vae_file(path: str | Path, allow_pickle: bool | None = None, progress: 
             converted = sfu.convert_ldm_vae_checkpoint(sub, cfg)
         else:
             cfg = dict(template("sd15", "vae"))
-            levels = sorted({int(k.split(".")[2]) for k in rel if k.startswith("encoder.down_blocks.")})
+            levels = _indices(rel, r"encoder\.down_blocks\.(\d+)\.")
             cfg["block_out_channels"] = [int(rel[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"][0])
                                          for i in levels]
             cfg["down_block_types"] = ["DownEncoderBlock2D"] * len(levels)
             cfg["up_block_types"] = ["UpDecoderBlock2D"] * len(levels)
-            cfg["layers_per_block"] = len({k.split(".")[4] for k in rel
-                                           if k.startswith("encoder.down_blocks.0.resnets.")})
+            cfg["layers_per_block"] = len(_indices(rel, r"encoder\.down_blocks\.0\.resnets\.(\d+)\."))
             cfg["latent_channels"] = int(rel["decoder.conv_in.weight"][1])
             cfg.update(metadata_fields(metadata, "chisel.vae", VAE_META))
             stages.enter(BUILDING["vae"])

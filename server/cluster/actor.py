@@ -2,7 +2,7 @@
 
 ``start`` runs a prompt's engine on a thread of the actor; the server long-polls (``poll``) its messages, which
 come back in order through Ray's object store: engine events (``event``), files the prompt writes (``file``: bytes,
-or ``written`` when the worker wrote into a shared output folder itself) and finally the ``result``. (Polling rather
+or ``written`` when the worker staged it in a shared output folder itself) and finally the ``result``. (Polling rather
 than a streaming generator: Ray Client, ``ray://``, has no streaming actor methods.) The actor is threaded, so
 ``interrupt``, ``describe`` and ``free`` are answered while a prompt runs; prompts themselves run one at a time. This module imports Ray only inside the calls that need it; the dispatcher makes it an actor.
 """
@@ -20,12 +20,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+from graph import atomic_files
 from graph import events as ev
 from graph.engine import RunResult
 from graph.errors import ChiselError
 from graph.workflow import parse_workflow
 
-from ..worker import FileWriter, event_payload
+from ..worker import event_payload
 from .affinity import model_keys
 from .runtime import RuntimeSpec
 
@@ -38,12 +39,12 @@ _DONE = object()
 class ReservingWriter:
     """The ``file_writer`` nodes see on a cluster worker. Each name is reserved with the cluster's name book first
     (``FileExistsError`` when taken, as with the server's own writer); then the file is either encoded here and sent
-    to the server as bytes (default) or written here into the shared output folder (``shared``)."""
+    to the server as bytes (default) or staged here in the shared output folder under a temporary name, which the
+    server publishes once it has journaled the prompt's result (``shared``)."""
 
     def __init__(self, paths: Any, names: str, shared: bool):
         self.paths, self.names_actor, self.shared = paths, names, shared
         self._names: Any = None
-        self.local = FileWriter() if shared else None
         self._encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="chisel-encode")
         self._known: dict[tuple[str, str], set[str]] = {}  # names learnt to be taken, per (kind, subfolder)
         self.sink: Callable[[Any], None] | None = None  # puts a message (or a Future of one) into the run's stream
@@ -84,26 +85,31 @@ class ReservingWriter:
         if taken is not None:
             known.update(taken)
             raise FileExistsError(str(path))
-        if self.shared:
-            future = self.local.submit(path, write)
-            node_id = self.node_id
-            sink = self.sink
-            if sink is not None:
-                message: Future = Future()
-                sink(message)
-
-                def written(f: Future) -> None:
-                    exc = f.exception()
-                    message.set_result({"kind": "written", "file": [kind, sub, name], "node_id": node_id,
-                                        "error": None if exc is None else f"{type(exc).__name__}: {exc}"})
-
-                future.add_done_callback(written)
-            return future
-        message = Future()
+        message: Future = Future()
         if self.sink is not None:
             self.sink(message)  # in stream order: the node's `executed` event follows its files
-        self._encoder.submit(self._encode, write, kind, sub, name, self.node_id, message)
+        if self.shared:
+            self._encoder.submit(self._stage, path, write, kind, sub, name, self.node_id, message,
+                                 self.sink is not None)
+        else:
+            self._encoder.submit(self._encode, write, kind, sub, name, self.node_id, message)
         return message
+
+    @staticmethod
+    def _stage(path: Path, write: Callable[[Path], Any], kind: str, sub: str, name: str, node_id: str | None,
+               message: Future, held: bool) -> None:
+        """Shared output: the file is written and fsynced under a temporary name beside ``path``; the server
+        takes it over (journals, then publishes it). A write of no prompt (``held`` false) is published here."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = atomic_files.stage(path, write)
+            if not held:
+                atomic_files.publish(tmp, path)
+            message.set_result({"kind": "written", "file": [kind, sub, name], "node_id": node_id,
+                                "staged": str(tmp), "error": None})
+        except BaseException as exc:  # noqa: BLE001 - reported to the server as a write error
+            message.set_result({"kind": "written", "file": [kind, sub, name], "node_id": node_id, "staged": None,
+                                "error": f"{type(exc).__name__}: {exc}"})
 
     @staticmethod
     def _encode(write: Callable[[Path], Any], kind: str, sub: str, name: str, node_id: str | None,
@@ -242,8 +248,6 @@ class WorkerActor:
 
         self.writer.sink = stream.put
         self.writer.node_id = None
-        if self.writer.local is not None:
-            self.writer.local.begin()
         try:
             workflow = parse_workflow(workflow_dict, self.registry)
             extra = dict(item.get("extra_data") or {})
@@ -257,8 +261,6 @@ class WorkerActor:
                 details={"exception_type": type(exc).__name__, "traceback": traceback.format_exc(limit=8)})])
         finally:
             self.writer.sink = None
-            if self.writer.local is not None:
-                self.writer.local.end()
         try:
             self.prompts_run += 1
             if result.status == "success":

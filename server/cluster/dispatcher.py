@@ -3,12 +3,15 @@
 A scheduler thread claims the head of the durable queue whenever a worker is idle (so queue order per priority is
 kept and no worker idles while prompts wait) and gives it to the idle worker holding the most of its model files,
 else the least loaded one. Each worker has a thread on the server that streams its prompt's messages: events go to
-the WebSocket hub, files to the server's writer (or were written by the worker into the shared output folder), and
-the result is recorded as for the single worker, once the prompt's files are on disk.
+the WebSocket hub, files to the server's writer (or, with a shared output folder, the worker staged them there under
+temporary names and the server's writer takes them over), and the result is finished as for the single worker: once
+the prompt's files are staged, its result and their names are journaled, then the files get their final names, then
+the result is recorded. So a server killed at any point either re-runs the prompt with no file of it under a final
+name, or finishes it at its next start without running it again.
 
 Faults: Ray restarts a worker whose process dies (``max_restarts=-1``; a lost node's actor moves to another
 node). The prompt it was running goes back to the head of the queue with the attempt counted and runs again,
-preferably on another worker; a prompt whose worker died ``max_attempts`` times is failed with the reason. A
+preferably on another worker (the files its lost attempt staged are dropped); a prompt whose worker died ``max_attempts`` times is failed with the reason. A
 prompt is recorded once, from the first (only) result that reaches the server.
 """
 from __future__ import annotations
@@ -23,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from graph import atomic_files
+from graph import events as ev
 from graph.engine import RunResult
 from graph.errors import ChiselError
 
@@ -275,7 +280,10 @@ class ClusterWorker(Worker):
                 for message in ray.get(slot.actor.poll.remote(pid, 1.0)):
                     kind = message["kind"]
                     if kind == "event":
-                        self.notify("event", message["payload"])
+                        payload = message["payload"]
+                        if payload["type"] == ev.INTERRUPTED and not self._stopping.is_set():
+                            self._journal_interrupt(pid, payload.get("node_id"))  # a kill now does not re-run it
+                        self.notify("event", payload)
                     elif kind == "file":
                         writes.append(self._write(message))
                     elif kind == "written":
@@ -313,19 +321,35 @@ class ClusterWorker(Worker):
             future.set_exception(OSError(message.get("error") or "the worker could not encode the file"))
         else:
             try:
-                future = self.writer.submit(path, lambda tmp, data=data: tmp.write_bytes(data))
+                # held staged until the prompt's result is journaled (Worker._finish), as on one process
+                future = self.writer.submit(path, lambda tmp, data=data: tmp.write_bytes(data), hold=True)
             except FileExistsError as exc:
                 future = Future()
                 future.set_exception(exc)
         return PendingWrite(path, message.get("node_id"), future)
 
     def _written(self, message: dict[str, Any]) -> PendingWrite:
+        """A file the worker staged in the shared output folder: the server's writer takes it over, so it is
+        journaled and published as the files the server writes itself."""
+        path = self._target(message)
         future: Future = Future()
+        staged = message.get("staged")
         if message.get("error"):
             future.set_exception(OSError(message["error"]))
+        elif not staged:
+            future.set_exception(OSError("the worker sent no staged file name"))
         else:
-            future.set_result(self._target(message))
-        return PendingWrite(self._target(message), message.get("node_id"), future)
+            tmp = path.parent / Path(staged).name  # always beside its final name, whatever the worker sent
+            try:
+                if not atomic_files.PART_RE.match(tmp.name):
+                    raise OSError(f"the worker's staged name {tmp.name!r} is not a temporary file's")
+                self.writer.adopt(path, tmp)
+            except OSError as exc:
+                atomic_files.discard(tmp)
+                future.set_exception(exc)
+            else:
+                future.set_result(tmp)
+        return PendingWrite(path, message.get("node_id"), future)
 
     def _worker_lost(self, slot: Slot, item: dict[str, Any], exc: BaseException | None,
                      writes: list[PendingWrite]) -> None:
@@ -334,12 +358,9 @@ class ClusterWorker(Worker):
         reason = reason.splitlines()[0][:500]
         slot.state, slot.models = STARTING, set()
         slot.restarts += 1
-        for w in writes:  # files the lost attempt had sent land (their names are unique); the re-run writes its own
+        for w in writes:  # the lost attempt's files are dropped (still staged): the re-run writes its own
             if _wait(w.future) is None:
-                try:
-                    self.writer.publish(w.path)
-                except OSError:
-                    log.warning("could not publish %s of the lost attempt at %s", w.path.name, pid)
+                self.writer.discard(w.path)
         if self._stopping.is_set():
             self.store.requeue(pid)
             return
