@@ -523,8 +523,11 @@ def test_undo_redo_copy_paste_delete_and_save(page, server):
     page.page.wait_for_function("chisel.nodes().length === 8")
     pasted = [n for n in page.nodes() if n["type"] == "SaveImage" and n["id"] != save["id"]]
     assert len(pasted) == 1 and pasted[0]["widgets"]["filename_prefix"] == save["widgets"]["filename_prefix"]
+    # each edit is a step once the editor has looked (it waits for a burst of events to end): as a person's hands
+    page.page.wait_for_function("chisel.undoDepth() === 1")
     page.page.keyboard.press("Delete")
     page.page.wait_for_function("chisel.nodes().length === 7")
+    page.page.wait_for_function("chisel.undoDepth() === 2")
     # move a node by its title bar
     x, y = page.js("i => chisel.titlePos(i)", save["id"])
     page.drag((x, y), (x + 40, y + 60))

@@ -48,12 +48,24 @@ export class Api {
     });
   }
 
+  /** The answer to a GET the page asked for early (index.html, before the modules loaded), once; null when
+   * there is none, or when the page has a token that early request went without. */
+  early(url) {
+    const early = window.chiselEarly;
+    const key = url.href.startsWith(this.base.href) ? url.href.slice(this.base.href.length) : null;
+    if (!early || key === null || !early.has(key)) return null;
+    const answer = early.get(key);
+    early.delete(key);
+    return this.token ? null : answer;
+  }
+
   /** Ask the server whether a token is needed; ask the user for one (once per session) when it is. */
   async init() {
     let required = false;
     let signedIn = false;
     try {
-      const r = await fetch(this.url("v1/auth"));
+      const url = this.url("v1/auth");
+      const r = (await this.early(url)) ?? await fetch(url);
       if (r.ok) ({ required = false, signed_in: signedIn = false } = await r.json());
     } catch (e) {
       throw new Error(`cannot reach the Chisel server: ${e.message}`);
@@ -92,7 +104,8 @@ export class Api {
     } else if (body !== undefined) {
       init.body = body;
     }
-    const r = await fetch(this.url(path, params), init);
+    const url = this.url(path, params);
+    const r = (method === "GET" && !headers && (await this.early(url))) || await fetch(url, init);
     let data = null;
     const type = r.headers.get("Content-Type") || "";
     if (type.includes("json")) data = await r.json();

@@ -102,6 +102,7 @@ export class App {
     this.refreshModels();
     this.files.loadBundledList();
     window.addEventListener("focus", () => this.refreshModels());
+    window.chiselEarly = null; // answers asked for early that the start did not use would be stale later
     document.body.dataset.ready = "1";
     window.chisel.ready = true;
     // for benchmarks/canvas_load.py: ready, and the first frame drawn after it (ms since navigation start)
