@@ -199,9 +199,7 @@ def _cookie_signed_in(request: web.Request, token: str, throttle: AuthThrottle) 
     address = request.remote or ""
     if throttle.retry_after(address) > 0:
         return False
-    cookie = request.cookies.get(cookie_name(request), "")
-    ok = request.headers.get("Sec-Fetch-Site") in COOKIE_SITES and \
-        hmac.compare_digest(cookie.encode(), cookie_key(token).encode())
+    ok = _cookie_ok(request, token)
     if not ok:
         throttle.failed(address)
     return ok
@@ -271,6 +269,11 @@ def _token_ok(request: web.Request, token: str) -> bool:
             return True
         if _signs_in(request):  # only the token in the URL signs in, never a cookie already held
             return False
+    return _cookie_ok(request, token)
+
+
+def _cookie_ok(request: web.Request, token: str) -> bool:
+    """The browser's sign-in cookie stands for ``token`` (and comes from a page of this server)."""
     cookie = request.cookies.get(cookie_name(request))
     if cookie and request.headers.get("Sec-Fetch-Site") in COOKIE_SITES:
         return hmac.compare_digest(cookie.encode(), cookie_key(token).encode())
